@@ -1,0 +1,86 @@
+"""The ASGI entry point: dispatch by scope type and path, nothing else.
+
+lifespan           -> lifespan.run_lifespan (join the hub)
+http  /            -> the page (static/index.html)
+http  /static/...  -> its assets
+http  /healthz     -> this worker's health, as JSON
+websocket /chat    -> session.serve_websocket
+anything else      -> 404 / 405 / refused handshake; unknown scope types are ignored
+"""
+
+from __future__ import annotations
+
+from .asgi_types import Receive, Scope, Send
+from .config import Settings
+from .hub import Hub, open_hub
+from .lifespan import HubFactory, run_lifespan
+from .responses import send_error, send_json
+from .session import serve_websocket
+from .static import StaticFiles, default_static_dir
+from .worker import STATE_KEY, Worker
+
+STATIC_PREFIX = "/static/"
+INDEX_FILE = "index.html"
+ALLOW = (b"allow", b"GET, HEAD")
+
+
+class ChatApp:
+    def __init__(self, settings: Settings | None = None, hub_factory: HubFactory = open_hub):
+        """``settings`` default to the environment, read at lifespan startup."""
+        self._settings = settings
+        self._hub_factory = hub_factory
+        static_dir = settings.static_dir if settings and settings.static_dir else None
+        self._static = StaticFiles(static_dir or default_static_dir())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, send)
+        elif kind == "websocket":
+            await serve_websocket(scope, receive, send, _worker(scope))
+        elif kind == "lifespan":
+            await run_lifespan(scope, receive, send, self._settings, self._hub_factory)
+        # Other scope types (from newer servers) are not ours: returning ignores them.
+
+    async def _http(self, scope: Scope, send: Send) -> None:
+        path = scope["path"]
+        if path == "/":
+            route = INDEX_FILE
+        elif path.startswith(STATIC_PREFIX):
+            route = path.removeprefix(STATIC_PREFIX)
+        elif path == "/healthz":
+            route = None
+        else:
+            await send_error(send, 404, "Not Found", head=scope["method"] == "HEAD")
+            return
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            await send_error(send, 405, "Method Not Allowed", headers=[ALLOW])
+            return
+        if route is None:
+            await self._health(scope, send)
+        else:
+            await self._static.serve(scope, send, route)
+
+    async def _health(self, scope: Scope, send: Send) -> None:
+        worker = _worker(scope)
+        hub_up = worker is not None and worker.hub.connected
+        await send_json(
+            send,
+            200 if hub_up else 503,
+            {
+                "status": "ok" if hub_up else "degraded",
+                "pid": worker.pid if worker else None,
+                "connections": len(worker.room) if worker else 0,
+                "hub": hub_up,
+            },
+            head=scope["method"] == "HEAD",
+        )
+
+
+def _worker(scope: Scope) -> Worker | None:
+    worker = scope.get("state", {}).get(STATE_KEY)
+    return worker if isinstance(worker, Worker) else None
+
+
+__all__ = ["ChatApp", "Hub"]

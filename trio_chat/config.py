@@ -1,0 +1,86 @@
+"""The app's own settings, read from ``TRIO_CHAT_*`` environment variables.
+
+Server settings (bind address, workers, frame size limit, timeouts) belong to Hypercorn and live
+in ``hypercorn.toml``; everything here is about the chat itself. Settings are read once per
+worker at lifespan startup, so a bad value fails the startup with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+KIB = 1024
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A ``TRIO_CHAT_*`` variable has a value we cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    #: Where the hub is: empty for the automatic per-server hub, else ``unix:PATH`` or
+    #: ``tcp://HOST:PORT`` of a hub started by hand (``python -m trio_chat.hub``).
+    hub: str = ""
+    #: File holding the shared secret of a hub started by hand (the automatic hub needs none).
+    hub_secret_file: Path | None = None
+    #: Longest chat message, in bytes of UTF-8.
+    max_message_bytes: int = 4 * KIB
+    #: Longest display name, in characters.
+    max_sender_chars: int = 64
+    #: Frames a subscriber may have waiting before it counts as too slow and is disconnected.
+    subscriber_buffer: int = 256
+    #: Messages a worker may have waiting to be published before senders are held back.
+    outbox_size: int = 1024
+    #: Messages the hub keeps for a worker that has not fetched them yet; past this, the
+    #: worker's mailbox is dropped and the worker told so.
+    mailbox_size: int = 65536
+    log_level: str = "INFO"
+    #: Folder the page is served from; by default the ``static/`` folder shipped with the app.
+    static_dir: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def read(name: str, parse: Callable[[str], T], default: T) -> T:
+            raw = env.get(f"TRIO_CHAT_{name}")
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                return parse(raw.strip())
+            except ValueError as error:
+                raise ConfigError(f"TRIO_CHAT_{name}={raw!r}: {error}") from None
+
+        return cls(
+            hub=read("HUB", str, defaults.hub),
+            hub_secret_file=read("HUB_SECRET_FILE", Path, defaults.hub_secret_file),
+            max_message_bytes=read("MAX_MESSAGE_BYTES", _positive_int, defaults.max_message_bytes),
+            max_sender_chars=read("MAX_SENDER_CHARS", _positive_int, defaults.max_sender_chars),
+            subscriber_buffer=read("SUBSCRIBER_BUFFER", _positive_int, defaults.subscriber_buffer),
+            outbox_size=read("OUTBOX_SIZE", _positive_int, defaults.outbox_size),
+            mailbox_size=read("MAILBOX_SIZE", _positive_int, defaults.mailbox_size),
+            log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
+            static_dir=read("STATIC_DIR", Path, defaults.static_dir),
+        )
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+    return level

@@ -1,0 +1,100 @@
+"""``python -m trio_chat.hub`` (or ``trio-chat-hub``): run a hub by hand.
+
+    trio-chat-hub --new-secret-file /etc/trio-chat/hub.secret
+    TRIO_CHAT_HUB=unix:/run/trio-chat/hub.sock \\
+    TRIO_CHAT_HUB_SECRET_FILE=/etc/trio-chat/hub.secret trio-chat-hub
+
+then start Hypercorn with the same two variables. Workers also use this entry point to start
+the automatic hub, handing it the secret on standard input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from ..config import ConfigError, Settings
+from .address import HubConfigError, parse_address, read_secret_file
+from .server import serve
+
+SECRET_BYTES = 32
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [hub %(process)d] %(levelname)s %(message)s"
+    )
+    if args.new_secret_file is not None:
+        return _write_new_secret(args.new_secret_file)
+    try:
+        settings = Settings.from_env()
+        listen = args.listen or settings.hub
+        if not listen:
+            raise HubConfigError("say where to listen: --listen unix:PATH or tcp://HOST:PORT")
+        address = parse_address(listen)
+        authkey = _read_secret(args, settings)
+    except (ConfigError, HubConfigError) as error:
+        print(f"trio-chat-hub: {error}", file=sys.stderr)
+        return 2
+    serve(
+        address,
+        authkey,
+        mailbox_size=args.mailbox_size or settings.mailbox_size,
+        watch_pid=args.watch_pid,
+        on_ready=_announce_ready if args.secret_stdin else lambda: None,
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trio-chat-hub", description=__doc__.split("\n")[0])
+    parser.add_argument("--listen", help="unix:PATH or tcp://HOST:PORT (default: $TRIO_CHAT_HUB)")
+    parser.add_argument(
+        "--secret-file", type=Path, help="default: $TRIO_CHAT_HUB_SECRET_FILE (mode 600)"
+    )
+    parser.add_argument("--mailbox-size", type=int, help="default: $TRIO_CHAT_MAILBOX_SIZE")
+    parser.add_argument(
+        "--new-secret-file", type=Path, metavar="PATH", help="write a new random secret and exit"
+    )
+    # Used when a worker starts the automatic hub.
+    parser.add_argument("--secret-stdin", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--watch-pid", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def _read_secret(args: argparse.Namespace, settings: Settings) -> bytes:
+    if args.secret_stdin:
+        return bytes.fromhex(sys.stdin.readline().strip())
+    path = args.secret_file or settings.hub_secret_file
+    if path is None:
+        raise HubConfigError("give the secret: --secret-file PATH or TRIO_CHAT_HUB_SECRET_FILE")
+    return read_secret_file(path)
+
+
+def _announce_ready() -> None:
+    # The worker that started us waits for this line; after it, stdout is not ours any more.
+    print("ready", flush=True)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _write_new_secret(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        print(f"trio-chat-hub: cannot create {path}: {error.strerror}", file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(SECRET_BYTES) + "\n")
+    print(f"wrote a new hub secret to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Where the hub listens and how peers prove they belong: addresses, secrets, private paths.
+
+Two ways to find a hub:
+- automatic (``TRIO_CHAT_HUB`` unset): one hub per Hypercorn server, on a Unix socket in a
+  private folder (mode 0700) named after the server's master process, authenticated with the
+  ``authkey`` that all workers of one master share. Two servers on one machine never meet.
+- configured (``unix:PATH`` or ``tcp://HOST:PORT``): a hub started by hand, with a secret read
+  from ``TRIO_CHAT_HUB_SECRET_FILE``.
+
+The secret travels by file or by pipe, never on a command line or in a log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from ..config import Settings
+
+# A multiprocessing address: a Unix socket path or a (host, port) pair.
+Address = str | tuple[str, int]
+
+
+class HubConfigError(Exception):
+    """The hub's address or secret is unusable; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    address: Address
+    authkey: bytes = dataclasses.field(repr=False)
+    #: For the automatic hub: the process whose exit ends the hub (the Hypercorn master), and
+    #: the lock file under which exactly one worker starts it.
+    owner_pid: int | None = None
+    lock_path: Path | None = None
+
+    @property
+    def autostart(self) -> bool:
+        return self.owner_pid is not None
+
+    def describe(self) -> str:
+        if isinstance(self.address, tuple):
+            return f"tcp://{self.address[0]}:{self.address[1]}"
+        return f"unix:{self.address}"
+
+
+def parse_address(text: str) -> Address:
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not path:
+            raise HubConfigError(f"{text!r}: give the socket path after 'unix:'")
+        return path
+    if text.startswith("tcp://"):
+        host, sep, port = text.removeprefix("tcp://").rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise HubConfigError(f"{text!r}: expected tcp://HOST:PORT")
+        return (host.strip("[]"), int(port))
+    raise HubConfigError(f"{text!r}: expected unix:PATH or tcp://HOST:PORT")
+
+
+def read_secret_file(path: Path) -> bytes:
+    """Read a hub secret, refusing a file that other users could read."""
+    try:
+        info = path.stat()
+        secret = path.read_bytes().strip()
+    except OSError as error:
+        raise HubConfigError(f"cannot read the hub secret file {path}: {error.strerror}") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise HubConfigError(f"the hub secret file {path} is readable by others: chmod 600 it")
+    if len(secret) < 16:
+        raise HubConfigError(f"the hub secret in {path} is too short (16 bytes at least)")
+    return secret
+
+
+def resolve_endpoint(settings: Settings) -> Endpoint:
+    if settings.hub in ("", "auto"):
+        return automatic_endpoint()
+    if settings.hub_secret_file is None:
+        raise HubConfigError(
+            f"TRIO_CHAT_HUB={settings.hub} needs TRIO_CHAT_HUB_SECRET_FILE, the file holding "
+            "the secret the hub was started with"
+        )
+    return Endpoint(parse_address(settings.hub), read_secret_file(settings.hub_secret_file))
+
+
+def automatic_endpoint() -> Endpoint:
+    """The hub of this Hypercorn server: the master's, shared by all its workers."""
+    parent = multiprocessing.parent_process()
+    # Workers are children of the Hypercorn master; with ``--workers 0`` we are the master.
+    owner_pid = parent.pid if parent is not None and parent.pid is not None else os.getpid()
+    folder = private_runtime_dir()
+    return Endpoint(
+        address=str(folder / f"hub-{owner_pid}.sock"),
+        authkey=bytes(multiprocessing.current_process().authkey),
+        owner_pid=owner_pid,
+        lock_path=folder / f"hub-{owner_pid}.lock",
+    )
+
+
+def private_runtime_dir() -> Path:
+    """A folder only this user can enter, for the hub's socket and lock file."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    folder = base / f"trio-chat-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+    except OSError as error:
+        raise HubConfigError(f"cannot create {folder}: {error.strerror}") from None
+    # Refuse a folder someone else made or loosened (or a symlink to one): whoever controls it
+    # could stand in for our hub.
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise HubConfigError(
+            f"{folder} is not a private folder of this user (mode 0700); remove it and retry"
+        )
+    return folder

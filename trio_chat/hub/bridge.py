@@ -1,0 +1,196 @@
+"""The Trio side of the manager hub: the only place where trio_chat enters threads.
+
+Each hub call blocks on a socket round trip, so it runs in a worker thread via
+``trio.to_thread.run_sync``. Per worker there are two long-lived loops:
+
+- the **reader** blocks in ``fetch`` on the worker's mailbox and hands every batch of frames to
+  the listener (the room) the moment it arrives: no polling, one round trip per batch;
+- the **publisher** takes what sessions want published from a bounded outbox and sends all that
+  is waiting in one ``publish`` call, then wakes each waiting sender.
+
+Cancellation: ``fetch`` may block for as long as the chat is quiet, so the reader's thread is
+abandoned when the reader is cancelled (``abandon_on_cancel=True``). An abandoned ``fetch`` can
+still take frames that then go nowhere; that is harmless because the reader is only cancelled
+when the worker leaves the hub, and ``leave`` (called right after) wakes the thread so that it
+ends. Publishes are abandoned too on cancellation, at shutdown, where no sender waits any more.
+
+If the hub goes away (a call fails), the reader reconnects with backoff (starting a new hub if
+it is the automatic one), re-joins, and tells the listener that messages were missed; while the
+link is down, publishing fails at once with ``HubUnavailable``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from ..config import Settings
+from .address import Endpoint, resolve_endpoint
+from .interface import HubListener, HubUnavailable
+from .launcher import HubStartError, connect_or_start
+from .manager import HUB_ERRORS, HubClient
+
+logger = logging.getLogger("trio_chat.hub")
+
+T = TypeVar("T")
+
+#: Frames taken from the mailbox, and bodies published, per round trip.
+MAX_BATCH = 512
+RECONNECT_FIRST_DELAY_SECONDS = 0.05
+RECONNECT_MAX_DELAY_SECONDS = 1.0
+LEAVE_TIMEOUT_SECONDS = 2.0
+
+_LINK_ERRORS: tuple[type[BaseException], ...] = (*HUB_ERRORS, HubStartError)
+
+
+class _Pending:
+    """A body waiting to be published, and the sender waiting for the outcome."""
+
+    __slots__ = ("body", "done", "published")
+
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.done = trio.Event()
+        self.published = False
+
+
+class ManagerHub:
+    def __init__(self, settings: Settings, endpoint: Endpoint | None = None) -> None:
+        self._settings = settings
+        self._endpoint = endpoint
+        self._client: HubClient | None = None
+        self._label = f"{socket.gethostname()}:{os.getpid()}"
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[_Pending](
+            settings.outbox_size
+        )
+        # The reader and the publisher each hold a thread for as long as they run, plus one
+        # for joining, leaving and reconnecting; other to_thread users are not held up by them.
+        self._threads = trio.CapacityLimiter(3)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        if self._endpoint is None:
+            self._endpoint = resolve_endpoint(self._settings)
+        return self._endpoint
+
+    async def run(
+        self,
+        listener: HubListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            client, mailbox_id = await self._join()
+        except _LINK_ERRORS as error:
+            raise HubUnavailable(
+                f"cannot reach the hub at {self.endpoint.describe()}: {error}"
+            ) from error
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publish_loop)
+            task_status.started()
+            try:
+                while True:
+                    self._client = client
+                    await self._read_until_lost(client, mailbox_id, listener)
+                    self._client = None
+                    client, mailbox_id = await self._rejoin()
+                    listener.messages_missed()
+            finally:
+                self._client = None
+                with trio.CancelScope(shield=True):
+                    await self._leave(client, mailbox_id)
+                nursery.cancel_scope.cancel()
+
+    async def publish(self, body: str) -> None:
+        if self._client is None:
+            raise HubUnavailable("the hub is unreachable right now")
+        pending = _Pending(body)
+        await self._outbox_send.send(pending)
+        await pending.done.wait()
+        if not pending.published:
+            raise HubUnavailable("the hub is unreachable right now")
+
+    async def _join(self) -> tuple[HubClient, str]:
+        endpoint = self.endpoint
+        mailbox_size = self._settings.mailbox_size
+
+        def connect_and_join() -> tuple[HubClient, str]:
+            client = connect_or_start(endpoint, mailbox_size)
+            return client, client.join(self._label)
+
+        return await self._in_thread(connect_and_join)
+
+    async def _rejoin(self) -> tuple[HubClient, str]:
+        logger.warning("event=hub_down hub=%s", self.endpoint.describe())
+        delay = RECONNECT_FIRST_DELAY_SECONDS
+        while True:
+            try:
+                client, mailbox_id = await self._join()
+            except _LINK_ERRORS as error:
+                logger.debug("hub reconnect failed: %s", error)
+                await trio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
+            else:
+                logger.warning("event=hub_up hub=%s", self.endpoint.describe())
+                return client, mailbox_id
+
+    async def _read_until_lost(
+        self, client: HubClient, mailbox_id: str, listener: HubListener
+    ) -> None:
+        while True:
+            try:
+                frames = await self._in_thread(
+                    client.fetch, mailbox_id, MAX_BATCH, abandon_on_cancel=True
+                )
+            except HUB_ERRORS:
+                return
+            if frames is None:
+                # We did not leave, so the hub dropped our mailbox: we fell too far behind.
+                logger.warning("event=mailbox_evicted hub=%s", self.endpoint.describe())
+                return
+            listener.deliver(frames)
+
+    async def _publish_loop(self) -> None:
+        async for first in self._outbox_receive:
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._outbox_receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            client = self._client
+            if client is not None:
+                try:
+                    await self._in_thread(
+                        client.publish, [pending.body for pending in batch], abandon_on_cancel=True
+                    )
+                except HUB_ERRORS:
+                    pass  # The reader notices the broken link and reconnects.
+                else:
+                    for pending in batch:
+                        pending.published = True
+            for pending in batch:
+                pending.done.set()
+
+    async def _leave(self, client: HubClient, mailbox_id: str) -> None:
+        with trio.move_on_after(LEAVE_TIMEOUT_SECONDS):
+            # If the hub is gone already, so is our mailbox.
+            with contextlib.suppress(*HUB_ERRORS):
+                await self._in_thread(client.leave, mailbox_id, abandon_on_cancel=True)
+
+    async def _in_thread(
+        self, fn: Callable[..., T], *args: object, abandon_on_cancel: bool = False
+    ) -> T:
+        return await trio.to_thread.run_sync(
+            fn, *args, abandon_on_cancel=abandon_on_cancel, limiter=self._threads
+        )

@@ -1,0 +1,101 @@
+"""Bring up the automatic hub: exactly one per Hypercorn server, however many workers race.
+
+Workers call ``connect_or_start`` at startup and after losing the hub. Under an exclusive lock
+on the server's lock file, the first one finds no hub answering, starts one and waits until it
+listens; the others then find it answering. Everything here blocks: it runs in a thread of the
+Trio bridge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+from .address import Endpoint
+from .manager import HUB_ERRORS, HubClient
+
+logger = logging.getLogger("trio_chat.hub")
+
+#: How long a new hub process may take to listen (a Python start-up and two imports).
+HUB_START_TIMEOUT_SECONDS = 30.0
+
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+class HubStartError(Exception):
+    pass
+
+
+def connect_or_start(endpoint: Endpoint, mailbox_size: int) -> HubClient:
+    """Connect to the endpoint's hub, starting it first if it is automatic and not running."""
+    if not endpoint.autostart:
+        return HubClient(endpoint.address, endpoint.authkey)
+    assert endpoint.lock_path is not None and endpoint.owner_pid is not None
+    with _exclusive_lock(endpoint.lock_path):
+        try:
+            return HubClient(endpoint.address, endpoint.authkey)
+        except HUB_ERRORS:
+            pass  # No hub yet, or a dead one's socket: ours to start.
+        _start_hub(endpoint, mailbox_size)
+    return HubClient(endpoint.address, endpoint.authkey)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path):  # type: ignore[no-untyped-def]
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # Also releases the lock.
+
+
+def _start_hub(endpoint: Endpoint, mailbox_size: int) -> None:
+    assert isinstance(endpoint.address, str)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(endpoint.address)  # A dead hub's socket; we hold the lock, so no one uses it.
+    command = [
+        sys.executable,
+        "-m",
+        "trio_chat.hub",
+        "--listen",
+        endpoint.describe(),
+        "--watch-pid",
+        str(endpoint.owner_pid),
+        "--mailbox-size",
+        str(mailbox_size),
+        "--secret-stdin",
+    ]
+    environment = dict(os.environ)
+    # The hub imports this very package, even when it is run from a source tree.
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [_PACKAGE_PARENT, environment.get("PYTHONPATH")])
+    )
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=environment,
+        # Its own session: a Ctrl+C in the terminal goes to Hypercorn, which shuts the workers
+        # down gracefully; the hub must stay up for them meanwhile and ends after the master.
+        start_new_session=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    with process.stdin:
+        process.stdin.write(endpoint.authkey.hex().encode() + b"\n")
+    with process.stdout:
+        readable, _, _ = select.select([process.stdout], [], [], HUB_START_TIMEOUT_SECONDS)
+        line = process.stdout.readline() if readable else b""
+    if line.strip() != b"ready":
+        process.kill()
+        process.wait()
+        raise HubStartError(
+            f"the hub process did not start (exit code {process.returncode}); see its log above"
+        )
+    logger.info("started the hub (pid %d) on %s", process.pid, endpoint.describe())

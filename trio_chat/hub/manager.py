@@ -1,0 +1,53 @@
+"""The multiprocessing manager that carries hub calls, and the blocking client of it.
+
+Every call is a pickled round trip over an authenticated connection (``multiprocessing``
+checks the ``authkey`` with an HMAC challenge before anything is unpickled). Proxies open one
+connection per thread; ``HubClient`` is used from the threads of the Trio bridge only.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Sequence
+from multiprocessing.managers import BaseManager
+from typing import Any, cast
+
+from .address import Address
+
+HUB_TYPEID = "hub"
+EXPOSED = ("join", "leave", "publish", "fetch", "statistics")
+
+#: What a broken or absent hub raises in a client: refused or reset sockets, EOF mid-call, a
+#: failed authentication.
+HUB_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, multiprocessing.ProcessError)
+
+
+class HubManager(BaseManager):
+    """Client side: knows the hub's typeid, not how to make one."""
+
+
+HubManager.register(HUB_TYPEID, exposed=EXPOSED)
+
+
+class HubClient:
+    """A connection to a running hub; every method blocks for one round trip."""
+
+    def __init__(self, address: Address, authkey: bytes) -> None:
+        manager = HubManager(address=address, authkey=authkey)
+        manager.connect()
+        self._hub: Any = getattr(manager, HUB_TYPEID)()
+
+    def join(self, label: str) -> str:
+        return cast(str, self._hub.join(label))
+
+    def leave(self, mailbox_id: str) -> None:
+        self._hub.leave(mailbox_id)
+
+    def publish(self, bodies: Sequence[str]) -> int:
+        return cast(int, self._hub.publish(list(bodies)))
+
+    def fetch(self, mailbox_id: str, max_frames: int) -> list[str] | None:
+        return cast("list[str] | None", self._hub.fetch(mailbox_id, max_frames))
+
+    def statistics(self) -> dict[str, Any]:
+        return cast("dict[str, Any]", self._hub.statistics())

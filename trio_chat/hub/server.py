@@ -1,0 +1,103 @@
+"""The hub process: a multiprocessing manager server around one ``HubCore``.
+
+It runs until told to stop (SIGTERM, SIGINT) or, for the automatic hub, until the process it
+watches (the Hypercorn master) exits, so it never outlives the server it belongs to. The
+watch uses a pidfd where the kernel has them: woken by the exit itself, not by polling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.managers import BaseManager
+from types import FrameType
+
+from .address import Address
+from .core import HubCore
+from .manager import EXPOSED, HUB_TYPEID
+
+logger = logging.getLogger("trio_chat.hub")
+
+# Without pidfds (not Linux), how often to check that the watched process is still there.
+_WATCH_POLL_SECONDS = 1.0
+
+
+def serve(
+    address: Address,
+    authkey: bytes,
+    *,
+    mailbox_size: int,
+    watch_pid: int | None = None,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Serve until stopped; ``on_ready`` runs once the socket accepts connections."""
+    core = HubCore(mailbox_size)
+
+    class ServingManager(BaseManager):
+        pass
+
+    ServingManager.register(HUB_TYPEID, callable=lambda: core, exposed=EXPOSED)
+    server = ServingManager(address=address, authkey=authkey).get_server()
+    try:
+        if isinstance(address, str):
+            os.chmod(address, 0o600)
+        signal.signal(signal.SIGTERM, _exit_quietly)
+        signal.signal(signal.SIGINT, _exit_quietly)
+        if watch_pid is not None:
+            threading.Thread(
+                target=_stop_when_gone, args=(watch_pid,), name="watch-owner", daemon=True
+            ).start()
+        logger.info("hub listening on %s (pid %d)", _describe(address), os.getpid())
+        on_ready()
+        server.serve_forever()
+    finally:
+        if isinstance(address, str):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address)
+        logger.info("hub stopped")
+
+
+def _exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _stop_when_gone(pid: int) -> None:
+    wait_for_exit(pid)
+    logger.info("process %d has exited: stopping the hub", pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def wait_for_exit(pid: int) -> None:
+    """Block until process ``pid`` has exited (it need not be our child)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        while _alive(pid):
+            time.sleep(_WATCH_POLL_SECONDS)
+        return
+    try:
+        select.select([pidfd], [], [])
+    finally:
+        os.close(pidfd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(address: Address) -> str:
+    return f"tcp://{address[0]}:{address[1]}" if isinstance(address, tuple) else f"unix:{address}"

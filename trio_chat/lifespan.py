@@ -1,0 +1,68 @@
+"""A worker's life: at startup read the settings, join the hub and start its reader; at
+shutdown, leave the hub and stop everything that startup started.
+
+The lifespan call itself owns the worker's nursery, so the hub link cannot outlive the worker,
+and a failure to start is reported with ``lifespan.startup.failed`` and a message saying what to
+fix (Hypercorn then stops the server instead of serving a deaf worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from . import logs
+from .asgi_types import Receive, Scope, Send
+from .config import ConfigError, Settings
+from .hub import Hub, HubUnavailable, open_hub
+from .hub.address import HubConfigError
+from .logs import log_event
+from .worker import STATE_KEY, Worker
+
+HubFactory = Callable[[Settings], Hub]
+
+
+async def run_lifespan(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    settings: Settings | None,
+    hub_factory: HubFactory = open_hub,
+) -> None:
+    message = await receive()
+    if message["type"] != "lifespan.startup":
+        return
+    try:
+        settings = settings or Settings.from_env()
+        logs.configure(settings.log_level)
+        hub = hub_factory(settings)
+    except (ConfigError, HubConfigError) as error:
+        await _fail(send, f"trio_chat configuration error: {error}")
+        return
+    worker = Worker(settings, hub)
+    async with trio.open_nursery() as nursery:
+        try:
+            await nursery.start(hub.run, worker)
+        except (HubUnavailable, HubConfigError) as error:
+            await _fail(
+                send,
+                f"trio_chat could not join its hub: {error}. With TRIO_CHAT_HUB unset the hub "
+                "starts by itself; for a hub started by hand, check that it runs and that "
+                "TRIO_CHAT_HUB and TRIO_CHAT_HUB_SECRET_FILE match it.",
+            )
+            return
+        if "state" in scope:
+            scope["state"][STATE_KEY] = worker
+        log_event("worker_started", pid=worker.pid, hub=type(hub).__name__)
+        await send({"type": "lifespan.startup.complete"})
+
+        message = await receive()  # lifespan.shutdown: every connection has ended by now.
+        nursery.cancel_scope.cancel()
+    log_event("worker_stopped", pid=worker.pid)
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _fail(send: Send, message: str) -> None:
+    log_event("startup_failed", 40, reason=message)
+    await send({"type": "lifespan.startup.failed", "message": message})

@@ -1,0 +1,220 @@
+"""The chat protocol, sans I/O: parse and validate what clients send, encode what they receive.
+
+Nothing here touches a socket, a channel or the clock, so every rule is a plain function call in
+the tests. Frames are JSON text; docs/protocol.md is the reader's version of this module.
+
+Invariants:
+- ``parse_chat_frame`` either returns a valid ``ChatMessage`` or raises ``ProtocolError``; it
+  never lets another exception out, whatever the input (deep nesting, huge numbers, lone
+  surrogates, binary data).
+- A chat message is encoded once (``encode_chat_body``) where it enters the system and stamped
+  once (``stamp_chat_frame``) by the hub; every subscriber is sent the very same string.
+- Every string we emit is valid UTF-8 JSON on one line, so frames can be joined with ``\\n``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import unicodedata
+from typing import Any
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes we send (RFC 6455 section 7.4.1)."""
+
+    NORMAL = 1000
+    #: The worker is shutting down.
+    GOING_AWAY = 1001
+    #: The client broke a rule that is not about a single frame (e.g. too many connections).
+    POLICY_VIOLATION = 1008
+    #: A frame over Hypercorn's ``websocket_max_message_size``; Hypercorn sends this itself.
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    #: The server is restarting; come back shortly.
+    SERVICE_RESTART = 1012
+    #: The client fell behind: its buffer filled up, so it was dropped to protect the others.
+    TRY_AGAIN_LATER = 1013
+
+
+class ErrorCode(enum.StrEnum):
+    """The ``code`` of an error frame: what was wrong with the frame the client sent."""
+
+    BINARY_FRAME = "binary_frame"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_TYPE = "unknown_type"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    EMPTY_SENDER = "empty_sender"
+    EMPTY_MESSAGE = "empty_message"
+    SENDER_TOO_LONG = "sender_too_long"
+    MESSAGE_TOO_LONG = "message_too_long"
+    INVALID_TEXT = "invalid_text"
+    #: The message was valid but could not be published: the hub link is down.
+    HUB_UNAVAILABLE = "hub_unavailable"
+
+
+class ProtocolError(Exception):
+    """A client frame we refuse; answered with an error frame to that client alone."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    max_sender_chars: int = 64
+    max_message_bytes: int = 4096
+
+    @property
+    def max_frame_chars(self) -> int:
+        """Longest frame text that could hold a valid message.
+
+        JSON escapes cost at most six characters per character (``\\u001f``), so anything longer
+        is refused before it is parsed: the parser never sees megabytes of junk.
+        """
+        return 6 * (self.max_message_bytes + self.max_sender_chars) + 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChatMessage:
+    sender: str
+    message: str
+
+
+# Line breaks and tabs are fine in a message; other control characters are not (they only serve
+# to confuse terminals and logs). Names are a single line of printable text.
+_ALLOWED_CONTROLS_IN_MESSAGE = frozenset("\n\t")
+
+
+def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> ChatMessage:
+    """Validate one client frame (the ``text`` or ``bytes`` of an ASGI ``websocket.receive``)."""
+    if text is None:
+        raise ProtocolError(
+            ErrorCode.BINARY_FRAME, "Binary frames are not accepted: send JSON as a text frame."
+        )
+    if len(text) > limits.max_frame_chars:
+        raise ProtocolError(
+            ErrorCode.MESSAGE_TOO_LONG,
+            f"Frame too long: a message may be at most {limits.max_message_bytes} bytes.",
+        )
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        # RecursionError: deeply nested arrays; ValueError also covers oversized integers.
+        raise ProtocolError(ErrorCode.INVALID_JSON, "The frame is not valid JSON.") from None
+    if not isinstance(document, dict):
+        raise ProtocolError(
+            ErrorCode.NOT_AN_OBJECT, 'Send a JSON object: {"sender": ..., "message": ...}.'
+        )
+    kind = document.get("type", "message")
+    if kind != "message":
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown frame type {_clip(kind)}.")
+    sender = _string_field(document, "sender").strip()
+    message = _string_field(document, "message")
+    _check_sender(sender, limits)
+    _check_message(message, limits)
+    return ChatMessage(sender=sender, message=message)
+
+
+def _string_field(document: dict[str, Any], name: str) -> str:
+    if name not in document:
+        raise ProtocolError(ErrorCode.MISSING_FIELD, f'The field "{name}" is missing.')
+    value = document[name]
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.WRONG_TYPE, f'The field "{name}" must be a string.')
+    return value
+
+
+def _check_sender(sender: str, limits: Limits) -> None:
+    if not sender:
+        raise ProtocolError(ErrorCode.EMPTY_SENDER, "The sender name is empty.")
+    if len(sender) > limits.max_sender_chars:
+        raise ProtocolError(
+            ErrorCode.SENDER_TOO_LONG,
+            f"The sender name is longer than {limits.max_sender_chars} characters.",
+        )
+    if not _is_clean_text(sender, allowed_controls=frozenset()):
+        raise ProtocolError(
+            ErrorCode.INVALID_TEXT, "The sender name has control or invalid characters."
+        )
+
+
+def _check_message(message: str, limits: Limits) -> None:
+    if not message.strip():
+        raise ProtocolError(ErrorCode.EMPTY_MESSAGE, "The message is empty.")
+    if not _is_clean_text(message, allowed_controls=_ALLOWED_CONTROLS_IN_MESSAGE):
+        raise ProtocolError(
+            ErrorCode.INVALID_TEXT, "The message has control or invalid characters."
+        )
+    if len(message.encode("utf-8")) > limits.max_message_bytes:
+        raise ProtocolError(
+            ErrorCode.MESSAGE_TOO_LONG,
+            f"The message is longer than {limits.max_message_bytes} bytes.",
+        )
+
+
+def _is_clean_text(text: str, *, allowed_controls: frozenset[str]) -> bool:
+    if text.isprintable():  # The fast path: no control, format or surrogate characters at all.
+        return True
+    for char in text:
+        if char in allowed_controls:
+            continue
+        category = unicodedata.category(char)
+        # Cc: control characters; Cs: lone surrogates, which cannot be encoded as UTF-8 and would
+        # break the send to every client. Other non-printables (spaces, format marks, private use
+        # characters) are legitimate in text.
+        if category in ("Cc", "Cs"):
+            return False
+    return True
+
+
+def _clip(value: object, limit: int = 40) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def _dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_chat_body(chat: ChatMessage) -> str:
+    """The message as it travels to the hub: a JSON object without ``id`` and ``ts`` yet."""
+    return _dumps({"sender": chat.sender, "message": chat.message})
+
+
+def stamp_chat_frame(message_id: int, ts_ms: int, body: str) -> str:
+    """Give an encoded body its place in the total order; done once, by the hub.
+
+    ``body`` is a JSON object made by ``encode_chat_body``, so splicing the new keys after its
+    opening brace is safe and saves decoding and encoding it again.
+    """
+    return f'{{"type":"message","id":{message_id},"ts":{ts_ms},{body[1:]}'
+
+
+def welcome_frame(worker_pid: int) -> str:
+    return _dumps(
+        {
+            "type": "welcome",
+            "sender": "server",
+            "message": "You are connected",
+            "worker": worker_pid,
+        }
+    )
+
+
+def error_frame(code: ErrorCode, message: str) -> str:
+    return _dumps({"type": "error", "code": code.value, "message": message})
+
+
+class NoticeCode(enum.StrEnum):
+    #: The worker's link to the hub broke; messages published meanwhile did not reach this client.
+    MESSAGES_MISSED = "messages_missed"
+
+
+def notice_frame(code: NoticeCode, message: str) -> str:
+    return _dumps({"type": "notice", "code": code.value, "message": message})

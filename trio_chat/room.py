@@ -1,0 +1,101 @@
+"""In-process fan-out: one worker's subscribers, each with its own bounded memory channel.
+
+The hub bridge calls ``Room.broadcast`` with frames in hub order; the room puts each frame in
+every subscriber's channel without ever awaiting, so one slow client can never delay the
+others. Each session's writer task drains its own channel at its client's pace.
+
+Slow-consumer policy: a channel holds at most ``buffer_size`` frames. A subscriber whose channel
+is full when a frame arrives is dropped on the spot: it leaves the room, its channel is closed
+and its ``on_overflow`` callback runs (the session then closes the connection with 1013, "try
+again later"). Memory per subscriber is therefore bounded, and nobody else waits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import trio
+
+
+@dataclasses.dataclass(frozen=True)
+class RoomStatistics:
+    subscribers: int
+    #: Subscribers dropped so far because their buffer was full.
+    dropped_slow: int
+
+
+class Subscriber:
+    """One client's place in the room: the channel its writer task reads from."""
+
+    __slots__ = ("_send_channel", "id", "on_overflow", "overflowed", "receive_channel")
+
+    def __init__(self, subscriber_id: int, buffer_size: int, on_overflow: Callable[[], None]):
+        self.id = subscriber_id
+        self._send_channel, self.receive_channel = trio.open_memory_channel[str](buffer_size)
+        self.on_overflow = on_overflow
+        #: True once the room dropped this subscriber for falling behind.
+        self.overflowed = False
+
+    def offer(self, frame: str) -> bool:
+        """Queue a frame without waiting; False if the buffer is full (or already closed)."""
+        try:
+            self._send_channel.send_nowait(frame)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        return True
+
+    def close(self) -> None:
+        self._send_channel.close()
+
+
+class Room:
+    def __init__(self, buffer_size: int) -> None:
+        self._buffer_size = buffer_size
+        self._subscribers: dict[int, Subscriber] = {}
+        self._ids = itertools.count(1)
+        self._dropped_slow = 0
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def statistics(self) -> RoomStatistics:
+        return RoomStatistics(subscribers=len(self._subscribers), dropped_slow=self._dropped_slow)
+
+    @contextmanager
+    def subscribe(self, on_overflow: Callable[[], None]) -> Iterator[Subscriber]:
+        """Join the room for the duration of the ``with`` block; leaving is guaranteed."""
+        subscriber = Subscriber(next(self._ids), self._buffer_size, on_overflow)
+        self._subscribers[subscriber.id] = subscriber
+        try:
+            yield subscriber
+        finally:
+            self._subscribers.pop(subscriber.id, None)
+            subscriber.close()
+            subscriber.receive_channel.close()
+
+    def broadcast(self, frames: Sequence[str]) -> None:
+        """Queue ``frames``, in order, for every subscriber; drop those that cannot keep up."""
+        slow: list[Subscriber] = []
+        for subscriber in self._subscribers.values():
+            for frame in frames:
+                if not subscriber.offer(frame):
+                    slow.append(subscriber)
+                    break
+        for subscriber in slow:
+            self.drop_slow(subscriber)
+
+    def send_to(self, subscriber: Subscriber, frame: str) -> None:
+        """Queue a frame for one subscriber (e.g. an error frame); same policy when full."""
+        if subscriber.id in self._subscribers and not subscriber.offer(frame):
+            self.drop_slow(subscriber)
+
+    def drop_slow(self, subscriber: Subscriber) -> None:
+        if self._subscribers.pop(subscriber.id, None) is None:
+            return
+        self._dropped_slow += 1
+        subscriber.overflowed = True
+        subscriber.close()
+        subscriber.on_overflow()

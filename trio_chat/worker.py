@@ -1,0 +1,51 @@
+"""What one worker process shares among its connections: settings, the room and the hub link.
+
+Made at lifespan startup and handed to every connection through the ASGI lifespan ``state``
+(Hypercorn copies it into each connection's scope), so that nothing is a module global and a
+test can build as many workers as it likes in one process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+
+from .config import Settings
+from .hub import Hub
+from .protocol import Limits, NoticeCode, notice_frame
+from .room import Room
+
+STATE_KEY = "trio_chat.worker"
+
+
+class Worker:
+    def __init__(self, settings: Settings, hub: Hub) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.room = Room(settings.subscriber_buffer)
+        self.limits = Limits(
+            max_sender_chars=settings.max_sender_chars,
+            max_message_bytes=settings.max_message_bytes,
+        )
+        self.pid = os.getpid()
+        self._connection_ids = itertools.count(1)
+
+    def next_connection_id(self) -> int:
+        return next(self._connection_ids)
+
+    # HubListener: frames from the hub go straight to the room.
+
+    def deliver(self, frames: Sequence[str]) -> None:
+        self.room.broadcast(frames)
+
+    def messages_missed(self) -> None:
+        self.room.broadcast(
+            [
+                notice_frame(
+                    NoticeCode.MESSAGES_MISSED,
+                    "The server lost its link to the other workers for a moment: "
+                    "messages sent meanwhile may be missing.",
+                )
+            ]
+        )
