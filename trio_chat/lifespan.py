@@ -4,10 +4,18 @@ shutdown, leave the hub and stop everything that startup started.
 The lifespan call itself owns the worker's nursery, so the hub link cannot outlive the worker,
 and a failure to start is reported with ``lifespan.startup.failed`` and a message saying what to
 fix (Hypercorn then stops the server instead of serving a deaf worker).
+
+Termination: Hypercorn's master stops the remaining workers with SIGTERM as soon as the first
+one exits, which would cut every open WebSocket without a close frame. So the worker handles
+SIGTERM itself: it closes every session with 1001 (going away), which lets Hypercorn's own
+graceful shutdown finish at once. Should that shutdown not follow (a SIGTERM that did not come
+from the master), the worker ends as SIGTERM would have ended it, after ``EXIT_GRACE_SECONDS``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 
 import trio
@@ -21,6 +29,9 @@ from .logs import log_event
 from .worker import STATE_KEY, Worker
 
 HubFactory = Callable[[Settings], Hub]
+
+#: After closing every session on SIGTERM, how long Hypercorn has to shut the worker down.
+EXIT_GRACE_SECONDS = 10.0
 
 
 async def run_lifespan(
@@ -52,6 +63,7 @@ async def run_lifespan(
                 "TRIO_CHAT_HUB and TRIO_CHAT_HUB_SECRET_FILE match it.",
             )
             return
+        nursery.start_soon(_close_sessions_on_sigterm, worker)
         if "state" in scope:
             scope["state"][STATE_KEY] = worker
         log_event("worker_started", pid=worker.pid, hub=type(hub).__name__)
@@ -61,6 +73,20 @@ async def run_lifespan(
         nursery.cancel_scope.cancel()
     log_event("worker_stopped", pid=worker.pid)
     await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _close_sessions_on_sigterm(worker: Worker) -> None:
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+    except RuntimeError:
+        return  # Not in the main thread (an embedding server): termination is its business.
+    log_event("terminating", pid=worker.pid, connections=len(worker.room))
+    worker.close_all_sessions()
+    # Back to the default SIGTERM handling: a second SIGTERM ends the worker at once.
+    await trio.sleep(EXIT_GRACE_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _fail(send: Send, message: str) -> None:

@@ -5,9 +5,10 @@ every subscriber's channel without ever awaiting, so one slow client can never d
 others. Each session's writer task drains its own channel at its client's pace.
 
 Slow-consumer policy: a channel holds at most ``buffer_size`` frames. A subscriber whose channel
-is full when a frame arrives is dropped on the spot: it leaves the room, its channel is closed
-and its ``on_overflow`` callback runs (the session then closes the connection with 1013, "try
-again later"). Memory per subscriber is therefore bounded, and nobody else waits.
+is full when a frame arrives is evicted on the spot: it leaves the room, its channel is closed,
+its ``close_code`` becomes 1013 ("try again later") and its ``on_evict`` callback runs (the
+session then closes the connection with that code). Memory per subscriber is therefore bounded,
+and nobody else waits. ``evict_all`` does the same to everyone at shutdown, with 1001.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
+
+from .protocol import CloseCode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,14 +33,14 @@ class RoomStatistics:
 class Subscriber:
     """One client's place in the room: the channel its writer task reads from."""
 
-    __slots__ = ("_send_channel", "id", "on_overflow", "overflowed", "receive_channel")
+    __slots__ = ("_send_channel", "close_code", "id", "on_evict", "receive_channel")
 
-    def __init__(self, subscriber_id: int, buffer_size: int, on_overflow: Callable[[], None]):
+    def __init__(self, subscriber_id: int, buffer_size: int, on_evict: Callable[[], None]):
         self.id = subscriber_id
         self._send_channel, self.receive_channel = trio.open_memory_channel[str](buffer_size)
-        self.on_overflow = on_overflow
-        #: True once the room dropped this subscriber for falling behind.
-        self.overflowed = False
+        self.on_evict = on_evict
+        #: Set once the room evicts this subscriber: the code to close its connection with.
+        self.close_code: CloseCode | None = None
 
     def offer(self, frame: str) -> bool:
         """Queue a frame without waiting; False if the buffer is full (or already closed)."""
@@ -65,9 +68,9 @@ class Room:
         return RoomStatistics(subscribers=len(self._subscribers), dropped_slow=self._dropped_slow)
 
     @contextmanager
-    def subscribe(self, on_overflow: Callable[[], None]) -> Iterator[Subscriber]:
+    def subscribe(self, on_evict: Callable[[], None]) -> Iterator[Subscriber]:
         """Join the room for the duration of the ``with`` block; leaving is guaranteed."""
-        subscriber = Subscriber(next(self._ids), self._buffer_size, on_overflow)
+        subscriber = Subscriber(next(self._ids), self._buffer_size, on_evict)
         self._subscribers[subscriber.id] = subscriber
         try:
             yield subscriber
@@ -85,17 +88,22 @@ class Room:
                     slow.append(subscriber)
                     break
         for subscriber in slow:
-            self.drop_slow(subscriber)
+            self.evict(subscriber, CloseCode.TRY_AGAIN_LATER)
 
     def send_to(self, subscriber: Subscriber, frame: str) -> None:
         """Queue a frame for one subscriber (e.g. an error frame); same policy when full."""
         if subscriber.id in self._subscribers and not subscriber.offer(frame):
-            self.drop_slow(subscriber)
+            self.evict(subscriber, CloseCode.TRY_AGAIN_LATER)
 
-    def drop_slow(self, subscriber: Subscriber) -> None:
+    def evict_all(self, code: CloseCode) -> None:
+        for subscriber in list(self._subscribers.values()):
+            self.evict(subscriber, code)
+
+    def evict(self, subscriber: Subscriber, code: CloseCode) -> None:
         if self._subscribers.pop(subscriber.id, None) is None:
             return
-        self._dropped_slow += 1
-        subscriber.overflowed = True
+        if code == CloseCode.TRY_AGAIN_LATER:
+            self._dropped_slow += 1
+        subscriber.close_code = code
         subscriber.close()
-        subscriber.on_overflow()
+        subscriber.on_evict()

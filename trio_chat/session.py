@@ -1,10 +1,10 @@
 """One WebSocket connection on ``/chat``: accept it, then a reader and a writer task.
 
 Lifetime: the session owns a nursery holding the writer task, while the session task itself
-reads. The session ends when the client leaves (the reader returns), when the room drops it for
-falling behind (its ``on_overflow`` cancels the nursery; the session then closes with 1013), or
-when the server cancels it at shutdown (it closes with 1001 on its way out). In every case the
-subscription and both tasks end with it.
+reads. The session ends when the client leaves (the reader returns), when the room evicts it
+(its ``on_evict`` cancels the nursery; the session then closes with the code the room gave:
+1013 for falling behind, 1001 at shutdown), or when the server cancels it (it closes with 1001
+on its way out). In every case the subscription and both tasks end with it.
 
 Only the writer task ever sends to the client; the reader hands error frames to it through the
 same bounded channel, so frames never interleave and nothing else waits on this client.
@@ -42,7 +42,7 @@ async def serve_websocket(
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    if scope["path"] != CHAT_PATH or worker is None:
+    if scope["path"] != CHAT_PATH or worker is None or worker.closing:
         # Closing before accepting makes Hypercorn answer the handshake with 403.
         await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         return
@@ -66,23 +66,24 @@ class Session:
         code: int = CloseCode.GOING_AWAY
         try:
             async with trio.open_nursery() as nursery:
-                with self._room.subscribe(on_overflow=nursery.cancel_scope.cancel) as subscriber:
+                with self._room.subscribe(on_evict=nursery.cancel_scope.cancel) as subscriber:
                     self._room.send_to(subscriber, welcome_frame(self._worker.pid))
                     nursery.start_soon(self._write, subscriber)
                     code = await self._read(subscriber)
                     ended_by = "client"
                     nursery.cancel_scope.cancel()
-            if ended_by is None and subscriber.overflowed:
-                ended_by, code = "slow", CloseCode.TRY_AGAIN_LATER
+            if ended_by is None and subscriber.close_code is not None:
+                # Evicted: too slow (1013), or the worker is shutting down (1001).
+                ended_by, code = "server", subscriber.close_code
                 await self._close(code)
         finally:
             if ended_by is None:
-                # Cancelled from outside: the server is shutting down. Say goodbye first.
-                ended_by = "server"
+                # Cancelled from outside (the server gave up waiting at shutdown): say goodbye.
+                ended_by = "cancelled"
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
                     await self._close(code)
-            level = logging.WARNING if ended_by == "slow" else logging.INFO
-            log_event("disconnect", level, conn=self._id, reason=ended_by, code=int(code))
+            level = logging.WARNING if code == CloseCode.TRY_AGAIN_LATER else logging.INFO
+            log_event("disconnect", level, conn=self._id, by=ended_by, code=int(code))
 
     async def _read(self, subscriber: Subscriber) -> int:
         """Handle client frames until the client leaves; returns its close code."""

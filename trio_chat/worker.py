@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .config import Settings
 from .hub import Hub
-from .protocol import Limits, NoticeCode, notice_frame
+from .protocol import CloseCode, Limits, NoticeCode, notice_frame
 from .room import Room
 
 STATE_KEY = "trio_chat.worker"
@@ -29,7 +29,13 @@ class Worker:
             max_message_bytes=settings.max_message_bytes,
         )
         self.pid = os.getpid()
+        #: True once the worker is shutting down: no new sessions.
+        self.closing = False
         self._connection_ids = itertools.count(1)
+
+    def close_all_sessions(self) -> None:
+        self.closing = True
+        self.room.evict_all(CloseCode.GOING_AWAY)
 
     def next_connection_id(self) -> int:
         return next(self._connection_ids)

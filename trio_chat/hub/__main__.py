@@ -41,13 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, HubConfigError) as error:
         print(f"trio-chat-hub: {error}", file=sys.stderr)
         return 2
-    serve(
-        address,
-        authkey,
-        mailbox_size=args.mailbox_size or settings.mailbox_size,
-        watch_pid=args.watch_pid,
-        on_ready=_announce_ready if args.secret_stdin else lambda: None,
-    )
+    try:
+        serve(
+            address,
+            authkey,
+            mailbox_size=args.mailbox_size or settings.mailbox_size,
+            watch_pid=args.watch_pid,
+            on_ready=_announce_ready if args.secret_stdin else lambda: None,
+        )
+    finally:
+        if args.lock_file is not None:
+            # The automatic hub ends after its server: nobody can be waiting on the lock.
+            args.lock_file.unlink(missing_ok=True)
     return 0
 
 
@@ -64,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     # Used when a worker starts the automatic hub.
     parser.add_argument("--secret-stdin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--watch-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--lock-file", type=Path, help=argparse.SUPPRESS)
     return parser
 
 

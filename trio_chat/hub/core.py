@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -107,6 +108,7 @@ class HubCore:
     def statistics(self) -> dict[str, object]:
         with self._lock:
             return {
+                "pid": os.getpid(),
                 "last_id": self._sequencer.last_id,
                 "mailboxes": {
                     mailbox_id: {"label": mailbox.label, "waiting": len(mailbox.frames)}

@@ -27,6 +27,10 @@ HUB_START_TIMEOUT_SECONDS = 30.0
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
+# Hubs this process started. The hub outlives us as a rule (it ends with the Hypercorn master),
+# but one that dies first is reaped here rather than left a zombie.
+_started: list[subprocess.Popen[bytes]] = []
+
 
 class HubStartError(Exception):
     pass
@@ -68,6 +72,8 @@ def _start_hub(endpoint: Endpoint, mailbox_size: int) -> None:
         endpoint.describe(),
         "--watch-pid",
         str(endpoint.owner_pid),
+        "--lock-file",
+        str(endpoint.lock_path),
         "--mailbox-size",
         str(mailbox_size),
         "--secret-stdin",
@@ -98,4 +104,6 @@ def _start_hub(endpoint: Endpoint, mailbox_size: int) -> None:
         raise HubStartError(
             f"the hub process did not start (exit code {process.returncode}); see its log above"
         )
+    _started[:] = [hub for hub in _started if hub.poll() is None]
+    _started.append(process)
     logger.info("started the hub (pid %d) on %s", process.pid, endpoint.describe())

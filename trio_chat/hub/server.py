@@ -7,7 +7,6 @@ watch uses a pidfd where the kernel has them: woken by the exit itself, not by p
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import select
@@ -57,9 +56,7 @@ def serve(
         on_ready()
         server.serve_forever()
     finally:
-        if isinstance(address, str):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(address)
+        # The listener unlinks its own Unix socket when the process exits.
         logger.info("hub stopped")
 
 

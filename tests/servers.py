@@ -1,0 +1,136 @@
+"""Real servers for end-to-end tests: Hypercorn in a subprocess, and WebSocket clients for it.
+
+Rules for tests that start processes: they listen on a free loopback port, wait on conditions
+(a log line, a process exit) under a ``trio.fail_after`` deadline rather than for a fixed time,
+and always stop what they started, hub included.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+from wsclient import WebSocketClient, open_websocket
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class HypercornServer:
+    def __init__(self, process: trio.Process, port: int, workers: int) -> None:
+        self.process = process
+        self.port = port
+        self.workers = workers
+        self.output: list[str] = []
+        self._output_changed = trio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def chat_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/chat"
+
+    @property
+    def hub_pids(self) -> list[int]:
+        """Pids of the hubs this server's workers started (from their log lines)."""
+        marker = "started the hub (pid "
+        return [int(line.split(marker)[1].split(")")[0]) for line in self.output if marker in line]
+
+    async def collect_output(self) -> None:
+        assert self.process.stdout is not None
+        pending = b""
+        async for chunk in self.process.stdout:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            self.output.extend(line.decode(errors="replace") for line in lines)
+            self._output_changed.set()
+            self._output_changed = trio.Event()
+
+    async def wait_for_output(self, text: str, count: int = 1) -> None:
+        while sum(text in line for line in self.output) < count:
+            if self.process.returncode is not None:
+                raise AssertionError("hypercorn exited:\n" + "\n".join(self.output))
+            await self._output_changed.wait()
+
+    async def stop(self) -> int:
+        """SIGTERM, as a process manager would; returns hypercorn's exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_TIMEOUT_SECONDS):
+            return await self.process.wait()
+        os.killpg(self.process.pid, signal.SIGKILL)
+        await self.process.wait()
+        raise AssertionError("hypercorn did not stop on SIGTERM:\n" + "\n".join(self.output))
+
+
+@asynccontextmanager
+async def hypercorn_server(
+    workers: int = 4, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+) -> AsyncIterator[HypercornServer]:
+    """``hypercorn -c hypercorn.toml -k trio -w N trio_chat:app`` on a free loopback port."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "hypercorn", "-c", str(ROOT / "hypercorn.toml"),
+        "-k", "trio", "-w", str(workers), "-b", f"127.0.0.1:{port}", *args, "trio_chat:app",
+    ]  # fmt: skip
+    environment = {**os.environ, **(env or {})}
+    process = await trio.lowlevel.open_process(
+        command,
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = HypercornServer(process, port, workers)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.collect_output)
+        try:
+            with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
+                await server.wait_for_output("Running on", count=workers)
+            yield server
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    await server.stop()
+                for pid in server.hub_pids:
+                    await wait_gone(pid)
+            nursery.cancel_scope.cancel()
+
+
+async def wait_gone(pid: int, within: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Wait until process ``pid`` has exited (a zombie awaiting its reaper counts as gone)."""
+    with trio.fail_after(within):
+        while True:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    return
+            except psutil.NoSuchProcess:
+                return
+            await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def chat_client(server: HypercornServer, **options: Any) -> AsyncIterator[WebSocketClient]:
+    """A WebSocket client connected to the server's ``/chat``."""
+    async with open_websocket(server.port, **options) as client:
+        yield client

@@ -1,0 +1,138 @@
+"""End to end: ``hypercorn -k trio -w 4 trio_chat:app`` in a subprocess, real WebSocket clients.
+
+Localhost only, a free port per server, every wait bounded by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+import httpx
+import psutil
+import pytest
+import trio
+
+from servers import chat_client, hypercorn_server, wait_gone
+from wsclient import WebSocketClient
+
+pytestmark = pytest.mark.e2e
+
+CLIENTS = 40
+SENDERS = 8
+MESSAGES_PER_SENDER = 10
+
+
+async def test_every_client_on_every_worker_gets_every_message_in_one_order() -> None:
+    async with hypercorn_server(workers=4) as server, AsyncExitStack() as stack:
+        clients: list[WebSocketClient] = []
+        for _ in range(CLIENTS):
+            clients.append(await stack.enter_async_context(chat_client(server)))
+        welcomes = [await client.receive() for client in clients]
+        assert all(w["type"] == "welcome" and w["message"] == "You are connected" for w in welcomes)
+        workers = {welcome["worker"] for welcome in welcomes}
+        assert len(workers) > 1, "all clients landed on one worker"
+
+        async def send_all(index: int) -> None:
+            for n in range(MESSAGES_PER_SENDER):
+                await clients[index].send(f"sender-{index}", f"message {n}")
+
+        received: list[list[dict[str, object]]] = [[] for _ in clients]
+
+        async def receive_all(index: int) -> None:
+            while len(received[index]) < SENDERS * MESSAGES_PER_SENDER:
+                received[index].append(await clients[index].receive_type("message"))
+
+        async with trio.open_nursery() as nursery:
+            for index in range(len(clients)):
+                nursery.start_soon(receive_all, index)
+            for index in range(SENDERS):
+                nursery.start_soon(send_all, index)
+
+        first = received[0]
+        assert all(frames == first for frames in received), "clients disagree on the order"
+        ids = [frame["id"] for frame in first]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == len(ids)
+        for index in range(SENDERS):
+            texts = [f["message"] for f in first if f["sender"] == f"sender-{index}"]
+            assert texts == [f"message {n}" for n in range(MESSAGES_PER_SENDER)]
+        assert all(isinstance(frame["ts"], int) for frame in first)
+
+
+async def test_healthz_is_answered_by_each_worker_and_counts_its_connections() -> None:
+    async with hypercorn_server(workers=4) as server, AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(chat_client(server)) for _ in range(12)]
+        per_worker: dict[int, int] = {}
+        for client in clients:
+            worker = (await client.receive())["worker"]
+            per_worker[worker] = per_worker.get(worker, 0) + 1
+        seen: dict[int, int] = {}
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            # Each request is a new connection, so it can land on any worker; ask until every
+            # worker that holds clients has answered (bounded by the deadline).
+            with trio.fail_after(30):
+                while set(seen) < set(per_worker):
+                    response = await http.get("/healthz", headers={"connection": "close"})
+                    assert response.status_code == 200
+                    health = response.json()
+                    assert health["hub"] is True
+                    seen[health["pid"]] = health["connections"]
+        assert {pid: seen[pid] for pid in per_worker} == per_worker
+
+
+async def test_sigterm_stops_the_server_in_time_and_leaves_no_hub() -> None:
+    async with (
+        hypercorn_server(workers=4, args=["--graceful-timeout", "1"]) as server,
+        chat_client(server) as client,
+    ):
+        await client.receive()
+        hub_pids = server.hub_pids
+        assert len(hub_pids) == 1
+        assert psutil.Process(hub_pids[0]).is_running()
+        worker_pids = [child.pid for child in psutil.Process(server.process.pid).children()]
+        with trio.fail_after(1 + 5):  # graceful_timeout plus a little
+            assert await server.stop() == 0
+        # The client was told goodbye (1001, going away), not cut off (1006).
+        assert await client.wait_closed() == 1001
+        await wait_gone(hub_pids[0], within=5)
+        for pid in worker_pids:
+            await wait_gone(pid, within=5)
+
+
+async def test_two_servers_on_one_machine_each_get_their_own_hub() -> None:
+    async with hypercorn_server(workers=2) as one, hypercorn_server(workers=2) as two:
+        assert len(one.hub_pids) == 1
+        assert len(two.hub_pids) == 1
+        assert one.hub_pids != two.hub_pids
+        async with chat_client(one) as alice, chat_client(two) as bob:
+            await alice.receive()
+            await bob.receive()
+            await alice.send("alice", "only for server one")
+            frame = await alice.receive_type("message")
+            assert frame["message"] == "only for server one"
+            await bob.send("bob", "only for server two")
+            frame = await bob.receive_type("message")
+            assert frame["message"] == "only for server two"
+            assert frame["id"] == 1  # Server two's hub never saw server one's message.
+
+
+async def test_bad_frames_get_error_frames_and_a_huge_one_closes_with_1009() -> None:
+    async with (
+        hypercorn_server(workers=1) as server,
+        chat_client(server) as client,
+        chat_client(server) as other,
+    ):
+        await client.receive()
+        await other.receive()
+        await client.send_text("not json")
+        error = await client.receive()
+        assert error["type"] == "error"
+        assert error["code"] == "invalid_json"
+        await client.send("ann", "still here")
+        assert (await client.receive_type("message"))["message"] == "still here"
+        assert (await other.receive_type("message"))["message"] == "still here"
+        await client.send("a", "x" * 70_000)  # Over websocket_max_message_size (64 KiB).
+        assert await client.wait_closed() == 1009
+        # The others carry on.
+        await other.send("bob", "after")
+        assert (await other.receive_type("message"))["message"] == "after"

@@ -1,0 +1,131 @@
+"""In-process fan-out: order, bounds, the slow-consumer policy and cleanup."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from trio_chat.protocol import CloseCode
+from trio_chat.room import Room
+
+
+def drain(channel: trio.MemoryReceiveChannel[str]) -> list[str]:
+    frames = []
+    while True:
+        try:
+            frames.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return frames
+
+
+def never() -> None:
+    raise AssertionError("no subscriber should overflow here")
+
+
+def test_broadcast_reaches_every_subscriber_in_order() -> None:
+    room = Room(buffer_size=100)
+    with room.subscribe(never) as first, room.subscribe(never) as second:
+        room.broadcast(["a", "b"])
+        room.broadcast(["c"])
+        assert drain(first.receive_channel) == ["a", "b", "c"]
+        assert drain(second.receive_channel) == ["a", "b", "c"]
+
+
+def test_fan_out_to_many_subscribers() -> None:
+    room = Room(buffer_size=10)
+    subscriptions = [room.subscribe(never) for _ in range(500)]
+    subscribers = [subscription.__enter__() for subscription in subscriptions]
+    room.broadcast([str(n) for n in range(10)])
+    assert all(drain(s.receive_channel) == [str(n) for n in range(10)] for s in subscribers)
+    for subscription in subscriptions:
+        subscription.__exit__(None, None, None)
+    assert len(room) == 0
+
+
+def test_leaving_removes_the_subscriber_and_closes_its_channel() -> None:
+    room = Room(buffer_size=4)
+    with room.subscribe(never) as subscriber:
+        assert len(room) == 1
+    assert len(room) == 0
+    room.broadcast(["after"])  # Nothing to deliver to, nothing raised.
+    try:
+        subscriber.receive_channel.receive_nowait()
+    except trio.ClosedResourceError:
+        pass
+    else:
+        raise AssertionError("the channel should be closed")
+
+
+def test_full_subscriber_is_dropped_and_others_get_everything() -> None:
+    room = Room(buffer_size=3)
+    overflowed: list[int] = []
+    with room.subscribe(lambda: overflowed.append(1)) as slow, room.subscribe(never) as fast:
+        for n in range(3):
+            room.broadcast([f"m{n}"])
+            assert drain(fast.receive_channel) == [f"m{n}"]
+        assert overflowed == []
+        room.broadcast(["m3"])  # The slow one's buffer (3) is full now.
+        assert overflowed == [1]
+        assert slow.close_code == CloseCode.TRY_AGAIN_LATER
+        assert fast.close_code is None
+        assert drain(fast.receive_channel) == ["m3"]
+        assert len(room) == 1
+        assert room.statistics().dropped_slow == 1
+        # The dropped subscriber keeps what it had, and nothing more ever arrives.
+        room.broadcast(["m4"])
+        assert drain(slow.receive_channel) == ["m0", "m1", "m2"]
+        assert overflowed == [1]
+
+
+def test_a_batch_larger_than_the_buffer_drops_the_subscriber() -> None:
+    room = Room(buffer_size=2)
+    overflowed: list[int] = []
+    with room.subscribe(lambda: overflowed.append(1)) as subscriber:
+        room.broadcast(["a", "b", "c"])
+        assert overflowed == [1]
+        assert subscriber.close_code == CloseCode.TRY_AGAIN_LATER
+
+
+def test_evict_all_closes_everyone_with_the_code_given() -> None:
+    room = Room(buffer_size=2)
+    evicted: list[int] = []
+    with (
+        room.subscribe(lambda: evicted.append(1)) as a,
+        room.subscribe(lambda: evicted.append(2)) as b,
+    ):
+        room.evict_all(CloseCode.GOING_AWAY)
+        assert evicted == [1, 2]
+        assert a.close_code == b.close_code == CloseCode.GOING_AWAY
+        assert len(room) == 0
+        assert room.statistics().dropped_slow == 0
+
+
+def test_send_to_one_subscriber_only() -> None:
+    room = Room(buffer_size=2)
+    with room.subscribe(never) as target, room.subscribe(never) as other:
+        room.send_to(target, "error")
+        assert drain(target.receive_channel) == ["error"]
+        assert drain(other.receive_channel) == []
+
+
+async def test_writer_tasks_receive_as_soon_as_frames_arrive() -> None:
+    room = Room(buffer_size=8)
+    received: dict[int, list[str]] = {0: [], 1: []}
+
+    async def writer(index: int, subscriber_ready: trio.Event) -> None:
+        with room.subscribe(never) as subscriber:
+            subscriber_ready.set()
+            async for frame in subscriber.receive_channel:
+                received[index].append(frame)
+
+    async with trio.open_nursery() as nursery:
+        for index in received:
+            ready = trio.Event()
+            nursery.start_soon(writer, index, ready)
+            await ready.wait()
+        room.broadcast(["x"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert received == {0: ["x"], 1: ["x"]}
+        nursery.cancel_scope.cancel()
+    # Cancelled writers have left the room: no subscriber, no task left behind.
+    assert len(room) == 0

@@ -1,0 +1,167 @@
+"""A small WebSocket client for tests: wsproto over a Trio TCP stream.
+
+It exposes what tests need to see and do: the handshake status, raw text and binary frames,
+the close code the server sent, extra handshake headers (Origin) and subprotocols. It always
+closes its socket on the way out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+
+RECEIVE_TIMEOUT_SECONDS = 10.0
+RECEIVE_BYTES = 65536
+
+
+class HandshakeRefused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"handshake refused with HTTP {status}")
+        self.status = status
+
+
+class ConnectionClosed(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"connection closed with code {code}")
+        self.code = code
+
+
+class WebSocketClient:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._ws = WSConnection(ConnectionType.CLIENT)
+        self._events: list[Event] = []
+        self._partial: list[str | bytes] = []
+        self.subprotocol: str | None = None
+        #: The close code the server sent, once it has closed (1006 if the socket just died).
+        self.close_code: int | None = None
+
+    async def _handshake(
+        self, host: str, path: str, headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]
+    ) -> None:
+        request = Request(
+            host=host, target=path, extra_headers=list(headers), subprotocols=list(subprotocols)
+        )
+        await self._stream.send_all(self._ws.send(request))
+        while True:
+            event = await self._next_event()
+            if isinstance(event, AcceptConnection):
+                self.subprotocol = event.subprotocol
+                return
+            if isinstance(event, RejectConnection):
+                raise HandshakeRefused(event.status_code)
+            if not isinstance(event, RejectData):
+                raise AssertionError(f"unexpected handshake event {event!r}")
+
+    async def _next_event(self) -> Event:
+        while not self._events:
+            try:
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                self.close_code = self.close_code or 1006
+                raise ConnectionClosed(self.close_code)
+            self._ws.receive_data(data)
+            self._events.extend(self._ws.events())
+        return self._events.pop(0)
+
+    async def receive_raw(self) -> str | bytes:
+        """The next whole message from the server; ``ConnectionClosed`` once it has closed."""
+        if self.close_code is not None:
+            raise ConnectionClosed(self.close_code)
+        with trio.fail_after(RECEIVE_TIMEOUT_SECONDS):
+            while True:
+                event = await self._next_event()
+                if isinstance(event, Message):
+                    self._partial.append(event.data)
+                    if event.message_finished:
+                        parts, self._partial = self._partial, []
+                        if isinstance(event, TextMessage):
+                            return "".join(str(part) for part in parts)
+                        return b"".join(bytes(part) for part in parts)  # type: ignore[arg-type]
+                elif isinstance(event, Ping):
+                    await self._send_event(event.response())
+                elif isinstance(event, CloseConnection):
+                    self.close_code = event.code
+                    await self._send_event(event.response())
+                    raise ConnectionClosed(event.code)
+
+    async def receive(self) -> dict[str, Any]:
+        frame = json.loads(await self.receive_raw())
+        assert isinstance(frame, dict)
+        return frame
+
+    async def receive_type(self, kind: str) -> dict[str, Any]:
+        """The next frame of type ``kind``, skipping other types (e.g. notices)."""
+        while (frame := await self.receive())["type"] != kind:
+            pass
+        return frame
+
+    async def wait_closed(self) -> int:
+        """Read until the server closes; returns its close code."""
+        while True:
+            try:
+                await self.receive_raw()
+            except ConnectionClosed as closed:
+                return closed.code
+
+    async def send_text(self, text: str) -> None:
+        await self._send_event(TextMessage(data=text))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._send_event(BytesMessage(data=data))
+
+    async def send(self, sender: str, message: str) -> None:
+        await self.send_text(json.dumps({"sender": sender, "message": message}))
+
+    async def _send_event(self, event: Event) -> None:
+        try:
+            await self._stream.send_all(self._ws.send(event))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close_code = self.close_code or 1006
+            raise ConnectionClosed(self.close_code) from None
+
+    async def close(self, code: int = 1000) -> None:
+        if self.close_code is None:
+            with suppress(ConnectionClosed):
+                await self._send_event(CloseConnection(code=code))
+            self.close_code = code
+        await self._stream.aclose()
+
+
+@asynccontextmanager
+async def open_websocket(
+    port: int,
+    path: str = "/chat",
+    *,
+    host: str = "127.0.0.1",
+    headers: Sequence[tuple[str, str]] = (),
+    subprotocols: Sequence[str] = (),
+) -> AsyncIterator[WebSocketClient]:
+    stream = await trio.open_tcp_stream(host, port)
+    client = WebSocketClient(stream)
+    try:
+        with trio.fail_after(RECEIVE_TIMEOUT_SECONDS):
+            await client._handshake(f"{host}:{port}", path, headers, subprotocols)
+        yield client
+    finally:
+        with trio.CancelScope(shield=True):
+            await client.close()
