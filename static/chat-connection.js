@@ -1,0 +1,132 @@
+// WebSocket wrapper: parses frames, reports state, reconnects with backoff.
+
+const BASE_DELAY_MS = 500;
+const MAX_DELAY_MS = 10_000;
+// A socket stuck in CONNECTING (e.g. a black-holed proxy) never fires close
+// on its own; give up after this long so the backoff loop keeps going.
+const CONNECT_TIMEOUT_MS = 10_000;
+
+export function chatUrl(loc = location) {
+  const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${loc.host}/chat`;
+}
+
+// Splits one text frame into frame objects. The server may batch several
+// JSON objects in one frame separated by "\n"; a bad line is skipped rather
+// than dropping the whole batch.
+export function parseFrames(text) {
+  const frames = [];
+  for (const line of String(text).split('\n')) {
+    const trimmed = line.trim();
+    if (!trimmed) continue;
+    try {
+      const obj = JSON.parse(trimmed);
+      if (obj && typeof obj === 'object' && !Array.isArray(obj)) frames.push(obj);
+    } catch {
+      // Malformed line: ignore, the protocol says nothing useful can be done.
+    }
+  }
+  return frames;
+}
+
+export class ChatConnection {
+  /**
+   * @param {string} url
+   * @param {{onState?: Function, onFrame?: Function}} handlers
+   *   onState(state, info): state is "connecting" | "online" | "offline";
+   *     for "offline", info = {code, reason, wasOpen, retryInMs}.
+   *   onFrame(frame): called once per parsed JSON object.
+   */
+  constructor(url, { onState = () => {}, onFrame = () => {} } = {}) {
+    this.url = url;
+    this.onState = onState;
+    this.onFrame = onFrame;
+    this.ws = null;
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.connectTimer = null;
+  }
+
+  get isOpen() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  start() {
+    this.connect();
+  }
+
+  // Skip the remaining backoff wait (user clicked "retry", network came back).
+  retryNow() {
+    if (this.retryTimer === null) return;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.connect();
+  }
+
+  /** Sends a JSON frame; returns false (and sends nothing) when not open. */
+  send(obj) {
+    if (!this.isOpen) return false;
+    this.ws.send(JSON.stringify(obj));
+    return true;
+  }
+
+  connect() {
+    this.retryTimer = null;
+    this.onState('connecting');
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch {
+      // Only a malformed URL throws here; still treat it like a failed attempt.
+      this.scheduleRetry({ code: 1006, reason: '', wasOpen: false });
+      return;
+    }
+    this.ws = ws;
+    let wasOpen = false;
+
+    this.connectTimer = setTimeout(() => ws.close(), CONNECT_TIMEOUT_MS);
+
+    ws.addEventListener('open', () => {
+      clearTimeout(this.connectTimer);
+      wasOpen = true;
+      this.attempt = 0; // a successful open resets the backoff
+      this.onState('online');
+    });
+
+    ws.addEventListener('message', (event) => {
+      if (typeof event.data !== 'string') return; // protocol is text-only
+      for (const frame of parseFrames(event.data)) {
+        try {
+          this.onFrame(frame);
+        } catch (err) {
+          // One bad frame must not stop the rest of a batch from rendering.
+          console.error('trio_chat: failed to handle frame', err);
+        }
+      }
+    });
+
+    // "error" is always followed by "close", so all recovery happens there.
+    ws.addEventListener('close', (event) => {
+      clearTimeout(this.connectTimer);
+      if (this.ws !== ws) return;
+      this.ws = null;
+      this.scheduleRetry({ code: event.code, reason: event.reason, wasOpen });
+    });
+  }
+
+  scheduleRetry(info) {
+    const retryInMs = this.nextDelay();
+    this.onState('offline', { ...info, retryInMs });
+    this.retryTimer = setTimeout(() => this.connect(), retryInMs);
+  }
+
+  // Exponential backoff (0.5 s, 1 s, 2 s … capped at 10 s) with ±20 % jitter
+  // so that clients dropped together (e.g. a 1012 restart) don't all
+  // reconnect in the same instant. The jitter is applied after the cap on
+  // purpose: clamping afterwards would line everyone up at exactly 10 s.
+  nextDelay() {
+    const exp = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempt);
+    this.attempt = Math.min(this.attempt + 1, 16);
+    return Math.round(exp * (0.8 + Math.random() * 0.4));
+  }
+}
