@@ -5,7 +5,10 @@ Localhost only, a free port per server, every wait bounded by ``trio.fail_after`
 
 from __future__ import annotations
 
+import os
+import signal
 from contextlib import AsyncExitStack
+from typing import Any
 
 import httpx
 import psutil
@@ -36,7 +39,7 @@ async def test_every_client_on_every_worker_gets_every_message_in_one_order() ->
             for n in range(MESSAGES_PER_SENDER):
                 await clients[index].send(f"sender-{index}", f"message {n}")
 
-        received: list[list[dict[str, object]]] = [[] for _ in clients]
+        received: list[list[dict[str, Any]]] = [[] for _ in clients]
 
         async def receive_all(index: int) -> None:
             while len(received[index]) < SENDERS * MESSAGES_PER_SENDER:
@@ -71,7 +74,7 @@ async def test_healthz_is_answered_by_each_worker_and_counts_its_connections() -
             # Each request is a new connection, so it can land on any worker; ask until every
             # worker that holds clients has answered (bounded by the deadline).
             with trio.fail_after(30):
-                while set(seen) < set(per_worker):
+                while not set(per_worker) <= set(seen):
                     response = await http.get("/healthz", headers={"connection": "close"})
                     assert response.status_code == 200
                     health = response.json()
@@ -136,3 +139,27 @@ async def test_bad_frames_get_error_frames_and_a_huge_one_closes_with_1009() -> 
         # The others carry on.
         await other.send("bob", "after")
         assert (await other.receive_type("message"))["message"] == "after"
+
+
+async def test_chat_carries_on_across_workers_after_the_hub_is_killed() -> None:
+    async with hypercorn_server(workers=4) as server, AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(chat_client(server)) for _ in range(16)]
+        by_worker: dict[int, WebSocketClient] = {}
+        for client in clients:
+            by_worker.setdefault((await client.receive())["worker"], client)
+        assert len(by_worker) > 1
+        [first_hub] = server.hub_pids
+        os.kill(first_hub, signal.SIGKILL)
+        with trio.fail_after(5):
+            # Every client is told, once its worker is back on a hub, that it may have missed
+            # messages; none is disconnected.
+            for client in clients:
+                notice = await client.receive_type("notice")
+                assert notice["code"] == "messages_missed"
+            for index, sender in enumerate(by_worker.values()):
+                await sender.send(f"worker-{index}", "after the hub came back")
+            for client in clients:
+                senders = [(await client.receive_type("message"))["sender"] for _ in by_worker]
+                assert sorted(senders) == [f"worker-{i}" for i in range(len(by_worker))]
+        assert len(server.hub_pids) == 2  # Exactly one worker started the new hub.
+        await wait_gone(first_hub)

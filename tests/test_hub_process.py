@@ -164,7 +164,7 @@ def test_workers_starting_at_once_bring_up_exactly_one_hub(tmp_path: Path) -> No
         hubs = [
             p
             for p in psutil.process_iter(["cmdline"])
-            if endpoint.address in " ".join(p.info["cmdline"] or [])
+            if str(endpoint.address) in " ".join(p.info["cmdline"] or [])
         ]
         assert [p.pid for p in hubs] == list(hub_pids)
     finally:

@@ -57,7 +57,10 @@ class WebSocketClient:
         self, host: str, path: str, headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]
     ) -> None:
         request = Request(
-            host=host, target=path, extra_headers=list(headers), subprotocols=list(subprotocols)
+            host=host,
+            target=path,
+            extra_headers=[(name.encode(), value.encode()) for name, value in headers],
+            subprotocols=list(subprotocols),
         )
         await self._stream.send_all(self._ws.send(request))
         while True:

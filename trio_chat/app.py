@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .asgi_types import Receive, Scope, Send
 from .config import Settings
-from .hub import Hub, open_hub
+from .hub import open_hub
 from .lifespan import HubFactory, run_lifespan
 from .responses import send_error, send_json
 from .session import serve_websocket
@@ -29,8 +29,10 @@ class ChatApp:
         """``settings`` default to the environment, read at lifespan startup."""
         self._settings = settings
         self._hub_factory = hub_factory
-        static_dir = settings.static_dir if settings and settings.static_dir else None
-        self._static = StaticFiles(static_dir or default_static_dir())
+        # Serves the page when there is no worker (a server without lifespan support).
+        self._fallback_static = StaticFiles(
+            (settings.static_dir if settings else None) or default_static_dir()
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -60,7 +62,9 @@ class ChatApp:
         if route is None:
             await self._health(scope, send)
         else:
-            await self._static.serve(scope, send, route)
+            worker = _worker(scope)
+            static = worker.static if worker else self._fallback_static
+            await static.serve(scope, send, route)
 
     async def _health(self, scope: Scope, send: Send) -> None:
         worker = _worker(scope)
@@ -81,6 +85,3 @@ class ChatApp:
 def _worker(scope: Scope) -> Worker | None:
     worker = scope.get("state", {}).get(STATE_KEY)
     return worker if isinstance(worker, Worker) else None
-
-
-__all__ = ["ChatApp", "Hub"]

@@ -75,7 +75,8 @@ class Session:
             if ended_by is None and subscriber.close_code is not None:
                 # Evicted: too slow (1013), or the worker is shutting down (1001).
                 ended_by, code = "server", subscriber.close_code
-                await self._close(code)
+                with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
+                    await self._close(code)
         finally:
             if ended_by is None:
                 # Cancelled from outside (the server gave up waiting at shutdown): say goodbye.

@@ -55,18 +55,27 @@ class StaticFiles:
         """The file ``name`` stands for, or None if it is not a file inside the folder."""
         if not is_safe_relative_path(name):
             return None
-        path = await trio.Path(self.directory, name).resolve()
-        if os.path.commonpath([self.directory, path]) != str(self.directory):
+        try:
+            path = await trio.Path(self.directory, name).resolve()
+            if os.path.commonpath([self.directory, path]) != str(self.directory):
+                return None
+            return Path(path) if await trio.Path(path).is_file() else None
+        except (OSError, RuntimeError):
+            # A name too long for the file system, a symlink loop (RuntimeError on 3.11):
+            # whatever the client asked for, it is not a file we serve.
             return None
-        return Path(path) if await trio.Path(path).is_file() else None
 
     async def serve(self, scope: Scope, send: Send, name: str) -> None:
         head = scope["method"] == "HEAD"
         path = await self.resolve(name)
-        if path is None:
+        try:
+            if path is None:
+                raise FileNotFoundError(name)
+            info = await trio.Path(path).stat()
+            body = b"" if head else await trio.Path(path).read_bytes()
+        except OSError:  # Not there, or gone between the check and the read.
             await send_error(send, 404, "Not Found", head=head)
             return
-        info = await trio.Path(path).stat()
         etag = f'"{info.st_mtime_ns:x}-{info.st_size:x}"'.encode()
         headers = [
             (b"etag", etag),
@@ -76,7 +85,6 @@ class StaticFiles:
         if _not_modified(scope, etag, info.st_mtime):
             await send_response(send, 304, headers=headers, content_type=None, with_length=False)
             return
-        body = b"" if head else await trio.Path(path).read_bytes()
         if head:
             headers.append((b"content-length", str(info.st_size).encode()))
         content_type = CONTENT_TYPES.get(path.suffix.lower(), DEFAULT_CONTENT_TYPE)

@@ -15,6 +15,7 @@ from .config import Settings
 from .hub import Hub
 from .protocol import CloseCode, Limits, NoticeCode, notice_frame
 from .room import Room
+from .static import StaticFiles, default_static_dir
 
 STATE_KEY = "trio_chat.worker"
 
@@ -28,6 +29,7 @@ class Worker:
             max_sender_chars=settings.max_sender_chars,
             max_message_bytes=settings.max_message_bytes,
         )
+        self.static = StaticFiles(settings.static_dir or default_static_dir())
         self.pid = os.getpid()
         #: True once the worker is shutting down: no new sessions.
         self.closing = False

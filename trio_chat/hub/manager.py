@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Sequence
-from multiprocessing.managers import BaseManager
+from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, cast
 
 from .address import Address
@@ -35,6 +35,11 @@ class HubClient:
     def __init__(self, address: Address, authkey: bytes) -> None:
         manager = HubManager(address=address, authkey=authkey)
         manager.connect()
+        # Proxies share their per-thread connections through a class-level cache keyed by
+        # address, and never reconnect. After a hub restart on the same address, a new proxy
+        # would reuse the dead hub's connections: drop the cache entry so that this client's
+        # proxy opens its own. Proxies made earlier keep the entry they already hold.
+        BaseProxy._address_to_local.pop(address, None)
         self._hub: Any = getattr(manager, HUB_TYPEID)()
 
     def join(self, label: str) -> str:

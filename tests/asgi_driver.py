@@ -1,0 +1,309 @@
+"""Drive the ASGI app in-process, the way Hypercorn's Trio worker does, over memory channels.
+
+- ``open_lifespan`` / ``running_worker``: the worker's lifespan (startup, then shutdown), with the
+  ``state`` dict Hypercorn copies into every connection's scope.
+- ``request``: one HTTP request, collected into a frozen ``Response``.
+- ``connect_websocket`` / ``open_chat``: one WebSocket session, the app running as a task, the
+  test playing the client through a ``WebSocketClient``.
+
+Rules: nothing here sleeps; every wait on the app is guarded by ``trio.fail_after`` so that a
+hang fails the test instead of the run. Channels towards the test are unbounded, so the app is
+never held up by the test unless the test asks for it (``WebSocketClient.stall``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trio_chat import ChatApp
+from trio_chat.asgi_types import Message, Receive, Scope, Send
+from trio_chat.config import Settings
+from trio_chat.hub import Hub
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: How long the test waits for the app before calling it a hang.
+APP_TIMEOUT_SECONDS = 5.0
+
+
+def chat_app(hub: Hub, settings: Settings | None = None) -> ChatApp:
+    """An app (one "worker") whose lifespan joins ``hub`` instead of opening its own."""
+    return ChatApp(settings or Settings(), hub_factory=lambda _settings: hub)
+
+
+# Lifespan
+
+
+@dataclasses.dataclass
+class Lifespan:
+    """The server's side of one lifespan call; the app runs as a task meanwhile."""
+
+    state: dict[str, Any]
+    to_app: trio.MemorySendChannel[Message]
+    from_app: trio.MemoryReceiveChannel[Message]
+    #: Set when the app's lifespan call has returned.
+    returned: trio.Event
+
+    async def startup(self) -> Message:
+        """Send ``lifespan.startup``; the app's answer."""
+        await self.to_app.send({"type": "lifespan.startup"})
+        return await self._answer()
+
+    async def shutdown(self) -> Message:
+        """Send ``lifespan.shutdown``; the app's answer."""
+        await self.to_app.send({"type": "lifespan.shutdown"})
+        return await self._answer()
+
+    async def wait_returned(self) -> None:
+        with trio.fail_after(APP_TIMEOUT_SECONDS):
+            await self.returned.wait()
+
+    async def _answer(self) -> Message:
+        with trio.fail_after(APP_TIMEOUT_SECONDS):
+            return await self.from_app.receive()
+
+
+@asynccontextmanager
+async def open_lifespan(app: ASGIApp) -> AsyncIterator[Lifespan]:
+    """Run the app's lifespan call as a task; cancelled on exit if it has not returned."""
+    state: dict[str, Any] = {}
+    scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": state}
+    to_app, app_receive = trio.open_memory_channel[Message](math.inf)
+    app_send, from_app = trio.open_memory_channel[Message](math.inf)
+    lifespan = Lifespan(state, to_app, from_app, trio.Event())
+
+    async def run() -> None:
+        try:
+            await app(scope, app_receive.receive, app_send.send)
+        finally:
+            lifespan.returned.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        try:
+            yield lifespan
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def running_worker(app: ASGIApp) -> AsyncIterator[dict[str, Any]]:
+    """A started worker: yields its lifespan ``state``; shuts it down cleanly on exit."""
+    async with open_lifespan(app) as lifespan:
+        answer = await lifespan.startup()
+        assert answer == {"type": "lifespan.startup.complete"}, answer
+        yield lifespan.state
+        answer = await lifespan.shutdown()
+        assert answer == {"type": "lifespan.shutdown.complete"}, answer
+        await lifespan.wait_returned()
+
+
+# HTTP
+
+
+@dataclasses.dataclass(frozen=True)
+class Response:
+    status: int
+    #: Lower-case names; the driver fails if the app sends a header twice.
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        assert self.headers["content-type"] == "application/json"
+        return json.loads(self.body)
+
+
+async def request(
+    app: ASGIApp,
+    state: dict[str, Any] | None,
+    method: str,
+    path: str,
+    *,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    raw_path: bytes | None = None,
+) -> Response:
+    """One HTTP/1.1 request without a body; ``path`` is the decoded path, as Hypercorn gives it."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("utf-8", "surrogateescape") if raw_path is None else raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 8000),
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with trio.fail_after(APP_TIMEOUT_SECONDS):
+        await app(scope, receive, send)
+    return _collect_response(sent)
+
+
+def _collect_response(sent: list[Message]) -> Response:
+    assert sent, "the app sent no response"
+    start, *bodies = sent
+    assert start["type"] == "http.response.start", start
+    assert bodies, "the app sent no http.response.body"
+    assert all(message["type"] == "http.response.body" for message in bodies), bodies
+    assert not bodies[-1].get("more_body", False), "the response body never ended"
+    names = [name.decode("latin-1").lower() for name, _ in start["headers"]]
+    assert len(names) == len(set(names)), f"a header was sent twice: {names}"
+    headers = {
+        name.decode("latin-1").lower(): value.decode("latin-1") for name, value in start["headers"]
+    }
+    body = b"".join(message.get("body", b"") for message in bodies)
+    return Response(start["status"], headers, body)
+
+
+# WebSocket
+
+
+class WebSocketClient:
+    """The test's end of one WebSocket session; the app runs in a task of its own."""
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any] | None, path: str) -> None:
+        self._app = app
+        self.scope: Scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "scheme": "ws",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [],
+            "client": ("127.0.0.1", 1234),
+            "server": ("127.0.0.1", 8000),
+            "subprotocols": [],
+        }
+        if state is not None:
+            self.scope["state"] = dict(state)
+        self._to_app, self._app_receive = trio.open_memory_channel[Message](math.inf)
+        self._app_send, self._from_app = trio.open_memory_channel[Message](math.inf)
+        #: Set when the app's call has returned.
+        self.returned = trio.Event()
+        self._cancel_scope = trio.CancelScope()
+        self._stalled: set[str] = set()
+        #: Set once the app is blocked in a stalled ``send``.
+        self.send_stalled = trio.Event()
+
+    async def run_app(self) -> None:
+        try:
+            with self._cancel_scope:
+                await self._app(self.scope, self._app_receive.receive, self._send_from_app)
+        finally:
+            self.returned.set()
+
+    async def _send_from_app(self, message: Message) -> None:
+        if message["type"] in self._stalled:
+            # Like a client that stopped reading: the server's send never completes.
+            self.send_stalled.set()
+            await trio.sleep_forever()
+        self._app_send.send_nowait(message)
+
+    # What the client does.
+
+    async def connect(self) -> None:
+        await self._to_app.send({"type": "websocket.connect"})
+
+    async def send_text(self, text: str) -> None:
+        await self._to_app.send({"type": "websocket.receive", "bytes": None, "text": text})
+
+    async def send_json(self, document: Any) -> None:
+        await self.send_text(json.dumps(document))
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._to_app.send({"type": "websocket.receive", "bytes": data, "text": None})
+
+    async def disconnect(self, code: int = 1000) -> None:
+        """Leave, and wait for the app's session to end."""
+        await self._to_app.send({"type": "websocket.disconnect", "code": code})
+        await self.wait_returned()
+
+    def stall(self, *message_types: str) -> None:
+        """From now on the app's ``send`` of these message types blocks forever."""
+        self._stalled.update(message_types or ("websocket.send",))
+
+    def cancel_nowait(self) -> None:
+        """Cancel the session task, as Hypercorn does at shutdown."""
+        self._cancel_scope.cancel()
+
+    async def cancel(self) -> None:
+        """Cancel the session task and wait for it to end."""
+        self.cancel_nowait()
+        await self.wait_returned()
+
+    # What the client sees.
+
+    async def receive(self) -> Message:
+        """The next ASGI message the app sent."""
+        with trio.fail_after(APP_TIMEOUT_SECONDS):
+            return await self._from_app.receive()
+
+    async def receive_json(self) -> Any:
+        """The next frame the app sent, which must be a text frame, decoded."""
+        message = await self.receive()
+        assert message["type"] == "websocket.send", message
+        assert message.get("bytes") is None, message
+        return json.loads(message["text"])
+
+    def received_nowait(self) -> list[Message]:
+        """Everything the app has sent and the test has not read yet."""
+        messages = []
+        while True:
+            try:
+                messages.append(self._from_app.receive_nowait())
+            except trio.WouldBlock:
+                return messages
+
+    async def wait_returned(self) -> None:
+        with trio.fail_after(APP_TIMEOUT_SECONDS):
+            await self.returned.wait()
+
+
+@asynccontextmanager
+async def connect_websocket(
+    app: ASGIApp, state: dict[str, Any] | None, path: str = "/chat"
+) -> AsyncIterator[WebSocketClient]:
+    """Start a session and send ``websocket.connect``; the session is cancelled on exit."""
+    client = WebSocketClient(app, state, path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_app)
+        try:
+            await client.connect()
+            yield client
+        finally:
+            # Like a server shutdown; the nursery then waits for the session to end.
+            client.cancel_nowait()
+
+
+@asynccontextmanager
+async def open_chat(app: ASGIApp, state: dict[str, Any]) -> AsyncIterator[WebSocketClient]:
+    """A session on ``/chat`` that has been accepted and has read its welcome frame."""
+    async with connect_websocket(app, state) as client:
+        accept = await client.receive()
+        assert accept == {"type": "websocket.accept"}, accept
+        welcome = await client.receive_json()
+        assert welcome["type"] == "welcome", welcome
+        yield client

@@ -1,0 +1,428 @@
+"""WebSocket sessions on /chat, driven in-process: welcome, fan-out, error frames, slow clients.
+
+Each "worker" is a ``ChatApp`` with its own lifespan; workers share one ``LocalHub``, so
+cross-worker fan-out runs in one Trio run. The hub's clock is fixed unless a test is about it.
+Nothing sleeps: "nothing was sent" is checked after ``wait_all_tasks_blocked``, and the one test
+about a timeout runs on the autojump clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_chat import ChatApp
+from trio_chat.config import Settings
+from trio_chat.hub import LocalHub
+from trio_chat.protocol import CloseCode, ErrorCode
+from trio_chat.session import CLOSE_TIMEOUT_SECONDS
+from trio_chat.worker import STATE_KEY, Worker
+
+from asgi_driver import (
+    APP_TIMEOUT_SECONDS,
+    WebSocketClient,
+    chat_app,
+    connect_websocket,
+    open_chat,
+    request,
+    running_worker,
+)
+
+NOW_MS = 1_700_000_000_123
+
+
+def fixed_clock_hub() -> LocalHub:
+    return LocalHub(clock_ms=lambda: NOW_MS)
+
+
+@asynccontextmanager
+async def worker(
+    hub: LocalHub, settings: Settings | None = None
+) -> AsyncIterator[tuple[ChatApp, dict[str, Any]]]:
+    """A started worker on ``hub``: its app and lifespan state."""
+    app = chat_app(hub, settings)
+    async with running_worker(app) as state:
+        yield app, state
+
+
+def chat(message_id: int, sender: str, message: str) -> dict[str, Any]:
+    """The frame every client is sent for a published message."""
+    return {"type": "message", "id": message_id, "ts": NOW_MS, "sender": sender, "message": message}
+
+
+async def assert_nothing_sent(*clients: WebSocketClient) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    for client in clients:
+        assert client.received_nowait() == []
+
+
+# Handshake
+
+
+@pytest.mark.parametrize("path", ["/", "/chat/", "/chatroom", "/static/app.js", "/healthz"])
+async def test_websocket_on_another_path_is_closed_before_accept(path: str) -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        connect_websocket(app, state, path) as client,
+    ):
+        first = await client.receive()
+        await client.wait_returned()
+
+    assert first == {"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION}
+    assert client.received_nowait() == []
+
+
+async def test_websocket_is_refused_when_the_worker_has_not_started() -> None:
+    app = chat_app(fixed_clock_hub())
+    async with connect_websocket(app, None) as client:
+        first = await client.receive()
+        await client.wait_returned()
+
+    assert first == {"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION}
+
+
+async def test_first_frame_after_accept_is_the_welcome() -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        connect_websocket(app, state) as client,
+    ):
+        accept = await client.receive()
+        welcome = await client.receive_json()
+
+    assert accept == {"type": "websocket.accept"}
+    assert welcome == {
+        "type": "welcome",
+        "sender": "server",
+        "message": "You are connected",
+        "worker": os.getpid(),
+    }
+
+
+# Fan-out
+
+
+async def test_message_is_broadcast_to_every_client_including_the_sender() -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+        open_chat(app, state) as cat,
+    ):
+        await ann.send_json({"sender": "ann", "message": "hi"})
+        received = [await client.receive_json() for client in (ann, bob, cat)]
+
+    assert received == [chat(1, "ann", "hi")] * 3
+
+
+async def test_ids_count_up_from_one_in_publish_order() -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+    ):
+        for sender in (ann, bob, ann):
+            await sender.send_json({"sender": "x", "message": "m"})
+            await trio.testing.wait_all_tasks_blocked()
+        ids = [(await ann.receive_json())["id"] for _ in range(3)]
+
+    assert ids == [1, 2, 3]
+
+
+async def test_ts_is_the_hub_wall_clock_in_milliseconds() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    async with worker(LocalHub()) as (app, state), open_chat(app, state) as ann:
+        await ann.send_json({"sender": "ann", "message": "hi"})
+        frame = await ann.receive_json()
+    after_ms = time.time_ns() // 1_000_000
+
+    assert isinstance(frame["ts"], int)
+    assert before_ms <= frame["ts"] <= after_ms
+
+
+async def test_clients_on_two_workers_get_every_message_in_the_same_order() -> None:
+    hub = fixed_clock_hub()
+    async with (
+        worker(hub) as (app1, state1),
+        worker(hub) as (app2, state2),
+        open_chat(app1, state1) as ann,
+        open_chat(app2, state2) as bob,
+        open_chat(app2, state2) as cat,
+    ):
+        senders = [ann, bob, cat, bob, ann]
+        for n, sender in enumerate(senders):
+            await sender.send_json({"sender": f"s{n}", "message": f"m{n}"})
+        seen = {
+            name: [await client.receive_json() for _ in senders]
+            for name, client in {"ann": ann, "bob": bob, "cat": cat}.items()
+        }
+
+    assert seen["ann"] == seen["bob"] == seen["cat"]
+    assert [frame["id"] for frame in seen["ann"]] == [1, 2, 3, 4, 5]
+    assert sorted(frame["message"] for frame in seen["ann"]) == [f"m{n}" for n in range(5)]
+
+
+async def test_server_assigns_id_and_ts_whatever_the_client_sends() -> None:
+    async with worker(fixed_clock_hub()) as (app, state), open_chat(app, state) as ann:
+        await ann.send_json(
+            {"sender": "ann", "message": "hi", "id": 99, "ts": 1, "type": "message"}
+        )
+        frame = await ann.receive_json()
+
+    assert frame == chat(1, "ann", "hi")
+
+
+@pytest.mark.parametrize(
+    ("sent", "broadcast"),
+    [
+        (("ann", "hi"), ("ann", "hi")),
+        (("  ann  ", "hi"), ("ann", "hi")),  # names are trimmed
+        (("ann", "  two\nlines\tand tab  "), ("ann", "  two\nlines\tand tab  ")),
+        (("a" * 64, "hi"), ("a" * 64, "hi")),
+        (("ann", "x" * 4096), ("ann", "x" * 4096)),
+        (("ann", "é" * 2048), ("ann", "é" * 2048)),  # 4096 bytes of UTF-8
+        (("ann", "😀" * 1024), ("ann", "😀" * 1024)),  # 4096 bytes of UTF-8
+        (("ann", "<script>alert(1)</script>"), ("ann", "<script>alert(1)</script>")),
+        (("zoë", "\u200bzero width"), ("zoë", "\u200bzero width")),
+    ],
+)
+async def test_valid_message_is_broadcast_as_sent(
+    sent: tuple[str, str], broadcast: tuple[str, str]
+) -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+    ):
+        await ann.send_json({"sender": sent[0], "message": sent[1]})
+        frame = await bob.receive_json()
+
+    assert frame == chat(1, *broadcast)
+
+
+# Bad input: an error frame to the sender alone, and the connection stays open.
+
+BAD_FRAMES: list[tuple[str | bytes, ErrorCode]] = [
+    ("hello", ErrorCode.INVALID_JSON),
+    ('{"sender": "a", "message": "b"', ErrorCode.INVALID_JSON),
+    ("[" * 20_000, ErrorCode.INVALID_JSON),  # deeper than the parser's recursion limit
+    ('{"sender":"a","message":"b","n":' + "9" * 5000 + "}", ErrorCode.INVALID_JSON),
+    ("[" * 100_000, ErrorCode.MESSAGE_TOO_LONG),  # refused by size before it is parsed
+    ('["ann", "hi"]', ErrorCode.NOT_AN_OBJECT),
+    ("42", ErrorCode.NOT_AN_OBJECT),
+    ('"hi"', ErrorCode.NOT_AN_OBJECT),
+    ("null", ErrorCode.NOT_AN_OBJECT),
+    ('{"message": "hi"}', ErrorCode.MISSING_FIELD),
+    ('{"sender": "ann"}', ErrorCode.MISSING_FIELD),
+    ('{"sender": 1, "message": "hi"}', ErrorCode.WRONG_TYPE),
+    ('{"sender": "ann", "message": ["hi"]}', ErrorCode.WRONG_TYPE),
+    ('{"sender": "ann", "message": null}', ErrorCode.WRONG_TYPE),
+    ('{"sender": "ann", "message": ""}', ErrorCode.EMPTY_MESSAGE),
+    ('{"sender": "ann", "message": " \\n\\t "}', ErrorCode.EMPTY_MESSAGE),
+    ('{"sender": "", "message": "hi"}', ErrorCode.EMPTY_SENDER),
+    ('{"sender": "   ", "message": "hi"}', ErrorCode.EMPTY_SENDER),
+    (json.dumps({"sender": "a" * 65, "message": "hi"}), ErrorCode.SENDER_TOO_LONG),
+    (json.dumps({"sender": "a", "message": "x" * 4097}), ErrorCode.MESSAGE_TOO_LONG),
+    (json.dumps({"sender": "a", "message": "é" * 2048 + "x"}), ErrorCode.MESSAGE_TOO_LONG),
+    (json.dumps({"sender": "a", "message": "😀" * 1025}), ErrorCode.MESSAGE_TOO_LONG),
+    ('{"sender": "ann", "message": "bell\\u0007"}', ErrorCode.INVALID_TEXT),
+    ('{"sender": "ann", "message": "\\u001b[2Jclear"}', ErrorCode.INVALID_TEXT),
+    ('{"sender": "ann", "message": "nul\\u0000"}', ErrorCode.INVALID_TEXT),
+    ('{"sender": "a\\nb", "message": "hi"}', ErrorCode.INVALID_TEXT),
+    ('{"sender": "a", "message": "\\ud800"}', ErrorCode.INVALID_TEXT),  # a lone surrogate
+    ('{"sender": "\\udfff", "message": "hi"}', ErrorCode.INVALID_TEXT),
+    ('{"type": "typing", "sender": "ann", "message": "hi"}', ErrorCode.UNKNOWN_TYPE),
+    ('{"type": null, "sender": "ann", "message": "hi"}', ErrorCode.UNKNOWN_TYPE),
+    (b'{"sender": "ann", "message": "hi"}', ErrorCode.BINARY_FRAME),
+    (b"\xff\x00", ErrorCode.BINARY_FRAME),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), BAD_FRAMES)
+async def test_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
+    frame: str | bytes, code: ErrorCode
+) -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+    ):
+        if isinstance(frame, bytes):
+            await ann.send_bytes(frame)
+        else:
+            await ann.send_text(frame)
+        error = await ann.receive_json()
+        await assert_nothing_sent(ann, bob)
+
+        await ann.send_json({"sender": "ann", "message": "still here"})
+        after = [await ann.receive_json(), await bob.receive_json()]
+
+    assert set(error) == {"type", "code", "message"}
+    assert error["type"] == "error"
+    assert error["code"] == code.value
+    assert isinstance(error["message"], str) and error["message"]
+    # Id 1: the bad frame was never published.
+    assert after == [chat(1, "ann", "still here")] * 2
+
+
+async def test_hub_down_gets_hub_unavailable_and_the_connection_stays_open() -> None:
+    hub = fixed_clock_hub()
+    async with (
+        worker(hub) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+    ):
+        hub.connected = False
+        await ann.send_json({"sender": "ann", "message": "lost"})
+        error = await ann.receive_json()
+        await assert_nothing_sent(ann, bob)
+
+        hub.connected = True
+        await ann.send_json({"sender": "ann", "message": "back"})
+        after = await bob.receive_json()
+
+    assert error["type"] == "error"
+    assert error["code"] == ErrorCode.HUB_UNAVAILABLE.value
+    assert after == chat(1, "ann", "back")
+
+
+# Slow consumers
+
+
+async def _connections(app: ChatApp, state: dict[str, Any]) -> int:
+    health = (await request(app, state, "GET", "/healthz")).json()
+    count = health["connections"]
+    assert isinstance(count, int)
+    return count
+
+
+async def test_slow_client_is_closed_with_1013_and_the_others_keep_up() -> None:
+    buffer = 2
+    async with (
+        worker(fixed_clock_hub(), Settings(subscriber_buffer=buffer)) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+        open_chat(app, state) as slow,
+    ):
+        slow.stall("websocket.send")  # slow stops reading: the server's send never completes
+        assert await _connections(app, state) == 3
+        count = buffer + 4
+        for n in range(1, count + 1):
+            await ann.send_json({"sender": "ann", "message": f"m{n}"})
+            # Each message reaches the others at once, before and after slow is dropped.
+            assert await ann.receive_json() == chat(n, "ann", f"m{n}")
+            assert await bob.receive_json() == chat(n, "ann", f"m{n}")
+            await trio.testing.wait_all_tasks_blocked()
+
+        assert slow.send_stalled.is_set()
+        assert slow.returned.is_set()
+        assert slow.received_nowait() == [
+            {"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER}
+        ]
+        assert await _connections(app, state) == 2
+        worker_ = state[STATE_KEY]
+        assert isinstance(worker_, Worker)
+        assert worker_.room.statistics().dropped_slow == 1
+
+
+async def test_slow_client_that_reads_nothing_at_all_still_ends_its_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with (
+        worker(fixed_clock_hub(), Settings(subscriber_buffer=1)) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as slow,
+    ):
+        slow.stall("websocket.send", "websocket.close")
+        for n in range(1, 5):
+            await ann.send_json({"sender": "ann", "message": f"m{n}"})
+            await ann.receive_json()
+            await trio.testing.wait_all_tasks_blocked()
+        assert await _connections(app, state) == 1
+
+        with trio.move_on_after(10 * CLOSE_TIMEOUT_SECONDS):
+            await slow.returned.wait()
+        assert slow.returned.is_set()
+
+
+# Leaving
+
+
+async def test_disconnect_ends_the_session_and_leaves_the_room() -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+    ):
+        await bob.disconnect(1001)
+        assert bob.returned.is_set()
+        assert await _connections(app, state) == 1
+
+        await ann.send_json({"sender": "ann", "message": "anyone?"})
+        assert await ann.receive_json() == chat(1, "ann", "anyone?")
+        await assert_nothing_sent(bob)
+
+
+async def test_client_leaving_while_the_server_is_blocked_sending_to_it_ends_the_session() -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+    ):
+        bob.stall("websocket.send")
+        await ann.send_json({"sender": "ann", "message": "hi"})
+        await ann.receive_json()
+        with trio.fail_after(APP_TIMEOUT_SECONDS):
+            await bob.send_stalled.wait()
+
+        await bob.disconnect()
+
+        assert await _connections(app, state) == 1
+
+
+async def test_cancelled_session_says_going_away_before_it_returns() -> None:
+    async with worker(fixed_clock_hub()) as (app, state), open_chat(app, state) as ann:
+        await ann.cancel()
+
+        assert ann.received_nowait() == [{"type": "websocket.close", "code": CloseCode.GOING_AWAY}]
+        assert await _connections(app, state) == 0
+
+
+async def test_cancelled_session_gives_up_on_a_close_that_cannot_be_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with worker(fixed_clock_hub()) as (app, state), open_chat(app, state) as ann:
+        ann.stall("websocket.send", "websocket.close")
+        start = trio.current_time()
+
+        await ann.cancel()
+
+        assert trio.current_time() - start == pytest.approx(CLOSE_TIMEOUT_SECONDS)
+
+
+async def test_closing_the_worker_says_going_away_to_every_session_and_refuses_new_ones() -> None:
+    async with (
+        worker(fixed_clock_hub()) as (app, state),
+        open_chat(app, state) as ann,
+        open_chat(app, state) as bob,
+    ):
+        worker_ = state[STATE_KEY]
+        assert isinstance(worker_, Worker)
+
+        worker_.close_all_sessions()
+        await ann.wait_returned()
+        await bob.wait_returned()
+        async with connect_websocket(app, state) as late:
+            refused = await late.receive()
+
+        going_away = {"type": "websocket.close", "code": CloseCode.GOING_AWAY}
+        assert ann.received_nowait() == bob.received_nowait() == [going_away]
+        assert refused == {"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION}
+        assert await _connections(app, state) == 0

@@ -1,0 +1,105 @@
+"""config.py: defaults, every TRIO_CHAT_* variable, and errors that name the variable."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trio_chat.config import ConfigError, Settings
+
+
+def test_defaults() -> None:
+    settings = Settings()
+
+    assert settings == Settings(
+        hub="",
+        hub_secret_file=None,
+        max_message_bytes=4096,
+        max_sender_chars=64,
+        subscriber_buffer=256,
+        outbox_size=1024,
+        mailbox_size=65536,
+        log_level="INFO",
+        static_dir=None,
+    )
+
+
+def test_empty_environment_gives_the_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    assert Settings.from_env({"MAX_MESSAGE_BYTES": "1", "TRIO_CHAT": "x"}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "field", "value"),
+    [
+        ("TRIO_CHAT_HUB", "local", "hub", "local"),
+        ("TRIO_CHAT_HUB", " tcp://10.0.0.1:9000 ", "hub", "tcp://10.0.0.1:9000"),
+        ("TRIO_CHAT_HUB_SECRET_FILE", "/run/secret", "hub_secret_file", Path("/run/secret")),
+        ("TRIO_CHAT_MAX_MESSAGE_BYTES", "8192", "max_message_bytes", 8192),
+        ("TRIO_CHAT_MAX_MESSAGE_BYTES", " 100 ", "max_message_bytes", 100),
+        ("TRIO_CHAT_MAX_SENDER_CHARS", "32", "max_sender_chars", 32),
+        ("TRIO_CHAT_SUBSCRIBER_BUFFER", "1", "subscriber_buffer", 1),
+        ("TRIO_CHAT_OUTBOX_SIZE", "10", "outbox_size", 10),
+        ("TRIO_CHAT_MAILBOX_SIZE", "100000", "mailbox_size", 100_000),
+        ("TRIO_CHAT_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+        ("TRIO_CHAT_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
+        ("TRIO_CHAT_STATIC_DIR", "/srv/chat", "static_dir", Path("/srv/chat")),
+    ],
+)
+def test_each_variable_is_parsed(variable: str, raw: str, field: str, value: Any) -> None:
+    settings = Settings.from_env({variable: raw})
+
+    assert getattr(settings, field) == value
+    others = {f.name for f in dataclasses.fields(Settings)} - {field}
+    assert all(getattr(settings, name) == getattr(Settings(), name) for name in others)
+
+
+@pytest.mark.parametrize("raw", ["", "   "])
+def test_blank_value_means_the_default(raw: str) -> None:
+    assert Settings.from_env({"TRIO_CHAT_MAX_MESSAGE_BYTES": raw, "TRIO_CHAT_HUB": raw}) == (
+        Settings()
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TRIO_CHAT_MAX_MESSAGE_BYTES", "abc"),
+        ("TRIO_CHAT_MAX_MESSAGE_BYTES", "4k"),
+        ("TRIO_CHAT_MAX_MESSAGE_BYTES", "1.5"),
+        ("TRIO_CHAT_MAX_MESSAGE_BYTES", "0"),
+        ("TRIO_CHAT_MAX_SENDER_CHARS", "-1"),
+        ("TRIO_CHAT_SUBSCRIBER_BUFFER", "0"),
+        ("TRIO_CHAT_OUTBOX_SIZE", "none"),
+        ("TRIO_CHAT_MAILBOX_SIZE", "-5"),
+        ("TRIO_CHAT_LOG_LEVEL", "chatty"),
+        ("TRIO_CHAT_LOG_LEVEL", "10"),
+    ],
+)
+def test_bad_value_raises_config_error_naming_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: raw})
+
+    assert variable in str(caught.value)
+    assert repr(raw) in str(caught.value)
+
+
+def test_without_a_mapping_the_process_environment_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRIO_CHAT_SUBSCRIBER_BUFFER", "9")
+
+    assert Settings.from_env().subscriber_buffer == 9
+
+
+def test_settings_are_immutable() -> None:
+    settings = Settings()
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.hub = "local"  # type: ignore[misc]

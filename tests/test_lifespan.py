@@ -1,0 +1,203 @@
+"""The worker's lifespan: startup joins the hub and publishes the worker; shutdown undoes it all.
+
+Failures to start answer ``lifespan.startup.failed`` with a message saying what to fix, so that
+Hypercorn stops instead of serving a worker that cannot chat.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import pytest
+import trio
+
+from trio_chat import ChatApp
+from trio_chat.config import Settings
+from trio_chat.hub import Hub, HubListener, HubUnavailable, LocalHub
+from trio_chat.hub.address import HubConfigError
+from trio_chat.worker import STATE_KEY, Worker
+
+from asgi_driver import chat_app, open_lifespan, running_worker
+
+
+class RecordingHub(LocalHub):
+    """A LocalHub that records when its ``run`` task starts and ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = False
+        self.ended = trio.Event()
+
+    async def run(
+        self,
+        listener: HubListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.running = True
+        try:
+            await super().run(listener, task_status=task_status)
+        finally:
+            self.running = False
+            self.ended.set()
+
+
+class UnreachableHub(LocalHub):
+    """A hub whose ``run`` fails before it has joined."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def run(
+        self,
+        listener: HubListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await trio.lowlevel.checkpoint()
+        raise self.error
+
+
+class Frames:
+    """A listener that keeps what it is delivered."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+
+    def deliver(self, frames: Sequence[str]) -> None:
+        self.frames.extend(frames)
+
+    def messages_missed(self) -> None:
+        raise AssertionError("a LocalHub never loses messages")
+
+
+async def test_startup_completes_and_puts_the_worker_in_the_state() -> None:
+    hub = RecordingHub()
+    settings = Settings(subscriber_buffer=7)
+    async with running_worker(chat_app(hub, settings)) as state:
+        worker = state[STATE_KEY]
+        running = hub.running
+
+    assert isinstance(worker, Worker)
+    assert worker.hub is hub
+    assert worker.settings is settings
+    assert running
+
+
+async def test_startup_joins_the_hub_so_published_messages_reach_the_worker() -> None:
+    hub = LocalHub(clock_ms=lambda: 5)
+    async with running_worker(chat_app(hub)) as state:
+        worker = state[STATE_KEY]
+        assert isinstance(worker, Worker)
+        with worker.room.subscribe(lambda: None) as subscriber:
+            await hub.publish('{"sender":"a","message":"b"}')
+            frame = subscriber.receive_channel.receive_nowait()
+
+    assert frame == '{"type":"message","id":1,"ts":5,"sender":"a","message":"b"}'
+
+
+async def test_shutdown_completes_and_ends_the_hub_task() -> None:
+    hub = RecordingHub()
+    async with open_lifespan(chat_app(hub)) as lifespan:
+        assert await lifespan.startup() == {"type": "lifespan.startup.complete"}
+        assert not hub.ended.is_set()
+
+        assert await lifespan.shutdown() == {"type": "lifespan.shutdown.complete"}
+        await lifespan.wait_returned()
+
+    assert hub.ended.is_set()
+
+
+async def test_after_shutdown_the_hub_no_longer_delivers_to_the_worker() -> None:
+    hub = LocalHub()
+    other = Frames()
+    async with running_worker(chat_app(hub)) as state:
+        worker = state[STATE_KEY]
+        assert isinstance(worker, Worker)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run, other)
+        with worker.room.subscribe(lambda: None) as subscriber:
+            await hub.publish('{"sender":"a","message":"b"}')
+            with pytest.raises(trio.WouldBlock):
+                subscriber.receive_channel.receive_nowait()
+        nursery.cancel_scope.cancel()
+
+    assert len(other.frames) == 1  # the hub itself still works
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        HubUnavailable("cannot reach the hub at unix:/run/hub.sock: connection refused"),
+        HubConfigError("'ftp://x': expected unix:PATH or tcp://HOST:PORT"),
+    ],
+)
+async def test_hub_that_cannot_be_joined_fails_startup_saying_what_to_check(
+    error: Exception,
+) -> None:
+    app = chat_app(UnreachableHub(error))
+    async with open_lifespan(app) as lifespan:
+        answer = await lifespan.startup()
+        await lifespan.wait_returned()
+
+    assert answer["type"] == "lifespan.startup.failed"
+    assert str(error) in answer["message"]
+    assert re.search(r"\bTRIO_CHAT_HUB\b", answer["message"])  # the variable, not only its kin
+    assert STATE_KEY not in lifespan.state
+
+
+async def test_hub_factory_config_error_fails_startup_with_its_message() -> None:
+    def factory(settings: Settings) -> Hub:
+        raise HubConfigError("TRIO_CHAT_HUB=tcp://h:1 needs TRIO_CHAT_HUB_SECRET_FILE")
+
+    async with open_lifespan(ChatApp(Settings(), hub_factory=factory)) as lifespan:
+        answer = await lifespan.startup()
+        await lifespan.wait_returned()
+
+    assert answer["type"] == "lifespan.startup.failed"
+    assert "TRIO_CHAT_HUB_SECRET_FILE" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TRIO_CHAT_MAX_MESSAGE_BYTES", "abc"),
+        ("TRIO_CHAT_SUBSCRIBER_BUFFER", "0"),
+        ("TRIO_CHAT_LOG_LEVEL", "chatty"),
+    ],
+)
+async def test_bad_environment_setting_fails_startup_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    hubs: list[Hub] = []
+
+    def factory(settings: Settings) -> Hub:
+        hubs.append(LocalHub())
+        return hubs[-1]
+
+    async with open_lifespan(ChatApp(hub_factory=factory)) as lifespan:
+        answer = await lifespan.startup()
+        await lifespan.wait_returned()
+
+    assert answer["type"] == "lifespan.startup.failed"
+    assert name in answer["message"]
+    assert value in answer["message"]
+    assert hubs == []  # no hub was opened for a worker that cannot start
+
+
+async def test_settings_come_from_the_environment_at_startup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = ChatApp()  # made before the variables are set, like the module-level ``app``
+    monkeypatch.setenv("TRIO_CHAT_HUB", "local")
+    monkeypatch.setenv("TRIO_CHAT_SUBSCRIBER_BUFFER", "3")
+    async with running_worker(app) as state:
+        worker = state[STATE_KEY]
+
+    assert isinstance(worker, Worker)
+    assert worker.settings.subscriber_buffer == 3
+    assert isinstance(worker.hub, LocalHub)
