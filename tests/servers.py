@@ -33,13 +33,37 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class HypercornServer:
-    def __init__(self, process: trio.Process, port: int, workers: int) -> None:
+class OutputCollector:
+    """Collects a subprocess's merged output, line by line, and waits for lines to appear."""
+
+    def __init__(self, process: trio.Process) -> None:
         self.process = process
-        self.port = port
-        self.workers = workers
         self.output: list[str] = []
         self._output_changed = trio.Event()
+
+    async def collect_output(self) -> None:
+        assert self.process.stdout is not None
+        pending = b""
+        async for chunk in self.process.stdout:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            self.output.extend(line.decode(errors="replace") for line in lines)
+            self._output_changed.set()
+            self._output_changed = trio.Event()
+        self._output_changed.set()
+
+    async def wait_for_output(self, text: str, count: int = 1) -> None:
+        while sum(text in line for line in self.output) < count:
+            if self.process.returncode is not None:
+                raise AssertionError("the process exited:\n" + "\n".join(self.output))
+            await self._output_changed.wait()
+
+
+class HypercornServer(OutputCollector):
+    def __init__(self, process: trio.Process, port: int, workers: int) -> None:
+        super().__init__(process)
+        self.port = port
+        self.workers = workers
 
     @property
     def url(self) -> str:
@@ -55,22 +79,6 @@ class HypercornServer:
         marker = "started the hub (pid "
         return [int(line.split(marker)[1].split(")")[0]) for line in self.output if marker in line]
 
-    async def collect_output(self) -> None:
-        assert self.process.stdout is not None
-        pending = b""
-        async for chunk in self.process.stdout:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            self.output.extend(line.decode(errors="replace") for line in lines)
-            self._output_changed.set()
-            self._output_changed = trio.Event()
-
-    async def wait_for_output(self, text: str, count: int = 1) -> None:
-        while sum(text in line for line in self.output) < count:
-            if self.process.returncode is not None:
-                raise AssertionError("hypercorn exited:\n" + "\n".join(self.output))
-            await self._output_changed.wait()
-
     async def stop(self) -> int:
         """SIGTERM, as a process manager would; returns hypercorn's exit code."""
         if self.process.returncode is None:
@@ -82,16 +90,20 @@ class HypercornServer:
         raise AssertionError("hypercorn did not stop on SIGTERM:\n" + "\n".join(self.output))
 
 
+def hypercorn_command(port: int, workers: int, args: Sequence[str] = ()) -> list[str]:
+    return [
+        sys.executable, "-m", "hypercorn", "-c", str(ROOT / "hypercorn.toml"),
+        "-k", "trio", "-w", str(workers), "-b", f"127.0.0.1:{port}", *args, "trio_chat:app",
+    ]  # fmt: skip
+
+
 @asynccontextmanager
 async def hypercorn_server(
     workers: int = 4, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
 ) -> AsyncIterator[HypercornServer]:
     """``hypercorn -c hypercorn.toml -k trio -w N trio_chat:app`` on a free loopback port."""
     port = free_port()
-    command = [
-        sys.executable, "-m", "hypercorn", "-c", str(ROOT / "hypercorn.toml"),
-        "-k", "trio", "-w", str(workers), "-b", f"127.0.0.1:{port}", *args, "trio_chat:app",
-    ]  # fmt: skip
+    command = hypercorn_command(port, workers, args)
     environment = {**os.environ, **(env or {})}
     process = await trio.lowlevel.open_process(
         command,
@@ -134,3 +146,38 @@ async def chat_client(server: HypercornServer, **options: Any) -> AsyncIterator[
     """A WebSocket client connected to the server's ``/chat``."""
     async with open_websocket(server.port, **options) as client:
         yield client
+
+
+@asynccontextmanager
+async def standalone_hub(folder: Path) -> AsyncIterator[dict[str, str]]:
+    """A hub started by hand (``python -m trio_chat.hub``) on a Unix socket in ``folder``.
+
+    Yields the environment that points workers at it.
+    """
+    secret_file = folder / "hub.secret"
+    hub_command = [sys.executable, "-m", "trio_chat.hub"]
+    await trio.run_process([*hub_command, "--new-secret-file", str(secret_file)], cwd=ROOT)
+    env = {
+        "TRIO_CHAT_HUB": f"unix:{folder / 'hub.sock'}",
+        "TRIO_CHAT_HUB_SECRET_FILE": str(secret_file),
+    }
+    process = await trio.lowlevel.open_process(
+        hub_command,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    hub = OutputCollector(process)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hub.collect_output)
+        try:
+            with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
+                await hub.wait_for_output("hub listening")
+            yield env
+        finally:
+            with trio.CancelScope(shield=True):
+                process.terminate()
+                with trio.fail_after(STOP_TIMEOUT_SECONDS):
+                    await process.wait()
+            nursery.cancel_scope.cancel()

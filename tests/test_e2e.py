@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +17,16 @@ import psutil
 import pytest
 import trio
 
-from servers import chat_client, hypercorn_server, wait_gone
+from servers import (
+    ROOT,
+    STARTUP_TIMEOUT_SECONDS,
+    chat_client,
+    free_port,
+    hypercorn_command,
+    hypercorn_server,
+    standalone_hub,
+    wait_gone,
+)
 from wsclient import WebSocketClient
 
 pytestmark = pytest.mark.e2e
@@ -163,3 +174,74 @@ async def test_chat_carries_on_across_workers_after_the_hub_is_killed() -> None:
                 assert sorted(senders) == [f"worker-{i}" for i in range(len(by_worker))]
         assert len(server.hub_pids) == 2  # Exactly one worker started the new hub.
         await wait_gone(first_hub)
+
+
+async def test_workers_use_a_hub_started_by_hand(tmp_path: Path) -> None:
+    async with (
+        standalone_hub(tmp_path) as hub_env,
+        hypercorn_server(workers=2, env=hub_env) as server,
+        AsyncExitStack() as stack,
+    ):
+        assert server.hub_pids == []  # No worker started a hub of its own.
+        clients = [await stack.enter_async_context(chat_client(server)) for _ in range(8)]
+        assert len({(await client.receive())["worker"] for client in clients}) == 2
+        await clients[0].send("ann", "through the standalone hub")
+        for client in clients:
+            assert (await client.receive_type("message"))["message"] == "through the standalone hub"
+
+
+async def test_a_worker_that_cannot_reach_its_hub_stops_the_server(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 32)
+    secret.chmod(0o600)
+    env = {
+        **os.environ,
+        "TRIO_CHAT_HUB": f"unix:{tmp_path / 'nobody.sock'}",
+        "TRIO_CHAT_HUB_SECRET_FILE": str(secret),
+    }
+    with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
+        result = await trio.run_process(
+            hypercorn_command(free_port(), workers=2),
+            cwd=ROOT,
+            env=env,
+            capture_stdout=True,
+            stderr=subprocess.STDOUT,
+        )
+    # The server stopped by itself rather than serve deaf workers, and its log says what went
+    # wrong and what to check.
+    log = result.stdout.decode()
+    assert "could not join its hub" in log
+    assert "TRIO_CHAT_HUB_SECRET_FILE" in log
+
+
+async def test_a_client_that_stops_reading_is_dropped_with_1013_and_others_lose_nothing() -> None:
+    count, text = 3000, "x" * 4000  # ~12 MB: more than the kernel buffers between them.
+    env = {"TRIO_CHAT_SUBSCRIBER_BUFFER": "16"}
+    async with (
+        hypercorn_server(workers=1, env=env) as server,
+        chat_client(server, receive_buffer=16_384) as stalled,
+        chat_client(server) as talker,
+    ):
+        await stalled.receive()
+        await talker.receive()
+        received = 0
+
+        async def read_everything() -> None:
+            nonlocal received
+            while received < count:
+                await talker.receive_type("message")
+                received += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_everything)
+            for _ in range(count):
+                await talker.send("talker", text)
+        assert received == count
+        # The stalled client was dropped while it read nothing; once it reads, it finds the
+        # close frame after what had already been sent to it.
+        with trio.fail_after(10):
+            await server.wait_for_output("event=evicted")
+        assert "reason=too_slow code=1013" in next(
+            line for line in server.output if "evicted" in line
+        )
+        assert await stalled.wait_closed() == 1013

@@ -91,7 +91,7 @@ async def test_startup_joins_the_hub_so_published_messages_reach_the_worker() ->
     async with running_worker(chat_app(hub)) as state:
         worker = state[STATE_KEY]
         assert isinstance(worker, Worker)
-        with worker.room.subscribe(lambda: None) as subscriber:
+        with worker.room.subscribe(lambda code: None) as subscriber:
             await hub.publish('{"sender":"a","message":"b"}')
             frame = subscriber.receive_channel.receive_nowait()
 
@@ -119,7 +119,7 @@ async def test_after_shutdown_the_hub_no_longer_delivers_to_the_worker() -> None
 
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run, other)
-        with worker.room.subscribe(lambda: None) as subscriber:
+        with worker.room.subscribe(lambda code: None) as subscriber:
             await hub.publish('{"sender":"a","message":"b"}')
             with pytest.raises(trio.WouldBlock):
                 subscriber.receive_channel.receive_nowait()

@@ -18,7 +18,7 @@ def drain(channel: trio.MemoryReceiveChannel[str]) -> list[str]:
             return frames
 
 
-def never() -> None:
+def never(code: CloseCode) -> None:
     raise AssertionError("no subscriber should overflow here")
 
 
@@ -58,14 +58,17 @@ def test_leaving_removes_the_subscriber_and_closes_its_channel() -> None:
 
 def test_full_subscriber_is_dropped_and_others_get_everything() -> None:
     room = Room(buffer_size=3)
-    overflowed: list[int] = []
-    with room.subscribe(lambda: overflowed.append(1)) as slow, room.subscribe(never) as fast:
+    overflowed: list[CloseCode] = []
+    with (
+        room.subscribe(lambda code: overflowed.append(code)) as slow,
+        room.subscribe(never) as fast,
+    ):
         for n in range(3):
             room.broadcast([f"m{n}"])
             assert drain(fast.receive_channel) == [f"m{n}"]
         assert overflowed == []
         room.broadcast(["m3"])  # The slow one's buffer (3) is full now.
-        assert overflowed == [1]
+        assert overflowed == [CloseCode.TRY_AGAIN_LATER]
         assert slow.close_code == CloseCode.TRY_AGAIN_LATER
         assert fast.close_code is None
         assert drain(fast.receive_channel) == ["m3"]
@@ -74,27 +77,27 @@ def test_full_subscriber_is_dropped_and_others_get_everything() -> None:
         # The dropped subscriber keeps what it had, and nothing more ever arrives.
         room.broadcast(["m4"])
         assert drain(slow.receive_channel) == ["m0", "m1", "m2"]
-        assert overflowed == [1]
+        assert overflowed == [CloseCode.TRY_AGAIN_LATER]
 
 
 def test_a_batch_larger_than_the_buffer_drops_the_subscriber() -> None:
     room = Room(buffer_size=2)
-    overflowed: list[int] = []
-    with room.subscribe(lambda: overflowed.append(1)) as subscriber:
+    overflowed: list[CloseCode] = []
+    with room.subscribe(lambda code: overflowed.append(code)) as subscriber:
         room.broadcast(["a", "b", "c"])
-        assert overflowed == [1]
+        assert overflowed == [CloseCode.TRY_AGAIN_LATER]
         assert subscriber.close_code == CloseCode.TRY_AGAIN_LATER
 
 
 def test_evict_all_closes_everyone_with_the_code_given() -> None:
     room = Room(buffer_size=2)
-    evicted: list[int] = []
+    evicted: list[tuple[int, CloseCode]] = []
     with (
-        room.subscribe(lambda: evicted.append(1)) as a,
-        room.subscribe(lambda: evicted.append(2)) as b,
+        room.subscribe(lambda code: evicted.append((1, code))) as a,
+        room.subscribe(lambda code: evicted.append((2, code))) as b,
     ):
         room.evict_all(CloseCode.GOING_AWAY)
-        assert evicted == [1, 2]
+        assert evicted == [(1, CloseCode.GOING_AWAY), (2, CloseCode.GOING_AWAY)]
         assert a.close_code == b.close_code == CloseCode.GOING_AWAY
         assert len(room) == 0
         assert room.statistics().dropped_slow == 0

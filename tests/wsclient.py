@@ -158,9 +158,19 @@ async def open_websocket(
     host: str = "127.0.0.1",
     headers: Sequence[tuple[str, str]] = (),
     subprotocols: Sequence[str] = (),
+    receive_buffer: int | None = None,
 ) -> AsyncIterator[WebSocketClient]:
-    stream = await trio.open_tcp_stream(host, port)
-    client = WebSocketClient(stream)
+    """Connect and handshake; ``receive_buffer`` pins the socket's kernel receive buffer (bytes),
+    as on a slow device, instead of letting the kernel grow it to megabytes."""
+    sock = trio.socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, receive_buffer)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    client = WebSocketClient(trio.SocketStream(sock))
     try:
         with trio.fail_after(RECEIVE_TIMEOUT_SECONDS):
             await client._handshake(f"{host}:{port}", path, headers, subprotocols)

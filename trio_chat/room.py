@@ -6,9 +6,9 @@ others. Each session's writer task drains its own channel at its client's pace.
 
 Slow-consumer policy: a channel holds at most ``buffer_size`` frames. A subscriber whose channel
 is full when a frame arrives is evicted on the spot: it leaves the room, its channel is closed,
-its ``close_code`` becomes 1013 ("try again later") and its ``on_evict`` callback runs (the
-session then closes the connection with that code). Memory per subscriber is therefore bounded,
-and nobody else waits. ``evict_all`` does the same to everyone at shutdown, with 1001.
+its ``close_code`` becomes 1013 ("try again later") and its ``on_evict`` callback runs with
+that code (the session then closes the connection with it). Memory per subscriber is therefore
+bounded, and nobody else waits. ``evict_all`` does the same to everyone at shutdown, with 1001.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Subscriber:
 
     __slots__ = ("_send_channel", "close_code", "id", "on_evict", "receive_channel")
 
-    def __init__(self, subscriber_id: int, buffer_size: int, on_evict: Callable[[], None]):
+    def __init__(self, subscriber_id: int, buffer_size: int, on_evict: Callable[[CloseCode], None]):
         self.id = subscriber_id
         self._send_channel, self.receive_channel = trio.open_memory_channel[str](buffer_size)
         self.on_evict = on_evict
@@ -68,7 +68,7 @@ class Room:
         return RoomStatistics(subscribers=len(self._subscribers), dropped_slow=self._dropped_slow)
 
     @contextmanager
-    def subscribe(self, on_evict: Callable[[], None]) -> Iterator[Subscriber]:
+    def subscribe(self, on_evict: Callable[[CloseCode], None]) -> Iterator[Subscriber]:
         """Join the room for the duration of the ``with`` block; leaving is guaranteed."""
         subscriber = Subscriber(next(self._ids), self._buffer_size, on_evict)
         self._subscribers[subscriber.id] = subscriber
@@ -106,4 +106,4 @@ class Room:
             self._dropped_slow += 1
         subscriber.close_code = code
         subscriber.close()
-        subscriber.on_evict()
+        subscriber.on_evict(code)

@@ -59,6 +59,7 @@ class Session:
         self._id = worker.next_connection_id()
         client = scope.get("client")
         self._peer = f"{client[0]}:{client[1]}" if client else "-"
+        self._scope = trio.CancelScope()
 
     async def run(self) -> None:
         log_event("connect", conn=self._id, client=self._peer, online=len(self._room) + 1)
@@ -66,7 +67,8 @@ class Session:
         code: int = CloseCode.GOING_AWAY
         try:
             async with trio.open_nursery() as nursery:
-                with self._room.subscribe(on_evict=nursery.cancel_scope.cancel) as subscriber:
+                self._scope = nursery.cancel_scope
+                with self._room.subscribe(on_evict=self._on_evict) as subscriber:
                     self._room.send_to(subscriber, welcome_frame(self._worker.pid))
                     nursery.start_soon(self._write, subscriber)
                     code = await self._read(subscriber)
@@ -85,6 +87,12 @@ class Session:
                     await self._close(code)
             level = logging.WARNING if code == CloseCode.TRY_AGAIN_LATER else logging.INFO
             log_event("disconnect", level, conn=self._id, by=ended_by, code=int(code))
+
+    def _on_evict(self, code: CloseCode) -> None:
+        # Logged now: the close frame itself may wait for a stalled client to read again.
+        if code == CloseCode.TRY_AGAIN_LATER:
+            log_event("evicted", logging.WARNING, conn=self._id, reason="too_slow", code=int(code))
+        self._scope.cancel()
 
     async def _read(self, subscriber: Subscriber) -> int:
         """Handle client frames until the client leaves; returns its close code."""
