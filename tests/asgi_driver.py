@@ -181,8 +181,12 @@ def _collect_response(sent: list[Message]) -> Response:
 class WebSocketClient:
     """The test's end of one WebSocket session; the app runs in a task of its own."""
 
-    def __init__(self, app: ASGIApp, state: dict[str, Any] | None, path: str) -> None:
+    def __init__(
+        self, app: ASGIApp, state: dict[str, Any] | None, path: str, query_string: bytes = b""
+    ) -> None:
         self._app = app
+        #: The frames the session opened with (welcome, history, presence), once read.
+        self.opening: list[dict[str, Any]] = []
         self.scope: Scope = {
             "type": "websocket",
             "asgi": {"version": "3.0"},
@@ -190,7 +194,7 @@ class WebSocketClient:
             "scheme": "ws",
             "path": path,
             "raw_path": path.encode(),
-            "query_string": b"",
+            "query_string": query_string,
             "root_path": "",
             "headers": [],
             "client": ("127.0.0.1", 1234),
@@ -261,21 +265,40 @@ class WebSocketClient:
         with trio.fail_after(APP_TIMEOUT_SECONDS):
             return await self._from_app.receive()
 
-    async def receive_json(self) -> Any:
-        """The next frame the app sent, which must be a text frame, decoded."""
-        message = await self.receive()
-        assert message["type"] == "websocket.send", message
-        assert message.get("bytes") is None, message
-        return json.loads(message["text"])
+    async def receive_json(self, *, presence: bool = False) -> Any:
+        """The next frame the app sent, which must be a text frame, decoded.
+
+        Presence frames come whenever someone joins or leaves; they are skipped unless asked for.
+        """
+        while True:
+            message = await self.receive()
+            assert message["type"] == "websocket.send", message
+            assert message.get("bytes") is None, message
+            frame = json.loads(message["text"])
+            if presence or frame.get("type") != "presence":
+                return frame
+
+    async def read_opening(self) -> list[dict[str, Any]]:
+        """Read the opening frames, up to and including the first presence frame."""
+        while not self.opening or self.opening[-1]["type"] != "presence":
+            self.opening.append(await self.receive_json(presence=True))
+        return self.opening
+
+    @property
+    def history(self) -> dict[str, Any]:
+        [history] = [frame for frame in self.opening if frame["type"] == "history"]
+        return history
 
     def received_nowait(self) -> list[Message]:
-        """Everything the app has sent and the test has not read yet."""
-        messages = []
+        """Everything the app has sent and the test has not read yet, presence frames aside."""
+        messages: list[Message] = []
         while True:
             try:
-                messages.append(self._from_app.receive_nowait())
+                message = self._from_app.receive_nowait()
             except trio.WouldBlock:
                 return messages
+            if not message.get("text", "").startswith('{"type":"presence"'):
+                messages.append(message)
 
     async def wait_returned(self) -> None:
         with trio.fail_after(APP_TIMEOUT_SECONDS):
@@ -284,10 +307,10 @@ class WebSocketClient:
 
 @asynccontextmanager
 async def connect_websocket(
-    app: ASGIApp, state: dict[str, Any] | None, path: str = "/chat"
+    app: ASGIApp, state: dict[str, Any] | None, path: str = "/chat", query_string: bytes = b""
 ) -> AsyncIterator[WebSocketClient]:
     """Start a session and send ``websocket.connect``; the session is cancelled on exit."""
-    client = WebSocketClient(app, state, path)
+    client = WebSocketClient(app, state, path, query_string)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run_app)
         try:
@@ -299,11 +322,14 @@ async def connect_websocket(
 
 
 @asynccontextmanager
-async def open_chat(app: ASGIApp, state: dict[str, Any]) -> AsyncIterator[WebSocketClient]:
-    """A session on ``/chat`` that has been accepted and has read its welcome frame."""
-    async with connect_websocket(app, state) as client:
+async def open_chat(
+    app: ASGIApp, state: dict[str, Any], query_string: bytes = b""
+) -> AsyncIterator[WebSocketClient]:
+    """A session on ``/chat`` that has been accepted and has read its opening frames
+    (welcome, history, presence)."""
+    async with connect_websocket(app, state, query_string=query_string) as client:
         accept = await client.receive()
         assert accept == {"type": "websocket.accept"}, accept
-        welcome = await client.receive_json()
-        assert welcome["type"] == "welcome", welcome
+        opening = await client.read_opening()
+        assert opening[0]["type"] == "welcome", opening
         yield client

@@ -142,9 +142,12 @@ async def wait_gone(pid: int, within: float = STOP_TIMEOUT_SECONDS) -> None:
 
 
 @asynccontextmanager
-async def chat_client(server: HypercornServer, **options: Any) -> AsyncIterator[WebSocketClient]:
-    """A WebSocket client connected to the server's ``/chat``."""
-    async with open_websocket(server.port, **options) as client:
+async def chat_client(
+    server: HypercornServer, path: str = "/chat", **options: Any
+) -> AsyncIterator[WebSocketClient]:
+    """A WebSocket client connected to the server's ``/chat``, its opening frames read."""
+    async with open_websocket(server.port, path, **options) as client:
+        await client.read_opening()
         yield client
 
 

@@ -41,7 +41,7 @@ async def test_every_client_on_every_worker_gets_every_message_in_one_order() ->
         clients: list[WebSocketClient] = []
         for _ in range(CLIENTS):
             clients.append(await stack.enter_async_context(chat_client(server)))
-        welcomes = [await client.receive() for client in clients]
+        welcomes = [client.welcome for client in clients]
         assert all(w["type"] == "welcome" and w["message"] == "You are connected" for w in welcomes)
         workers = {welcome["worker"] for welcome in welcomes}
         assert len(workers) > 1, "all clients landed on one worker"
@@ -78,7 +78,7 @@ async def test_healthz_is_answered_by_each_worker_and_counts_its_connections() -
         clients = [await stack.enter_async_context(chat_client(server)) for _ in range(12)]
         per_worker: dict[int, int] = {}
         for client in clients:
-            worker = (await client.receive())["worker"]
+            worker = client.welcome["worker"]
             per_worker[worker] = per_worker.get(worker, 0) + 1
         seen: dict[int, int] = {}
         async with httpx.AsyncClient(base_url=server.url) as http:
@@ -99,7 +99,6 @@ async def test_sigterm_stops_the_server_in_time_and_leaves_no_hub() -> None:
         hypercorn_server(workers=4, args=["--graceful-timeout", "1"]) as server,
         chat_client(server) as client,
     ):
-        await client.receive()
         hub_pids = server.hub_pids
         assert len(hub_pids) == 1
         assert psutil.Process(hub_pids[0]).is_running()
@@ -119,8 +118,6 @@ async def test_two_servers_on_one_machine_each_get_their_own_hub() -> None:
         assert len(two.hub_pids) == 1
         assert one.hub_pids != two.hub_pids
         async with chat_client(one) as alice, chat_client(two) as bob:
-            await alice.receive()
-            await bob.receive()
             await alice.send("alice", "only for server one")
             frame = await alice.receive_type("message")
             assert frame["message"] == "only for server one"
@@ -136,10 +133,8 @@ async def test_bad_frames_get_error_frames_and_a_huge_one_closes_with_1009() -> 
         chat_client(server) as client,
         chat_client(server) as other,
     ):
-        await client.receive()
-        await other.receive()
         await client.send_text("not json")
-        error = await client.receive()
+        error = await client.receive_type("error")
         assert error["type"] == "error"
         assert error["code"] == "invalid_json"
         await client.send("ann", "still here")
@@ -157,7 +152,7 @@ async def test_chat_carries_on_across_workers_after_the_hub_is_killed() -> None:
         clients = [await stack.enter_async_context(chat_client(server)) for _ in range(16)]
         by_worker: dict[int, WebSocketClient] = {}
         for client in clients:
-            by_worker.setdefault((await client.receive())["worker"], client)
+            by_worker.setdefault(client.welcome["worker"], client)
         assert len(by_worker) > 1
         [first_hub] = server.hub_pids
         os.kill(first_hub, signal.SIGKILL)
@@ -184,7 +179,7 @@ async def test_workers_use_a_hub_started_by_hand(tmp_path: Path) -> None:
     ):
         assert server.hub_pids == []  # No worker started a hub of its own.
         clients = [await stack.enter_async_context(chat_client(server)) for _ in range(8)]
-        assert len({(await client.receive())["worker"] for client in clients}) == 2
+        assert len({client.welcome["worker"] for client in clients}) == 2
         await clients[0].send("ann", "through the standalone hub")
         for client in clients:
             assert (await client.receive_type("message"))["message"] == "through the standalone hub"
@@ -215,15 +210,14 @@ async def test_a_worker_that_cannot_reach_its_hub_stops_the_server(tmp_path: Pat
 
 
 async def test_a_client_that_stops_reading_is_dropped_with_1013_and_others_lose_nothing() -> None:
-    count, text = 3000, "x" * 4000  # ~12 MB: more than the kernel buffers between them.
-    env = {"TRIO_CHAT_SUBSCRIBER_BUFFER": "16"}
+    # ~12 MB: more than the kernel buffers between the server and the stalled client, plus the
+    # 256 frames of its subscriber buffer (the default).
+    count, text = 3000, "x" * 4000
     async with (
-        hypercorn_server(workers=1, env=env) as server,
+        hypercorn_server(workers=1) as server,
         chat_client(server, receive_buffer=16_384) as stalled,
         chat_client(server) as talker,
     ):
-        await stalled.receive()
-        await talker.receive()
         received = 0
 
         async def read_everything() -> None:

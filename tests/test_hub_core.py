@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import Any
 
-from trio_chat.hub.core import HubCore, Sequencer
+import pytest
+
+from trio_chat.hub.core import LEASE_SECONDS, HubCore, Sequencer
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
 JOIN_TIMEOUT_SECONDS = 5.0
@@ -25,14 +28,15 @@ def test_sequencer_numbers_from_one_without_gaps() -> None:
     sequencer = Sequencer(clock_ms=lambda: 1234)
     first = sequencer.stamp([body("a"), body("b")])
     second = sequencer.stamp([body("c")])
-    docs = [json.loads(frame) for frame in first + second]
+    assert [message_id for message_id, _ in first + second] == [1, 2, 3]
+    docs = [json.loads(frame) for _, frame in first + second]
     assert [doc["id"] for doc in docs] == [1, 2, 3]
     assert {doc["ts"] for doc in docs} == {1234}
     assert sequencer.last_id == 3
 
 
 def test_every_mailbox_gets_every_frame_in_one_order() -> None:
-    core = HubCore(mailbox_size=100)
+    core = HubCore(history_size=10, mailbox_size=100)
     first, second = core.join("w1"), core.join("w2")
     assert core.publish([body("a"), body("b")]) == 2
     assert core.publish([body("c")]) == 3
@@ -42,7 +46,7 @@ def test_every_mailbox_gets_every_frame_in_one_order() -> None:
 
 
 def test_fetch_takes_at_most_max_frames() -> None:
-    core = HubCore(mailbox_size=100)
+    core = HubCore(history_size=10, mailbox_size=100)
     mailbox = core.join("w")
     core.publish([body(str(n)) for n in range(5)])
     assert [i for i, _ in ids_and_texts(core.fetch(mailbox, 2))] == [1, 2]
@@ -50,7 +54,7 @@ def test_fetch_takes_at_most_max_frames() -> None:
 
 
 def test_a_mailbox_joined_later_starts_with_later_messages() -> None:
-    core = HubCore(mailbox_size=100)
+    core = HubCore(history_size=10, mailbox_size=100)
     early = core.join("early")
     core.publish([body("before")])
     late = core.join("late")
@@ -60,7 +64,7 @@ def test_a_mailbox_joined_later_starts_with_later_messages() -> None:
 
 
 def test_leaving_removes_the_mailbox() -> None:
-    core = HubCore(mailbox_size=100)
+    core = HubCore(history_size=10, mailbox_size=100)
     mailbox = core.join("w")
     core.publish([body("x")])
     core.leave(mailbox)
@@ -69,7 +73,7 @@ def test_leaving_removes_the_mailbox() -> None:
 
 
 def test_a_mailbox_that_overflows_is_evicted_and_the_others_go_on() -> None:
-    core = HubCore(mailbox_size=3)
+    core = HubCore(history_size=10, mailbox_size=3)
     stuck, live = core.join("stuck"), core.join("live")
     for n in range(4):
         core.publish([body(str(n))])
@@ -98,7 +102,7 @@ def fetch_in_thread(core: HubCore, mailbox_id: str) -> tuple[threading.Thread, l
 
 
 def test_a_blocked_fetch_wakes_on_publish() -> None:
-    core = HubCore(mailbox_size=10)
+    core = HubCore(history_size=10, mailbox_size=10)
     mailbox = core.join("w")
     thread, result = fetch_in_thread(core, mailbox)
     core.publish([body("wake")])
@@ -108,10 +112,109 @@ def test_a_blocked_fetch_wakes_on_publish() -> None:
 
 
 def test_a_blocked_fetch_returns_none_when_the_worker_leaves() -> None:
-    core = HubCore(mailbox_size=10)
+    core = HubCore(history_size=10, mailbox_size=10)
     mailbox = core.join("w")
     thread, result = fetch_in_thread(core, mailbox)
     core.leave(mailbox)
     thread.join(JOIN_TIMEOUT_SECONDS)
     assert not thread.is_alive()
     assert result == [None]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def presence_frames(frames: list[str] | None) -> list[dict[str, Any]]:
+    assert frames is not None
+    return [doc for doc in map(json.loads, frames) if doc["type"] == "presence"]
+
+
+def test_history_keeps_the_last_messages_in_order() -> None:
+    core = HubCore(history_size=3, mailbox_size=100)
+    core.publish([body(str(n)) for n in range(1, 6)])
+    snapshot = core.snapshot(None)
+    assert ids_and_texts(snapshot.messages) == [(3, "3"), (4, "4"), (5, "5")]
+    assert (snapshot.first_available, snapshot.last_id) == (3, 5)
+
+
+def test_snapshot_of_an_empty_history() -> None:
+    snapshot = HubCore(history_size=3, mailbox_size=100).snapshot(None)
+    assert snapshot.messages == []
+    assert (snapshot.first_available, snapshot.last_id) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("since", "expected_ids", "valid"),
+    [
+        (5, [], True),  # Nothing missed.
+        (3, [4, 5], True),  # Some missed.
+        (2, [3, 4, 5], True),  # Exactly what is kept.
+        (1, [3, 4, 5], True),  # Too old: 2 is gone (first_available tells).
+        (0, [3, 4, 5], True),
+        (6, [3, 4, 5], False),  # From the future: the whole history, and not valid.
+    ],
+)
+def test_snapshot_since_each_edge(since: int, expected_ids: list[int], valid: bool) -> None:
+    core = HubCore(history_size=3, mailbox_size=100)
+    core.publish([body(str(n)) for n in range(1, 6)])
+    snapshot = core.snapshot(since)
+    assert [i for i, _ in ids_and_texts(snapshot.messages)] == expected_ids
+    assert snapshot.since_valid is valid
+    assert snapshot.first_available == 3
+
+
+def test_presence_and_messages_share_one_order_in_every_mailbox() -> None:
+    core = HubCore(history_size=10, mailbox_size=100)
+    first = core.join("w1")
+    second = core.join("w2", {1: "bob"})
+    core.update(first, [body("hi")], {1: "ann"})
+    expected = core.fetch_nowait(first, 100)
+    assert expected == core.fetch_nowait(second, 100)
+    kinds = [json.loads(frame)["type"] for frame in expected or []]
+    assert kinds == ["presence", "message", "presence"]
+    assert [f["users"] for f in presence_frames(expected)] == [["bob"], ["ann", "bob"]]
+
+
+def test_presence_frames_are_coalesced_to_one_per_interval() -> None:
+    clock = FakeClock()
+    core = HubCore(history_size=10, mailbox_size=100, presence_interval=1.0, monotonic=clock)
+    watcher = core.join("watcher", {1: "watcher"})
+    assert len(presence_frames(core.fetch_nowait(watcher, 100))) == 1  # Sent at once.
+    worker = core.join("worker")
+    for n in range(5):
+        core.update(worker, presence={n: f"user{n}"})
+    assert presence_frames(core.fetch_nowait(watcher, 100)) == []  # Within the interval.
+    assert core.housekeep() == pytest.approx(1.0)  # Due in a second.
+    clock.now = 1.0
+    core.housekeep()
+    [frame] = presence_frames(core.fetch_nowait(watcher, 100))
+    assert frame["online"] == 6
+    assert frame["joined"] == [f"user{n}" for n in range(5)]
+
+
+def test_a_worker_that_stops_fetching_expires_and_its_users_leave() -> None:
+    clock = FakeClock()
+    core = HubCore(history_size=10, mailbox_size=100, monotonic=clock)
+    live = core.join("live")
+    dead = core.join("dead", {1: "ghost", 2: "ghost"})
+    clock.now = LEASE_SECONDS / 2
+    core.fetch_nowait(live, 100)
+    clock.now = LEASE_SECONDS + 1
+    core.housekeep()
+    assert list(core.statistics()["mailboxes"]) == [live]  # type: ignore[call-overload]
+    assert core.statistics()["online"] == 0
+    [frame] = presence_frames(core.fetch_nowait(live, 100))[-1:]
+    assert frame["left"] == ["ghost"]
+    assert core.fetch_nowait(dead, 100) is None
+
+
+def test_fetch_returns_empty_after_its_heartbeat_timeout() -> None:
+    core = HubCore(history_size=10, mailbox_size=100)
+    mailbox = core.join("w")
+    core.fetch_nowait(mailbox, 100)
+    assert core.fetch(mailbox, 100, timeout=0.01) == []

@@ -26,6 +26,7 @@ from trio_chat.protocol import ChatMessage, encode_chat_body
 
 DEADLINE_SECONDS = 20.0
 MAILBOX_SIZE = 10_000
+HISTORY_SIZE = 100
 SPAWN = multiprocessing.get_context("spawn")
 
 
@@ -53,7 +54,7 @@ def hub(tmp_path: Path) -> Iterator[Endpoint]:
     folder = tmp_path / "run"
     folder.mkdir(mode=0o700)
     endpoint = auto_endpoint(folder, os.getpid(), os.urandom(32))
-    client = connect_or_start(endpoint, MAILBOX_SIZE)
+    client = connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE)
     pid = client.statistics()["pid"]
     yield endpoint
     stop_hub(pid)
@@ -140,7 +141,7 @@ def test_the_socket_is_private_and_the_secret_is_not_on_the_command_line(hub: En
 
 
 def race_to_start(endpoint: Endpoint, report: multiprocessing.connection.Connection) -> None:
-    report.send(connect_or_start(endpoint, MAILBOX_SIZE).statistics()["pid"])
+    report.send(connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE).statistics()["pid"])
 
 
 def test_workers_starting_at_once_bring_up_exactly_one_hub(tmp_path: Path) -> None:
@@ -178,7 +179,7 @@ def test_the_automatic_hub_ends_when_its_owner_exits(tmp_path: Path) -> None:
     # A stand-in for the Hypercorn master: it lives until killed.
     owner = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     endpoint = auto_endpoint(folder, owner.pid, os.urandom(32))
-    hub_pid = connect_or_start(endpoint, MAILBOX_SIZE).statistics()["pid"]
+    hub_pid = connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE).statistics()["pid"]
     hub_process = psutil.Process(hub_pid)
     assert hub_process.is_running()
     owner.send_signal(signal.SIGKILL)

@@ -14,7 +14,7 @@ import trio
 
 from trio_chat import ChatApp
 from trio_chat.config import Settings
-from trio_chat.hub import Hub, HubListener, HubUnavailable, LocalHub
+from trio_chat.hub import Hub, HubLink, HubListener, HubUnavailable, LocalHub
 from trio_chat.hub.address import HubConfigError
 from trio_chat.worker import STATE_KEY, Worker
 
@@ -33,7 +33,7 @@ class RecordingHub(LocalHub):
         self,
         listener: HubListener,
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         self.running = True
         try:
@@ -54,7 +54,7 @@ class UnreachableHub(LocalHub):
         self,
         listener: HubListener,
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         await trio.lowlevel.checkpoint()
         raise self.error
@@ -81,7 +81,7 @@ async def test_startup_completes_and_puts_the_worker_in_the_state() -> None:
         running = hub.running
 
     assert isinstance(worker, Worker)
-    assert worker.hub is hub
+    assert worker.link.connected
     assert worker.settings is settings
     assert running
 
@@ -200,4 +200,4 @@ async def test_settings_come_from_the_environment_at_startup(
 
     assert isinstance(worker, Worker)
     assert worker.settings.subscriber_buffer == 3
-    assert isinstance(worker.hub, LocalHub)
+    assert type(worker.link).__name__ == "_LocalLink"  # TRIO_CHAT_HUB=local: no hub process

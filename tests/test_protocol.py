@@ -254,6 +254,8 @@ def test_error_codes_clients_see_are_stable() -> None:
         "sender_too_long",
         "message_too_long",
         "invalid_text",
+        "invalid_resume",
+        "invalid_name",
         "hub_unavailable",
     }
 

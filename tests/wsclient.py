@@ -49,9 +49,13 @@ class WebSocketClient:
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._events: list[Event] = []
         self._partial: list[str | bytes] = []
+        # Replies to pings and closes come from the receiving task, maybe while another sends.
+        self._send_lock = trio.Lock()
         self.subprotocol: str | None = None
         #: The close code the server sent, once it has closed (1006 if the socket just died).
         self.close_code: int | None = None
+        #: The frames the server opened with (welcome, history, presence), once read.
+        self.opening: list[dict[str, Any]] = []
 
     async def _handshake(
         self, host: str, path: str, headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]
@@ -112,6 +116,21 @@ class WebSocketClient:
         assert isinstance(frame, dict)
         return frame
 
+    async def read_opening(self) -> list[dict[str, Any]]:
+        """Read the opening frames: welcome, maybe errors or notices, history, presence."""
+        while not self.opening or self.opening[-1]["type"] != "presence":
+            self.opening.append(await self.receive())
+        return self.opening
+
+    @property
+    def welcome(self) -> dict[str, Any]:
+        return self.opening[0]
+
+    @property
+    def history(self) -> dict[str, Any]:
+        [history] = [frame for frame in self.opening if frame["type"] == "history"]
+        return history
+
     async def receive_type(self, kind: str) -> dict[str, Any]:
         """The next frame of type ``kind``, skipping other types (e.g. notices)."""
         while (frame := await self.receive())["type"] != kind:
@@ -137,7 +156,8 @@ class WebSocketClient:
 
     async def _send_event(self, event: Event) -> None:
         try:
-            await self._stream.send_all(self._ws.send(event))
+            async with self._send_lock:
+                await self._stream.send_all(self._ws.send(event))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.close_code = self.close_code or 1006
             raise ConnectionClosed(self.close_code) from None

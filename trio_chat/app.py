@@ -68,7 +68,7 @@ class ChatApp:
 
     async def _health(self, scope: Scope, send: Send) -> None:
         worker = _worker(scope)
-        hub_up = worker is not None and worker.hub.connected
+        hub_up = worker is not None and worker.link.connected
         await send_json(
             send,
             200 if hub_up else 503,

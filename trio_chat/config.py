@@ -38,6 +38,8 @@ class Settings:
     subscriber_buffer: int = 256
     #: Messages a worker may have waiting to be published before senders are held back.
     outbox_size: int = 1024
+    #: Messages the hub keeps for joining clients and resumes; a resume replays at most these.
+    history_size: int = 100
     #: Messages the hub keeps for a worker that has not fetched them yet; past this, the
     #: worker's mailbox is dropped and the worker told so.
     mailbox_size: int = 65536
@@ -67,6 +69,7 @@ class Settings:
             subscriber_buffer=read("SUBSCRIBER_BUFFER", _positive_int, defaults.subscriber_buffer),
             outbox_size=read("OUTBOX_SIZE", _positive_int, defaults.outbox_size),
             mailbox_size=read("MAILBOX_SIZE", _positive_int, defaults.mailbox_size),
+            history_size=read("HISTORY_SIZE", _positive_int, defaults.history_size),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
             static_dir=read("STATIC_DIR", Path, defaults.static_dir),
         )

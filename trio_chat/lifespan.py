@@ -51,10 +51,10 @@ async def run_lifespan(
     except (ConfigError, HubConfigError) as error:
         await _fail(send, f"trio_chat configuration error: {error}")
         return
-    worker = Worker(settings, hub)
+    worker = Worker(settings)
     async with trio.open_nursery() as nursery:
         try:
-            await nursery.start(hub.run, worker)
+            worker.link = await nursery.start(hub.run, worker)
         except (HubUnavailable, HubConfigError) as error:
             await _fail(
                 send,

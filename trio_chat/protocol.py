@@ -18,7 +18,9 @@ import dataclasses
 import enum
 import json
 import unicodedata
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qs
 
 
 class CloseCode(enum.IntEnum):
@@ -54,6 +56,10 @@ class ErrorCode(enum.StrEnum):
     INVALID_TEXT = "invalid_text"
     #: The message was valid but could not be published: the hub link is down.
     HUB_UNAVAILABLE = "hub_unavailable"
+    #: ``?since=`` was not an id the server gave (garbage, or from the future: ids restarted).
+    INVALID_RESUME = "invalid_resume"
+    #: ``?name=`` broke the rules of a sender name; the connection goes on without a name.
+    INVALID_NAME = "invalid_name"
 
 
 class ProtocolError(Exception):
@@ -214,7 +220,93 @@ def error_frame(code: ErrorCode, message: str) -> str:
 class NoticeCode(enum.StrEnum):
     #: The worker's link to the hub broke; messages published meanwhile did not reach this client.
     MESSAGES_MISSED = "messages_missed"
+    #: A resume asked for messages older than the history kept: some could not be replayed.
+    RESUME_PARTIAL = "resume_partial"
 
 
-def notice_frame(code: NoticeCode, message: str) -> str:
-    return _dumps({"type": "notice", "code": code.value, "message": message})
+def notice_frame(code: NoticeCode, message: str, **extra: int) -> str:
+    return _dumps({"type": "notice", "code": code.value, "message": message, **extra})
+
+
+def history_frame(messages: Sequence[str], *, resumed: bool) -> str:
+    """Message frames, already encoded, wrapped as one history frame without re-encoding."""
+    flag = "true" if resumed else "false"
+    return f'{{"type":"history","resumed":{flag},"messages":[{",".join(messages)}]}}'
+
+
+def presence_frame(
+    version: int,
+    online: int,
+    users: Sequence[str],
+    joined: Sequence[str],
+    left: Sequence[str],
+    *,
+    truncated: bool = False,
+) -> str:
+    # "version" comes first so that it can be read without decoding (``presence_version``).
+    document: dict[str, Any] = {"type": "presence", "version": version, "online": online}
+    document.update(users=list(users), joined=list(joined), left=list(left))
+    if truncated:
+        document["truncated"] = True
+    return _dumps(document)
+
+
+_MESSAGE_PREFIX = '{"type":"message","id":'
+_PRESENCE_PREFIX = '{"type":"presence","version":'
+
+
+def message_id(frame: str) -> int | None:
+    """The id of a chat message frame made by ``stamp_chat_frame``, read without decoding."""
+    return _leading_number(frame, _MESSAGE_PREFIX)
+
+
+def presence_version(frame: str) -> int | None:
+    return _leading_number(frame, _PRESENCE_PREFIX)
+
+
+def _leading_number(frame: str, prefix: str) -> int | None:
+    if not frame.startswith(prefix):
+        return None
+    start = len(prefix)
+    return int(frame[start : frame.index(",", start)])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """What a client asked for in its ``/chat`` URL, and what was wrong with it."""
+
+    name: str = ""
+    since: int | None = None
+    errors: tuple[ProtocolError, ...] = ()
+
+
+def parse_connect_query(query_string: bytes, limits: Limits) -> ConnectRequest:
+    """``?name=<display name>&since=<last id seen>``; both optional, never fatal."""
+    try:
+        fields = parse_qs(query_string.decode("latin-1"), max_num_fields=8)
+    except ValueError:
+        fields = {}
+    errors: list[ProtocolError] = []
+    name = fields.get("name", [""])[-1].strip()
+    if name:
+        try:
+            _check_sender(name, limits)
+        except ProtocolError as error:
+            errors.append(ProtocolError(ErrorCode.INVALID_NAME, error.message))
+            name = ""
+    since = None
+    raw_since = fields.get("since", [""])[-1]
+    if raw_since:
+        if raw_since.isascii() and raw_since.isdigit() and len(raw_since) <= 18:
+            since = int(raw_since)
+        else:
+            errors.append(invalid_resume_error())
+    return ConnectRequest(name=name, since=since, errors=tuple(errors))
+
+
+def invalid_resume_error() -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.INVALID_RESUME,
+        "Cannot resume from that id: it is not one this server gave (it may have restarted). "
+        "Here is the recent history instead.",
+    )

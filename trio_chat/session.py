@@ -17,15 +17,22 @@ import logging
 import trio
 
 from .asgi_types import Receive, Scope, Send
-from .hub import HubUnavailable
+from .hub import HubUnavailable, Snapshot
 from .logs import log_event
 from .protocol import (
     CloseCode,
     ErrorCode,
+    NoticeCode,
     ProtocolError,
     encode_chat_body,
     error_frame,
+    history_frame,
+    invalid_resume_error,
+    message_id,
+    notice_frame,
     parse_chat_frame,
+    parse_connect_query,
+    presence_version,
     welcome_frame,
 )
 from .room import Subscriber
@@ -56,7 +63,10 @@ class Session:
         self._send = send
         self._worker = worker
         self._room = worker.room
+        self._link = worker.link
         self._id = worker.next_connection_id()
+        self._request = parse_connect_query(scope.get("query_string", b""), worker.limits)
+        self._name = self._request.name
         client = scope.get("client")
         self._peer = f"{client[0]}:{client[1]}" if client else "-"
         self._scope = trio.CancelScope()
@@ -68,9 +78,12 @@ class Session:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
+                # Subscribed first, so that nothing published from here on can be missed; the
+                # writer then skips what the snapshot already covers.
                 with self._room.subscribe(on_evict=self._on_evict) as subscriber:
-                    self._room.send_to(subscriber, welcome_frame(self._worker.pid))
-                    nursery.start_soon(self._write, subscriber)
+                    self._link.present(self._id, self._name)
+                    opening, snapshot = await self._opening()
+                    nursery.start_soon(self._write, subscriber, opening, snapshot)
                     code = await self._read(subscriber)
                     ended_by = "client"
                     nursery.cancel_scope.cancel()
@@ -80,6 +93,7 @@ class Session:
                 with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
                     await self._close(code)
         finally:
+            self._link.absent(self._id)
             if ended_by is None:
                 # Cancelled from outside (the server gave up waiting at shutdown): say goodbye.
                 ended_by = "cancelled"
@@ -87,6 +101,38 @@ class Session:
                     await self._close(code)
             level = logging.WARNING if code == CloseCode.TRY_AGAIN_LATER else logging.INFO
             log_event("disconnect", level, conn=self._id, by=ended_by, code=int(code))
+
+    async def _opening(self) -> tuple[list[str], Snapshot | None]:
+        """The frames a client gets first: welcome, history (or what it missed), presence."""
+        frames = [welcome_frame(self._worker.pid)]
+        frames.extend(error_frame(error.code, error.message) for error in self._request.errors)
+        since = self._request.since
+        try:
+            snapshot = await self._link.snapshot(since)
+        except HubUnavailable:
+            frames.append(
+                error_frame(
+                    ErrorCode.HUB_UNAVAILABLE,
+                    "The history cannot be fetched right now: the server cannot reach the "
+                    "other workers. New messages will show as they come.",
+                )
+            )
+            return frames, None
+        resumed = since is not None and snapshot.since_valid
+        if not snapshot.since_valid:
+            error = invalid_resume_error()
+            frames.append(error_frame(error.code, error.message))
+        elif since is not None and since + 1 < snapshot.first_available:
+            frames.append(
+                notice_frame(
+                    NoticeCode.RESUME_PARTIAL,
+                    "Some messages from while you were away are no longer kept.",
+                    first_available=snapshot.first_available,
+                )
+            )
+        frames.append(history_frame(snapshot.messages, resumed=resumed))
+        frames.append(snapshot.presence)
+        return frames, snapshot
 
     def _on_evict(self, code: CloseCode) -> None:
         # Logged now: the close frame itself may wait for a stalled client to read again.
@@ -106,8 +152,11 @@ class Session:
             except ProtocolError as error:
                 self._reject(subscriber, error.code, error.message)
                 continue
+            if chat.sender != self._name:  # Sending under another name is a rename.
+                self._name = chat.sender
+                self._link.present(self._id, self._name)
             try:
-                await self._worker.hub.publish(encode_chat_body(chat))
+                await self._link.publish(encode_chat_body(chat))
             except HubUnavailable:
                 self._reject(
                     subscriber,
@@ -120,10 +169,35 @@ class Session:
         log_event("client_error", conn=self._id, code=code.value)
         self._room.send_to(subscriber, error_frame(code, message))
 
-    async def _write(self, subscriber: Subscriber) -> None:
+    async def _write(
+        self, subscriber: Subscriber, opening: list[str], snapshot: Snapshot | None
+    ) -> None:
         send = self._send
+        for frame in opening:
+            await send({"type": "websocket.send", "text": frame})
+        # Frames queued while the snapshot was taken may be older than it: the channel starts
+        # with a run of frames the snapshot covers, then everything is new.
+        catching_up = snapshot is not None
         async for frame in subscriber.receive_channel:
+            if catching_up:
+                assert snapshot is not None
+                covered = _covered_by(frame, snapshot)
+                if covered:
+                    continue
+                catching_up = covered is None
             await send({"type": "websocket.send", "text": frame})
 
     async def _close(self, code: int) -> None:
         await self._send({"type": "websocket.close", "code": int(code)})
+
+
+def _covered_by(frame: str, snapshot: Snapshot) -> bool | None:
+    """Whether the snapshot already covers this frame; None for frames outside the hub's order
+    (error frames, notices), which neither repeat nor end the catching up."""
+    message = message_id(frame)
+    if message is not None:
+        return message <= snapshot.last_id
+    version = presence_version(frame)
+    if version is not None:
+        return version <= snapshot.presence_version
+    return None

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 
 from .config import Settings
-from .hub import Hub
+from .hub import HubLink, HubUnavailable, Snapshot
 from .protocol import CloseCode, Limits, NoticeCode, notice_frame
 from .room import Room
 from .static import StaticFiles, default_static_dir
@@ -21,9 +21,10 @@ STATE_KEY = "trio_chat.worker"
 
 
 class Worker:
-    def __init__(self, settings: Settings, hub: Hub) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hub = hub
+        #: This worker's side of the hub, set once it has joined (``lifespan``).
+        self.link: HubLink = _NotJoined()
         self.room = Room(settings.subscriber_buffer)
         self.limits = Limits(
             max_sender_chars=settings.max_sender_chars,
@@ -57,3 +58,21 @@ class Worker:
                 )
             ]
         )
+
+
+class _NotJoined:
+    """The link of a worker that has not joined its hub (yet): everything is unavailable."""
+
+    connected = False
+
+    async def publish(self, body: str) -> None:
+        raise HubUnavailable("this worker has not joined its hub")
+
+    async def snapshot(self, since: int | None) -> Snapshot:
+        raise HubUnavailable("this worker has not joined its hub")
+
+    def present(self, connection: int, name: str) -> None:
+        pass
+
+    def absent(self, connection: int) -> None:
+        pass

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from ..config import Settings
 from .bridge import ManagerHub
-from .interface import Hub, HubListener, HubUnavailable
+from .interface import Hub, HubLink, HubListener, HubUnavailable, Snapshot
 from .local import LocalHub
 
-__all__ = ["Hub", "HubListener", "HubUnavailable", "LocalHub", "ManagerHub", "open_hub"]
+__all__ = [
+    "Hub",
+    "HubLink",
+    "HubListener",
+    "HubUnavailable",
+    "LocalHub",
+    "ManagerHub",
+    "Snapshot",
+    "open_hub",
+]
 
 
 def open_hub(settings: Settings) -> Hub:
     if settings.hub == "local":
-        return LocalHub()
+        return LocalHub(settings.history_size)
     return ManagerHub(settings)

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             address,
             authkey,
             mailbox_size=args.mailbox_size or settings.mailbox_size,
+            history_size=args.history_size or settings.history_size,
             watch_pid=args.watch_pid,
             on_ready=_announce_ready if args.secret_stdin else lambda: None,
         )
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         "--secret-file", type=Path, help="default: $TRIO_CHAT_HUB_SECRET_FILE (mode 600)"
     )
     parser.add_argument("--mailbox-size", type=int, help="default: $TRIO_CHAT_MAILBOX_SIZE")
+    parser.add_argument("--history-size", type=int, help="default: $TRIO_CHAT_HISTORY_SIZE")
     parser.add_argument(
         "--new-secret-file", type=Path, metavar="PATH", help="write a new random secret and exit"
     )

@@ -5,10 +5,16 @@ Each hub call blocks on a socket round trip, so it runs in a worker thread via
 
 - the **reader** blocks in ``fetch`` on the worker's mailbox and hands every batch of frames to
   the listener (the room) the moment it arrives: no polling, one round trip per batch;
-- the **publisher** takes what sessions want published from a bounded outbox and sends all that
-  is waiting in one ``publish`` call, then wakes each waiting sender.
+- the **publisher** takes what sessions want published from a bounded outbox, and the presence
+  changes of the worker's connections, and sends all that is waiting in one ``update`` call,
+  then wakes each waiting sender.
 
-Cancellation: ``fetch`` may block for as long as the chat is quiet, so the reader's thread is
+Presence changes are state, not a queue: the latest name of each changed connection waits in a
+dict (bounded by the number of connections) until the next ``update``. If the link breaks, the
+worker re-joins with the names of all its connections, so nothing needs replaying.
+
+Cancellation: ``fetch`` blocks while the chat is quiet (for up to the hub's heartbeat, after
+which it returns empty and is called again), so the reader's thread is
 abandoned when the reader is cancelled (``abandon_on_cancel=True``). An abandoned ``fetch`` can
 still take frames that then go nowhere; that is harmless because the reader is only cancelled
 when the worker leaves the hub, and ``leave`` (called right after) wakes the thread so that it
@@ -32,7 +38,8 @@ import trio
 
 from ..config import Settings
 from .address import Endpoint, resolve_endpoint
-from .interface import HubListener, HubUnavailable
+from .core import Snapshot
+from .interface import HubLink, HubListener, HubUnavailable
 from .launcher import HubStartError, connect_or_start
 from .manager import HUB_ERRORS, HubClient
 
@@ -42,6 +49,9 @@ T = TypeVar("T")
 
 #: Frames taken from the mailbox, and bodies published, per round trip.
 MAX_BATCH = 512
+#: Threads for hub calls: the reader and the publisher hold one each for as long as they run;
+#: the rest serve joining clients' snapshots, in parallel, and joining and leaving.
+HUB_THREADS = 8
 RECONNECT_FIRST_DELAY_SECONDS = 0.05
 RECONNECT_MAX_DELAY_SECONDS = 1.0
 LEAVE_TIMEOUT_SECONDS = 2.0
@@ -61,17 +71,21 @@ class _Pending:
 
 
 class ManagerHub:
+    """The manager hub's client in one worker: both the ``Hub`` and the worker's ``HubLink``."""
+
     def __init__(self, settings: Settings, endpoint: Endpoint | None = None) -> None:
         self._settings = settings
         self._endpoint = endpoint
         self._client: HubClient | None = None
+        self._mailbox_id = ""
         self._label = f"{socket.gethostname()}:{os.getpid()}"
-        self._outbox_send, self._outbox_receive = trio.open_memory_channel[_Pending](
+        # None in the outbox only wakes the publisher for presence changes.
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[_Pending | None](
             settings.outbox_size
         )
-        # The reader and the publisher each hold a thread for as long as they run, plus one
-        # for joining, leaving and reconnecting; other to_thread users are not held up by them.
-        self._threads = trio.CapacityLimiter(3)
+        self._presence: dict[int, str] = {}
+        self._presence_changes: dict[int, str | None] = {}
+        self._threads = trio.CapacityLimiter(HUB_THREADS)
 
     @property
     def connected(self) -> bool:
@@ -87,7 +101,7 @@ class ManagerHub:
         self,
         listener: HubListener,
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
             client, mailbox_id = await self._join()
@@ -97,10 +111,10 @@ class ManagerHub:
             ) from error
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publish_loop)
-            task_status.started()
+            task_status.started(self)
             try:
                 while True:
-                    self._client = client
+                    self._client, self._mailbox_id = client, mailbox_id
                     await self._read_until_lost(client, mailbox_id, listener)
                     self._client = None
                     client, mailbox_id = await self._rejoin()
@@ -120,13 +134,39 @@ class ManagerHub:
         if not pending.published:
             raise HubUnavailable("the hub is unreachable right now")
 
+    async def snapshot(self, since: int | None) -> Snapshot:
+        client = self._client
+        if client is None:
+            raise HubUnavailable("the hub is unreachable right now")
+        try:
+            return await self._in_thread(client.snapshot, since)
+        except HUB_ERRORS as error:
+            raise HubUnavailable("the hub is unreachable right now") from error
+
+    def present(self, connection: int, name: str) -> None:
+        self._presence[connection] = name
+        self._change_presence(connection, name)
+
+    def absent(self, connection: int) -> None:
+        self._presence.pop(connection, None)
+        self._change_presence(connection, None)
+
+    def _change_presence(self, connection: int, name: str | None) -> None:
+        self._presence_changes[connection] = name
+        # A full outbox means the publisher is busy and will take the change with it anyway.
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+            self._outbox_send.send_nowait(None)
+
     async def _join(self) -> tuple[HubClient, str]:
         endpoint = self.endpoint
-        mailbox_size = self._settings.mailbox_size
+        sizes = (self._settings.mailbox_size, self._settings.history_size)
+        # Whatever changed before this join is in the snapshot the join sends.
+        self._presence_changes.clear()
+        presence = dict(self._presence)
 
         def connect_and_join() -> tuple[HubClient, str]:
-            client = connect_or_start(endpoint, mailbox_size)
-            return client, client.join(self._label)
+            client = connect_or_start(endpoint, *sizes)
+            return client, client.join(self._label, presence)
 
         return await self._in_thread(connect_and_join)
 
@@ -158,24 +198,29 @@ class ManagerHub:
                 # We did not leave, so the hub dropped our mailbox: we fell too far behind.
                 logger.warning("event=mailbox_evicted hub=%s", self.endpoint.describe())
                 return
-            listener.deliver(frames)
+            if frames:  # Empty: the hub's heartbeat, which also tells it we are alive.
+                listener.deliver(frames)
 
     async def _publish_loop(self) -> None:
         async for first in self._outbox_receive:
-            batch = [first]
+            batch = [first] if first is not None else []
             while len(batch) < MAX_BATCH:
                 try:
-                    batch.append(self._outbox_receive.receive_nowait())
+                    item = self._outbox_receive.receive_nowait()
                 except trio.WouldBlock:
                     break
+                if item is not None:
+                    batch.append(item)
+            changes, self._presence_changes = self._presence_changes, {}
             client = self._client
-            if client is not None:
+            if client is not None and (batch or changes):
+                bodies = [pending.body for pending in batch]
                 try:
                     await self._in_thread(
-                        client.publish, [pending.body for pending in batch], abandon_on_cancel=True
+                        client.update, self._mailbox_id, bodies, changes, abandon_on_cancel=True
                     )
                 except HUB_ERRORS:
-                    pass  # The reader notices the broken link and reconnects.
+                    pass  # The reader notices the broken link, reconnects and re-joins.
                 else:
                     for pending in batch:
                         pending.published = True

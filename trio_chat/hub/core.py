@@ -1,28 +1,58 @@
-"""The hub's state: the total order and one mailbox per worker. Lives in the hub process.
+"""The hub's state: the total order, the history, presence, and one mailbox per worker.
 
-``HubCore`` is called from the multiprocessing manager's server threads (one thread per client
-connection), so every method is thread-safe under one lock. ``Sequencer`` is the pure part,
-shared with the in-process ``LocalHub``.
+``HubCore`` lives in the hub process and is called from the multiprocessing manager's server
+threads (one per client connection), so every method is thread-safe under one lock; the
+in-process ``LocalHub`` uses it too. Messages and presence frames enter every mailbox under
+that lock, so all workers see one order of both.
 
-Mailbox policy: a mailbox holds at most ``mailbox_size`` frames. A worker that falls that far
-behind (or died without leaving) has its mailbox removed, freeing the memory; its next ``fetch``
-returns ``None`` and it re-joins and tells its clients that messages were missed.
+Policies:
+- History: the last ``history_size`` messages, for joins and resumes; older ones are gone.
+- Mailboxes hold at most ``mailbox_size`` frames. A worker that falls that far behind has its
+  mailbox (and its connections' presence) removed, freeing the memory; its next ``fetch``
+  returns ``None`` and it re-joins and tells its clients that messages were missed.
+- Liveness: a live worker is always fetching, and ``fetch`` returns empty after
+  ``FETCH_HEARTBEAT_SECONDS`` at the latest, so a worker not seen for ``LEASE_SECONDS`` has
+  died without leaving: ``housekeep`` removes it, and its users leave presence.
+- Presence frames are coalesced: at most one per ``presence_interval``.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..protocol import stamp_chat_frame
+from .presence import PresenceBook
+
+#: The longest a ``fetch`` waits before returning empty: the worker's heartbeat.
+FETCH_HEARTBEAT_SECONDS = 5.0
+LEASE_SECONDS = 3 * FETCH_HEARTBEAT_SECONDS
 
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What a joining client is sent before live frames, and where live frames take over."""
+
+    #: Message frames after ``since`` (or the whole history), oldest first.
+    messages: list[str]
+    #: The highest id given so far: live messages with an id up to this one are in the past.
+    last_id: int
+    #: The oldest id still kept (``last_id + 1`` when none is).
+    first_available: int
+    #: The presence frame as of now, and its version: older presence frames are in the past.
+    presence: str
+    presence_version: int
+    #: False when ``since`` was ahead of ``last_id`` (the messages are then the whole history).
+    since_valid: bool = True
 
 
 class Sequencer:
@@ -36,89 +66,217 @@ class Sequencer:
     def last_id(self) -> int:
         return self._next_id - 1
 
-    def stamp(self, bodies: Sequence[str]) -> list[str]:
+    def stamp(self, bodies: Sequence[str]) -> list[tuple[int, str]]:
         ts_ms = self._clock_ms()
         first = self._next_id
         self._next_id += len(bodies)
-        return [stamp_chat_frame(first + i, ts_ms, body) for i, body in enumerate(bodies)]
+        return [(first + i, stamp_chat_frame(first + i, ts_ms, b)) for i, b in enumerate(bodies)]
 
 
 class _Mailbox:
-    __slots__ = ("frames", "label", "ready")
+    __slots__ = ("frames", "label", "last_seen", "ready")
 
-    def __init__(self, label: str, lock: threading.Lock) -> None:
+    def __init__(self, label: str, lock: threading.Lock, now: float) -> None:
         self.label = label
         self.frames: collections.deque[str] = collections.deque()
         self.ready = threading.Condition(lock)
+        self.last_seen = now
 
 
 class HubCore:
-    def __init__(self, mailbox_size: int, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(
+        self,
+        *,
+        mailbox_size: int,
+        history_size: int,
+        presence_interval: float = 0.0,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lock = threading.Lock()
+        self._housekeeping = threading.Condition(self._lock)
         self._sequencer = Sequencer(clock_ms)
+        self._history: collections.deque[tuple[int, str]] = collections.deque(maxlen=history_size)
+        self._presence = PresenceBook()
+        self._presence_interval = presence_interval
+        self._last_presence_at = -presence_interval
         self._mailboxes: dict[str, _Mailbox] = {}
         self._mailbox_ids = itertools.count(1)
         self._mailbox_size = mailbox_size
+        self._monotonic = monotonic
         self._evicted = 0
+        self._expired = 0
 
-    def join(self, label: str) -> str:
-        """Open a mailbox for a worker (``label`` is for statistics, e.g. ``host:pid``)."""
+    def join(self, label: str, presence: Mapping[int, str] | None = None) -> str:
+        """Open a mailbox for a worker and take its current connections into presence."""
         with self._lock:
             mailbox_id = f"m{next(self._mailbox_ids)}"
-            self._mailboxes[mailbox_id] = _Mailbox(label, self._lock)
+            self._mailboxes[mailbox_id] = _Mailbox(label, self._lock, self._monotonic())
+            self._presence.replace_worker(mailbox_id, presence or {})
+            self._presence_changed()
             return mailbox_id
 
     def leave(self, mailbox_id: str) -> None:
-        """Remove a mailbox; a ``fetch`` blocked on it returns ``None`` at once."""
+        """Remove a mailbox and its connections; a ``fetch`` blocked on it returns ``None``."""
         with self._lock:
-            self._remove(mailbox_id)
+            self._remove([mailbox_id])
 
-    def publish(self, bodies: Sequence[str]) -> int:
-        """Stamp ``bodies`` in order, put them in every mailbox; returns the last id given."""
+    def update(
+        self,
+        mailbox_id: str,
+        bodies: Sequence[str] = (),
+        presence: Mapping[int, str | None] | None = None,
+    ) -> int:
+        """Publish ``bodies`` in order and apply a worker's presence changes (``None``: gone).
+
+        Returns the last id given. Changes from a mailbox that is gone are ignored: that worker
+        re-joins with all its connections anyway.
+        """
         with self._lock:
-            frames = self._sequencer.stamp(bodies)
-            for mailbox_id, mailbox in list(self._mailboxes.items()):
-                if len(mailbox.frames) + len(frames) > self._mailbox_size:
-                    self._evicted += 1
-                    self._remove(mailbox_id)
-                    continue
-                mailbox.frames.extend(frames)
-                mailbox.ready.notify()
+            if bodies:
+                stamped = self._sequencer.stamp(bodies)
+                self._history.extend(stamped)
+                self._broadcast([frame for _, frame in stamped])
+            if presence and mailbox_id in self._mailboxes:
+                self._presence.apply(mailbox_id, presence)
+                self._presence_changed()
             return self._sequencer.last_id
 
-    def fetch(self, mailbox_id: str, max_frames: int) -> list[str] | None:
+    def publish(self, bodies: Sequence[str]) -> int:
+        """Publish from outside any worker (tools and tests)."""
+        return self.update("", bodies)
+
+    def snapshot(self, since: int | None) -> Snapshot:
+        """History for a joining client: after ``since``, or all that is kept."""
+        with self._lock:
+            last_id = self._sequencer.last_id
+            since_valid = since is None or since <= last_id
+            after = since if since is not None and since_valid else 0
+            messages = [frame for message_id, frame in self._history if message_id > after]
+            state = self._presence.current()
+            return Snapshot(
+                messages=messages,
+                last_id=last_id,
+                first_available=self._history[0][0] if self._history else last_id + 1,
+                presence=state.frame(),
+                presence_version=state.version,
+                since_valid=since_valid,
+            )
+
+    def fetch(
+        self, mailbox_id: str, max_frames: int, timeout: float = FETCH_HEARTBEAT_SECONDS
+    ) -> list[str] | None:
         """Wait for frames, then take up to ``max_frames``; ``None`` once the mailbox is gone.
 
-        Blocks without a timeout: a new frame wakes it at once, and ``leave`` (or eviction)
-        wakes it to return ``None``, so the worker's reader never polls.
+        A new frame wakes it at once, and ``leave`` (or eviction) wakes it to return ``None``,
+        so the worker's reader never polls for messages. After ``timeout`` it returns empty:
+        the call itself tells the hub the worker is alive.
         """
         with self._lock:
             mailbox = self._mailboxes.get(mailbox_id)
-            while mailbox is not None and not mailbox.frames:
-                mailbox.ready.wait()
+            if mailbox is not None and not mailbox.frames:
+                mailbox.last_seen = self._monotonic()
+                mailbox.ready.wait(timeout)
                 mailbox = self._mailboxes.get(mailbox_id)
-            if mailbox is None:
-                return None
-            frames = mailbox.frames
-            if len(frames) <= max_frames:
-                mailbox.frames = collections.deque()
-                return list(frames)
-            return [frames.popleft() for _ in range(max_frames)]
+            return self._take(mailbox, max_frames)
+
+    def fetch_nowait(self, mailbox_id: str, max_frames: int) -> list[str] | None:
+        with self._lock:
+            return self._take(self._mailboxes.get(mailbox_id), max_frames)
+
+    def housekeep(self) -> float:
+        """Expire silent workers and send a coalesced presence frame when due.
+
+        Returns how long to wait before the next call is useful.
+        """
+        with self._lock:
+            return self._housekeep()
+
+    def run_housekeeping(self) -> None:
+        """Call ``housekeep`` forever, woken early when presence changes (a hub thread)."""
+        with self._lock:
+            while True:
+                self._housekeeping.wait(self._housekeep())
+
+    def _housekeep(self) -> float:  # The lock is held.
+        now = self._monotonic()
+        self._remove(
+            [
+                mailbox_id
+                for mailbox_id, mailbox in self._mailboxes.items()
+                if now - mailbox.last_seen > LEASE_SECONDS
+            ],
+            expired=True,
+        )
+        wait = LEASE_SECONDS / 2
+        if self._presence.dirty:
+            due = self._last_presence_at + self._presence_interval
+            if now >= due:
+                self._publish_presence(now)
+            else:
+                wait = min(wait, due - now)
+        return wait
 
     def statistics(self) -> dict[str, object]:
         with self._lock:
+            state = self._presence.current()
             return {
                 "pid": os.getpid(),
                 "last_id": self._sequencer.last_id,
+                "history": len(self._history),
+                "online": state.online,
+                "users": list(state.users),
                 "mailboxes": {
                     mailbox_id: {"label": mailbox.label, "waiting": len(mailbox.frames)}
                     for mailbox_id, mailbox in self._mailboxes.items()
                 },
                 "evicted": self._evicted,
+                "expired": self._expired,
             }
 
-    def _remove(self, mailbox_id: str) -> None:
-        mailbox = self._mailboxes.pop(mailbox_id, None)
-        if mailbox is not None:
-            mailbox.frames.clear()
-            mailbox.ready.notify_all()
+    # The methods below expect the lock to be held.
+
+    def _take(self, mailbox: _Mailbox | None, max_frames: int) -> list[str] | None:
+        if mailbox is None:
+            return None
+        mailbox.last_seen = self._monotonic()
+        frames = mailbox.frames
+        if len(frames) <= max_frames:
+            mailbox.frames = collections.deque()
+            return list(frames)
+        return [frames.popleft() for _ in range(max_frames)]
+
+    def _broadcast(self, frames: list[str]) -> None:
+        overflowing = []
+        for mailbox_id, mailbox in self._mailboxes.items():
+            if len(mailbox.frames) + len(frames) > self._mailbox_size:
+                overflowing.append(mailbox_id)
+            else:
+                mailbox.frames.extend(frames)
+                mailbox.ready.notify()
+        if overflowing:
+            self._evicted += len(overflowing)
+            self._remove(overflowing)
+
+    def _remove(self, mailbox_ids: list[str], *, expired: bool = False) -> None:
+        for mailbox_id in mailbox_ids:
+            mailbox = self._mailboxes.pop(mailbox_id, None)
+            if mailbox is not None:
+                self._expired += expired
+                mailbox.frames.clear()
+                mailbox.ready.notify_all()
+            self._presence.drop_worker(mailbox_id)
+        self._presence_changed()
+
+    def _presence_changed(self) -> None:
+        if not self._presence.dirty:
+            return
+        now = self._monotonic()
+        if now - self._last_presence_at >= self._presence_interval:
+            self._publish_presence(now)
+        else:
+            self._housekeeping.notify()  # The housekeeping thread sends it when due.
+
+    def _publish_presence(self, now: float) -> None:
+        self._last_presence_at = now
+        self._broadcast([self._presence.publish()])

@@ -1,8 +1,10 @@
 """What a worker needs from a hub, whatever the backend.
 
-A hub gives every published chat message a place in one total order (its ``id``) and hands the
-stamped frames, in that order, to every worker that has joined. Backends: ``ManagerHub`` (a
-multiprocessing manager process; the default) and ``LocalHub`` (in-process, one worker only).
+A hub gives every published chat message a place in one total order (its ``id``), keeps the
+recent history and who is online, and hands the stamped frames, in that order, to every worker
+that has joined. Joining (``Hub.run``) gives the worker a ``HubLink``, its side of the hub.
+Backends: ``ManagerHub`` (a multiprocessing manager process; the default) and ``LocalHub``
+(in-process: one worker in production, several in tests).
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from typing import Protocol
 
 import trio
 
+from .core import Snapshot
+
+__all__ = ["Hub", "HubLink", "HubListener", "HubUnavailable", "Snapshot"]
+
 
 class HubUnavailable(Exception):
-    """The hub cannot be reached now; the message was not published."""
+    """The hub cannot be reached now; nothing was published."""
 
 
 class HubListener(Protocol):
@@ -27,26 +33,39 @@ class HubListener(Protocol):
         """The link broke and came back: frames published meanwhile will never arrive."""
 
 
-class Hub(Protocol):
+class HubLink(Protocol):
+    """One worker's membership of the hub."""
+
     @property
     def connected(self) -> bool:
-        """Whether the worker's link to the hub is up right now."""
-
-    async def run(
-        self,
-        listener: HubListener,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Join the hub and feed ``listener`` until cancelled; then leave.
-
-        Calls ``task_status.started()`` once joined. Raises ``HubUnavailable`` if the first
-        attempt to join fails (so that a worker with no hub does not start); later breaks are
-        survived by reconnecting.
-        """
+        """Whether the link is up right now."""
 
     async def publish(self, body: str) -> None:
         """Publish an encoded chat body; returns once the hub has it in the total order.
 
         Raises ``HubUnavailable`` when the link is down.
+        """
+
+    async def snapshot(self, since: int | None) -> Snapshot:
+        """History and presence for a joining client; raises ``HubUnavailable``."""
+
+    def present(self, connection: int, name: str) -> None:
+        """This worker's connection is online under ``name`` ("" for no name); never blocks."""
+
+    def absent(self, connection: int) -> None:
+        """This worker's connection is gone; never blocks."""
+
+
+class Hub(Protocol):
+    async def run(
+        self,
+        listener: HubListener,
+        *,
+        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Join the hub and feed ``listener`` until cancelled; then leave.
+
+        Starts with the worker's ``HubLink`` once joined. Raises ``HubUnavailable`` if the
+        first attempt to join fails (so that a worker with no hub does not start); later
+        breaks are survived by reconnecting.
         """

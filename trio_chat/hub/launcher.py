@@ -36,7 +36,7 @@ class HubStartError(Exception):
     pass
 
 
-def connect_or_start(endpoint: Endpoint, mailbox_size: int) -> HubClient:
+def connect_or_start(endpoint: Endpoint, mailbox_size: int, history_size: int) -> HubClient:
     """Connect to the endpoint's hub, starting it first if it is automatic and not running."""
     if not endpoint.autostart:
         return HubClient(endpoint.address, endpoint.authkey)
@@ -46,7 +46,7 @@ def connect_or_start(endpoint: Endpoint, mailbox_size: int) -> HubClient:
             return HubClient(endpoint.address, endpoint.authkey)
         except HUB_ERRORS:
             pass  # No hub yet, or a dead one's socket: ours to start.
-        _start_hub(endpoint, mailbox_size)
+        _start_hub(endpoint, mailbox_size, history_size)
     return HubClient(endpoint.address, endpoint.authkey)
 
 
@@ -60,7 +60,7 @@ def _exclusive_lock(path: Path):  # type: ignore[no-untyped-def]
         os.close(fd)  # Also releases the lock.
 
 
-def _start_hub(endpoint: Endpoint, mailbox_size: int) -> None:
+def _start_hub(endpoint: Endpoint, mailbox_size: int, history_size: int) -> None:
     assert isinstance(endpoint.address, str)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(endpoint.address)  # A dead hub's socket; we hold the lock, so no one uses it.
@@ -76,6 +76,8 @@ def _start_hub(endpoint: Endpoint, mailbox_size: int) -> None:
         str(endpoint.lock_path),
         "--mailbox-size",
         str(mailbox_size),
+        "--history-size",
+        str(history_size),
         "--secret-stdin",
     ]
     environment = dict(os.environ)

@@ -1,43 +1,92 @@
-"""An in-process hub: the total order for listeners in one Trio run, with no process or thread.
+"""An in-process hub: the hub's state (``HubCore``) in the same Trio run, no process, no thread.
 
-Used by tests as the stand-in for a real backend (several "workers" can share one), and by
-single-process deployments (``TRIO_CHAT_HUB=local``, e.g. ``hypercorn -w 1``) that need no hub
-process at all. It keeps the contract of ``Hub``: one order, every listener, never blocking.
+Several workers may join one ``LocalHub`` (tests do, to show cross-worker order); frames are
+handed to every worker's listener synchronously after each change. With one worker it also
+serves deployments that need no hub process (``TRIO_CHAT_HUB=local``, ``hypercorn -w 1``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import trio
 
-from .core import Sequencer, wall_clock_ms
-from .interface import HubListener, HubUnavailable
+from .core import HubCore, Snapshot, wall_clock_ms
+from .interface import HubLink, HubListener, HubUnavailable
+
+# Frames are delivered synchronously after every change, so mailboxes never fill.
+_UNBOUNDED = 1 << 30
 
 
 class LocalHub:
-    def __init__(self, clock_ms: Callable[[], int] = wall_clock_ms) -> None:
-        self._sequencer = Sequencer(clock_ms)
-        self._listeners: list[HubListener] = []
+    def __init__(self, history_size: int = 100, clock_ms: Callable[[], int] = wall_clock_ms):
+        self.core = HubCore(mailbox_size=_UNBOUNDED, history_size=history_size, clock_ms=clock_ms)
+        self._listeners: dict[str, HubListener] = {}
+        self._labels = itertools.count(1)
+        #: Tests set this to False to play a hub that cannot be reached.
         self.connected = True
 
     async def run(
         self,
         listener: HubListener,
         *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        self._listeners.append(listener)
+        mailbox_id = self.core.join(f"local-{next(self._labels)}")
+        self._listeners[mailbox_id] = listener
         try:
-            task_status.started()
+            self.deliver_all()
+            task_status.started(_LocalLink(self, mailbox_id))
             await trio.sleep_forever()
         finally:
-            self._listeners.remove(listener)
+            del self._listeners[mailbox_id]
+            self.core.leave(mailbox_id)
+            self.deliver_all()
+
+    async def publish(self, body: str) -> None:
+        """Publish from outside any worker, as a tool would (tests use it)."""
+        await trio.lowlevel.checkpoint()
+        self.core.publish([body])
+        self.deliver_all()
+
+    def deliver_all(self) -> None:
+        for mailbox_id, listener in list(self._listeners.items()):
+            frames = self.core.fetch_nowait(mailbox_id, _UNBOUNDED)
+            if frames:
+                listener.deliver(frames)
+
+
+class _LocalLink:
+    def __init__(self, hub: LocalHub, mailbox_id: str) -> None:
+        self._hub = hub
+        self._mailbox_id = mailbox_id
+
+    @property
+    def connected(self) -> bool:
+        return self._hub.connected
 
     async def publish(self, body: str) -> None:
         await trio.lowlevel.checkpoint()
-        if not self.connected:
+        self._check_connected()
+        self._hub.core.update(self._mailbox_id, [body])
+        self._hub.deliver_all()
+
+    async def snapshot(self, since: int | None) -> Snapshot:
+        await trio.lowlevel.checkpoint()
+        self._check_connected()
+        return self._hub.core.snapshot(since)
+
+    def present(self, connection: int, name: str) -> None:
+        self._change_presence(connection, name)
+
+    def absent(self, connection: int) -> None:
+        self._change_presence(connection, None)
+
+    def _change_presence(self, connection: int, name: str | None) -> None:
+        self._hub.core.update(self._mailbox_id, presence={connection: name})
+        self._hub.deliver_all()
+
+    def _check_connected(self) -> None:
+        if not self._hub.connected:
             raise HubUnavailable("the hub is unreachable right now")
-        frames = self._sequencer.stamp([body])
-        for listener in self._listeners:
-            listener.deliver(frames)

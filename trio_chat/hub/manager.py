@@ -8,14 +8,15 @@ connection per thread; ``HubClient`` is used from the threads of the Trio bridge
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, cast
 
 from .address import Address
+from .core import Snapshot
 
 HUB_TYPEID = "hub"
-EXPOSED = ("join", "leave", "publish", "fetch", "statistics")
+EXPOSED = ("join", "leave", "update", "publish", "snapshot", "fetch", "statistics")
 
 #: What a broken or absent hub raises in a client: refused or reset sockets, EOF mid-call, a
 #: failed authentication.
@@ -42,14 +43,22 @@ class HubClient:
         BaseProxy._address_to_local.pop(address, None)
         self._hub: Any = getattr(manager, HUB_TYPEID)()
 
-    def join(self, label: str) -> str:
-        return cast(str, self._hub.join(label))
+    def join(self, label: str, presence: Mapping[int, str] | None = None) -> str:
+        return cast(str, self._hub.join(label, dict(presence or {})))
 
     def leave(self, mailbox_id: str) -> None:
         self._hub.leave(mailbox_id)
 
+    def update(
+        self, mailbox_id: str, bodies: Sequence[str], presence: Mapping[int, str | None]
+    ) -> int:
+        return cast(int, self._hub.update(mailbox_id, list(bodies), dict(presence)))
+
     def publish(self, bodies: Sequence[str]) -> int:
         return cast(int, self._hub.publish(list(bodies)))
+
+    def snapshot(self, since: int | None) -> Snapshot:
+        return cast(Snapshot, self._hub.snapshot(since))
 
     def fetch(self, mailbox_id: str, max_frames: int) -> list[str] | None:
         return cast("list[str] | None", self._hub.fetch(mailbox_id, max_frames))

@@ -25,6 +25,8 @@ logger = logging.getLogger("trio_chat.hub")
 
 # Without pidfds (not Linux), how often to check that the watched process is still there.
 _WATCH_POLL_SECONDS = 1.0
+#: At most this many presence frames a second: joins and leaves in between are coalesced.
+PRESENCE_INTERVAL_SECONDS = 0.25
 
 
 def serve(
@@ -32,11 +34,16 @@ def serve(
     authkey: bytes,
     *,
     mailbox_size: int,
+    history_size: int,
     watch_pid: int | None = None,
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
     """Serve until stopped; ``on_ready`` runs once the socket accepts connections."""
-    core = HubCore(mailbox_size)
+    core = HubCore(
+        mailbox_size=mailbox_size,
+        history_size=history_size,
+        presence_interval=PRESENCE_INTERVAL_SECONDS,
+    )
 
     class ServingManager(BaseManager):
         pass
@@ -48,6 +55,7 @@ def serve(
             os.chmod(address, 0o600)
         signal.signal(signal.SIGTERM, _exit_quietly)
         signal.signal(signal.SIGINT, _exit_quietly)
+        threading.Thread(target=core.run_housekeeping, name="housekeeping", daemon=True).start()
         if watch_pid is not None:
             threading.Thread(
                 target=_stop_when_gone, args=(watch_pid,), name="watch-owner", daemon=True

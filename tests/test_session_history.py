@@ -1,0 +1,255 @@
+"""History on join, resume without gaps, and presence, through the app with an in-process hub.
+
+The interleaving tests hold a joining session at a chosen point (just before or just after its
+snapshot is taken) with an event, publish meanwhile, and then check that the client sees every
+message exactly once, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_chat.hub import HubLink, HubListener, LocalHub, Snapshot
+
+from asgi_driver import WebSocketClient, chat_app, connect_websocket, open_chat, running_worker
+
+
+class GatedHub(LocalHub):
+    """A LocalHub whose snapshots can be held before or after they are taken."""
+
+    def __init__(self, history_size: int = 100) -> None:
+        super().__init__(history_size, clock_ms=lambda: 1)
+        self.before_snapshot: trio.Event | None = None
+        self.after_snapshot: trio.Event | None = None
+
+    async def run(
+        self,
+        listener: HubListener,
+        *,
+        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        hub = self
+
+        class GatedLink:
+            def __init__(self, link: HubLink) -> None:
+                self._link = link
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._link, name)
+
+            async def snapshot(self, since: int | None) -> Snapshot:
+                if hub.before_snapshot is not None:
+                    await hub.before_snapshot.wait()
+                snapshot = await self._link.snapshot(since)
+                if hub.after_snapshot is not None:
+                    await hub.after_snapshot.wait()
+                return snapshot
+
+        class Status:
+            def started(self, link: HubLink) -> None:
+                task_status.started(GatedLink(link))
+
+        await super().run(listener, task_status=Status())  # type: ignore[arg-type]
+
+
+def texts(frames: list[dict[str, Any]]) -> list[str]:
+    return [frame["message"] for frame in frames]
+
+
+async def say(client: WebSocketClient, *messages: str, sender: str = "ann") -> None:
+    for message in messages:
+        await client.send_json({"sender": sender, "message": message})
+
+
+async def receive_messages(client: WebSocketClient, count: int) -> list[dict[str, Any]]:
+    return [await client.receive_json() for _ in range(count)]
+
+
+async def assert_nothing_more(client: WebSocketClient) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    assert client.received_nowait() == []
+
+
+async def test_a_newcomer_gets_the_history_oldest_first_then_live_messages() -> None:
+    hub = LocalHub()
+    app = chat_app(hub)
+    async with running_worker(app) as state:
+        async with open_chat(app, state) as ann:
+            assert ann.history["messages"] == []
+            await say(ann, "one", "two")
+            await receive_messages(ann, 2)
+        async with open_chat(app, state) as bob:
+            assert bob.history["resumed"] is False
+            assert texts(bob.history["messages"]) == ["one", "two"]
+            assert [m["id"] for m in bob.history["messages"]] == [1, 2]
+            await say(bob, "three", sender="bob")
+            assert texts(await receive_messages(bob, 1)) == ["three"]
+
+
+async def test_history_is_bounded_to_the_last_messages() -> None:
+    hub = LocalHub(history_size=3)
+    app = chat_app(hub)
+    async with running_worker(app) as state:
+        async with open_chat(app, state) as ann:
+            await say(ann, *[str(n) for n in range(1, 6)])
+            await receive_messages(ann, 5)
+        async with open_chat(app, state) as bob:
+            assert texts(bob.history["messages"]) == ["3", "4", "5"]
+
+
+@pytest.mark.parametrize("hold", ["before_snapshot", "after_snapshot"])
+async def test_joining_during_a_burst_shows_no_gap_and_no_duplicate(hold: str) -> None:
+    hub = GatedHub()
+    app = chat_app(hub)
+    async with running_worker(app) as state, open_chat(app, state) as ann:
+        await say(ann, "m1")
+        await receive_messages(ann, 1)
+        gate = trio.Event()
+        setattr(hub, hold, gate)
+        async with connect_websocket(app, state) as bob:
+            assert (await bob.receive())["type"] == "websocket.accept"
+            await trio.testing.wait_all_tasks_blocked()  # Bob's session waits at the gate.
+            await say(ann, "m2", "m3")  # Published while Bob joins.
+            await receive_messages(ann, 2)
+            setattr(hub, hold, None)
+            gate.set()
+            await bob.read_opening()
+            history = texts(bob.history["messages"])
+            live = texts(await receive_messages(bob, 3 - len(history)))
+            await say(ann, "m4")
+            live += texts(await receive_messages(bob, 1))
+            assert history + live == ["m1", "m2", "m3", "m4"]
+            # Held before the snapshot, it covers the burst; held after, the burst comes live.
+            assert history == (["m1", "m2", "m3"] if hold == "before_snapshot" else ["m1"])
+            await assert_nothing_more(bob)
+
+
+async def published(hub: LocalHub, count: int) -> None:
+    for n in range(1, count + 1):
+        await hub.publish(f'{{"sender":"ann","message":"{n}"}}')
+
+
+@pytest.mark.parametrize(
+    ("since", "expected", "partial"),
+    [
+        ("5", [], False),  # Nothing missed.
+        ("3", ["4", "5"], False),  # Some missed.
+        ("2", ["3", "4", "5"], False),  # Exactly the oldest kept.
+        ("1", ["3", "4", "5"], True),  # Too old: message 2 is gone.
+        ("0", ["3", "4", "5"], True),
+    ],
+)
+async def test_resume_replays_exactly_what_was_missed(
+    since: str, expected: list[str], partial: bool
+) -> None:
+    hub = LocalHub(history_size=3)
+    await published(hub, 5)
+    app = chat_app(hub)
+    async with running_worker(app) as state, open_chat(app, state, b"since=" + since.encode()) as c:
+        assert c.history["resumed"] is True
+        assert texts(c.history["messages"]) == expected
+        notices = [f for f in c.opening if f["type"] == "notice"]
+        if partial:
+            assert [(n["code"], n["first_available"]) for n in notices] == [("resume_partial", 3)]
+        else:
+            assert notices == []
+        assert not [f for f in c.opening if f["type"] == "error"]
+
+
+@pytest.mark.parametrize("since", ["6", "999999", "abc", "-1", "1e3", "", "1.5", "x" * 100])
+async def test_resume_from_a_future_or_garbage_id_is_an_error_then_fresh_history(
+    since: str,
+) -> None:
+    hub = LocalHub(history_size=3)
+    await published(hub, 5)
+    app = chat_app(hub)
+    async with running_worker(app) as state, open_chat(app, state, b"since=" + since.encode()) as c:
+        errors = [f["code"] for f in c.opening if f["type"] == "error"]
+        assert errors == ([] if since == "" else ["invalid_resume"])
+        assert c.history["resumed"] is False
+        assert texts(c.history["messages"]) == ["3", "4", "5"]
+        await say(c, "still connected")
+        assert texts(await receive_messages(c, 1)) == ["still connected"]
+
+
+async def presence(
+    client: WebSocketClient, until: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The next presence frame that satisfies ``until``; other frames are passed over."""
+    while True:
+        frame: dict[str, Any] = await client.receive_json(presence=True)
+        if frame["type"] == "presence" and until(frame):
+            return frame
+
+
+async def test_presence_counts_and_names_across_workers() -> None:
+    hub = LocalHub()
+    app_one, app_two = chat_app(hub), chat_app(hub)
+    async with (
+        running_worker(app_one) as one,
+        running_worker(app_two) as two,
+        open_chat(app_one, one, b"name=ann") as ann,
+    ):
+        opening = ann.opening[-1]
+        assert (opening["online"], opening["users"]) == (1, ["ann"])
+        async with open_chat(app_two, two, b"name=bob") as bob, open_chat(app_two, two):
+            assert (bob.opening[-1]["online"], bob.opening[-1]["users"]) == (2, ["ann", "bob"])
+            frame = await presence(ann, lambda f: f["online"] == 3)
+            assert frame["users"] == ["ann", "bob"]  # The third client gave no name.
+        frame = await presence(ann, lambda f: f["online"] == 1)
+        assert frame["users"] == ["ann"]
+
+
+async def test_a_join_a_rename_and_a_leave_are_announced() -> None:
+    hub = LocalHub()
+    app = chat_app(hub)
+    async with running_worker(app) as state, open_chat(app, state, b"name=ann") as ann:
+        async with open_chat(app, state, b"name=bob") as bob:
+            joined = await presence(ann, lambda f: bool(f["joined"]))
+            assert joined["joined"] == ["bob"]
+            await say(bob, "hello", sender="robert")
+            renamed = await presence(ann, lambda f: bool(f["left"]))
+            assert (renamed["joined"], renamed["left"]) == (["robert"], ["bob"])
+            assert renamed["users"] == ["ann", "robert"]
+        left = await presence(ann, lambda f: bool(f["left"]))
+        assert (left["left"], left["online"], left["users"]) == (["robert"], 1, ["ann"])
+
+
+async def test_a_second_tab_under_the_same_name_counts_once_in_users() -> None:
+    hub = LocalHub()
+    app = chat_app(hub)
+    async with (
+        running_worker(app) as state,
+        open_chat(app, state, b"name=ann") as first,
+        open_chat(app, state, b"name=ann") as second,
+    ):
+        assert (second.opening[-1]["online"], second.opening[-1]["users"]) == (2, ["ann"])
+        del first
+
+
+async def test_an_invalid_name_is_an_error_and_the_client_stays_anonymous() -> None:
+    hub = LocalHub()
+    app = chat_app(hub)
+    async with running_worker(app) as state, open_chat(app, state, b"name=" + b"n" * 65) as c:
+        assert [f["code"] for f in c.opening if f["type"] == "error"] == ["invalid_name"]
+        assert (c.opening[-1]["online"], c.opening[-1]["users"]) == (1, [])
+
+
+async def test_presence_counts_drop_when_a_worker_stops() -> None:
+    hub = LocalHub()
+    app_one, app_two = chat_app(hub), chat_app(hub)
+    async with running_worker(app_one) as one, open_chat(app_one, one, b"name=ann") as ann:
+        async with running_worker(app_two) as two:
+            for name in (b"bob", b"cat", b"dan"):
+                async with open_chat(app_two, two, b"name=" + name):
+                    pass
+            async with open_chat(app_two, two, b"name=eve"):
+                await presence(ann, lambda f: f["online"] == 2)
+                # Worker two shuts down with eve still connected.
+        frame = await presence(ann, lambda f: "eve" in f["left"])
+        assert (frame["online"], frame["users"]) == (1, ["ann"])
