@@ -336,12 +336,12 @@ async def test_slow_client_that_reads_nothing_at_all_still_ends_its_session(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with (
-        worker(fixed_clock_hub(), Settings(subscriber_buffer=1)) as (app, state),
+        worker(fixed_clock_hub(), Settings(subscriber_buffer=4)) as (app, state),
         open_chat(app, state) as ann,
         open_chat(app, state) as slow,
     ):
         slow.stall("websocket.send", "websocket.close")
-        for n in range(1, 5):
+        for n in range(1, 10):
             await ann.send_json({"sender": "ann", "message": f"m{n}"})
             await ann.receive_json()
             await trio.testing.wait_all_tasks_blocked()

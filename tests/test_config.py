@@ -19,7 +19,7 @@ def test_defaults() -> None:
         hub_secret_file=None,
         max_message_bytes=4096,
         max_sender_chars=64,
-        subscriber_buffer=256,
+        subscriber_buffer=1024,
         outbox_size=1024,
         mailbox_size=65536,
         log_level="INFO",

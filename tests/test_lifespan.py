@@ -93,7 +93,7 @@ async def test_startup_joins_the_hub_so_published_messages_reach_the_worker() ->
         assert isinstance(worker, Worker)
         with worker.room.subscribe(lambda code: None) as subscriber:
             await hub.publish('{"sender":"a","message":"b"}')
-            frame = subscriber.receive_channel.receive_nowait()
+            [frame] = subscriber.receive_channel.receive_nowait()
 
     assert frame == '{"type":"message","id":1,"ts":5,"sender":"a","message":"b"}'
 

@@ -357,3 +357,19 @@ def test_any_error_frame_is_one_line_of_json(code: ErrorCode, message: str) -> N
 
     assert "\n" not in emitted
     assert json.loads(emitted) == {"type": "error", "code": code.value, "message": message}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ann\u2028bob", "evil\u202eevil", "a\u2066b\u2069", "x\u200fy", "line\u2029break"],
+)
+def test_names_cannot_hide_line_breaks_or_reorder_text(name: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        parse_chat_frame(json.dumps({"sender": name, "message": "hi"}), None, Limits())
+    assert refused.value.code == ErrorCode.INVALID_TEXT
+
+
+def test_names_keep_emoji_sequences_with_joiners() -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    chat = parse_chat_frame(json.dumps({"sender": family, "message": "hi"}), None, Limits())
+    assert chat.sender == family

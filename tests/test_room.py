@@ -6,16 +6,19 @@ import trio
 import trio.testing
 
 from trio_chat.protocol import CloseCode
-from trio_chat.room import Room
+from trio_chat.room import Room, Subscriber
 
 
-def drain(channel: trio.MemoryReceiveChannel[str]) -> list[str]:
-    frames = []
+def drain(subscriber: Subscriber) -> list[str]:
+    """Every frame queued, in order, taken as a writer takes them."""
+    frames: list[str] = []
     while True:
         try:
-            frames.append(channel.receive_nowait())
+            batch = subscriber.receive_channel.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return frames
+        frames.extend(batch)
+        subscriber.taken(batch)
 
 
 def never(code: CloseCode) -> None:
@@ -27,8 +30,8 @@ def test_broadcast_reaches_every_subscriber_in_order() -> None:
     with room.subscribe(never) as first, room.subscribe(never) as second:
         room.broadcast(["a", "b"])
         room.broadcast(["c"])
-        assert drain(first.receive_channel) == ["a", "b", "c"]
-        assert drain(second.receive_channel) == ["a", "b", "c"]
+        assert drain(first) == ["a", "b", "c"]
+        assert drain(second) == ["a", "b", "c"]
 
 
 def test_fan_out_to_many_subscribers() -> None:
@@ -36,7 +39,7 @@ def test_fan_out_to_many_subscribers() -> None:
     subscriptions = [room.subscribe(never) for _ in range(500)]
     subscribers = [subscription.__enter__() for subscription in subscriptions]
     room.broadcast([str(n) for n in range(10)])
-    assert all(drain(s.receive_channel) == [str(n) for n in range(10)] for s in subscribers)
+    assert all(drain(s) == [str(n) for n in range(10)] for s in subscribers)
     for subscription in subscriptions:
         subscription.__exit__(None, None, None)
     assert len(room) == 0
@@ -65,18 +68,18 @@ def test_full_subscriber_is_dropped_and_others_get_everything() -> None:
     ):
         for n in range(3):
             room.broadcast([f"m{n}"])
-            assert drain(fast.receive_channel) == [f"m{n}"]
+            assert drain(fast) == [f"m{n}"]
         assert overflowed == []
         room.broadcast(["m3"])  # The slow one's buffer (3) is full now.
         assert overflowed == [CloseCode.TRY_AGAIN_LATER]
         assert slow.close_code == CloseCode.TRY_AGAIN_LATER
         assert fast.close_code is None
-        assert drain(fast.receive_channel) == ["m3"]
+        assert drain(fast) == ["m3"]
         assert len(room) == 1
         assert room.statistics().dropped_slow == 1
         # The dropped subscriber keeps what it had, and nothing more ever arrives.
         room.broadcast(["m4"])
-        assert drain(slow.receive_channel) == ["m0", "m1", "m2"]
+        assert drain(slow) == ["m0", "m1", "m2"]
         assert overflowed == [CloseCode.TRY_AGAIN_LATER]
 
 
@@ -107,8 +110,8 @@ def test_send_to_one_subscriber_only() -> None:
     room = Room(buffer_size=2)
     with room.subscribe(never) as target, room.subscribe(never) as other:
         room.send_to(target, "error")
-        assert drain(target.receive_channel) == ["error"]
-        assert drain(other.receive_channel) == []
+        assert drain(target) == ["error"]
+        assert drain(other) == []
 
 
 async def test_writer_tasks_receive_as_soon_as_frames_arrive() -> None:
@@ -118,8 +121,9 @@ async def test_writer_tasks_receive_as_soon_as_frames_arrive() -> None:
     async def writer(index: int, subscriber_ready: trio.Event) -> None:
         with room.subscribe(never) as subscriber:
             subscriber_ready.set()
-            async for frame in subscriber.receive_channel:
-                received[index].append(frame)
+            async for batch in subscriber.receive_channel:
+                received[index].extend(batch)
+                subscriber.taken(batch)
 
     async with trio.open_nursery() as nursery:
         for index in received:
@@ -132,3 +136,22 @@ async def test_writer_tasks_receive_as_soon_as_frames_arrive() -> None:
         nursery.cancel_scope.cancel()
     # Cancelled writers have left the room: no subscriber, no task left behind.
     assert len(room) == 0
+
+
+def test_a_batch_is_shared_by_every_subscriber_not_copied() -> None:
+    room = Room(buffer_size=8)
+    with room.subscribe(never) as first, room.subscribe(never) as second:
+        batch = ("a", "b")
+        room.broadcast(batch)
+        assert first.receive_channel.receive_nowait() is second.receive_channel.receive_nowait()
+
+
+def test_frames_taken_by_the_writer_make_room_again() -> None:
+    room = Room(buffer_size=4)
+    with room.subscribe(never) as subscriber:
+        for _ in range(10):
+            room.broadcast(("a", "b", "c"))
+            batch = subscriber.receive_channel.receive_nowait()
+            subscriber.taken(batch)
+        assert subscriber.close_code is None
+        assert subscriber.waiting == 0

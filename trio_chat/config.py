@@ -35,7 +35,7 @@ class Settings:
     #: Longest display name, in characters.
     max_sender_chars: int = 64
     #: Frames a subscriber may have waiting before it counts as too slow and is disconnected.
-    subscriber_buffer: int = 256
+    subscriber_buffer: int = 1024
     #: Messages a worker may have waiting to be published before senders are held back.
     outbox_size: int = 1024
     #: Messages the hub keeps for joining clients and resumes; a resume replays at most these.

@@ -6,14 +6,19 @@ and a failure to start is reported with ``lifespan.startup.failed`` and a messag
 fix (Hypercorn then stops the server instead of serving a deaf worker).
 
 Termination: Hypercorn's master stops the remaining workers with SIGTERM as soon as the first
-one exits, which would cut every open WebSocket without a close frame. So the worker handles
-SIGTERM itself: it closes every session with 1001 (going away), which lets Hypercorn's own
-graceful shutdown finish at once. Should that shutdown not follow (a SIGTERM that did not come
-from the master), the worker ends as SIGTERM would have ended it, after ``EXIT_GRACE_SECONDS``.
+one exits (and again from its exit handler), which would cut every open WebSocket without a
+close frame. So the worker handles SIGTERM itself, for its whole life: the first one closes
+every session with 1001 (going away), which lets Hypercorn's own graceful shutdown finish at
+once; later ones are ignored. A watchdog bounds the wait: a send to a client that stopped
+reading cannot be cancelled in Hypercorn, so if the worker is still there ``EXIT_GRACE_SECONDS``
+after shutdown began (SIGTERM, or Hypercorn cancelling sessions once its ``graceful_timeout``
+is over), it exits by itself.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import os
 import signal
 from collections.abc import Callable
@@ -30,8 +35,9 @@ from .worker import STATE_KEY, Worker
 
 HubFactory = Callable[[Settings], Hub]
 
-#: After closing every session on SIGTERM, how long Hypercorn has to shut the worker down.
-EXIT_GRACE_SECONDS = 10.0
+#: After closing every session on SIGTERM, how long Hypercorn has to shut the worker down (the
+#: ``graceful_timeout`` of hypercorn.toml).
+EXIT_GRACE_SECONDS = 5.0
 
 
 async def run_lifespan(
@@ -64,6 +70,7 @@ async def run_lifespan(
             )
             return
         nursery.start_soon(_close_sessions_on_sigterm, worker)
+        nursery.start_soon(_exit_if_stuck, worker)
         if "state" in scope:
             scope["state"][STATE_KEY] = worker
         log_event("worker_started", pid=worker.pid, hub=type(hub).__name__)
@@ -79,14 +86,27 @@ async def _close_sessions_on_sigterm(worker: Worker) -> None:
     try:
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
             async for _ in signals:
-                break
+                if worker.closing:
+                    continue  # The master's second SIGTERM: already on our way out.
+                log_event("terminating", pid=worker.pid, connections=len(worker.room))
+                worker.close_all_sessions()
+                worker.shutting_down.set()
     except RuntimeError:
         return  # Not in the main thread (an embedding server): termination is its business.
-    log_event("terminating", pid=worker.pid, connections=len(worker.room))
-    worker.close_all_sessions()
-    # Back to the default SIGTERM handling: a second SIGTERM ends the worker at once.
+
+
+async def _exit_if_stuck(worker: Worker) -> None:
+    """Once shutdown has begun (SIGTERM, or Hypercorn cancelling sessions at the end of its
+    graceful period), make sure the worker process does end."""
+    await worker.shutting_down.wait()
     await trio.sleep(EXIT_GRACE_SECONDS)
-    os.kill(os.getpid(), signal.SIGTERM)
+    # Still here: sessions are stuck sending to clients that stopped reading.
+    log_event("forced_exit", 30, pid=worker.pid, stuck_connections=worker.open_sessions)
+    if multiprocessing.parent_process() is not None:
+        # A worker of a multi-process server, whose master is waiting for it to exit. (In any
+        # other process, e.g. a test run, ending the process is not ours to do.)
+        logging.shutdown()
+        os._exit(0)
 
 
 async def _fail(send: Send, message: str) -> None:

@@ -95,6 +95,11 @@ class ChatMessage:
 # Line breaks and tabs are fine in a message; other control characters are not (they only serve
 # to confuse terminals and logs). Names are a single line of printable text.
 _ALLOWED_CONTROLS_IN_MESSAGE = frozenset("\n\t")
+# In names, also no line or paragraph separators, and no bidirectional overrides or isolates,
+# which would let one name pass for another ("evil" shown as "live").
+_FORBIDDEN_IN_NAMES = frozenset("\u2028\u2029\u200e\u200f\u061c") | frozenset(
+    map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+)
 
 
 def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> ChatMessage:
@@ -144,7 +149,8 @@ def _check_sender(sender: str, limits: Limits) -> None:
             ErrorCode.SENDER_TOO_LONG,
             f"The sender name is longer than {limits.max_sender_chars} characters.",
         )
-    if not _is_clean_text(sender, allowed_controls=frozenset()):
+    clean = _is_clean_text(sender, allowed_controls=frozenset())
+    if not clean or not _FORBIDDEN_IN_NAMES.isdisjoint(sender):
         raise ProtocolError(
             ErrorCode.INVALID_TEXT, "The sender name has control or invalid characters."
         )

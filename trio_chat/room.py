@@ -1,14 +1,16 @@
 """In-process fan-out: one worker's subscribers, each with its own bounded memory channel.
 
-The hub bridge calls ``Room.broadcast`` with frames in hub order; the room puts each frame in
-every subscriber's channel without ever awaiting, so one slow client can never delay the
-others. Each session's writer task drains its own channel at its client's pace.
+The hub bridge calls ``Room.broadcast`` with a batch of frames in hub order; the room puts that
+very batch (shared, never copied) in every subscriber's channel without ever awaiting, so one
+slow client can never delay the others. Each session's writer task drains its own channel at
+its client's pace.
 
-Slow-consumer policy: a channel holds at most ``buffer_size`` frames. A subscriber whose channel
-is full when a frame arrives is evicted on the spot: it leaves the room, its channel is closed,
-its ``close_code`` becomes 1013 ("try again later") and its ``on_evict`` callback runs with
-that code (the session then closes the connection with it). Memory per subscriber is therefore
-bounded, and nobody else waits. ``evict_all`` does the same to everyone at shutdown, with 1001.
+Slow-consumer policy: a subscriber may have at most ``buffer_size`` frames waiting. One that
+would go past it when a batch arrives is evicted on the spot: it leaves the room, its channel
+is closed, its ``close_code`` becomes 1013 ("try again later") and its ``on_evict`` callback
+runs with that code (the session then closes the connection with it). Memory per subscriber
+is therefore bounded, and nobody else waits. ``evict_all`` does the same to everyone at
+shutdown, with 1001.
 """
 
 from __future__ import annotations
@@ -33,22 +35,43 @@ class RoomStatistics:
 class Subscriber:
     """One client's place in the room: the channel its writer task reads from."""
 
-    __slots__ = ("_send_channel", "close_code", "id", "on_evict", "receive_channel")
+    __slots__ = (
+        "_buffer_size",
+        "_send_channel",
+        "close_code",
+        "id",
+        "on_evict",
+        "receive_channel",
+        "waiting",
+    )
 
     def __init__(self, subscriber_id: int, buffer_size: int, on_evict: Callable[[CloseCode], None]):
         self.id = subscriber_id
-        self._send_channel, self.receive_channel = trio.open_memory_channel[str](buffer_size)
+        self._buffer_size = buffer_size
+        # Every batch holds at least one frame, so the frame count is the tighter bound.
+        self._send_channel, self.receive_channel = trio.open_memory_channel[Sequence[str]](
+            buffer_size
+        )
         self.on_evict = on_evict
+        #: Frames queued and not yet taken by the writer (``taken``).
+        self.waiting = 0
         #: Set once the room evicts this subscriber: the code to close its connection with.
         self.close_code: CloseCode | None = None
 
-    def offer(self, frame: str) -> bool:
-        """Queue a frame without waiting; False if the buffer is full (or already closed)."""
+    def offer(self, frames: Sequence[str]) -> bool:
+        """Queue a batch without waiting; False if it would not fit (or the channel is closed)."""
+        if self.waiting + len(frames) > self._buffer_size:
+            return False
         try:
-            self._send_channel.send_nowait(frame)
+            self._send_channel.send_nowait(frames)
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
+        self.waiting += len(frames)
         return True
+
+    def taken(self, batch: Sequence[str]) -> None:
+        """The writer has sent ``batch``: its frames no longer count as waiting."""
+        self.waiting -= len(batch)
 
     def close(self) -> None:
         self._send_channel.close()
@@ -80,19 +103,17 @@ class Room:
             subscriber.receive_channel.close()
 
     def broadcast(self, frames: Sequence[str]) -> None:
-        """Queue ``frames``, in order, for every subscriber; drop those that cannot keep up."""
-        slow: list[Subscriber] = []
-        for subscriber in self._subscribers.values():
-            for frame in frames:
-                if not subscriber.offer(frame):
-                    slow.append(subscriber)
-                    break
+        """Queue ``frames``, in order, for every subscriber; drop those that cannot keep up.
+
+        ``frames`` is shared by every subscriber's queue: it must not change afterwards.
+        """
+        slow = [s for s in self._subscribers.values() if not s.offer(frames)]
         for subscriber in slow:
             self.evict(subscriber, CloseCode.TRY_AGAIN_LATER)
 
     def send_to(self, subscriber: Subscriber, frame: str) -> None:
         """Queue a frame for one subscriber (e.g. an error frame); same policy when full."""
-        if subscriber.id in self._subscribers and not subscriber.offer(frame):
+        if subscriber.id in self._subscribers and not subscriber.offer((frame,)):
             self.evict(subscriber, CloseCode.TRY_AGAIN_LATER)
 
     def evict_all(self, code: CloseCode) -> None:

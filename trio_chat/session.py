@@ -39,6 +39,9 @@ from .room import Subscriber
 from .worker import Worker
 
 CHAT_PATH = "/chat"
+_ORDINARY_CLOSE_CODES = frozenset(
+    {CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.MESSAGE_TOO_BIG, 1005, 1006}
+)
 #: How long a close frame may take to go out when the server shuts a session down.
 CLOSE_TIMEOUT_SECONDS = 1.0
 
@@ -69,15 +72,16 @@ class Session:
         self._name = self._request.name
         client = scope.get("client")
         self._peer = f"{client[0]}:{client[1]}" if client else "-"
-        self._scope = trio.CancelScope()
+        self._cancel_scope = trio.CancelScope()
 
     async def run(self) -> None:
         log_event("connect", conn=self._id, client=self._peer, online=len(self._room) + 1)
         ended_by: str | None = None
         code: int = CloseCode.GOING_AWAY
+        self._worker.open_sessions += 1
         try:
             async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
+                self._cancel_scope = nursery.cancel_scope
                 # Subscribed first, so that nothing published from here on can be missed; the
                 # writer then skips what the snapshot already covers.
                 with self._room.subscribe(on_evict=self._on_evict) as subscriber:
@@ -92,14 +96,23 @@ class Session:
                 ended_by, code = "server", subscriber.close_code
                 with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
                     await self._close(code)
+        except BaseException as error:
+            if not _is_cancellation(error):
+                # A bug of ours: the client is told (1011) and Hypercorn logs the traceback.
+                ended_by, code = "error", CloseCode.INTERNAL_ERROR
+            raise
         finally:
+            self._worker.open_sessions -= 1
             self._link.absent(self._id)
-            if ended_by is None:
-                # Cancelled from outside (the server gave up waiting at shutdown): say goodbye.
-                ended_by = "cancelled"
+            if ended_by in (None, "error"):
+                # Cancelled from outside (the server gave up waiting at shutdown), or failed:
+                # say goodbye before the socket goes.
+                if ended_by is None:
+                    ended_by = "cancelled"
+                    self._worker.shutting_down.set()
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
                     await self._close(code)
-            level = logging.WARNING if code == CloseCode.TRY_AGAIN_LATER else logging.INFO
+            level = logging.INFO if code in _ORDINARY_CLOSE_CODES else logging.WARNING
             log_event("disconnect", level, conn=self._id, by=ended_by, code=int(code))
 
     async def _opening(self) -> tuple[list[str], Snapshot | None]:
@@ -138,7 +151,7 @@ class Session:
         # Logged now: the close frame itself may wait for a stalled client to read again.
         if code == CloseCode.TRY_AGAIN_LATER:
             log_event("evicted", logging.WARNING, conn=self._id, reason="too_slow", code=int(code))
-        self._scope.cancel()
+        self._cancel_scope.cancel()
 
     async def _read(self, subscriber: Subscriber) -> int:
         """Handle client frames until the client leaves; returns its close code."""
@@ -178,17 +191,25 @@ class Session:
         # Frames queued while the snapshot was taken may be older than it: the channel starts
         # with a run of frames the snapshot covers, then everything is new.
         catching_up = snapshot is not None
-        async for frame in subscriber.receive_channel:
-            if catching_up:
-                assert snapshot is not None
-                covered = _covered_by(frame, snapshot)
-                if covered:
-                    continue
-                catching_up = covered is None
-            await send({"type": "websocket.send", "text": frame})
+        async for batch in subscriber.receive_channel:
+            for frame in batch:
+                if catching_up:
+                    assert snapshot is not None
+                    covered = _covered_by(frame, snapshot)
+                    if covered:
+                        continue
+                    catching_up = covered is None
+                await send({"type": "websocket.send", "text": frame})
+            subscriber.taken(batch)
 
     async def _close(self, code: int) -> None:
         await self._send({"type": "websocket.close", "code": int(code)})
+
+
+def _is_cancellation(error: BaseException) -> bool:
+    if isinstance(error, BaseExceptionGroup):
+        return error.split(trio.Cancelled)[1] is None
+    return isinstance(error, trio.Cancelled)
 
 
 def _covered_by(frame: str, snapshot: Snapshot) -> bool | None:

@@ -11,6 +11,8 @@ import itertools
 import os
 from collections.abc import Sequence
 
+import trio
+
 from .config import Settings
 from .hub import HubLink, HubUnavailable, Snapshot
 from .protocol import CloseCode, Limits, NoticeCode, notice_frame
@@ -34,6 +36,11 @@ class Worker:
         self.pid = os.getpid()
         #: True once the worker is shutting down: no new sessions.
         self.closing = False
+        #: Set when the worker's shutdown has begun; the lifespan's watchdog bounds it.
+        self.shutting_down = trio.Event()
+        #: Sessions running, evicted ones still closing included (``len(room)`` counts only
+        #: those in the room).
+        self.open_sessions = 0
         self._connection_ids = itertools.count(1)
 
     def close_all_sessions(self) -> None:

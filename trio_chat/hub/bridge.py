@@ -37,6 +37,7 @@ from typing import TypeVar
 import trio
 
 from ..config import Settings
+from ..protocol import message_id
 from .address import Endpoint, resolve_endpoint
 from .core import Snapshot
 from .interface import HubLink, HubListener, HubUnavailable
@@ -47,8 +48,9 @@ logger = logging.getLogger("trio_chat.hub")
 
 T = TypeVar("T")
 
-#: Frames taken from the mailbox, and bodies published, per round trip.
-MAX_BATCH = 512
+#: Frames taken from the mailbox, and bodies published, per round trip. A batch is queued whole
+#: for each subscriber, so it is also kept to a quarter of a subscriber's buffer.
+MAX_BATCH = 256
 #: Threads for hub calls: the reader and the publisher hold one each for as long as they run;
 #: the rest serve joining clients' snapshots, in parallel, and joining and leaving.
 HUB_THREADS = 8
@@ -86,6 +88,9 @@ class ManagerHub:
         self._presence: dict[int, str] = {}
         self._presence_changes: dict[int, str | None] = {}
         self._threads = trio.CapacityLimiter(HUB_THREADS)
+        self._fetch_batch = max(1, min(MAX_BATCH, settings.subscriber_buffer // 4))
+        #: The highest message id delivered: a new hub goes on from it (``HubCore.join``).
+        self._last_id = 0
 
     @property
     def connected(self) -> bool:
@@ -117,6 +122,8 @@ class ManagerHub:
                     self._client, self._mailbox_id = client, mailbox_id
                     await self._read_until_lost(client, mailbox_id, listener)
                     self._client = None
+                    # If the hub is still there (only our link failed), free our old mailbox.
+                    await self._leave(client, mailbox_id)
                     client, mailbox_id = await self._rejoin()
                     listener.messages_missed()
             finally:
@@ -163,12 +170,15 @@ class ManagerHub:
         # Whatever changed before this join is in the snapshot the join sends.
         self._presence_changes.clear()
         presence = dict(self._presence)
+        last_id = self._last_id
 
         def connect_and_join() -> tuple[HubClient, str]:
             client = connect_or_start(endpoint, *sizes)
-            return client, client.join(self._label, presence)
+            return client, client.join(self._label, presence, last_id)
 
-        return await self._in_thread(connect_and_join)
+        # Abandoned if cancelled (e.g. a shutdown while a hub is being started): a mailbox it
+        # may still open is dropped by the hub when its lease runs out.
+        return await self._in_thread(connect_and_join, abandon_on_cancel=True)
 
     async def _rejoin(self) -> tuple[HubClient, str]:
         logger.warning("event=hub_down hub=%s", self.endpoint.describe())
@@ -178,11 +188,13 @@ class ManagerHub:
                 client, mailbox_id = await self._join()
             except _LINK_ERRORS as error:
                 logger.debug("hub reconnect failed: %s", error)
-                await trio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
+            except Exception:
+                logger.exception("event=hub_reconnect_error")  # Logged, and tried again.
             else:
                 logger.warning("event=hub_up hub=%s", self.endpoint.describe())
                 return client, mailbox_id
+            await trio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
 
     async def _read_until_lost(
         self, client: HubClient, mailbox_id: str, listener: HubListener
@@ -190,16 +202,28 @@ class ManagerHub:
         while True:
             try:
                 frames = await self._in_thread(
-                    client.fetch, mailbox_id, MAX_BATCH, abandon_on_cancel=True
+                    client.fetch, mailbox_id, self._fetch_batch, abandon_on_cancel=True
                 )
+                if frames is None:
+                    # We did not leave, so the hub dropped our mailbox: we fell too far behind.
+                    logger.warning("event=mailbox_evicted hub=%s", self.endpoint.describe())
+                    return
+                if frames:  # Empty: the hub's heartbeat, which also tells it we are alive.
+                    self._note_last_id(frames)
+                    listener.deliver(frames)
             except HUB_ERRORS:
                 return
-            if frames is None:
-                # We did not leave, so the hub dropped our mailbox: we fell too far behind.
-                logger.warning("event=mailbox_evicted hub=%s", self.endpoint.describe())
+            except Exception:
+                # A bug must not leave the worker deaf: log it, re-join, tell the clients.
+                logger.exception("event=hub_reader_error")
                 return
-            if frames:  # Empty: the hub's heartbeat, which also tells it we are alive.
-                listener.deliver(frames)
+
+    def _note_last_id(self, frames: list[str]) -> None:
+        for frame in reversed(frames):
+            found = message_id(frame)
+            if found is not None:
+                self._last_id = found
+                return
 
     async def _publish_loop(self) -> None:
         async for first in self._outbox_receive:
@@ -212,20 +236,29 @@ class ManagerHub:
                 if item is not None:
                     batch.append(item)
             changes, self._presence_changes = self._presence_changes, {}
-            client = self._client
-            if client is not None and (batch or changes):
-                bodies = [pending.body for pending in batch]
-                try:
-                    await self._in_thread(
-                        client.update, self._mailbox_id, bodies, changes, abandon_on_cancel=True
-                    )
-                except HUB_ERRORS:
-                    pass  # The reader notices the broken link, reconnects and re-joins.
-                else:
-                    for pending in batch:
-                        pending.published = True
-            for pending in batch:
-                pending.done.set()
+            try:
+                await self._send_update(batch, changes)
+            finally:
+                for pending in batch:
+                    pending.done.set()
+
+    async def _send_update(self, batch: list[_Pending], changes: dict[int, str | None]) -> None:
+        client = self._client
+        if client is None or not (batch or changes):
+            return
+        bodies = [pending.body for pending in batch]
+        try:
+            await self._in_thread(
+                client.update, self._mailbox_id, bodies, changes, abandon_on_cancel=True
+            )
+        except HUB_ERRORS:
+            return  # The reader notices the broken link, reconnects and re-joins.
+        except Exception:
+            # A bug: these senders are told their messages were not sent; the next batch goes on.
+            logger.exception("event=hub_publish_error")
+            return
+        for pending in batch:
+            pending.published = True
 
     async def _leave(self, client: HubClient, mailbox_id: str) -> None:
         with trio.move_on_after(LEAVE_TIMEOUT_SECONDS):

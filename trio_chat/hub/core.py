@@ -66,6 +66,10 @@ class Sequencer:
     def last_id(self) -> int:
         return self._next_id - 1
 
+    def continue_after(self, last_id: int) -> None:
+        """Never give an id up to ``last_id`` (one a worker saw from a previous hub)."""
+        self._next_id = max(self._next_id, last_id + 1)
+
     def stamp(self, bodies: Sequence[str]) -> list[tuple[int, str]]:
         ts_ms = self._clock_ms()
         first = self._next_id
@@ -107,9 +111,14 @@ class HubCore:
         self._evicted = 0
         self._expired = 0
 
-    def join(self, label: str, presence: Mapping[int, str] | None = None) -> str:
-        """Open a mailbox for a worker and take its current connections into presence."""
+    def join(self, label: str, presence: Mapping[int, str] | None = None, last_id: int = 0) -> str:
+        """Open a mailbox for a worker and take its current connections into presence.
+
+        ``last_id``: the highest id the worker has seen. A hub started after another one died
+        goes on from there, so ids keep growing and clients' ``since`` keep their meaning.
+        """
         with self._lock:
+            self._sequencer.continue_after(last_id)
             mailbox_id = f"m{next(self._mailbox_ids)}"
             self._mailboxes[mailbox_id] = _Mailbox(label, self._lock, self._monotonic())
             self._presence.replace_worker(mailbox_id, presence or {})

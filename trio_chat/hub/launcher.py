@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from .address import Endpoint
-from .manager import HUB_ERRORS, HubClient
+from .manager import HubClient
 
 logger = logging.getLogger("trio_chat.hub")
 
@@ -44,8 +44,9 @@ def connect_or_start(endpoint: Endpoint, mailbox_size: int, history_size: int) -
     with _exclusive_lock(endpoint.lock_path):
         try:
             return HubClient(endpoint.address, endpoint.authkey)
-        except HUB_ERRORS:
-            pass  # No hub yet, or a dead one's socket: ours to start.
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass  # No hub yet, or a dead one's socket: ours to start. Other errors (too many
+            # open files, say) say nothing about the hub: they go up, and the caller retries.
         _start_hub(endpoint, mailbox_size, history_size)
     return HubClient(endpoint.address, endpoint.authkey)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Mapping, Sequence
-from multiprocessing.managers import BaseManager, BaseProxy
+from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, cast
 
 from .address import Address
@@ -19,8 +19,13 @@ HUB_TYPEID = "hub"
 EXPOSED = ("join", "leave", "update", "publish", "snapshot", "fetch", "statistics")
 
 #: What a broken or absent hub raises in a client: refused or reset sockets, EOF mid-call, a
-#: failed authentication.
-HUB_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, multiprocessing.ProcessError)
+#: failed authentication, and a call that reached a restarted hub that does not know the proxy.
+HUB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    multiprocessing.ProcessError,
+    RemoteError,
+)
 
 
 class HubManager(BaseManager):
@@ -43,8 +48,8 @@ class HubClient:
         BaseProxy._address_to_local.pop(address, None)
         self._hub: Any = getattr(manager, HUB_TYPEID)()
 
-    def join(self, label: str, presence: Mapping[int, str] | None = None) -> str:
-        return cast(str, self._hub.join(label, dict(presence or {})))
+    def join(self, label: str, presence: Mapping[int, str] | None = None, last_id: int = 0) -> str:
+        return cast(str, self._hub.join(label, dict(presence or {}), last_id))
 
     def leave(self, mailbox_id: str) -> None:
         self._hub.leave(mailbox_id)
