@@ -21,6 +21,9 @@ from pathlib import Path
 
 from ..config import Settings
 
+#: A shorter secret is refused: the HMAC challenge is only as strong as the key.
+MIN_SECRET_BYTES = 16
+
 # A multiprocessing address: a Unix socket path or a (host, port) pair.
 Address = str | tuple[str, int]
 
@@ -43,9 +46,14 @@ class Endpoint:
         return self.owner_pid is not None
 
     def describe(self) -> str:
-        if isinstance(self.address, tuple):
-            return f"tcp://{self.address[0]}:{self.address[1]}"
-        return f"unix:{self.address}"
+        return describe_address(self.address)
+
+
+def describe_address(address: Address) -> str:
+    """The address as ``TRIO_CHAT_HUB`` spells it (``parse_address`` reads it back)."""
+    if isinstance(address, tuple):
+        return f"tcp://{address[0]}:{address[1]}"
+    return f"unix:{address}"
 
 
 def parse_address(text: str) -> Address:
@@ -71,8 +79,10 @@ def read_secret_file(path: Path) -> bytes:
         raise HubConfigError(f"cannot read the hub secret file {path}: {error.strerror}") from None
     if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise HubConfigError(f"the hub secret file {path} is readable by others: chmod 600 it")
-    if len(secret) < 16:
-        raise HubConfigError(f"the hub secret in {path} is too short (16 bytes at least)")
+    if len(secret) < MIN_SECRET_BYTES:
+        raise HubConfigError(
+            f"the hub secret in {path} is too short ({MIN_SECRET_BYTES} bytes at least)"
+        )
     return secret
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from multiprocessing.managers import BaseManager
 from types import FrameType
 
-from .address import Address
+from .address import Address, describe_address
 from .core import HubCore
 from .manager import EXPOSED, HUB_TYPEID
 
@@ -60,7 +60,7 @@ def serve(
             threading.Thread(
                 target=_stop_when_gone, args=(watch_pid,), name="watch-owner", daemon=True
             ).start()
-        logger.info("hub listening on %s (pid %d)", _describe(address), os.getpid())
+        logger.info("hub listening on %s (pid %d)", describe_address(address), os.getpid())
         on_ready()
         server.serve_forever()
     finally:
@@ -102,7 +102,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _describe(address: Address) -> str:
-    return f"tcp://{address[0]}:{address[1]}" if isinstance(address, tuple) else f"unix:{address}"
