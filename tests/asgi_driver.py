@@ -182,7 +182,12 @@ class WebSocketClient:
     """The test's end of one WebSocket session; the app runs in a task of its own."""
 
     def __init__(
-        self, app: ASGIApp, state: dict[str, Any] | None, path: str, query_string: bytes = b""
+        self,
+        app: ASGIApp,
+        state: dict[str, Any] | None,
+        path: str,
+        query_string: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self._app = app
         #: The frames the session opened with (welcome, history, presence), once read.
@@ -196,7 +201,7 @@ class WebSocketClient:
             "raw_path": path.encode(),
             "query_string": query_string,
             "root_path": "",
-            "headers": [],
+            "headers": headers or [],
             "client": ("127.0.0.1", 1234),
             "server": ("127.0.0.1", 8000),
             "subprotocols": [],
@@ -307,10 +312,14 @@ class WebSocketClient:
 
 @asynccontextmanager
 async def connect_websocket(
-    app: ASGIApp, state: dict[str, Any] | None, path: str = "/chat", query_string: bytes = b""
+    app: ASGIApp,
+    state: dict[str, Any] | None,
+    path: str = "/chat",
+    query_string: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> AsyncIterator[WebSocketClient]:
     """Start a session and send ``websocket.connect``; the session is cancelled on exit."""
-    client = WebSocketClient(app, state, path, query_string)
+    client = WebSocketClient(app, state, path, query_string, headers)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run_app)
         try:

@@ -426,3 +426,39 @@ async def test_closing_the_worker_says_going_away_to_every_session_and_refuses_n
         assert ann.received_nowait() == bob.received_nowait() == [going_away]
         assert refused == {"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION}
         assert await _connections(app, state) == 0
+
+
+# Hostile and careless clients
+
+
+async def test_a_cross_site_handshake_is_refused_and_a_same_site_one_accepted() -> None:
+    async with worker(fixed_clock_hub()) as (app, state):
+        for origin, accepted in [(b"http://evil.example", False), (b"http://chat.test", True)]:
+            headers = [(b"host", b"chat.test"), (b"origin", origin)]
+            async with connect_websocket(app, state, headers=headers) as client:
+                answer = await client.receive()
+                expected = "websocket.accept" if accepted else "websocket.close"
+                assert answer["type"] == expected
+
+
+async def test_frames_past_the_rate_limit_get_an_error_and_the_connection_stays() -> None:
+    settings = Settings(rate=1, burst=3)
+    async with (
+        worker(fixed_clock_hub(), settings) as (app, state),
+        open_chat(app, state) as ann,
+    ):
+        for n in range(5):
+            await ann.send_json({"sender": "ann", "message": f"m{n}"})
+        frames = [await ann.receive_json() for _ in range(5)]
+        assert [f.get("message") for f in frames if f["type"] == "message"] == ["m0", "m1", "m2"]
+        assert [f["code"] for f in frames if f["type"] == "error"] == ["rate_limited"] * 2
+
+
+async def test_connections_per_address_can_be_capped() -> None:
+    async with (
+        worker(fixed_clock_hub(), Settings(max_connections_per_address=2)) as (app, state),
+        open_chat(app, state),
+        open_chat(app, state),
+        connect_websocket(app, state) as third,
+    ):
+        assert (await third.receive())["type"] == "websocket.close"

@@ -29,11 +29,13 @@ from servers import (
     standalone_hub,
     wait_gone,
 )
-from wsclient import WebSocketClient
+from wsclient import HandshakeRefused, WebSocketClient
 
 pytestmark = pytest.mark.e2e
 
 GRACEFUL_TIMEOUT_SECONDS = 5.0  # hypercorn.toml
+#: For tests that send faster than a person could (the default is 5 messages a second).
+NO_RATE_LIMIT = {"TRIO_CHAT_RATE": "0"}
 
 CLIENTS = 40
 SENDERS = 8
@@ -114,7 +116,7 @@ async def test_sigterm_closes_every_client_with_1001_and_leaves_no_hub() -> None
 
 async def test_a_client_that_stopped_reading_cannot_hold_up_shutdown() -> None:
     async with (
-        hypercorn_server(workers=1) as server,
+        hypercorn_server(workers=1, env=NO_RATE_LIMIT) as server,
         chat_client(server, receive_buffer=16_384) as stalled,
         chat_client(server) as talker,
     ):
@@ -236,7 +238,7 @@ async def test_a_client_that_stops_reading_is_dropped_with_1013_and_others_lose_
     # 256 frames of its subscriber buffer (the default).
     count, text = 3000, "x" * 4000
     async with (
-        hypercorn_server(workers=1) as server,
+        hypercorn_server(workers=1, env=NO_RATE_LIMIT) as server,
         chat_client(server, receive_buffer=16_384) as stalled,
         chat_client(server) as talker,
     ):
@@ -261,3 +263,48 @@ async def test_a_client_that_stops_reading_is_dropped_with_1013_and_others_lose_
             line for line in server.output if "evicted" in line
         )
         assert await stalled.wait_closed() == 1013
+
+
+async def test_a_cross_site_handshake_is_refused_with_403() -> None:
+    async with hypercorn_server(workers=1) as server:
+        with pytest.raises(HandshakeRefused) as refused:
+            async with chat_client(server, headers=[("origin", "http://evil.example")]):
+                pass
+        assert refused.value.status == 403
+        origin = f"http://127.0.0.1:{server.port}"  # The page's own origin is welcome.
+        async with chat_client(server, headers=[("origin", origin)]) as client:
+            assert client.welcome["type"] == "welcome"
+
+
+async def test_a_peer_that_vanishes_is_detected_and_released() -> None:
+    # Pings every second; a connection silent for 2 s (no pong) is closed. (The command line
+    # takes whole seconds.)
+    args = ["--websocket-ping-interval", "1", "--read-timeout", "2"]
+    async with (
+        hypercorn_server(workers=1, args=args) as server,
+        chat_client(server) as vanished,
+        chat_client(server) as alive,
+    ):
+        # ``vanished`` reads nothing from now on, so it answers no ping, like a peer whose
+        # network is gone; ``alive`` keeps reading, which answers the pings.
+        received: list[str] = []
+        got_message = trio.Event()
+
+        async def keep_reading() -> None:
+            while True:
+                frame = await alive.receive()
+                if frame["type"] == "message":
+                    received.append(frame["message"])
+                    got_message.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_reading)
+            with trio.fail_after(10):
+                await server.wait_for_output("event=disconnect conn=1")
+            await alive.send("alive", "still here")
+            with trio.fail_after(5):
+                await got_message.wait()
+            nursery.cancel_scope.cancel()
+        assert received == ["still here"]
+        assert not any("disconnect conn=2" in line for line in server.output)
+        del vanished

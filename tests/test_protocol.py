@@ -256,6 +256,7 @@ def test_error_codes_clients_see_are_stable() -> None:
         "invalid_text",
         "invalid_resume",
         "invalid_name",
+        "rate_limited",
         "hub_unavailable",
     }
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -163,11 +164,13 @@ class WebSocketClient:
             raise ConnectionClosed(self.close_code) from None
 
     async def close(self, code: int = 1000) -> None:
-        if self.close_code is None:
-            with suppress(ConnectionClosed):
-                await self._send_event(CloseConnection(code=code))
-            self.close_code = code
-        await self._stream.aclose()
+        try:
+            if self.close_code is None and self._ws.state == ConnectionState.OPEN:
+                with suppress(ConnectionClosed):
+                    await self._send_event(CloseConnection(code=code))
+                self.close_code = code
+        finally:
+            await self._stream.aclose()
 
 
 @asynccontextmanager

@@ -43,6 +43,17 @@ class Settings:
     #: Messages the hub keeps for a worker that has not fetched them yet; past this, the
     #: worker's mailbox is dropped and the worker told so.
     mailbox_size: int = 65536
+    #: Chat messages a connection may send per second (a token bucket), 0 for no limit, and how
+    #: many it may send at once after a pause.
+    rate: float = 5.0
+    burst: int = 10
+    #: Origins besides the page's own that may open a WebSocket (``https://host[:port]``).
+    allowed_origins: frozenset[str] = frozenset()
+    #: Refuse handshakes with no Origin header (non-browser clients) too.
+    require_origin: bool = False
+    #: Connections one client address may hold on one worker, 0 for no cap (the default: proxies
+    #: and NAT put many people behind one address).
+    max_connections_per_address: int = 0
     log_level: str = "INFO"
     #: Folder the page is served from; by default the ``static/`` folder shipped with the app.
     static_dir: Path | None = None
@@ -70,6 +81,15 @@ class Settings:
             outbox_size=read("OUTBOX_SIZE", _positive_int, defaults.outbox_size),
             mailbox_size=read("MAILBOX_SIZE", _positive_int, defaults.mailbox_size),
             history_size=read("HISTORY_SIZE", _positive_int, defaults.history_size),
+            rate=read("RATE", _non_negative_float, defaults.rate),
+            burst=read("BURST", _positive_int, defaults.burst),
+            allowed_origins=read("ALLOWED_ORIGINS", _origins, defaults.allowed_origins),
+            require_origin=read("REQUIRE_ORIGIN", _flag, defaults.require_origin),
+            max_connections_per_address=read(
+                "MAX_CONNECTIONS_PER_ADDRESS",
+                _non_negative_int,
+                defaults.max_connections_per_address,
+            ),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
             static_dir=read("STATIC_DIR", Path, defaults.static_dir),
         )
@@ -80,6 +100,36 @@ def _positive_int(raw: str) -> int:
     if value <= 0:
         raise ValueError("must be a positive whole number")
     return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number, 0 or more")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0")
+
+
+def _origins(raw: str) -> frozenset[str]:
+    origins = frozenset(part.strip().lower().rstrip("/") for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise ValueError(f"{origin!r}: expected a comma-separated list of https://host[:port]")
+    return origins
 
 
 def _log_level(raw: str) -> str:

@@ -60,6 +60,8 @@ class ErrorCode(enum.StrEnum):
     INVALID_RESUME = "invalid_resume"
     #: ``?name=`` broke the rules of a sender name; the connection goes on without a name.
     INVALID_NAME = "invalid_name"
+    #: More frames than ``TRIO_CHAT_RATE`` allows; the frame was dropped, the connection stays.
+    RATE_LIMITED = "rate_limited"
 
 
 class ProtocolError(Exception):

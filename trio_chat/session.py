@@ -17,6 +17,7 @@ import logging
 import trio
 
 from .asgi_types import Receive, Scope, Send
+from .guards import TokenBucket, origin_allowed
 from .hub import HubUnavailable, Snapshot
 from .logs import log_event
 from .protocol import (
@@ -52,12 +53,46 @@ async def serve_websocket(
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    if scope["path"] != CHAT_PATH or worker is None or worker.closing:
+    refusal = _refusal(scope, worker)
+    if refusal is not None:
+        log_event("refused", path=_clip(scope["path"]), reason=refusal)
         # Closing before accepting makes Hypercorn answer the handshake with 403.
         await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         return
-    await send({"type": "websocket.accept"})
-    await Session(scope, receive, send, worker).run()
+    assert worker is not None
+    address = _client_address(scope)
+    if not worker.addresses.try_open(address):
+        log_event("refused", client=address, reason="too_many_connections")
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+        return
+    try:
+        await send({"type": "websocket.accept"})
+        await Session(scope, receive, send, worker).run()
+    finally:
+        worker.addresses.close(address)
+
+
+def _refusal(scope: Scope, worker: Worker | None) -> str | None:
+    """Why a handshake is refused, or None."""
+    if scope["path"] != CHAT_PATH:
+        return "unknown_path"
+    if worker is None or worker.closing:
+        return "not_serving"
+    settings = worker.settings
+    if not origin_allowed(
+        scope.get("headers", ()), settings.allowed_origins, require_origin=settings.require_origin
+    ):
+        return "origin"
+    return None
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "-"
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 class Session:
@@ -69,6 +104,7 @@ class Session:
         self._link = worker.link
         self._id = worker.next_connection_id()
         self._request = parse_connect_query(scope.get("query_string", b""), worker.limits)
+        self._bucket = TokenBucket(worker.settings.rate, worker.settings.burst)
         self._name = self._request.name
         client = scope.get("client")
         self._peer = f"{client[0]}:{client[1]}" if client else "-"
@@ -160,6 +196,13 @@ class Session:
             message = await self._receive()
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code", CloseCode.NORMAL))
+            if not self._bucket.take():
+                self._reject(
+                    subscriber,
+                    ErrorCode.RATE_LIMITED,
+                    "Too many messages: slow down (your message was not sent).",
+                )
+                continue
             try:
                 chat = parse_chat_frame(message.get("text"), message.get("bytes"), limits)
             except ProtocolError as error:

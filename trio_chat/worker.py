@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import trio
 
 from .config import Settings
+from .guards import AddressCounter
 from .hub import HubLink, HubUnavailable, Snapshot
 from .protocol import CloseCode, Limits, NoticeCode, notice_frame
 from .room import Room
@@ -33,6 +34,7 @@ class Worker:
             max_message_bytes=settings.max_message_bytes,
         )
         self.static = StaticFiles(settings.static_dir or default_static_dir())
+        self.addresses = AddressCounter(settings.max_connections_per_address)
         self.pid = os.getpid()
         #: True once the worker is shutting down: no new sessions.
         self.closing = False

@@ -1,0 +1,88 @@
+"""Who may connect, and how fast they may talk: the handshake's Origin check, a per-address
+connection cap and a per-connection token bucket. Pure rules, no I/O.
+
+Cross-site WebSocket hijacking: a browser sends the page's ``Origin`` with every handshake and
+lets any site open a WebSocket anywhere, so a handshake from another origin is refused unless
+allowed. A handshake without ``Origin`` does not come from a browser page (which cannot omit
+it), so it cannot be hijacked that way: it is allowed unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+
+def origin_allowed(
+    headers: Iterable[tuple[bytes, bytes]],
+    allowed: frozenset[str],
+    *,
+    require_origin: bool = False,
+) -> bool:
+    """Whether a handshake with these headers may open a session.
+
+    The page's own origin (the ``Host`` the browser asked for) is always allowed; ``allowed``
+    adds others, as ``scheme://host[:port]``.
+    """
+    found = _headers(headers)
+    origin = found.get(b"origin")
+    if origin is None:
+        return not require_origin
+    text = origin.decode("latin-1").strip().lower()
+    if text in allowed:
+        return True
+    host = found.get(b"host", b"").decode("latin-1").strip().lower()
+    parts = urlsplit(text)
+    return bool(host) and parts.scheme in ("http", "https") and parts.netloc == host
+
+
+def _headers(headers: Iterable[tuple[bytes, bytes]]) -> Mapping[bytes, bytes]:
+    return {name.lower(): value for name, value in headers}
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; ``rate`` 0 means no limit."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        """Spend a token if there is one."""
+        if not self._rate:
+            return True
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class AddressCounter:
+    """Open connections per client address, to cap them (``limit`` 0: no cap)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._open: collections.Counter[str] = collections.Counter()
+
+    def try_open(self, address: str) -> bool:
+        if self._limit and self._open[address] >= self._limit:
+            return False
+        self._open[address] += 1
+        return True
+
+    def close(self, address: str) -> None:
+        self._open[address] -= 1
+        if self._open[address] <= 0:
+            del self._open[address]
