@@ -462,3 +462,33 @@ async def test_connections_per_address_can_be_capped() -> None:
         connect_websocket(app, state) as third,
     ):
         assert (await third.receive())["type"] == "websocket.close"
+
+
+# Batch mode
+
+
+async def test_batch_subprotocol_joins_waiting_frames_into_one_and_others_keep_one_each() -> None:
+    hub = fixed_clock_hub()
+    async with worker(hub) as (app, state), open_chat(app, state) as plain:
+        batched = WebSocketClient(app, state, "/chat")
+        batched.scope["subprotocols"] = ["trio-chat.batch"]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batched.run_app)
+            await batched.connect()
+            accept = await batched.receive()
+            assert accept == {"type": "websocket.accept", "subprotocol": "trio-chat.batch"}
+            await batched.read_opening()
+            bodies = [f'{{"sender":"ann","message":"m{n}"}}' for n in range(3)]
+            hub.core.publish(bodies)  # One hub batch of three messages...
+            hub.deliver_all()
+            sent = await batched.receive()
+            lines = sent["text"].split("\n")  # ...goes out to the batch client as one frame,
+            assert [json.loads(line)["message"] for line in lines] == ["m0", "m1", "m2"]
+            assert [(await plain.receive_json())["message"] for _ in range(3)] == [
+                "m0",
+                "m1",
+                "m2",
+            ]  # ...and as three to the others.
+            await trio.testing.wait_all_tasks_blocked()
+            assert plain.received_nowait() == []
+            batched.cancel_nowait()

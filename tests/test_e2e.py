@@ -5,6 +5,7 @@ Localhost only, a free port per server, every wait bounded by ``trio.fail_after`
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ from servers import (
     standalone_hub,
     wait_gone,
 )
-from wsclient import HandshakeRefused, WebSocketClient
+from wsclient import HandshakeRefused, WebSocketClient, open_websocket
 
 pytestmark = pytest.mark.e2e
 
@@ -308,3 +309,26 @@ async def test_a_peer_that_vanishes_is_detected_and_released() -> None:
         assert received == ["still here"]
         assert not any("disconnect conn=2" in line for line in server.output)
         del vanished
+
+
+async def test_a_batch_client_gets_every_message_and_plain_clients_one_per_frame() -> None:
+    count = 300
+    async with (
+        hypercorn_server(workers=2, env=NO_RATE_LIMIT) as server,
+        open_websocket(server.port, subprotocols=["trio-chat.batch"]) as batched,
+        chat_client(server) as plain,
+    ):
+        assert batched.subprotocol == "trio-chat.batch"
+        for n in range(count):
+            await plain.send("plain", str(n))
+        received: list[str] = []
+        with trio.fail_after(10):
+            while len(received) < count:
+                for line in str(await batched.receive_raw()).split("\\n"):
+                    frame = json.loads(line)
+                    if frame["type"] == "message":
+                        received.append(frame["message"])
+            plain_received = [
+                (await plain.receive_type("message"))["message"] for _ in range(count)
+            ]
+        assert received == plain_received == [str(n) for n in range(count)]
