@@ -214,6 +214,8 @@ class WebSocketClient:
         self.returned = trio.Event()
         self._cancel_scope = trio.CancelScope()
         self._stalled: set[str] = set()
+        self._reading_again = trio.Event()
+        self._gone = False
         #: Set once the app is blocked in a stalled ``send``.
         self.send_stalled = trio.Event()
 
@@ -226,9 +228,13 @@ class WebSocketClient:
 
     async def _send_from_app(self, message: Message) -> None:
         if message["type"] in self._stalled:
-            # Like a client that stopped reading: the server's send never completes.
+            # Like a client that stopped reading: Hypercorn's send waits, shielded from
+            # cancellation, until the client reads again (``unstall``) or its connection goes.
             self.send_stalled.set()
-            await trio.sleep_forever()
+            with trio.CancelScope(shield=True):
+                await self._reading_again.wait()
+            if self._gone:
+                return  # Hypercorn drops what is sent to a closed connection.
         self._app_send.send_nowait(message)
 
     # What the client does.
@@ -247,12 +253,20 @@ class WebSocketClient:
 
     async def disconnect(self, code: int = 1000) -> None:
         """Leave, and wait for the app's session to end."""
+        self._gone = True
+        self._reading_again.set()  # A send to a peer that is gone fails at once.
         await self._to_app.send({"type": "websocket.disconnect", "code": code})
         await self.wait_returned()
 
     def stall(self, *message_types: str) -> None:
-        """From now on the app's ``send`` of these message types blocks forever."""
+        """From now on the app's ``send`` of these message types waits until ``unstall``."""
         self._stalled.update(message_types or ("websocket.send",))
+        self._reading_again = trio.Event()
+
+    def unstall(self) -> None:
+        """The client reads again: stalled sends complete."""
+        self._stalled.clear()
+        self._reading_again.set()
 
     def cancel_nowait(self) -> None:
         """Cancel the session task, as Hypercorn does at shutdown."""

@@ -23,7 +23,6 @@ from trio_chat import ChatApp
 from trio_chat.config import Settings
 from trio_chat.hub import LocalHub
 from trio_chat.protocol import CloseCode, ErrorCode
-from trio_chat.session import CLOSE_TIMEOUT_SECONDS
 from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import (
@@ -322,19 +321,20 @@ async def test_slow_client_is_closed_with_1013_and_the_others_keep_up() -> None:
             await trio.testing.wait_all_tasks_blocked()
 
         assert slow.send_stalled.is_set()
-        assert slow.returned.is_set()
-        assert slow.received_nowait() == [
-            {"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER}
-        ]
         assert await _connections(app, state) == 2
         worker_ = state[STATE_KEY]
         assert isinstance(worker_, Worker)
         assert worker_.room.statistics().dropped_slow == 1
+        # Once the client reads again, the frame in flight arrives, then the close: nothing
+        # more was queued for it after it was dropped.
+        slow.unstall()
+        await slow.wait_returned()
+        received = slow.received_nowait()
+        assert received[-1] == {"type": "websocket.close", "code": CloseCode.TRY_AGAIN_LATER}
+        assert len(received) <= 2
 
 
-async def test_slow_client_that_reads_nothing_at_all_still_ends_its_session(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
+async def test_an_evicted_client_that_never_reads_again_is_released_when_it_goes() -> None:
     async with (
         worker(fixed_clock_hub(), Settings(subscriber_buffer=4)) as (app, state),
         open_chat(app, state) as ann,
@@ -346,9 +346,7 @@ async def test_slow_client_that_reads_nothing_at_all_still_ends_its_session(
             await ann.receive_json()
             await trio.testing.wait_all_tasks_blocked()
         assert await _connections(app, state) == 1
-
-        with trio.move_on_after(10 * CLOSE_TIMEOUT_SECONDS):
-            await slow.returned.wait()
+        await slow.disconnect()  # Its TCP connection dies: the stalled send fails, all ends.
         assert slow.returned.is_set()
 
 
@@ -393,18 +391,6 @@ async def test_cancelled_session_says_going_away_before_it_returns() -> None:
 
         assert ann.received_nowait() == [{"type": "websocket.close", "code": CloseCode.GOING_AWAY}]
         assert await _connections(app, state) == 0
-
-
-async def test_cancelled_session_gives_up_on_a_close_that_cannot_be_sent(
-    autojump_clock: trio.testing.MockClock,
-) -> None:
-    async with worker(fixed_clock_hub()) as (app, state), open_chat(app, state) as ann:
-        ann.stall("websocket.send", "websocket.close")
-        start = trio.current_time()
-
-        await ann.cancel()
-
-        assert trio.current_time() - start == pytest.approx(CLOSE_TIMEOUT_SECONDS)
 
 
 async def test_closing_the_worker_says_going_away_to_every_session_and_refuses_new_ones() -> None:
