@@ -34,7 +34,10 @@ def origin_allowed(
     if text in allowed:
         return True
     host = found.get(b"host", b"").decode("latin-1").strip().lower()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # Not a URL at all (e.g. an unclosed IPv6 bracket): not our origin.
+        return False
     return bool(host) and parts.scheme in ("http", "https") and parts.netloc == host
 
 

@@ -105,6 +105,6 @@ def _not_modified(scope: Scope, etag: bytes, mtime: float) -> bool:
         return False
     try:
         since = parsedate_to_datetime(if_modified_since.decode("latin-1")).timestamp()
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # Not a date we can compare: ignore it.
         return False
     return int(mtime) <= since
