@@ -3,31 +3,14 @@
 import { ChatConnection, chatUrl } from './chat-connection.js';
 import { createView } from './view.js';
 import { loadName, saveName, normalizeName } from './names.js';
+import { SeenIds } from './seen-ids.js';
+import { readPresence, describeChange } from './presence.js';
+import { CLOSE_REASONS, ERROR_FALLBACKS, INVALID_RESUME_TEXT, NOTICE_TEXTS } from './texts.js';
 
 const MAX_MESSAGE_BYTES = 4096;
 // A rejection only refers to what we just sent; after this long an error is
 // about something else and must not resurrect old text into the input.
 const PENDING_TTL_MS = 10_000;
-
-const CLOSE_REASONS = {
-  1000: 'connection closed',
-  1001: 'server going away',
-  1006: 'connection lost',
-  1008: 'policy violation',
-  1009: 'message too big',
-  1011: 'server error',
-  1012: 'server restarting',
-  1013: 'too slow, dropped by the server',
-};
-
-const ERROR_FALLBACKS = {
-  message_too_long: 'Message is too long.',
-  invalid_json: 'The server could not read that message.',
-  empty_message: 'Message is empty.',
-  sender_too_long: 'Name is too long (max 64 characters).',
-  hub_unavailable: 'Chat is temporarily unavailable. Try again in a moment.',
-  rate_limited: 'You are sending too fast. Wait a moment.',
-};
 
 const utf8 = new TextEncoder();
 
@@ -41,13 +24,13 @@ function main() {
 
   let name = loadName();
   els.nameInput.value = name;
-
-  // Defensive dedupe. Keyed by id, but remembering ts too: a server restart
-  // resets its counter, and a reused id with a different ts is a genuinely
-  // new message (it means a new id generation, so forget the old one).
-  const seen = new Map();
+  // Names this tab went by before a rename: the server reports them as
+  // "left" once we send under the new one, which is not news to us.
+  const formerNames = new Set();
+  const seen = new SeenIds();
   // The last text we sent, so a server rejection can put it back.
   let pending = null;
+  let countdown = null;
 
   function restorePending() {
     if (pending && Date.now() - pending.at < PENDING_TTL_MS && els.messageInput.value === '') {
@@ -64,6 +47,8 @@ function main() {
     }
     els.nameInput.value = next;
     if (next !== name) {
+      formerNames.add(name);
+      formerNames.delete(next);
       name = next;
       saveName(name);
       view.restyleOwn(name);
@@ -71,48 +56,92 @@ function main() {
     return name;
   }
 
-  function handleMessage(frame) {
-    const sender = str(frame.sender, '?');
-    const message = str(frame.message);
-    const id = Number.isFinite(frame.id) ? frame.id : null;
+  // A message frame (live or from a history frame) in the shape the view
+  // wants, or null if it is not a message or was shown already.
+  function acceptMessage(frame) {
+    if (!frame || typeof frame !== 'object') return null;
+    if (frame.type !== undefined && frame.type !== 'message') return null;
+    const id = Number.isSafeInteger(frame.id) ? frame.id : null;
     const ts = Number.isFinite(frame.ts) ? frame.ts : null;
-    if (id !== null) {
-      if (seen.has(id)) {
-        if (seen.get(id) === ts) return; // duplicate
-        seen.clear();
-      }
-      seen.set(id, ts);
-      // Bounded memory: the view keeps at most ~1000 entries anyway.
-      if (seen.size > 5000) seen.delete(seen.keys().next().value);
+    if (id !== null && !seen.accept(id, ts)) return null;
+    return { id, ts, sender: str(frame.sender, '?'), message: str(frame.message) };
+  }
+
+  function render(message, history) {
+    const own = message.sender === name;
+    if (own && !history && pending && pending.text === message.message) pending = null;
+    view.addMessage(message, { own, history });
+  }
+
+  function announcePresence(joined, left) {
+    const newcomers = joined.filter((who) => who !== name);
+    const leavers = [];
+    for (const who of left) {
+      if (!formerNames.delete(who)) leavers.push(who);
     }
-    const own = sender === name;
-    if (own && pending && pending.text === message) pending = null;
-    view.addMessage({ id, ts, sender, message }, own);
+    for (const line of [describeChange(newcomers, 'joined'), describeChange(leavers, 'left')]) {
+      if (line) view.addSystem(line, 'presence');
+    }
   }
 
   const handlers = {
     welcome(frame) {
       const worker = frame.worker;
-      view.addSystem(worker !== undefined && worker !== null
-        ? `Connected (worker ${String(worker)})` : 'Connected', 'welcome');
+      if (Number.isSafeInteger(worker)) view.setWorker(worker);
+      view.addSystem(Number.isSafeInteger(worker)
+        ? `Connected (worker ${worker})` : 'Connected', 'welcome');
     },
-    message: handleMessage,
+    history(frame) {
+      const resumed = frame.resumed === true;
+      view.markHistory(resumed ? 'resumed' : 'fresh');
+      const entries = Array.isArray(frame.messages) ? frame.messages : [];
+      const unseen = entries.map(acceptMessage).filter(Boolean);
+      if (!unseen.length) return;
+      view.batch(() => {
+        view.addSystem(resumed ? 'While you were away' : 'Earlier messages', 'history');
+        for (const message of unseen) render(message, true);
+      });
+    },
+    message(frame) {
+      const message = acceptMessage(frame);
+      if (message) render(message, false);
+    },
     error(frame) {
       const code = str(frame.code);
+      if (code === 'invalid_resume') {
+        // Our `since` means nothing to this server: its ids started again
+        // (a restart). Forget ours so that its history renders in full.
+        seen.clear();
+        view.addSystem(INVALID_RESUME_TEXT, 'notice', code);
+        return;
+      }
       view.showError(str(frame.message) || ERROR_FALLBACKS[code] || 'The server rejected that.', code);
       restorePending();
     },
     notice(frame) {
-      view.addSystem(str(frame.message) || str(frame.code, 'notice'), 'notice');
+      const code = str(frame.code);
+      view.addSystem(NOTICE_TEXTS[code] || str(frame.message) || code || 'notice', 'notice', code);
     },
     presence(frame) {
-      const users = Array.isArray(frame.users) ? frame.users.map((u) => String(u)) : [];
-      const online = Number.isFinite(frame.online) ? frame.online : users.length;
-      view.setPresence(online, users);
+      const { online, users, truncated, joined, left } = readPresence(frame);
+      view.setPresence(online, users, name, truncated);
+      announcePresence(joined, left);
     },
   };
 
+  // "retrying in N s", counted down so the state never looks stuck.
+  function startCountdown(retryInMs) {
+    const deadline = Date.now() + retryInMs;
+    const tick = () => {
+      const secs = Math.max(1, Math.ceil((deadline - Date.now()) / 1000));
+      view.setStatusDetail(`— retrying in ${secs} s`);
+    };
+    tick();
+    countdown = setInterval(tick, 1000);
+  }
+
   function onState(state, info) {
+    clearInterval(countdown);
     if (state === 'connecting') {
       view.setStatus('connecting', 'connecting…');
     } else if (state === 'online') {
@@ -120,8 +149,8 @@ function main() {
       // A stale "not connected" hint would be confusing once we're back.
       if (els.error.dataset.code === 'offline') view.clearError();
     } else {
-      const secs = Math.max(1, Math.ceil(info.retryInMs / 1000));
-      view.setStatus('offline', `disconnected — retrying in ${secs} s`);
+      view.setStatus('offline', 'disconnected');
+      startCountdown(info.retryInMs);
       view.clearPresence();
       if (info.wasOpen) {
         const why = CLOSE_REASONS[info.code] || 'connection closed';
@@ -134,7 +163,9 @@ function main() {
     }
   }
 
-  const conn = new ChatConnection(chatUrl(), {
+  // Every attempt asks under the current name and, once we have seen
+  // messages, for those after the last one (a resume).
+  const conn = new ChatConnection(() => chatUrl({ name, since: seen.highest }), {
     onState,
     onFrame(frame) {
       const handler = Object.prototype.hasOwnProperty.call(handlers, frame.type) ? handlers[frame.type] : null;
@@ -147,6 +178,13 @@ function main() {
   }
 
   els.nameInput.addEventListener('change', commitName);
+  // Enter in the name box confirms the name; it must not send the message.
+  els.nameInput.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter' || event.isComposing) return;
+    event.preventDefault();
+    commitName();
+    els.messageInput.focus();
+  });
 
   els.form.addEventListener('submit', (event) => {
     event.preventDefault();

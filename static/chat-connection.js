@@ -6,9 +6,22 @@ const MAX_DELAY_MS = 10_000;
 // on its own; give up after this long so the backoff loop keeps going.
 const CONNECT_TIMEOUT_MS = 10_000;
 
-export function chatUrl(loc = location) {
+// Asking for batch mode lets the server pack several frames into one
+// WebSocket message ("\n"-separated); parseFrames reads both forms.
+export const SUBPROTOCOLS = ['trio-chat.batch'];
+
+/**
+ * The chat endpoint on the page's own host (ws: or wss: following the page).
+ * `name` is who this connection shows up as in presence; `since` is the last
+ * message id seen, so the server replays what we missed (docs/protocol.md).
+ */
+export function chatUrl({ name = '', since = null } = {}, loc = location) {
   const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
-  return `${scheme}//${loc.host}/chat`;
+  const params = [];
+  if (name) params.push(`name=${encodeURIComponent(name)}`);
+  if (Number.isSafeInteger(since) && since >= 0) params.push(`since=${since}`);
+  const query = params.length ? `?${params.join('&')}` : '';
+  return `${scheme}//${loc.host}/chat${query}`;
 }
 
 // Splits one text frame into frame objects. The server may batch several
@@ -31,20 +44,27 @@ export function parseFrames(text) {
 
 export class ChatConnection {
   /**
-   * @param {string} url
+   * @param {() => string} urlFor called before every attempt, so that each
+   *   reconnect carries the current name and the last id seen.
    * @param {{onState?: Function, onFrame?: Function}} handlers
    *   onState(state, info): state is "connecting" | "online" | "offline";
    *     for "offline", info = {code, reason, wasOpen, retryInMs}.
    *   onFrame(frame): called once per parsed JSON object.
    */
-  constructor(url, { onState = () => {}, onFrame = () => {} } = {}) {
-    this.url = url;
+  constructor(urlFor, { onState = () => {}, onFrame = () => {} } = {}) {
+    this.urlFor = urlFor;
     this.onState = onState;
     this.onFrame = onFrame;
     this.ws = null;
     this.attempt = 0;
     this.retryTimer = null;
     this.connectTimer = null;
+    // Browsers fail the handshake of a server that answers without any of
+    // the subprotocols asked for, and say no more than 1006. So after such a
+    // failure we try once more at once without (`probing`): if that opens,
+    // this server does not know batch mode and we stop asking for it.
+    this.askBatch = true;
+    this.probing = false;
   }
 
   get isOpen() {
@@ -73,9 +93,10 @@ export class ChatConnection {
   connect() {
     this.retryTimer = null;
     this.onState('connecting');
+    const askedBatch = this.askBatch;
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(this.urlFor(), askedBatch ? SUBPROTOCOLS : []);
     } catch {
       // Only a malformed URL throws here; still treat it like a failed attempt.
       this.scheduleRetry({ code: 1006, reason: '', wasOpen: false });
@@ -89,6 +110,7 @@ export class ChatConnection {
     ws.addEventListener('open', () => {
       clearTimeout(this.connectTimer);
       wasOpen = true;
+      this.probing = false;
       this.attempt = 0; // a successful open resets the backoff
       this.onState('online');
     });
@@ -110,6 +132,17 @@ export class ChatConnection {
       clearTimeout(this.connectTimer);
       if (this.ws !== ws) return;
       this.ws = null;
+      if (!wasOpen && askedBatch) {
+        this.askBatch = false;
+        this.probing = true;
+        this.connect();
+        return;
+      }
+      if (!wasOpen && this.probing) {
+        // Without batch mode it failed too: the server is just unreachable.
+        this.askBatch = true;
+        this.probing = false;
+      }
       this.scheduleRetry({ code: event.code, reason: event.reason, wasOpen });
     });
   }

@@ -8,6 +8,13 @@ function pad2(n) {
   return String(n).padStart(2, '0');
 }
 
+// "14:05" today; history can reach back further, so older days get a date.
+function shortTime(when, now = new Date()) {
+  const hm = `${pad2(when.getHours())}:${pad2(when.getMinutes())}`;
+  if (when.toDateString() === now.toDateString()) return hm;
+  return `${when.toLocaleDateString(undefined, { month: 'short', day: 'numeric' })} ${hm}`;
+}
+
 // A stable hue per sender so people are easy to tell apart.
 function senderHue(name) {
   let h = 0;
@@ -28,6 +35,7 @@ export function createView(doc = document) {
     messages: byId('messages'),
     status: byId('status'),
     statusText: byId('status-text'),
+    statusDetail: byId('status-detail'),
     retryButton: byId('retry-button'),
     presence: byId('presence'),
     onlineCount: byId('online-count'),
@@ -93,9 +101,14 @@ export function createView(doc = document) {
   return {
     els,
 
-    /** Renders a chat message; returns the element. */
-    addMessage({ id, ts, sender, message }, own) {
-      const item = el(doc, 'div', own ? 'message own' : 'message');
+    /**
+     * Renders a chat message; returns the element. `history` marks one that
+     * was sent before this connection (history on joining, or a resume).
+     */
+    addMessage({ id, ts, sender, message }, { own = false, history = false } = {}) {
+      const item = el(doc, 'div', 'message');
+      item.classList.toggle('own', own);
+      item.classList.toggle('history', history);
       if (id !== undefined && id !== null) item.dataset.id = String(id);
       item.dataset.sender = sender;
       item.style.setProperty('--sender-hue', String(senderHue(sender)));
@@ -103,44 +116,87 @@ export function createView(doc = document) {
       const meta = el(doc, 'div', 'meta');
       meta.append(el(doc, 'span', 'sender', sender));
       const when = new Date(Number.isFinite(ts) ? ts : Date.now());
-      const time = el(doc, 'time', 'time', `${pad2(when.getHours())}:${pad2(when.getMinutes())}`);
+      const time = el(doc, 'time', 'time', shortTime(when));
       time.dateTime = when.toISOString();
       time.title = when.toLocaleString();
       meta.append(time);
 
       item.append(meta, el(doc, 'div', 'text', message));
-      append(item, { forceScroll: own });
+      append(item, { forceScroll: own && !history });
       return item;
     },
 
-    /** A discreet one-line system entry (welcome, notice, disconnect). */
-    addSystem(text, kind = 'info') {
+    /**
+     * A discreet one-line system entry. `kind` says what it is (welcome,
+     * notice, disconnect, presence, history); `code` is the server's code.
+     */
+    addSystem(text, kind = 'info', code = '') {
       const item = el(doc, 'div', 'system', text);
       item.dataset.kind = kind;
+      if (code) item.dataset.code = code;
       append(item);
       return item;
     },
 
-    /** Re-marks messages as own/other after the display name changed. */
+    /**
+     * Runs `render` (many appends) as one update: screen readers wait for
+     * aria-busy to clear instead of announcing a whole history line by line.
+     */
+    batch(render) {
+      list.setAttribute('aria-busy', 'true');
+      try {
+        render();
+      } finally {
+        list.removeAttribute('aria-busy');
+      }
+    },
+
+    /** Records what the last history frame was: "fresh" or "resumed". */
+    markHistory(kind) {
+      list.dataset.history = kind;
+    },
+
+    /** Re-marks messages and names as own/other after the display name changed. */
     restyleOwn(name) {
       for (const item of list.querySelectorAll('.message')) {
         item.classList.toggle('own', item.dataset.sender === name);
       }
+      for (const item of els.onlineUsers.children) {
+        if (!item.classList.contains('more')) item.classList.toggle('own', item.textContent === name);
+      }
+    },
+
+    setWorker(worker) {
+      els.status.dataset.worker = worker;
+      els.status.title = `Connected to worker ${worker}`;
     },
 
     setStatus(state, text) {
       els.status.dataset.state = state;
+      if (state !== 'online') {
+        delete els.status.dataset.worker;
+        els.status.title = '';
+      }
       els.statusText.textContent = text;
+      els.statusDetail.textContent = '';
       els.retryButton.hidden = state !== 'offline';
       els.sendButton.disabled = state !== 'online';
       els.sendButton.title = state === 'online' ? '' : 'Not connected';
     },
 
-    setPresence(online, users) {
+    // Outside what screen readers hear (aria-hidden): "retrying in 3 s" read
+    // out every second would drown everything else.
+    setStatusDetail(text) {
+      els.statusDetail.textContent = text;
+    },
+
+    setPresence(online, users, ownName, truncated = false) {
       els.onlineCount.textContent = `${online} online`;
       els.onlineCount.title = users.length ? users.join(', ') : `${online} online`;
-      els.onlineUsers.replaceChildren(...users.map((u) => el(doc, 'li', '', u)));
+      els.onlineUsers.replaceChildren(...users.map((u) => el(doc, 'li', u === ownName ? 'own' : '', u)));
+      if (truncated) els.onlineUsers.append(el(doc, 'li', 'more', 'and others'));
       els.presence.classList.toggle('has-users', users.length > 0);
+      els.presence.classList.add('known');
     },
 
     // Presence is stale once the connection is gone: go back to "unknown".
@@ -148,7 +204,7 @@ export function createView(doc = document) {
       els.onlineCount.textContent = '—';
       els.onlineCount.title = 'Online count not known yet';
       els.onlineUsers.replaceChildren();
-      els.presence.classList.remove('has-users');
+      els.presence.classList.remove('has-users', 'known');
       els.presence.open = false;
     },
 

@@ -324,7 +324,7 @@ async def test_a_batch_client_gets_every_message_and_plain_clients_one_per_frame
         received: list[str] = []
         with trio.fail_after(10):
             while len(received) < count:
-                for line in str(await batched.receive_raw()).split("\\n"):
+                for line in str(await batched.receive_raw()).split("\n"):
                     frame = json.loads(line)
                     if frame["type"] == "message":
                         received.append(frame["message"])

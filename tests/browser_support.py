@@ -1,0 +1,329 @@
+"""For the browser tests: a real server driven without Trio, and a page that records what it does.
+
+Playwright's async API needs asyncio and this suite runs under pytest-trio, so the browser tests
+are synchronous: Playwright's sync API, and a server whose output a thread reads. As in
+``servers.py``, every wait is on a condition (an output line, a process exit) with a deadline,
+never a fixed delay, and whatever is started is stopped, the hub included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import psutil
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Dialog,
+    Locator,
+    Page,
+    WebSocketRoute,
+    expect,
+)
+
+from servers import ROOT, STARTUP_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, hypercorn_command
+
+CHROMIUM = Path(os.environ.get("TRIO_CHAT_CHROMIUM", "/usr/bin/chromium"))
+# Headless Chromium as root in a container needs --no-sandbox; the others keep a test browser
+# quiet and quick to start: no GPU, no update or field-trial requests, no first-run pages.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+INSTALL_HINT = (
+    f"Chromium is needed for the browser tests and was not found at {CHROMIUM}: install it "
+    "with `apt-get install -y chromium` (Debian/Ubuntu), or point TRIO_CHAT_CHROMIUM at a "
+    "Chromium binary"
+)
+NAME_KEY = "trio_chat.name"  # static/names.js
+#: How long a page may take to show something the server sent.
+UI_TIMEOUT_MS = 10_000
+#: How long a page may take to reconnect by itself: its backoff (0.5 s, 1 s, 2 s, 4 s, ...)
+#: while the server is away, plus a server start.
+RECONNECT_TIMEOUT_MS = 30_000
+GOING_AWAY = 1001
+HUB_STARTED = re.compile(r"started the hub \(pid (\d+)\)")
+
+expect.set_options(timeout=UI_TIMEOUT_MS)
+
+
+class ServerProcess:
+    """``hypercorn -c hypercorn.toml -k trio -w N trio_chat:app`` on one loopback port.
+
+    It can be stopped and started again on the same port, as a deploy would. A reader thread
+    keeps draining the output, so the server never blocks on a full pipe.
+    """
+
+    def __init__(self, port: int, workers: int = 4) -> None:
+        self.port = port
+        self.workers = workers
+        self.output: list[str] = []
+        self._changed = threading.Condition()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._first_line = 0  # where the current run's output starts
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def hub_pids(self) -> list[int]:
+        lines = self.output[self._first_line :]
+        return [int(match[1]) for line in lines if (match := HUB_STARTED.search(line))]
+
+    def start(self) -> None:
+        with self._changed:
+            self._first_line = len(self.output)
+        self._process = subprocess.Popen(
+            hypercorn_command(self.port, self.workers),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, args=(self._process,), daemon=True)
+        self._reader.start()
+        self.wait_for_output("Running on", count=self.workers)
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            with self._changed:
+                self.output.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        process.stdout.close()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_output(
+        self, text: str, count: int = 1, timeout: float = STARTUP_TIMEOUT_SECONDS
+    ) -> None:
+        """Wait until this run has printed ``count`` lines containing ``text``."""
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(text in line for line in self.output[self._first_line :]) < count:
+                if self._process.poll() is not None:
+                    raise AssertionError("the server exited:\n" + "\n".join(self.output))
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {count} x {text!r} in:\n" + "\n".join(self.output))
+                self._changed.wait(remaining)
+
+    def stop(self) -> None:
+        """SIGTERM, as a process manager would; then wait for the server and its hub to end."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        hubs = self.hub_pids
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise AssertionError(
+                "hypercorn did not stop on SIGTERM:\n" + "\n".join(self.output)
+            ) from None
+        finally:
+            assert self._reader is not None
+            self._reader.join(STOP_TIMEOUT_SECONDS)
+        for pid in hubs:
+            wait_gone(pid)
+
+
+def wait_gone(pid: int, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """Wait until process ``pid`` has exited (a zombie awaiting its reaper counts as gone).
+
+    It is not our child, so there is nothing to block on: poll, under a deadline.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} is still running")
+
+
+@dataclass
+class ChatPage:
+    """One tab of the chat, in its own browser context, and everything it did.
+
+    The locators follow the page's DOM contract (see the module docstring of test_browser.py).
+    """
+
+    context: BrowserContext
+    page: Page
+    requests: list[str] = field(default_factory=list)
+    socket_urls: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(
+        cls,
+        browser: Browser,
+        origin: str,
+        name: str | None = None,
+        before_load: Callable[[Page], object] | None = None,
+        **context_options: Any,
+    ) -> ChatPage:
+        """Open the page; ``name`` is put where the page keeps it, as if chosen on an earlier
+        visit. ``before_load(page)`` runs before the page loads (to add routes, listeners)."""
+        context = browser.new_context(**context_options)
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        if name is not None:
+            key, value = json.dumps(NAME_KEY), json.dumps(name)
+            context.add_init_script(
+                f"if (localStorage.getItem({key}) === null) localStorage.setItem({key}, {value})"
+            )
+        chat = cls(context, context.new_page())
+        chat._record()
+        if before_load is not None:
+            before_load(chat.page)
+        chat.page.goto(origin + "/")
+        return chat
+
+    def _record(self) -> None:
+        page = self.page
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("websocket", lambda socket: self.socket_urls.append(socket.url))
+
+        def on_dialog(dialog: Dialog) -> None:
+            self.dialogs.append(f"{dialog.type}: {dialog.message}")
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+
+        def on_console(message: ConsoleMessage) -> None:
+            # Chromium logs each failed WebSocket attempt: that is the network, not the page.
+            if message.type == "error" and not message.text.startswith("WebSocket connection"):
+                self.errors.append(message.text)
+
+        page.on("console", on_console)
+
+    def close(self) -> None:
+        self.context.close()
+
+    # What the page shows
+
+    @property
+    def status(self) -> Locator:
+        return self.page.locator("#status")
+
+    @property
+    def messages(self) -> Locator:
+        return self.page.locator("#messages .message")
+
+    def message(self, text: str) -> Locator:
+        """The rendered messages whose text is exactly ``text``."""
+        exactly = re.compile(f"^{re.escape(text)}$")
+        return self.messages.filter(has=self.page.locator(".text", has_text=exactly))
+
+    def system(self, kind: str) -> Locator:
+        return self.page.locator(f"#messages .system[data-kind={kind!r}]")
+
+    def texts(self) -> list[str]:
+        return self.page.locator("#messages .message .text").all_text_contents()
+
+    def wait_online(self, timeout: float = UI_TIMEOUT_MS) -> int:
+        """Wait for the page to be connected; returns the pid of the worker it is on."""
+        expect(self.status).to_have_attribute("data-worker", re.compile(r"^\d+$"), timeout=timeout)
+        expect(self.status).to_have_attribute("data-state", "online")
+        return int(self.status.get_attribute("data-worker") or 0)
+
+    def send(self, text: str) -> None:
+        """Type ``text`` and press Enter, as a person would."""
+        box = self.page.locator("#message-input")
+        box.fill(text)
+        box.press("Enter")
+
+    def rename(self, name: str) -> None:
+        box = self.page.locator("#name-input")
+        box.fill(name)
+        box.press("Enter")
+
+    def last_socket_query(self) -> dict[str, list[str]]:
+        assert self.socket_urls, "the page opened no WebSocket"
+        return parse_qs(urlsplit(self.socket_urls[-1]).query)
+
+
+class FlakyLink:
+    """A page's chat WebSocket, routed through Playwright so that a test can cut it.
+
+    Use ``page.route_web_socket(pattern, link.route)`` before the page loads. While the link is
+    down, every attempt to reconnect is refused at once, so the page goes through its real
+    backoff; once it is restored, the page's next attempt reaches the server.
+    """
+
+    def __init__(self) -> None:
+        self.urls: list[str] = []  # every connection attempt, in order
+        self._down = False
+        self._live: list[WebSocketRoute] = []
+
+    def route(self, socket: WebSocketRoute) -> None:
+        self.urls.append(socket.url)
+        if self._down:
+            socket.close(code=GOING_AWAY, reason="link down (test)")
+            return
+        socket.connect_to_server()
+        self._live.append(socket)
+
+    def drop(self) -> None:
+        self._down = True
+        for socket in self._live:
+            socket.close(code=GOING_AWAY, reason="link dropped (test)")
+        self._live.clear()
+
+    def restore(self) -> None:
+        self._down = False
+
+
+class ScriptedServer:
+    """Stands in for the chat server on a page's WebSocket, never reaching the real one, so that
+    a test can send the page exactly the frames it wants, edge cases included.
+
+    Use ``page.route_web_socket(pattern, scripted.route)`` before the page loads; the page's
+    socket opens as soon as the route takes it.
+    """
+
+    def __init__(self) -> None:
+        self.sockets: list[WebSocketRoute] = []  # one per connection the page made
+
+    def route(self, socket: WebSocketRoute) -> None:
+        self.sockets.append(socket)
+
+    def send(self, *frames: dict[str, Any] | str) -> None:
+        """Send ``frames`` on the latest connection in one message, "\\n"-separated, as the
+        server's batch mode does; a str goes as it is."""
+        assert self.sockets, "the page has not connected"
+        lines = [frame if isinstance(frame, str) else json.dumps(frame) for frame in frames]
+        self.sockets[-1].send("\n".join(lines))
+
+    def drop(self) -> None:
+        self.sockets[-1].close(code=GOING_AWAY, reason="scripted restart")
+
+    def query(self) -> dict[str, list[str]]:
+        """The query string of the latest connection."""
+        return parse_qs(urlsplit(self.sockets[-1].url).query)

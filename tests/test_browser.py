@@ -1,0 +1,660 @@
+"""The page in a real browser: Chromium driven by Playwright against ``hypercorn -k trio -w 4``.
+
+Rules: a free loopback port; one browser and one server for the module (the screenshot gets a
+server of its own, with nothing said before it); a browser context per person; no fixed sleeps:
+Playwright's ``expect`` waits for what the page shows, with a timeout. Synchronous on purpose
+(see browser_support.py). Skipped, saying how to install it, where Chromium is missing.
+
+The page's DOM contract, which these tests rely on:
+
+- ``#status[data-state]``: ``connecting``, ``online`` or ``offline``; ``data-worker``: the pid
+  of the worker holding the connection, while online; ``#retry-button`` while offline.
+- ``#messages`` (``role=log``); ``data-history``: ``fresh`` or ``resumed``, the kind of the
+  last history frame the page got (absent if none).
+- ``.message[data-id][data-sender]`` holding ``.sender``, ``time.time`` and ``.text``; class
+  ``own`` for this tab's name, ``history`` for messages sent before this connection.
+- ``.system[data-kind]``: ``welcome`` ("Connected (worker N)"), ``history`` (the "Earlier
+  messages" / "While you were away" divider), ``presence`` ("bob joined"), ``notice`` (with the
+  server's ``data-code``), ``disconnect``.
+- ``#online-count`` ("N online"; "—" and hidden while unknown), ``#online-users li`` (class
+  ``own`` for our name).
+- ``#error[data-code]``: the last error for the sender; ``#name-input``, ``#message-input``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Response, expect, sync_playwright
+
+from browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    INSTALL_HINT,
+    RECONNECT_TIMEOUT_MS,
+    ChatPage,
+    FlakyLink,
+    ScriptedServer,
+    ServerProcess,
+)
+from servers import ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+ARTIFACTS = ROOT / "test-artifacts"
+WORKER_ATTEMPTS = 16  # contexts to open, at most, to find a second worker
+HOSTILE_TEXTS = [
+    "<img src=x onerror=alert(1)>",
+    "<script>alert(1)</script>",
+    "W" * 2000,
+]
+NO_HISTORY = (
+    "the server sends no history frame yet (docs/protocol.md, 'History, resume and "
+    "presence'; issue 3)"
+)
+
+
+def token() -> str:
+    """A marker that keeps one test's messages apart from another's on the shared server."""
+    return uuid.uuid4().hex[:6]
+
+
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(INSTALL_HINT)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def running_server() -> Iterator[ServerProcess]:
+    server = ServerProcess(free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(browser: Browser) -> Iterator[ServerProcess]:
+    """The module's server. Depends on ``browser`` so that it is not started just to skip."""
+    yield from running_server()
+
+
+@pytest.fixture
+def fresh_server(browser: Browser) -> Iterator[ServerProcess]:
+    """A server of the test's own, for a conversation with nothing before it."""
+    yield from running_server()
+
+
+OpenChat = Callable[..., ChatPage]
+
+
+@pytest.fixture
+def open_chat(browser: Browser, server: ServerProcess) -> Iterator[OpenChat]:
+    """Opens pages on the module's server (options as for ``ChatPage.open``); closes them after
+    the test."""
+    opened: list[ChatPage] = []
+
+    def open_chat(**options: Any) -> ChatPage:
+        chat = ChatPage.open(browser, server.origin, **options)
+        opened.append(chat)
+        return chat
+
+    yield open_chat
+    for chat in opened:
+        chat.close()
+
+
+@pytest.fixture(scope="module")
+def history_supported(browser: Browser, server: ServerProcess) -> bool:
+    """Whether the server sends a history frame: the contract puts it before any live message,
+    so once our own probe message is shown, a history frame would have been handled."""
+    chat = ChatPage.open(browser, server.origin, name="probe")
+    try:
+        chat.wait_online()
+        probe = f"probe {token()}"
+        chat.send(probe)
+        expect(chat.message(probe)).to_have_count(1)
+        return chat.page.locator("#messages").get_attribute("data-history") is not None
+    finally:
+        chat.close()
+
+
+def open_on_another_worker(open_chat: OpenChat, worker: int, **options: Any) -> ChatPage:
+    """A page whose connection is held by a worker other than ``worker``."""
+    for _ in range(WORKER_ATTEMPTS):
+        chat = open_chat(**options)
+        if chat.wait_online() != worker:
+            return chat
+        chat.close()
+    raise AssertionError(f"{WORKER_ATTEMPTS} pages in a row landed on worker {worker}")
+
+
+def no_horizontal_overflow(chat: ChatPage) -> None:
+    widths = chat.page.evaluate(
+        """() => {
+            const list = document.getElementById('messages');
+            const root = document.scrollingElement;
+            return [list.scrollWidth, list.clientWidth, root.scrollWidth, root.clientWidth];
+        }"""
+    )
+    list_scroll, list_client, page_scroll, page_client = widths
+    assert list_scroll <= list_client, f"the message list scrolls sideways: {widths}"
+    assert page_scroll <= page_client, f"the page scrolls sideways: {widths}"
+
+
+# The conversation
+
+
+def test_pages_on_different_workers_see_every_message_in_one_order(open_chat: OpenChat) -> None:
+    ann = open_chat(name="ann")
+    bob = open_on_another_worker(open_chat, ann.wait_online(), name="bob")
+    tag = token()
+    sent = [f"{tag} {n}" for n in range(6)]
+
+    for n, text in enumerate(sent):
+        (ann if n % 2 == 0 else bob).send(text)
+
+    for chat in (ann, bob):
+        for text in sent:
+            expect(chat.message(text)).to_have_count(1)
+    in_ann = [text for text in ann.texts() if text.startswith(tag)]
+    in_bob = [text for text in bob.texts() if text.startswith(tag)]
+    assert in_ann == in_bob
+    assert sorted(in_ann) == sent
+    ids = [int(ann.message(text).get_attribute("data-id") or 0) for text in in_ann]
+    assert ids == sorted(ids), "shown out of the hub's order"
+    expect(ann.message(sent[0])).to_have_class(re.compile(r"\bown\b"))
+    expect(bob.message(sent[0])).not_to_have_class(re.compile(r"\bown\b"))
+    expect(bob.message(sent[0]).locator(".sender")).to_have_text("ann")
+
+
+def test_enter_sends_and_focus_stays_in_the_message_box(open_chat: OpenChat) -> None:
+    chat = open_chat()
+    chat.wait_online()
+    box = chat.page.get_by_label(
+        "Message", exact=True
+    )  # labelled, so found the way a screen reader would
+    text = f"keyboard {token()}"
+
+    box.focus()
+    chat.page.keyboard.type(text)
+    chat.page.keyboard.press("Enter")
+
+    log = chat.page.get_by_role("log", name="Chat messages")
+    expect(log).to_have_attribute("aria-live", "polite")
+    expect(log.locator(".message").filter(has_text=text)).to_have_count(1)
+    expect(box).to_be_focused()
+    expect(box).to_have_value("")
+    expect(chat.message(text).locator("time")).to_have_text(re.compile(r"^\d\d:\d\d$"))
+
+
+def test_hostile_text_renders_as_text_and_runs_nothing(open_chat: OpenChat) -> None:
+    hostile_name = "<img src=x onerror=alert(2)>"
+    sender = open_chat(name=hostile_name)
+    phone = open_chat(viewport={"width": 360, "height": 740})
+    sender.wait_online()
+    phone.wait_online()
+
+    for text in HOSTILE_TEXTS:
+        sender.send(text)
+
+    for chat in (sender, phone):
+        for text in HOSTILE_TEXTS:
+            expect(chat.message(text).last).to_be_visible()
+        expect(chat.message(HOSTILE_TEXTS[0]).last.locator(".sender")).to_have_text(hostile_name)
+        assert chat.page.locator("#messages img, #messages script").count() == 0
+        no_horizontal_overflow(chat)
+        assert chat.dialogs == []
+        assert chat.errors == []
+        # A parsed <img src=x> would have fetched /x.
+        assert not [url for url in chat.requests if urlsplit(url).path == "/x"]
+
+
+def test_page_talks_only_to_its_own_origin(open_chat: OpenChat, server: ServerProcess) -> None:
+    chat = open_chat()
+    chat.wait_online()
+    text = f"origin {token()}"
+    chat.send(text)
+    expect(chat.message(text)).to_have_count(1)
+
+    host = urlsplit(server.origin).netloc
+    assert chat.requests, "no request was recorded"
+    for url in chat.requests + chat.socket_urls:
+        parts = urlsplit(url)
+        assert (parts.scheme, parts.netloc) in {("http", host), ("ws", host)}, url
+    # One WebSocket: the page asked for batch mode and the server granted it (a server that
+    # ignores the subprotocol fails the handshake in Chromium, and the page tries again without).
+    assert [urlsplit(url).path for url in chat.socket_urls] == ["/chat"]
+    # Nothing the policy refused, nothing thrown.
+    assert chat.errors == []
+
+
+def test_page_and_assets_carry_the_security_headers_and_revalidate(
+    open_chat: OpenChat, server: ServerProcess
+) -> None:
+    responses: list[Response] = []
+    chat = open_chat(
+        before_load=lambda page: page.on("response", lambda r: responses.append(r)),
+    )
+    chat.wait_online()
+
+    paths = {urlsplit(response.url).path: response for response in responses}
+    assert {"/", "/static/app.js", "/static/style.css", "/static/view.js"} <= set(paths)
+    for path, response in paths.items():
+        headers = response.headers
+        policy = headers.get("content-security-policy", "")
+        assert "default-src 'self'" in policy, path
+        assert "script-src 'self'" in policy, path
+        assert "unsafe-inline" not in policy, path
+        assert headers.get("x-content-type-options") == "nosniff", path
+        assert headers.get("referrer-policy"), path
+
+    with httpx.Client(base_url=server.origin) as client:
+        for path in ("/", "/static/app.js"):
+            first = client.get(path)
+            assert first.status_code == 200
+            again = client.get(path, headers={"if-none-match": first.headers["etag"]})
+            assert again.status_code == 304, path
+            assert again.content == b""
+
+
+# Errors, names, reconnects
+
+
+def test_server_error_is_shown_to_the_sender_only(open_chat: OpenChat) -> None:
+    sender = open_chat()
+    other = open_chat()
+    sender.wait_online()
+    other.wait_online()
+    refused = f"bell \x07 {token()}"  # control characters are refused (docs/protocol.md)
+
+    sender.send(refused)
+
+    expect(sender.page.locator("#error")).to_have_attribute("data-code", "invalid_text")
+    expect(sender.page.locator("#error")).not_to_be_empty()
+    expect(sender.page.locator("#message-input")).to_have_value(refused)  # given back
+    fine = f"after the error {token()}"
+    other.send(fine)
+    expect(other.message(fine)).to_have_count(1)
+    expect(other.page.locator("#error")).to_be_empty()
+    assert other.message(refused).count() == 0
+
+
+def test_a_new_name_is_used_for_new_messages(open_chat: OpenChat) -> None:
+    tag = token()
+    me = open_chat(name=f"dana-{tag}")
+    other = open_chat()
+    me.wait_online()
+    other.wait_online()
+    me.send(f"as dana {tag}")
+    expect(other.message(f"as dana {tag}")).to_have_count(1)
+
+    me.rename(f"erin-{tag}")
+    expect(me.page.locator("#message-input")).to_be_focused()
+    me.send(f"as erin {tag}")
+
+    expect(other.message(f"as erin {tag}").locator(".sender")).to_have_text(f"erin-{tag}")
+    expect(me.message(f"as erin {tag}")).to_have_class(re.compile(r"\bown\b"))
+    # Own-message styling follows the name: the old name's messages are no longer ours.
+    expect(me.message(f"as dana {tag}")).not_to_have_class(re.compile(r"\bown\b"))
+    # The name sticks for the next visit.
+    me.page.reload()
+    expect(me.page.locator("#name-input")).to_have_value(f"erin-{tag}")
+    me.wait_online()
+    assert me.last_socket_query()["name"] == [f"erin-{tag}"]
+
+
+def test_page_reconnects_by_itself_after_a_restart_and_carries_on(
+    open_chat: OpenChat, server: ServerProcess, history_supported: bool
+) -> None:
+    """The module's server is restarted on its port, as a deploy would; later tests carry on
+    with the new one."""
+    tag = token()
+    chat = open_chat(name=f"fay-{tag}")
+    chat.wait_online()
+    assert chat.last_socket_query() == {"name": [f"fay-{tag}"]}
+    before = [f"before the restart {tag} {n}" for n in range(2)]
+    for text in before:
+        chat.send(text)
+        expect(chat.message(text)).to_have_count(1)
+    last_id = chat.message(before[-1]).get_attribute("data-id")
+    chat.rename(f"gus-{tag}")
+
+    server.stop()
+    expect(chat.status).to_have_attribute("data-state", "offline")
+    expect(chat.status).to_contain_text("disconnected")
+    expect(chat.system("disconnect").last).to_be_visible()
+    sockets_before = len(chat.socket_urls)
+    server.start()
+
+    chat.wait_online(timeout=RECONNECT_TIMEOUT_MS)
+    if history_supported:
+        # The new hub counts from 1 again, so our `since` is in its future: it says so, and
+        # the page forgets the old ids rather than taking new messages for old ones.
+        expect(chat.page.locator(".system[data-code=invalid_resume]")).to_have_count(1)
+    after = f"after the restart {tag}"
+    chat.send(after)
+    expect(chat.message(after)).to_have_count(1)
+    for text in before:
+        expect(chat.message(text)).to_have_count(1)
+    assert len(chat.socket_urls) > sockets_before
+    # The reconnect asked under the new name, for what came after what it had seen.
+    assert chat.last_socket_query() == {"name": [f"gus-{tag}"], "since": [last_id]}
+
+
+def test_screenshot_of_a_conversation(browser: Browser, fresh_server: ServerProcess) -> None:
+    """Saved for people to look at: test-artifacts/conversation.png (docs/screenshot.png is a
+    copy) and conversation-phone.png."""
+    origin = fresh_server.origin
+    bob = ChatPage.open(browser, origin, name="bob", viewport={"width": 390, "height": 720})
+    try:
+        bob.wait_online()
+        bob.send("Morning! The deploy went out at 10, shout if anything looks odd.")
+        ann = ChatPage.open(browser, origin, name="ann", viewport={"width": 900, "height": 600})
+    except BaseException:
+        bob.close()
+        raise
+    try:
+        ann.wait_online()
+        lines = [
+            (ann, "Morning! Four workers and one hub, and I see every message in one order."),
+            (bob, "And <script>alert('hi')</script> shows up as plain text."),
+            (ann, "As it should. I restarted the server: the page reconnected by itself."),
+        ]
+        for chat, text in lines:
+            chat.send(text)
+            expect(ann.message(text)).to_have_count(1)
+            expect(bob.message(text)).to_have_count(1)
+        ann.page.locator("#message-input").fill("Shipping it")
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        for chat, name in ((ann, "conversation.png"), (bob, "conversation-phone.png")):
+            path = ARTIFACTS / name
+            chat.page.screenshot(path=path, animations="disabled", caret="initial")
+            assert path.stat().st_size > 0
+    finally:
+        ann.close()
+        bob.close()
+
+
+# History, resume and presence (docs/protocol.md; issue 3)
+
+
+def test_newcomer_sees_earlier_messages_once_marked_as_history(
+    open_chat: OpenChat, history_supported: bool
+) -> None:
+    if not history_supported:
+        pytest.skip(NO_HISTORY)
+    tag = token()
+    earlier = [f"earlier {tag} {n}" for n in range(3)]
+    author = open_chat()
+    author.wait_online()
+    for text in earlier:
+        author.send(text)
+        expect(author.message(text)).to_have_count(1)
+
+    newcomer = open_chat()
+    newcomer.wait_online()
+
+    expect(newcomer.page.locator("#messages")).to_have_attribute("data-history", "fresh")
+    expect(newcomer.system("history")).to_have_text("Earlier messages")
+    for text in earlier:
+        expect(newcomer.message(text)).to_have_count(1)
+        expect(newcomer.message(text)).to_have_class(re.compile(r"\bhistory\b"))
+    assert [t for t in newcomer.texts() if tag in t] == earlier
+    live = f"live {tag}"
+    author.send(live)
+    expect(newcomer.message(live)).to_have_count(1)
+    expect(newcomer.message(live)).not_to_have_class(re.compile(r"\bhistory\b"))
+
+
+def test_dropped_page_resumes_with_exactly_what_it_missed(
+    open_chat: OpenChat, history_supported: bool
+) -> None:
+    if not history_supported:
+        pytest.skip(NO_HISTORY)
+    tag = token()
+    link = FlakyLink()
+    author = open_chat()
+    reader = open_chat(
+        before_load=lambda page: page.route_web_socket(re.compile(r"/chat"), link.route),
+    )
+    author.wait_online()
+    reader.wait_online()
+    author.send(f"seen {tag}")
+    expect(reader.message(f"seen {tag}")).to_have_count(1)
+    seen_id = reader.message(f"seen {tag}").get_attribute("data-id")
+
+    link.drop()
+    expect(reader.status).to_have_attribute("data-state", re.compile("offline|connecting"))
+    missed = [f"missed {tag} {n}" for n in range(3)]
+    for text in missed:
+        author.send(text)
+        expect(author.message(text)).to_have_count(1)
+    link.restore()
+
+    reader.wait_online(timeout=RECONNECT_TIMEOUT_MS)
+    for text in missed:
+        expect(reader.message(text)).to_have_count(1)
+    expect(reader.page.locator("#messages")).to_have_attribute("data-history", "resumed")
+    after = f"after {tag}"
+    author.send(after)
+    expect(reader.message(after)).to_have_count(1)
+    assert [t for t in reader.texts() if tag in t] == [f"seen {tag}", *missed, after]
+    # It asked for what came after the last message it had seen.
+    assert parse_qs(urlsplit(link.urls[-1]).query)["since"] == [seen_id]
+
+
+def test_presence_shows_who_is_online_and_who_came_and_went(
+    open_chat: OpenChat, history_supported: bool
+) -> None:
+    if not history_supported:
+        pytest.skip(NO_HISTORY)
+    tag = token()
+    ann = open_chat(name=f"ann-{tag}")
+    ann.wait_online()
+    expect(ann.page.locator("#online-count")).to_have_text(re.compile(r"^\d+ online$"))
+    expect(ann.page.locator("#online-users li.own")).to_have_text(f"ann-{tag}")
+
+    bob = open_chat(name=f"bob-{tag}")
+    bob.wait_online()
+    expect(ann.system("presence").filter(has_text=f"bob-{tag} joined")).to_have_count(1)
+    for chat in (ann, bob):
+        users = chat.page.locator("#online-users li")
+        expect(users.filter(has_text=re.compile(f"^ann-{tag}$"))).to_have_count(1)
+        expect(users.filter(has_text=re.compile(f"^bob-{tag}$"))).to_have_count(1)
+    count = ann.page.locator("#online-count").text_content() or ""
+    assert int(count.split()[0]) >= 2
+
+    ann.rename(f"cleo-{tag}")
+    ann.send(f"renamed {tag}")
+    expect(bob.page.locator("#online-users li").filter(has_text=f"cleo-{tag}")).to_have_count(1)
+    expect(bob.page.locator("#online-users li").filter(has_text=f"ann-{tag}")).to_have_count(0)
+
+    bob.close()
+    expect(ann.system("presence").filter(has_text=f"bob-{tag} left")).to_have_count(1)
+    expect(ann.page.locator("#online-users li").filter(has_text=f"bob-{tag}")).to_have_count(0)
+    # Our own rename is not news to us.
+    expect(ann.system("presence").filter(has_text=f"ann-{tag} left")).to_have_count(0)
+
+
+# The page against a scripted server: exactly the frames of docs/protocol.md, edge cases too
+
+T0 = 1_795_512_345_678  # a ts, in ms
+
+
+def message(id: int, sender: str, text: str, ts: int | None = None) -> dict[str, Any]:
+    ts = T0 + id if ts is None else ts
+    return {"type": "message", "id": id, "ts": ts, "sender": sender, "message": text}
+
+
+def welcome(worker: int = 7) -> dict[str, Any]:
+    return {"type": "welcome", "sender": "server", "message": "You are connected", "worker": worker}
+
+
+def history(*messages: dict[str, Any], resumed: bool = False) -> dict[str, Any]:
+    return {"type": "history", "resumed": resumed, "messages": list(messages)}
+
+
+def presence(
+    users: list[str], joined: tuple[str, ...] = (), left: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A presence frame; one more tab is online than there are names (a tab without one)."""
+    return {
+        "type": "presence",
+        "online": len(users) + 1,
+        "users": users,
+        "joined": list(joined),
+        "left": list(left),
+    }
+
+
+@pytest.fixture
+def scripted(browser: Browser, server: ServerProcess) -> Iterator[tuple[ChatPage, ScriptedServer]]:
+    """A page named "ann" whose WebSocket talks to a ScriptedServer (the page itself comes from
+    the real one)."""
+    script = ScriptedServer()
+    chat = ChatPage.open(
+        browser,
+        server.origin,
+        name="ann",
+        before_load=lambda page: page.route_web_socket(re.compile(r"/chat"), script.route),
+    )
+    try:
+        expect(chat.status).to_have_attribute("data-state", "online")
+        yield chat, script
+        assert chat.errors == []
+        assert chat.dialogs == []
+    finally:
+        chat.close()
+
+
+def reconnect(chat: ChatPage, script: ScriptedServer) -> None:
+    """Drop the page's connection and wait until it has opened a new one by itself."""
+    drops = chat.system("disconnect").count()
+    script.drop()
+    expect(chat.system("disconnect")).to_have_count(drops + 1)
+    expect(chat.status).to_have_attribute("data-state", "online", timeout=RECONNECT_TIMEOUT_MS)
+    assert len(script.sockets) == drops + 2
+
+
+def test_scripted_join_shows_history_presence_and_every_message_once(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    assert script.sockets[0].protocols == ["trio-chat.batch"]
+    assert script.query() == {"name": ["ann"]}
+
+    script.send(
+        welcome(worker=7),
+        history(message(1, "bob", "one"), message(2, "ann", "two")),
+        presence(["ann", "bob"]),
+    )
+
+    assert chat.wait_online() == 7
+    expect(chat.system("history")).to_have_text("Earlier messages")
+    expect(chat.messages).to_have_count(2)
+    expect(chat.message("one")).to_have_class(re.compile(r"\bhistory\b"))
+    expect(chat.message("two")).to_have_class(re.compile(r"\bown\b"))
+    expect(chat.page.locator("#online-count")).to_have_text("3 online")
+    expect(chat.page.locator("#online-users li")).to_have_text(["ann", "bob"])
+    expect(chat.page.locator("#online-users li.own")).to_have_text("ann")
+
+    script.send(
+        message(2, "ann", "two"),  # a repeat
+        message(3, "bob", "three"),
+        presence(["ann", "carl"], joined=("carl",), left=("bob",)),
+    )
+
+    expect(chat.message("three")).to_have_count(1)
+    expect(chat.message("three")).not_to_have_class(re.compile(r"\bhistory\b"))
+    expect(chat.messages).to_have_count(3)
+    expect(chat.system("presence")).to_have_text(["carl joined", "bob left"])
+    expect(chat.page.locator("#online-users li")).to_have_text(["ann", "carl"])
+
+
+def test_scripted_reconnect_resumes_and_says_what_was_lost(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    script.send(welcome(), history(message(3, "bob", "three")), presence(["ann", "bob"]))
+    expect(chat.message("three")).to_have_count(1)
+
+    reconnect(chat, script)
+
+    assert script.query() == {"name": ["ann"], "since": ["3"]}
+    script.send(
+        welcome(),
+        {"type": "notice", "code": "resume_partial", "message": "...", "first_available": 6},
+        history(message(6, "bob", "six"), resumed=True),
+        presence(["ann", "bob"]),
+    )
+    lost = chat.page.locator(".system[data-code=resume_partial]")
+    expect(lost).to_have_text("Some messages from while you were away could not be recovered")
+    expect(chat.system("history").last).to_have_text("While you were away")
+    expect(chat.message("six")).to_have_class(re.compile(r"\bhistory\b"))
+    expect(chat.page.locator("#messages")).to_have_attribute("data-history", "resumed")
+    assert chat.texts() == ["three", "six"]
+
+
+def test_scripted_restarted_server_starts_its_ids_again(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    script.send(welcome(), history(message(1, "bob", "old one"), message(2, "bob", "old two")))
+    expect(chat.messages).to_have_count(2)
+
+    reconnect(chat, script)
+    assert script.query()["since"] == ["2"]
+    script.send(
+        welcome(),
+        {"type": "error", "code": "invalid_resume", "message": "That id is in the future."},
+        history(message(4, "dan", "new four", ts=T0 + 1000)),
+    )
+
+    expect(chat.message("new four")).to_have_count(1)
+    expect(chat.page.locator(".system[data-code=invalid_resume]")).to_have_count(1)
+    expect(chat.page.locator("#error")).to_be_empty()  # not an error about what we sent
+
+    # A hub restarted under a live connection: ids start again with no warning at all. An id
+    # below the highest one seen that is no repeat can only mean that, and since follows it.
+    script.send(message(5, "dan", "new five", ts=T0 + 1001), message(1, "eve", "newest one"))
+    expect(chat.message("newest one")).to_have_count(1)
+    reconnect(chat, script)
+    assert script.query()["since"] == ["1"]
+    assert chat.texts() == ["old one", "old two", "new four", "new five", "newest one"]
+
+
+def test_scripted_errors_go_to_the_sender_and_bad_lines_are_skipped(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    script.send(welcome())
+    chat.wait_online()
+
+    script.send(
+        "not json",
+        '{"type": "from the future"}',
+        "[1, 2]",
+        message(1, "bob", "still shown"),
+        {"type": "error", "code": "message_too_long", "message": "Longer than 4096 bytes."},
+    )
+
+    expect(chat.message("still shown")).to_have_count(1)
+    expect(chat.page.locator("#error")).to_have_text("Longer than 4096 bytes.")
+    expect(chat.page.locator("#error")).to_have_attribute("data-code", "message_too_long")
