@@ -28,6 +28,8 @@ function main() {
   // "left" once we send under the new one, which is not news to us.
   const formerNames = new Set();
   const seen = new SeenIds();
+  // The server's run of ids (from its history frame), sent back with `since`.
+  let epoch = '';
   // The last text we sent, so a server rejection can put it back.
   let pending = null;
   let countdown = null;
@@ -52,6 +54,9 @@ function main() {
       name = next;
       saveName(name);
       view.restyleOwn(name);
+      // Others see the new name at once, not only with our next message. (Offline, the next
+      // connection carries it in its URL.)
+      conn.send({ type: 'rename', name });
     }
     return name;
   }
@@ -92,6 +97,7 @@ function main() {
         ? `Connected (worker ${worker})` : 'Connected', 'welcome');
     },
     history(frame) {
+      if (typeof frame.epoch === 'string') epoch = frame.epoch;
       const resumed = frame.resumed === true;
       view.markHistory(resumed ? 'resumed' : 'fresh');
       const entries = Array.isArray(frame.messages) ? frame.messages : [];
@@ -165,7 +171,7 @@ function main() {
 
   // Every attempt asks under the current name and, once we have seen
   // messages, for those after the last one (a resume).
-  const conn = new ChatConnection(() => chatUrl({ name, since: seen.highest }), {
+  const conn = new ChatConnection(() => chatUrl({ name, since: seen.highest, epoch }), {
     onState,
     onFrame(frame) {
       const handler = Object.prototype.hasOwnProperty.call(handlers, frame.type) ? handlers[frame.type] : null;

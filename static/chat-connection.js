@@ -15,11 +15,15 @@ export const SUBPROTOCOLS = ['trio-chat.batch'];
  * `name` is who this connection shows up as in presence; `since` is the last
  * message id seen, so the server replays what we missed (docs/protocol.md).
  */
-export function chatUrl({ name = '', since = null } = {}, loc = location) {
+export function chatUrl({ name = '', since = null, epoch = '' } = {}, loc = location) {
   const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
   const params = [];
   if (name) params.push(`name=${encodeURIComponent(name)}`);
-  if (Number.isSafeInteger(since) && since >= 0) params.push(`since=${since}`);
+  if (Number.isSafeInteger(since) && since >= 0) {
+    // The epoch names the server's run of ids, so a restarted server can tell our ids apart.
+    const run = epoch ? `${encodeURIComponent(epoch)}:` : '';
+    params.push(`since=${run}${since}`);
+  }
   const query = params.length ? `?${params.join('&')}` : '';
   return `${scheme}//${loc.host}/chat${query}`;
 }

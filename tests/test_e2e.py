@@ -191,6 +191,10 @@ async def test_chat_carries_on_across_workers_after_the_hub_is_killed() -> None:
                 # The new hub went on from the ids the workers had seen: none is given twice.
                 assert sorted(frame["id"] for frame in frames) == list(range(2, 2 + len(frames)))
         assert len(server.hub_pids) == 2  # Exactly one worker started the new hub.
+        # It took over the run of ids too, so a client can still resume from what it saw.
+        async with chat_client(server, f"/chat?since={clients[0].history['epoch']}:1") as late:
+            assert late.history["resumed"] is True
+            assert not [f for f in late.opening if f["type"] == "error"]
         await wait_gone(first_hub)
 
 

@@ -21,10 +21,12 @@ from trio_chat.protocol import (
     Limits,
     NoticeCode,
     ProtocolError,
+    Rename,
     encode_chat_body,
     error_frame,
     notice_frame,
     parse_chat_frame,
+    parse_connect_query,
     stamp_chat_frame,
     welcome_frame,
 )
@@ -374,3 +376,29 @@ def test_names_keep_emoji_sequences_with_joiners() -> None:
     family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
     chat = parse_chat_frame(json.dumps({"sender": family, "message": "hi"}), None, Limits())
     assert chat.sender == family
+
+
+def test_a_rename_frame_carries_a_checked_name() -> None:
+    frame = json.dumps({"type": "rename", "name": "  bob  "})
+    assert parse_chat_frame(frame, None, Limits()) == Rename(name="bob")
+    with pytest.raises(ProtocolError) as refused:
+        parse_chat_frame(json.dumps({"type": "rename", "name": "b" * 65}), None, Limits())
+    assert refused.value.code == ErrorCode.SENDER_TOO_LONG
+
+
+@pytest.mark.parametrize(
+    ("query", "since", "epoch", "errors"),
+    [
+        (b"since=12", 12, None, []),
+        (b"since=ab12cd34:12", 12, "ab12cd34", []),
+        (b"since=:12", 12, "", []),
+        (b"since=ab:x", None, None, ["invalid_resume"]),
+        (b"since=" + b"e" * 40 + b":1", None, None, ["invalid_resume"]),
+    ],
+)
+def test_since_may_name_its_epoch(
+    query: bytes, since: int | None, epoch: str | None, errors: list[str]
+) -> None:
+    request = parse_connect_query(query, Limits())
+    assert (request.since, request.since_epoch) == (since, epoch)
+    assert [error.code.value for error in request.errors] == errors

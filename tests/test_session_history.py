@@ -42,10 +42,12 @@ class GatedHub(LocalHub):
             def __getattr__(self, name: str) -> Any:
                 return getattr(self._link, name)
 
-            async def snapshot(self, since: int | None) -> Snapshot:
+            async def snapshot(
+                self, since: int | None, epoch: str | None, connection: int, name: str
+            ) -> Snapshot:
                 if hub.before_snapshot is not None:
                     await hub.before_snapshot.wait()
-                snapshot = await self._link.snapshot(since)
+                snapshot = await self._link.snapshot(since, epoch, connection, name)
                 if hub.after_snapshot is not None:
                     await hub.after_snapshot.wait()
                 return snapshot
@@ -253,3 +255,46 @@ async def test_presence_counts_drop_when_a_worker_stops() -> None:
                 # Worker two shuts down with eve still connected.
         frame = await presence(ann, lambda f: "eve" in f["left"])
         assert (frame["online"], frame["users"]) == (1, ["ann"])
+
+
+async def test_a_newcomer_is_in_the_first_presence_it_gets() -> None:
+    hub = LocalHub()
+    app = chat_app(hub)
+    async with running_worker(app) as state, open_chat(app, state, b"name=ann") as ann:
+        first = ann.opening[-1]
+        assert (first["online"], first["users"]) == (1, ["ann"])
+
+
+async def test_a_rename_frame_updates_presence_without_a_message() -> None:
+    hub = LocalHub()
+    app = chat_app(hub)
+    async with (
+        running_worker(app) as state,
+        open_chat(app, state, b"name=ann") as ann,
+        open_chat(app, state, b"name=bob") as bob,
+    ):
+        await bob.send_json({"type": "rename", "name": "robert"})
+        frame = await presence(ann, lambda f: bool(f["left"]))
+        assert (frame["joined"], frame["left"], frame["users"]) == (
+            ["robert"],
+            ["bob"],
+            ["ann", "robert"],
+        )
+        await assert_nothing_more(bob)
+
+
+async def test_a_resume_from_another_run_of_ids_is_refused_and_gets_fresh_history() -> None:
+    hub = LocalHub(history_size=3)
+    await published(hub, 5)
+    app = chat_app(hub)
+    async with running_worker(app) as state:
+        async with open_chat(app, state) as first:
+            epoch = first.history["epoch"]
+        query = f"since={epoch}:4".encode()
+        async with open_chat(app, state, query) as same_run:
+            assert texts(same_run.history["messages"]) == ["5"]
+        async with open_chat(app, state, b"since=0000ffff:4") as other_run:
+            assert [f["code"] for f in other_run.opening if f["type"] == "error"] == [
+                "invalid_resume"
+            ]
+            assert texts(other_run.history["messages"]) == ["3", "4", "5"]

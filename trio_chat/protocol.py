@@ -94,6 +94,13 @@ class ChatMessage:
     message: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rename:
+    """The client now goes by ``name`` (in presence); nothing is broadcast."""
+
+    name: str
+
+
 # Line breaks and tabs are fine in a message; other control characters are not (they only serve
 # to confuse terminals and logs). Names are a single line of printable text.
 _ALLOWED_CONTROLS_IN_MESSAGE = frozenset("\n\t")
@@ -104,7 +111,7 @@ _FORBIDDEN_IN_NAMES = frozenset("\u2028\u2029\u200e\u200f\u061c") | frozenset(
 )
 
 
-def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> ChatMessage:
+def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> ChatMessage | Rename:
     """Validate one client frame (the ``text`` or ``bytes`` of an ASGI ``websocket.receive``)."""
     if text is None:
         raise ProtocolError(
@@ -125,6 +132,10 @@ def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> Ch
             ErrorCode.NOT_AN_OBJECT, 'Send a JSON object: {"sender": ..., "message": ...}.'
         )
     kind = document.get("type", "message")
+    if kind == "rename":
+        name = _string_field(document, "name").strip()
+        _check_sender(name, limits)
+        return Rename(name=name)
     if kind != "message":
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown frame type {_clip(kind)}.")
     sender = _string_field(document, "sender").strip()
@@ -236,10 +247,14 @@ def notice_frame(code: NoticeCode, message: str, **extra: int) -> str:
     return _dumps({"type": "notice", "code": code.value, "message": message, **extra})
 
 
-def history_frame(messages: Sequence[str], *, resumed: bool) -> str:
-    """Message frames, already encoded, wrapped as one history frame without re-encoding."""
+def history_frame(messages: Sequence[str], *, resumed: bool, epoch: str) -> str:
+    """Message frames, already encoded, wrapped as one history frame without re-encoding.
+
+    ``epoch`` names the run of ids; a client resumes with ``since=<epoch>:<id>``.
+    """
     flag = "true" if resumed else "false"
-    return f'{{"type":"history","resumed":{flag},"messages":[{",".join(messages)}]}}'
+    head = f'{{"type":"history","resumed":{flag},"epoch":{json.dumps(epoch)}'
+    return f'{head},"messages":[{",".join(messages)}]}}'
 
 
 def presence_frame(
@@ -285,6 +300,8 @@ class ConnectRequest:
 
     name: str = ""
     since: int | None = None
+    #: The run of ids ``since`` belongs to, when the client said (``since=<epoch>:<id>``).
+    since_epoch: str | None = None
     errors: tuple[ProtocolError, ...] = ()
 
 
@@ -302,14 +319,15 @@ def parse_connect_query(query_string: bytes, limits: Limits) -> ConnectRequest:
         except ProtocolError as error:
             errors.append(ProtocolError(ErrorCode.INVALID_NAME, error.message))
             name = ""
-    since = None
+    since, since_epoch = None, None
     raw_since = fields.get("since", [""])[-1]
     if raw_since:
-        if raw_since.isascii() and raw_since.isdigit() and len(raw_since) <= 18:
-            since = int(raw_since)
+        epoch, _, raw_id = raw_since.rpartition(":")
+        if raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18 and len(epoch) <= 32:
+            since, since_epoch = int(raw_id), epoch if ":" in raw_since else None
         else:
             errors.append(invalid_resume_error())
-    return ConnectRequest(name=name, since=since, errors=tuple(errors))
+    return ConnectRequest(name=name, since=since, since_epoch=since_epoch, errors=tuple(errors))
 
 
 def invalid_resume_error() -> ProtocolError:

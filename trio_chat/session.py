@@ -26,6 +26,7 @@ from .protocol import (
     ErrorCode,
     NoticeCode,
     ProtocolError,
+    Rename,
     encode_chat_body,
     error_frame,
     history_frame,
@@ -135,7 +136,6 @@ class Session:
                 # Subscribed first, so that nothing published from here on can be missed; the
                 # writer then skips what the snapshot already covers.
                 with self._room.subscribe(on_evict=self._on_evict) as subscriber:
-                    self._link.present(self._id, self._name)
                     opening, snapshot = await self._opening()
                     nursery.start_soon(self._write, subscriber, opening, snapshot)
                     code = await self._read(subscriber)
@@ -171,7 +171,11 @@ class Session:
         frames.extend(error_frame(error.code, error.message) for error in self._request.errors)
         since = self._request.since
         try:
-            snapshot = await self._link.snapshot(since)
+            # Joining presence and taking the snapshot are one hub call: the client is in the
+            # presence it is sent.
+            snapshot = await self._link.snapshot(
+                since, self._request.since_epoch, self._id, self._name
+            )
         except HubUnavailable:
             frames.append(
                 error_frame(
@@ -193,7 +197,7 @@ class Session:
                     first_available=snapshot.first_available,
                 )
             )
-        frames.append(history_frame(snapshot.messages, resumed=resumed))
+        frames.append(history_frame(snapshot.messages, resumed=resumed, epoch=snapshot.epoch))
         frames.append(snapshot.presence)
         return frames, snapshot
 
@@ -222,9 +226,10 @@ class Session:
             except ProtocolError as error:
                 self._reject(subscriber, error.code, error.message)
                 continue
-            if chat.sender != self._name:  # Sending under another name is a rename.
-                self._name = chat.sender
-                self._link.present(self._id, self._name)
+            if isinstance(chat, Rename):
+                self._rename(chat.name)
+                continue
+            self._rename(chat.sender)  # Sending under another name is a rename too.
             try:
                 await self._link.publish(encode_chat_body(chat))
             except HubUnavailable:
@@ -234,6 +239,11 @@ class Session:
                     "Your message was not sent: the server cannot reach the other workers "
                     "right now. Try again in a moment.",
                 )
+
+    def _rename(self, name: str) -> None:
+        if name != self._name:
+            self._name = name
+            self._link.present(self._id, name)
 
     def _reject(self, subscriber: Subscriber, code: ErrorCode, message: str) -> None:
         log_event("client_error", conn=self._id, code=code.value)

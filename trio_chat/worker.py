@@ -77,7 +77,9 @@ class _NotJoined:
     async def publish(self, body: str) -> None:
         raise HubUnavailable("this worker has not joined its hub")
 
-    async def snapshot(self, since: int | None) -> Snapshot:
+    async def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
         raise HubUnavailable("this worker has not joined its hub")
 
     def present(self, connection: int, name: str) -> None:

@@ -89,8 +89,10 @@ class ManagerHub:
         self._presence_changes: dict[int, str | None] = {}
         self._threads = trio.CapacityLimiter(HUB_THREADS)
         self._fetch_batch = max(1, min(MAX_BATCH, settings.subscriber_buffer // 4))
-        #: The highest message id delivered: a new hub goes on from it (``HubCore.join``).
+        #: The highest message id delivered, and the hub's epoch: a new hub goes on from them
+        #: (``HubCore.join``).
         self._last_id = 0
+        self._epoch = ""
 
     @property
     def connected(self) -> bool:
@@ -141,14 +143,22 @@ class ManagerHub:
         if not pending.published:
             raise HubUnavailable("the hub is unreachable right now")
 
-    async def snapshot(self, since: int | None) -> Snapshot:
+    async def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
+        # Recorded here first: if the call fails, the next join carries it.
+        self._presence[connection] = name
         client = self._client
         if client is None:
             raise HubUnavailable("the hub is unreachable right now")
         try:
-            return await self._in_thread(client.snapshot, since)
+            snapshot: Snapshot = await self._in_thread(
+                client.snapshot, since, epoch, self._mailbox_id, {connection: name}
+            )
         except HUB_ERRORS as error:
             raise HubUnavailable("the hub is unreachable right now") from error
+        self._epoch = snapshot.epoch
+        return snapshot
 
     def present(self, connection: int, name: str) -> None:
         self._presence[connection] = name
@@ -170,11 +180,11 @@ class ManagerHub:
         # Whatever changed before this join is in the snapshot the join sends.
         self._presence_changes.clear()
         presence = dict(self._presence)
-        last_id = self._last_id
+        last_id, epoch = self._last_id, self._epoch
 
         def connect_and_join() -> tuple[HubClient, str]:
             client = connect_or_start(endpoint, *sizes)
-            return client, client.join(self._label, presence, last_id)
+            return client, client.join(self._label, presence, last_id, epoch)
 
         # Abandoned if cancelled (e.g. a shutdown while a hub is being started): a mailbox it
         # may still open is dropped by the hub when its lease runs out.

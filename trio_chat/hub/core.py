@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import itertools
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +52,10 @@ class Snapshot:
     #: The presence frame as of now, and its version: older presence frames are in the past.
     presence: str
     presence_version: int
-    #: False when ``since`` was ahead of ``last_id`` (the messages are then the whole history).
+    #: Which run of ids this hub's are (it changes when a new server starts from scratch).
+    epoch: str = ""
+    #: False when ``since`` was ahead of ``last_id`` or from another epoch (the messages are
+    #: then the whole history).
     since_valid: bool = True
 
 
@@ -108,16 +112,28 @@ class HubCore:
         self._mailbox_ids = itertools.count(1)
         self._mailbox_size = mailbox_size
         self._monotonic = monotonic
+        #: Names this hub's run of ids; a hub that replaces a dead one takes over its epoch.
+        self.epoch = secrets.token_hex(4)
         self._evicted = 0
         self._expired = 0
 
-    def join(self, label: str, presence: Mapping[int, str] | None = None, last_id: int = 0) -> str:
+    def join(
+        self,
+        label: str,
+        presence: Mapping[int, str] | None = None,
+        last_id: int = 0,
+        epoch: str = "",
+    ) -> str:
         """Open a mailbox for a worker and take its current connections into presence.
 
-        ``last_id``: the highest id the worker has seen. A hub started after another one died
-        goes on from there, so ids keep growing and clients' ``since`` keep their meaning.
+        ``last_id`` and ``epoch``: the highest id the worker has seen, and the run of ids it
+        was part of. A hub started after another one died goes on from there (taking over the
+        epoch, if nothing was published here yet), so ids keep growing and clients' ``since``
+        keeps its meaning.
         """
         with self._lock:
+            if epoch and self._sequencer.last_id == 0:
+                self.epoch = epoch
             self._sequencer.continue_after(last_id)
             mailbox_id = f"m{next(self._mailbox_ids)}"
             self._mailboxes[mailbox_id] = _Mailbox(label, self._lock, self._monotonic())
@@ -155,11 +171,24 @@ class HubCore:
         """Publish from outside any worker (tools and tests)."""
         return self.update("", bodies)
 
-    def snapshot(self, since: int | None) -> Snapshot:
-        """History for a joining client: after ``since``, or all that is kept."""
+    def snapshot(
+        self,
+        since: int | None,
+        epoch: str | None = None,
+        mailbox_id: str = "",
+        presence: Mapping[int, str] | None = None,
+    ) -> Snapshot:
+        """History for a joining client: after ``since``, or all that is kept.
+
+        ``presence``: the joining client's connection and name, taken into presence first (in
+        the same call, so that the client is in the presence it is sent).
+        """
         with self._lock:
+            if presence and mailbox_id in self._mailboxes:
+                self._presence.apply(mailbox_id, presence)
+                self._presence_changed()
             last_id = self._sequencer.last_id
-            since_valid = since is None or since <= last_id
+            since_valid = since is None or (since <= last_id and epoch in (None, self.epoch))
             after = since if since is not None and since_valid else 0
             messages = [frame for message_id, frame in self._history if message_id > after]
             state = self._presence.current()
@@ -169,6 +198,7 @@ class HubCore:
                 first_available=self._history[0][0] if self._history else last_id + 1,
                 presence=state.frame(),
                 presence_version=state.version,
+                epoch=self.epoch,
                 since_valid=since_valid,
             )
 
@@ -231,6 +261,7 @@ class HubCore:
             state = self._presence.current()
             return {
                 "pid": os.getpid(),
+                "epoch": self.epoch,
                 "last_id": self._sequencer.last_id,
                 "history": len(self._history),
                 "online": state.online,

@@ -46,8 +46,11 @@ class HubLink(Protocol):
         Raises ``HubUnavailable`` when the link is down.
         """
 
-    async def snapshot(self, since: int | None) -> Snapshot:
-        """History and presence for a joining client; raises ``HubUnavailable``."""
+    async def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
+        """A client joins: it is online under ``name`` ("" for none) from now on, and gets
+        history and presence (itself included); raises ``HubUnavailable``."""
 
     def present(self, connection: int, name: str) -> None:
         """This worker's connection is online under ``name`` ("" for no name); never blocks."""

@@ -72,10 +72,14 @@ class _LocalLink:
         self._hub.core.update(self._mailbox_id, [body])
         self._hub.deliver_all()
 
-    async def snapshot(self, since: int | None) -> Snapshot:
+    async def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
         await trio.lowlevel.checkpoint()
         self._check_connected()
-        return self._hub.core.snapshot(since)
+        snapshot = self._hub.core.snapshot(since, epoch, self._mailbox_id, {connection: name})
+        self._hub.deliver_all()
+        return snapshot
 
     def present(self, connection: int, name: str) -> None:
         self._change_presence(connection, name)

@@ -48,8 +48,14 @@ class HubClient:
         BaseProxy._address_to_local.pop(address, None)
         self._hub: Any = getattr(manager, HUB_TYPEID)()
 
-    def join(self, label: str, presence: Mapping[int, str] | None = None, last_id: int = 0) -> str:
-        return cast(str, self._hub.join(label, dict(presence or {}), last_id))
+    def join(
+        self,
+        label: str,
+        presence: Mapping[int, str] | None = None,
+        last_id: int = 0,
+        epoch: str = "",
+    ) -> str:
+        return cast(str, self._hub.join(label, dict(presence or {}), last_id, epoch))
 
     def leave(self, mailbox_id: str) -> None:
         self._hub.leave(mailbox_id)
@@ -62,8 +68,14 @@ class HubClient:
     def publish(self, bodies: Sequence[str]) -> int:
         return cast(int, self._hub.publish(list(bodies)))
 
-    def snapshot(self, since: int | None) -> Snapshot:
-        return cast(Snapshot, self._hub.snapshot(since))
+    def snapshot(
+        self,
+        since: int | None,
+        epoch: str | None = None,
+        mailbox_id: str = "",
+        presence: Mapping[int, str] | None = None,
+    ) -> Snapshot:
+        return cast(Snapshot, self._hub.snapshot(since, epoch, mailbox_id, dict(presence or {})))
 
     def fetch(self, mailbox_id: str, max_frames: int) -> list[str] | None:
         return cast("list[str] | None", self._hub.fetch(mailbox_id, max_frames))

@@ -80,6 +80,7 @@ class PresenceBook:
                 del self._names[name]
 
     def current(self) -> PresenceState:
+        """The state now; its version is that of the last frame published (``publish``)."""
         return PresenceState(self._version, self._online, tuple(sorted(self._names)))
 
     def publish(self) -> str:
