@@ -35,12 +35,14 @@ LIMITS = Limits()
 
 
 def parse(text: str, limits: Limits = LIMITS) -> ChatMessage:
-    return parse_chat_frame(text, None, limits)
+    parsed = parse_chat_frame(text, None, limits)
+    assert isinstance(parsed, ChatMessage)
+    return parsed
 
 
 def parse_or_error(
     text: str | None, data: bytes | None = None, limits: Limits = LIMITS
-) -> ChatMessage | ProtocolError:
+) -> ChatMessage | Rename | ProtocolError:
     """What parsing gives: the message, or the error it raised (any other exception escapes)."""
     try:
         return parse_chat_frame(text, data, limits)
@@ -374,8 +376,7 @@ def test_names_cannot_hide_line_breaks_or_reorder_text(name: str) -> None:
 
 def test_names_keep_emoji_sequences_with_joiners() -> None:
     family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
-    chat = parse_chat_frame(json.dumps({"sender": family, "message": "hi"}), None, Limits())
-    assert chat.sender == family
+    assert parse(json.dumps({"sender": family, "message": "hi"})).sender == family
 
 
 def test_a_rename_frame_carries_a_checked_name() -> None:
