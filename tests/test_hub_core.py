@@ -218,3 +218,13 @@ def test_fetch_returns_empty_after_its_heartbeat_timeout() -> None:
     mailbox = core.join("w")
     core.fetch_nowait(mailbox, 100)
     assert core.fetch(mailbox, 100, timeout=0.01) == []
+
+
+def test_a_new_hub_takes_over_the_epoch_and_ids_of_the_workers_until_it_publishes() -> None:
+    core = HubCore(history_size=10, mailbox_size=100)
+    core.join("worker without clients", last_id=7)  # It never learned the epoch.
+    core.join("worker with clients", last_id=7, epoch="old-run")
+    assert core.current_epoch() == "old-run"
+    assert core.publish([body("next")]) == 8
+    core.join("late worker", last_id=3, epoch="another-run")
+    assert core.current_epoch() == "old-run"  # Published here already: the run is this one.

@@ -157,7 +157,6 @@ class ManagerHub:
             )
         except HUB_ERRORS as error:
             raise HubUnavailable("the hub is unreachable right now") from error
-        self._epoch = snapshot.epoch
         return snapshot
 
     def present(self, connection: int, name: str) -> None:
@@ -182,13 +181,17 @@ class ManagerHub:
         presence = dict(self._presence)
         last_id, epoch = self._last_id, self._epoch
 
-        def connect_and_join() -> tuple[HubClient, str]:
+        def connect_and_join() -> tuple[HubClient, str, str]:
             client = connect_or_start(endpoint, *sizes)
-            return client, client.join(self._label, presence, last_id, epoch)
+            mailbox_id = client.join(self._label, presence, last_id, epoch)
+            return client, mailbox_id, client.current_epoch()
 
         # Abandoned if cancelled (e.g. a shutdown while a hub is being started): a mailbox it
         # may still open is dropped by the hub when its lease runs out.
-        return await self._in_thread(connect_and_join, abandon_on_cancel=True)
+        client, mailbox_id, self._epoch = await self._in_thread(
+            connect_and_join, abandon_on_cancel=True
+        )
+        return client, mailbox_id
 
     async def _rejoin(self) -> tuple[HubClient, str]:
         logger.warning("event=hub_down hub=%s", self.endpoint.describe())

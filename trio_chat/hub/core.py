@@ -114,6 +114,7 @@ class HubCore:
         self._monotonic = monotonic
         #: Names this hub's run of ids; a hub that replaces a dead one takes over its epoch.
         self.epoch = secrets.token_hex(4)
+        self._published = False
         self._evicted = 0
         self._expired = 0
 
@@ -132,7 +133,7 @@ class HubCore:
         keeps its meaning.
         """
         with self._lock:
-            if epoch and self._sequencer.last_id == 0:
+            if epoch and not self._published:
                 self.epoch = epoch
             self._sequencer.continue_after(last_id)
             mailbox_id = f"m{next(self._mailbox_ids)}"
@@ -140,6 +141,10 @@ class HubCore:
             self._presence.replace_worker(mailbox_id, presence or {})
             self._presence_changed()
             return mailbox_id
+
+    def current_epoch(self) -> str:
+        with self._lock:
+            return self.epoch
 
     def leave(self, mailbox_id: str) -> None:
         """Remove a mailbox and its connections; a ``fetch`` blocked on it returns ``None``."""
@@ -159,6 +164,7 @@ class HubCore:
         """
         with self._lock:
             if bodies:
+                self._published = True
                 stamped = self._sequencer.stamp(bodies)
                 self._history.extend(stamped)
                 self._broadcast([frame for _, frame in stamped])

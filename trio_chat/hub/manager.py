@@ -16,7 +16,16 @@ from .address import Address
 from .core import Snapshot
 
 HUB_TYPEID = "hub"
-EXPOSED = ("join", "leave", "update", "publish", "snapshot", "fetch", "statistics")
+EXPOSED = (
+    "join",
+    "current_epoch",
+    "leave",
+    "update",
+    "publish",
+    "snapshot",
+    "fetch",
+    "statistics",
+)
 
 #: What a broken or absent hub raises in a client: refused or reset sockets, EOF mid-call, a
 #: failed authentication, and a call that reached a restarted hub that does not know the proxy.
@@ -56,6 +65,9 @@ class HubClient:
         epoch: str = "",
     ) -> str:
         return cast(str, self._hub.join(label, dict(presence or {}), last_id, epoch))
+
+    def current_epoch(self) -> str:
+        return cast(str, self._hub.current_epoch())
 
     def leave(self, mailbox_id: str) -> None:
         self._hub.leave(mailbox_id)
