@@ -27,6 +27,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import LocalProtocolError
 
 RECEIVE_TIMEOUT_SECONDS = 10.0
 RECEIVE_BYTES = 65536
@@ -159,6 +160,8 @@ class WebSocketClient:
         try:
             async with self._send_lock:
                 await self._stream.send_all(self._ws.send(event))
+        except LocalProtocolError:  # Closed already (another task read the close frame).
+            raise ConnectionClosed(self.close_code or 1006) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.close_code = self.close_code or 1006
             raise ConnectionClosed(self.close_code) from None

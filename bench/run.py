@@ -1,0 +1,672 @@
+"""Run the whole benchmark: trio_chat against the baseline, side by side, and write the table.
+
+    python bench/run.py                      # every scenario, 3 runs each, about 15 minutes
+    python bench/run.py --scenario fanout    # one scenario (fanout, sweep, batch, scale)
+    python bench/run.py --quick              # short durations: checks that everything works
+    python bench/run.py --runs 5             # medians of 5 runs
+
+Each scenario runs trio_chat (``hypercorn -c hypercorn.toml trio_chat:app``: 4 Trio workers and
+the hub) and the baseline (``hypercorn -k trio -w 1 bench/baseline.py:app``) on free loopback
+ports, and measures them in turn, alternating which goes first, N times. Every figure is the
+median of the N runs; every ratio is the median of the N ratios measured in the same run.
+Servers are started in their own process group and always stopped (with the hub, which lives
+in a session of its own); a server that did not hold a measurement is restarted before the
+next one. Results go to bench/results.md (and the raw figures to bench/results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402
+
+SERVER_START_TIMEOUT_SECONDS = 60.0
+SERVER_STOP_TIMEOUT_SECONDS = 10.0
+#: Before a measurement, wait (at most this long) for the server to go quiet.
+SETTLE_TIMEOUT_SECONDS = 15.0
+SETTLE_CPU_FRACTION = 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    workers: int
+    args: tuple[str, ...]
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "hypercorn", *self.args, "-b", f"127.0.0.1:{port}"]
+
+
+TRIO_CHAT = ServerSpec("trio_chat", 4, ("-c", str(ROOT / "hypercorn.toml"), "trio_chat:app"))
+BASELINE = ServerSpec(
+    "baseline",
+    1,
+    ("-k", "trio", "-w", "1", "--backlog", "2048", str(BENCH / "baseline.py") + ":app"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Server:
+    """A running server: its port, its master's pid, its log."""
+
+    def __init__(self, spec: ServerSpec, log_dir: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.log_path = log_dir / f"{spec.name}-{self.port}.log"
+        environment = {**os.environ, "TRIO_CHAT_RATE": "0"}
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                spec.command(self.port),
+                cwd=ROOT,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid = self.process.pid
+        self._tree: list[psutil.Process] = []
+
+    def wait_ready(self) -> None:
+        """Until every worker says it is running (after its lifespan startup: hub joined)."""
+        marker = f"Running on http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited at startup:\n{self.log_tail()}")
+            if self.log_path.read_text(errors="replace").count(marker) >= self.spec.workers:
+                self._tree = loadgen.server_tree(self.pid)
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.spec.name} did not start in time:\n{self.log_tail()}")
+
+    def settle(self) -> None:
+        """Wait for the server to go quiet (the previous measurement's backlog drained)."""
+        loadgen.wait_quiet(self.pid, SETTLE_TIMEOUT_SECONDS, SETTLE_CPU_FRACTION)
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        tree = self._tree or _safe_tree(self.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.process.wait(SERVER_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait()
+        # The hub has a session of its own; it ends with the master, or here.
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+
+def _safe_tree(pid: int) -> list[psutil.Process]:
+    try:
+        return loadgen.server_tree(pid)
+    except psutil.Error:
+        return []
+
+
+class Servers:
+    """Both servers of a scenario; restarts one on demand."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.running: dict[str, Server] = {}
+
+    def get(self, spec: ServerSpec) -> Server:
+        server = self.running.get(spec.name)
+        if server is None or server.process.poll() is not None:
+            if server is not None:
+                server.stop()
+            server = Server(spec, self.log_dir)
+            self.running[spec.name] = server
+            try:
+                server.wait_ready()
+            except BaseException:
+                server.stop()
+                del self.running[spec.name]
+                raise
+        server.settle()
+        return server
+
+    def restart(self, spec: ServerSpec) -> None:
+        server = self.running.pop(spec.name, None)
+        if server is not None:
+            server.stop()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.running.pop(name).stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    kind: str  # "load" (one measurement) or "sweep"
+    load: dict[str, Any]
+    quick: dict[str, Any]
+    start_rate: float = 0.0
+
+
+SCENARIOS = {
+    "fanout": Scenario(
+        "fanout",
+        "(a) fan-out: 200 clients, 10 senders, 100 msg/s in total, 10 s",
+        "load",
+        dict(clients=200, senders=10, rate=100.0, duration=10.0, drain=5.0, procs=2),
+        dict(duration=3.0, drain=3.0),
+    ),
+    "sweep": Scenario(
+        "sweep",
+        "(b) sweep: 100 clients, 10 senders, rate x1.5 until loss or p99 > 250 ms",
+        "sweep",
+        dict(clients=100, senders=10, duration=4.0, drain=3.0, procs=2),
+        dict(duration=2.0, drain=2.0),
+        start_rate=20.0,
+    ),
+    "batch": Scenario(
+        "batch",
+        f"(c) batch sweep: as (b), clients ask for {loadgen.BATCH_SUBPROTOCOL}",
+        "sweep",
+        dict(clients=100, senders=10, duration=4.0, drain=3.0, procs=2, batch=True),
+        dict(duration=2.0, drain=2.0),
+        start_rate=20.0,
+    ),
+    "scale": Scenario(
+        "scale",
+        "(d) scale: 10,000 connections, 1 sender, 1 msg/s for 10 s",
+        "load",
+        dict(
+            clients=10_000,
+            senders=1,
+            rate=1.0,
+            duration=10.0,
+            drain=5.0,
+            procs=2,
+            connect_concurrency=500,
+            connect_timeout=60.0,
+        ),
+        dict(clients=2_000, duration=3.0, connect_timeout=30.0),
+    ),
+}
+SWEEP_FACTOR = 1.5
+SWEEP_MAX_STEPS = 25
+#: Later runs of a sweep start this many x1.5 steps below the previous run's best rate.
+SWEEP_RESTART_STEPS = 3
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+
+
+def measure_load(servers: Servers, spec: ServerSpec, config_args: dict[str, Any]) -> dict[str, Any]:
+    server = servers.get(spec)
+    config = loadgen.LoadConfig(port=server.port, server_pid=server.pid, **config_args)
+    result = loadgen.run(config)
+    log(f"  {spec.name:9}: " + loadgen.one_line(result))
+    if not result["complete"]:
+        servers.restart(spec)  # not in a known state: it may still be working off a backlog
+    return result
+
+
+def measure_sweeps(
+    servers: Servers,
+    order: tuple[ServerSpec, ...],
+    config_args: dict[str, Any],
+    start_rate: float,
+    floor: float,
+) -> dict[str, dict[str, Any]]:
+    """Sweep both servers in step: each rate is measured on one server, then at once on the
+    other (alternating which goes first), so both see the same minute of a noisy machine."""
+    log(f"  both: sweep from {start_rate:.1f} msg/s")
+    sweeps = {spec.name: loadgen.Sweep(start_rate, SWEEP_FACTOR, floor) for spec in order}
+    for step in range(SWEEP_MAX_STEPS):
+        active = [spec for spec in order if not sweeps[spec.name].done]
+        if not active:
+            break
+        for spec in active if step % 2 == 0 else reversed(active):
+            state = sweeps[spec.name]
+            server = servers.get(spec)
+            config = loadgen.LoadConfig(
+                port=server.port, server_pid=server.pid, rate=state.rate, **config_args
+            )
+            result = loadgen.run(config)
+            log(f"    {spec.name:9} {state.rate:9.1f} msg/s: " + loadgen.one_line(result))
+            state.record(result)
+            if not result["held"]:
+                servers.restart(spec)  # overloaded: start afresh for whatever comes next
+    outcomes = {}
+    for spec in order:
+        outcome = sweeps[spec.name].outcome()
+        best = outcome["best"]
+        log(
+            f"  {spec.name:9}: highest rate that held: "
+            + (f"{best['offered_deliveries_per_second']:,.0f} deliveries/s" if best else "none")
+        )
+        outcomes[spec.name] = outcome
+    return outcomes
+
+
+def run_scenario(
+    scenario: Scenario, runs: int, quick: bool, procs: int | None, log_dir: Path
+) -> dict[str, list[Any]]:
+    config_args = dict(scenario.load)
+    if quick:
+        config_args.update(scenario.quick)
+    if procs:
+        config_args["procs"] = procs
+    log(f"\n{scenario.title}" + (" [quick]" if quick else ""))
+    results: dict[str, list[Any]] = {TRIO_CHAT.name: [], BASELINE.name: []}
+    servers = Servers(log_dir)
+    next_start = scenario.start_rate
+    try:
+        for run in range(runs):
+            log(f" run {run + 1}/{runs}")
+            order = (TRIO_CHAT, BASELINE) if run % 2 == 0 else (BASELINE, TRIO_CHAT)
+            if scenario.kind == "load":
+                for spec in order:
+                    results[spec.name].append(measure_load(servers, spec, config_args))
+                continue
+            outcomes = measure_sweeps(servers, order, config_args, next_start, scenario.start_rate)
+            for name, outcome in outcomes.items():
+                results[name].append(outcome)
+            # The next run starts a few steps below the slower server's result (on the grid).
+            bests = [o["best"]["config"]["rate"] for o in outcomes.values() if o["best"]]
+            if len(bests) == len(outcomes):
+                next_start = max(
+                    scenario.start_rate, min(bests) / SWEEP_FACTOR**SWEEP_RESTART_STEPS
+                )
+    finally:
+        servers.stop_all()
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    label: str
+    get: Callable[[Any], float | None]
+    fmt: str = "{:,.1f}"
+    target: str = ""
+    #: Checks the target from (trio_chat median, ratio median): True, False, or None (no target).
+    check: Callable[[float, float], bool] | None = None
+    show_ratio: bool = True
+
+
+def _latency(name: str) -> Callable[[dict[str, Any]], float]:
+    return lambda r: r["latency_ms"][name]
+
+
+def _best(
+    get: Callable[[dict[str, Any]], float | None],
+) -> Callable[[dict[str, Any]], float | None]:
+    """A figure of a sweep's best step (none if even the first step failed)."""
+    return lambda outcome: get(outcome["best"]) if outcome["best"] else math.nan
+
+
+LOAD_FIGURES = {
+    "fanout": [
+        Figure(
+            "server CPU per delivery (µs)",
+            lambda r: r["server_cpu_us_per_delivery"],
+            "{:.2f}",
+            "≤ 1.25 x baseline",
+            lambda v, q: q <= 1.25,
+        ),
+        Figure("latency p50 (ms)", _latency("p50"), "{:.1f}"),
+        Figure("latency p90 (ms)", _latency("p90"), "{:.1f}"),
+        Figure("latency p99 (ms)", _latency("p99"), "{:.1f}", "≤ 25 ms", lambda v, q: v <= 25),
+        Figure("latency max (ms)", _latency("max"), "{:.1f}"),
+        Figure(
+            "loss (deliveries)", lambda r: r["loss"], "{:,.0f}", "0", lambda v, q: v == 0, False
+        ),
+        Figure("duplicates", lambda r: r["duplicates"], "{:,.0f}", "0", lambda v, q: v == 0, False),
+        Figure(
+            "one identical order (runs)",
+            lambda r: float(r["order_ok"]),
+            "{:.0%}",
+            "100%",
+            lambda v, q: v == 1,
+            False,
+        ),
+        Figure("deliveries/s", lambda r: r["deliveries_per_second"], "{:,.0f}"),
+        Figure(
+            "load generator CPU per delivery (µs)",
+            lambda r: r["loadgen_cpu_us_per_delivery"],
+            "{:.2f}",
+            show_ratio=False,
+        ),
+        Figure(
+            "other processes on the machine (cores)",
+            lambda r: r["other_cpu_cores"],
+            "{:.2f}",
+            show_ratio=False,
+        ),
+        Figure(
+            "interrupt handling, loopback TCP included (cores)",
+            lambda r: r["irq_cpu_cores"],
+            "{:.2f}",
+            show_ratio=False,
+        ),
+        Figure(
+            "stolen by the hypervisor (cores)",
+            lambda r: r["steal_cpu_cores"],
+            "{:.2f}",
+            show_ratio=False,
+        ),
+    ],
+    "scale": [
+        Figure("connections", lambda r: r["clients_connected"], "{:,.0f}"),
+        Figure(
+            "every client connected (runs)",
+            lambda r: float(r["clients_connected"] == r["config"]["clients"]),
+            "{:.0%}",
+            "100%",
+            lambda v, q: v == 1,
+            False,
+        ),
+        Figure("connect rate (connections/s)", lambda r: r["connect_rate"], "{:,.0f}"),
+        Figure("latency p50 (ms)", _latency("p50"), "{:.1f}"),
+        Figure("latency p99 (ms)", _latency("p99"), "{:.1f}", "≤ 500 ms", lambda v, q: v <= 500),
+        Figure(
+            "loss (deliveries)", lambda r: r["loss"], "{:,.0f}", "0", lambda v, q: v == 0, False
+        ),
+        Figure(
+            "one identical order (runs)",
+            lambda r: float(r["order_ok"]),
+            "{:.0%}",
+            "100%",
+            lambda v, q: v == 1,
+            False,
+        ),
+        Figure(
+            "memory per connection (KiB, total RSS / connections)",
+            lambda r: (r["rss_per_connection"] or math.nan) / 1024,
+            "{:.1f}",
+        ),
+        Figure(
+            "memory per connection above idle (KiB)",
+            lambda r: (r["rss_delta_per_connection"] or math.nan) / 1024,
+            "{:.1f}",
+        ),
+        Figure("server CPU per delivery (µs)", lambda r: r["server_cpu_us_per_delivery"], "{:.2f}"),
+        Figure(
+            "other processes on the machine (cores)",
+            lambda r: r["other_cpu_cores"],
+            "{:.2f}",
+            show_ratio=False,
+        ),
+        Figure(
+            "interrupt handling, loopback TCP included (cores)",
+            lambda r: r["irq_cpu_cores"],
+            "{:.2f}",
+            show_ratio=False,
+        ),
+        Figure(
+            "stolen by the hypervisor (cores)",
+            lambda r: r["steal_cpu_cores"],
+            "{:.2f}",
+            show_ratio=False,
+        ),
+    ],
+}
+
+
+def sweep_figures(batch: bool) -> list[Figure]:
+    held = Figure(
+        "highest rate that held (deliveries/s)",
+        lambda o: o["best"]["offered_deliveries_per_second"] if o["best"] else 0.0,
+        "{:,.0f}",
+        "≥ 500,000 and ≥ 0.8 x baseline" if batch else "≥ 1.6 x baseline",
+        (lambda v, q: v >= 500_000 and q >= 0.8) if batch else (lambda v, q: q >= 1.6),
+    )
+    return [
+        held,
+        Figure(
+            "  measured deliveries/s at that rate",
+            _best(lambda r: r["deliveries_per_second"]),
+            "{:,.0f}",
+        ),
+        Figure("  latency p99 at that rate (ms)", _best(_latency("p99")), "{:.1f}"),
+        Figure(
+            "  server CPU per delivery at that rate (µs)",
+            _best(lambda r: r["server_cpu_us_per_delivery"]),
+            "{:.2f}",
+        ),
+        Figure(
+            "  load generator CPU per delivery (µs)",
+            _best(lambda r: r["loadgen_cpu_us_per_delivery"]),
+            "{:.2f}",
+            show_ratio=False,
+        ),
+        Figure(
+            "  messages per frame at that rate",
+            _best(lambda r: r["messages_per_frame"]),
+            "{:.1f}",
+        ),
+        Figure(
+            "  clients that got the batch subprotocol",
+            _best(lambda r: r["batch_selected"]),
+            "{:,.0f}",
+            show_ratio=False,
+        ),
+        Figure(
+            "  other processes on the machine (cores)",
+            _best(lambda r: r["other_cpu_cores"]),
+            "{:.2f}",
+            show_ratio=False,
+        ),
+    ]
+
+
+def figures_for(name: str) -> list[Figure]:
+    if name in LOAD_FIGURES:
+        return LOAD_FIGURES[name]
+    return sweep_figures(batch=name == "batch")
+
+
+def _median(values: Sequence[float | None]) -> float:
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(clean) if clean else math.nan
+
+
+def _fmt(fmt: str, value: float) -> str:
+    return "-" if value is None or math.isnan(value) else fmt.format(value)
+
+
+def table(name: str, results: dict[str, list[Any]]) -> list[str]:
+    ours, base = results[TRIO_CHAT.name], results[BASELINE.name]
+    lines = [
+        "| figure | trio_chat -w 4 | baseline -w 1 | ratio | target | met |",
+        "| --- | ---: | ---: | ---: | --- | :-: |",
+    ]
+    for figure in figures_for(name):
+        a = [figure.get(r) for r in ours]
+        b = [figure.get(r) for r in base]
+        ratios = [
+            x / y
+            for x, y in zip(a, b, strict=True)
+            if x is not None and y is not None and not math.isnan(x) and not math.isnan(y) and y
+        ]
+        med_a, med_b = _median(a), _median(b)
+        ratio = _median(ratios) if ratios else math.nan
+        met = ""
+        if figure.check and not math.isnan(med_a):
+            met = "yes" if figure.check(med_a, ratio) else "**no**"
+        ratio_text = _fmt("{:.2f}", ratio) if figure.show_ratio else ""
+        lines.append(
+            f"| {figure.label} | {_fmt(figure.fmt, med_a)} | {_fmt(figure.fmt, med_b)} | "
+            f"{ratio_text} | {figure.target} | {met} |"
+        )
+    return lines
+
+
+def per_run_lines(name: str, results: dict[str, list[Any]]) -> list[str]:
+    lines = []
+    for server, runs in results.items():
+        for i, result in enumerate(runs, 1):
+            if isinstance(result, dict) and "steps" in result:
+                steps = ", ".join(
+                    f"{s['offered_deliveries_per_second']:,.0f}"
+                    + (
+                        ""
+                        if s["held"]
+                        else f" ✗ ({', '.join(loadgen.failures(s))}; "
+                        f"p99 {s['latency_ms']['p99']:.0f} ms)"
+                    )
+                    for s in result["steps"]
+                )
+                lines.append(f"- {server} run {i}: deliveries/s offered: {steps}")
+            else:
+                lines.append(f"- {server} run {i}: {loadgen.one_line(result)}")
+    return lines
+
+
+def machine() -> dict[str, str]:
+    model = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "CPU": model,
+        "cores": str(os.cpu_count()),
+        "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "OS": f"{platform.system()} {platform.release()}",
+        "Python": platform.python_version(),
+        "Hypercorn": version("hypercorn"),
+        "Trio": version("trio"),
+        "wsproto": version("wsproto"),
+        "h11": version("h11"),
+        "load generator loop": "uvloop " + version("uvloop")
+        if version("uvloop") != "not installed"
+        else "asyncio",
+        "commit": commit or "?",
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def write_results(
+    path: Path,
+    all_results: dict[str, dict[str, list[Any]]],
+    args: argparse.Namespace,
+    elapsed: float,
+) -> None:
+    info = machine()
+    lines = [
+        "# trio_chat benchmark results",
+        "",
+        f"`python bench/run.py {' '.join(sys.argv[1:])}`: medians of {args.runs} runs; "
+        "each ratio is trio_chat / baseline, the median of the ratios measured side by side in "
+        f"the same run. Took {elapsed / 60:.1f} minutes.",
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        "",
+        "The load generator runs on the same machine and shares its cores; its own CPU and "
+        "what other processes used meanwhile are shown, because on a shared machine they move "
+        "the absolute figures. See bench/README.md for what each figure means.",
+    ]
+    for name, results in all_results.items():
+        scenario = SCENARIOS[name]
+        lines += ["", f"## {scenario.title}" + (" [quick]" if args.quick else ""), ""]
+        lines += table(name, results)
+        lines += ["", "<details><summary>every run</summary>", ""]
+        lines += per_run_lines(name, results)
+        lines += ["", "</details>"]
+    path.write_text("\n".join(lines) + "\n")
+    raw = {"machine": info, "args": vars(args), "results": all_results}
+    path.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help="run only this scenario (may be repeated)",
+    )
+    parser.add_argument("--sweep", action="store_true", help="same as --scenario sweep")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="short durations, fewer clients")
+    parser.add_argument("--procs", type=int, help="load-generator processes (per scenario default)")
+    parser.add_argument("--output", type=Path, default=BENCH / "results.md")
+    args = parser.parse_args(argv)
+    names = list(args.scenario or [])
+    if args.sweep and "sweep" not in names:
+        names.append("sweep")
+    names = names or list(SCENARIOS)
+    started = time.monotonic()
+    all_results: dict[str, dict[str, list[Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="trio-chat-bench-") as log_dir:
+        for name in names:
+            all_results[name] = run_scenario(
+                SCENARIOS[name], args.runs, args.quick, args.procs, Path(log_dir)
+            )
+            write_results(args.output, all_results, args, time.monotonic() - started)
+    log(f"\nwrote {args.output} in {(time.monotonic() - started) / 60:.1f} minutes")
+    print(args.output.read_text())
+
+
+if __name__ == "__main__":
+    main()
