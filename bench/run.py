@@ -618,7 +618,8 @@ def write_results(
         "",
         f"`python bench/run.py {' '.join(sys.argv[1:])}`: medians of {args.runs} runs; "
         "each ratio is trio_chat / baseline, the median of the ratios measured side by side in "
-        f"the same run. Took {elapsed / 60:.1f} minutes.",
+        "the same run. Each row is a median of its own, so rows of one column may come from "
+        f"different runs. Took {elapsed / 60:.1f} minutes.",
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
         "",
