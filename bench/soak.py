@@ -55,7 +55,7 @@ class Tally:
     stallers_other: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
-def server_snapshot(server: HypercornServer) -> dict[str, Any]:
+def server_snapshot(server: HypercornServer) -> dict[int, dict[str, Any]]:
     """RSS, file descriptors and threads of every process of the server (hub included)."""
     master = psutil.Process(server.process.pid)
     processes = [master, *master.children(recursive=True)]
@@ -145,22 +145,36 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 nursery.start_soon(sender, client, per_sender, tally, stop)
             for _ in range(args.churners):
                 nursery.start_soon(churner, server, tally, stop)
-            await trio.sleep(WARM_UP_SECONDS)
+            await trio.sleep(args.warm_up)
             at_start = server_snapshot(server)
-            await trio.sleep(args.minutes * 60 - WARM_UP_SECONDS)
+            await trio.sleep(args.minutes * 60 - args.warm_up)
             at_end = server_snapshot(server)
             stop.set()
             nursery.cancel_scope.cancel()
         duration = time.monotonic() - started
-        for staller in stallers:  # Now they read, and find what the server did to them.
-            code = -1  # Still open: the server did not drop it.
+
+        async def read_at_last(staller: WebSocketClient) -> None:
+            # Now it reads, and finds what the server did to it. (Having answered no ping, it
+            # may also have been closed as a dead peer, with no close frame: -1.)
+            code = -1
             with suppress(trio.TooSlowError):
                 code = await staller.wait_closed()
             if code == 1013:
                 tally.stallers_closed_1013 += 1
             else:
                 tally.stallers_other[code] = tally.stallers_other.get(code, 0) + 1
-    return {"tally": tally, "start": at_start, "end": at_end, "duration": duration}
+
+        async with trio.open_nursery() as nursery:
+            for staller in stallers:
+                nursery.start_soon(read_at_last, staller)
+        evicted = sum("event=evicted" in line for line in server.output)
+    return {
+        "tally": tally,
+        "start": at_start,
+        "end": at_end,
+        "duration": duration,
+        "evicted": evicted,
+    }
 
 
 def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
@@ -175,7 +189,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         f"{args.readers} readers, {args.senders} senders at {args.rate:g} msg/s in total "
         f"({MESSAGE_BYTES}-byte messages), {args.stallers} clients that never read, "
         f"{args.churners} clients connecting and leaving in a loop, {result['duration']:.0f} s "
-        "(memory is read after a 10 s warm-up and at the end).",
+        f"(memory is read after a {args.warm_up:g} s warm-up and at the end).",
         "",
         "| process | RSS after warm-up (MiB) | RSS at the end (MiB) | fds start → end "
         "| threads start → end |",
@@ -200,6 +214,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         f"- clients that never read, closed with 1013: {tally.stallers_closed_1013} of "
         f"{args.stallers}" + (f" (others: {tally.stallers_other})" if tally.stallers_other else ""),
         f"- connect/leave cycles: {tally.churn_cycles:,} ({tally.churn_failures} failed)",
+        f"- evictions logged by the server (too slow, 1013): {result['evicted']}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -207,6 +222,13 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument(
+        "--warm-up",
+        type=float,
+        default=WARM_UP_SECONDS,
+        help="seconds before the first memory reading (the clients that never read are dropped "
+        "after a minute or two at the default load: a warm-up past that shows the plateau)",
+    )
     parser.add_argument("--readers", type=int, default=200)
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--rate", type=float, default=20.0, help="messages a second, in total")

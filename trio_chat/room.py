@@ -69,6 +69,15 @@ class Subscriber:
         self.waiting += len(frames)
         return True
 
+    def discard_waiting(self) -> None:
+        """Drop what is queued: an evicted client's writer may stay stuck in a send for long
+        (Hypercorn's cannot be cancelled), and its queue must not hold memory meanwhile."""
+        while True:
+            try:
+                self.taken(self.receive_channel.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
     def taken(self, batch: Sequence[str]) -> None:
         """The writer has sent ``batch``: its frames no longer count as waiting."""
         self.waiting -= len(batch)
@@ -127,4 +136,5 @@ class Room:
             self._dropped_slow += 1
         subscriber.close_code = code
         subscriber.close()
+        subscriber.discard_waiting()
         subscriber.on_evict(code)
