@@ -342,6 +342,30 @@ class Figure:
     show_ratio: bool = True
 
 
+# What else the machine was doing during a measurement: shown with every scenario, since on a
+# shared machine it moves the absolute figures.
+MACHINE_FIGURES = [
+    Figure(
+        "other processes on the machine (cores)",
+        lambda r: r["other_cpu_cores"],
+        "{:.2f}",
+        show_ratio=False,
+    ),
+    Figure(
+        "interrupt handling, loopback TCP included (cores)",
+        lambda r: r["irq_cpu_cores"],
+        "{:.2f}",
+        show_ratio=False,
+    ),
+    Figure(
+        "stolen by the hypervisor (cores)",
+        lambda r: r["steal_cpu_cores"],
+        "{:.2f}",
+        show_ratio=False,
+    ),
+]
+
+
 def _latency(name: str) -> Callable[[dict[str, Any]], float]:
     return lambda r: r["latency_ms"][name]
 
@@ -385,24 +409,7 @@ LOAD_FIGURES = {
             "{:.2f}",
             show_ratio=False,
         ),
-        Figure(
-            "other processes on the machine (cores)",
-            lambda r: r["other_cpu_cores"],
-            "{:.2f}",
-            show_ratio=False,
-        ),
-        Figure(
-            "interrupt handling, loopback TCP included (cores)",
-            lambda r: r["irq_cpu_cores"],
-            "{:.2f}",
-            show_ratio=False,
-        ),
-        Figure(
-            "stolen by the hypervisor (cores)",
-            lambda r: r["steal_cpu_cores"],
-            "{:.2f}",
-            show_ratio=False,
-        ),
+        *MACHINE_FIGURES,
     ],
     "scale": [
         Figure("connections", lambda r: r["clients_connected"], "{:,.0f}"),
@@ -439,24 +446,7 @@ LOAD_FIGURES = {
             "{:.1f}",
         ),
         Figure("server CPU per delivery (µs)", lambda r: r["server_cpu_us_per_delivery"], "{:.2f}"),
-        Figure(
-            "other processes on the machine (cores)",
-            lambda r: r["other_cpu_cores"],
-            "{:.2f}",
-            show_ratio=False,
-        ),
-        Figure(
-            "interrupt handling, loopback TCP included (cores)",
-            lambda r: r["irq_cpu_cores"],
-            "{:.2f}",
-            show_ratio=False,
-        ),
-        Figure(
-            "stolen by the hypervisor (cores)",
-            lambda r: r["steal_cpu_cores"],
-            "{:.2f}",
-            show_ratio=False,
-        ),
+        *MACHINE_FIGURES,
     ],
 }
 
