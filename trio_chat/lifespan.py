@@ -101,7 +101,9 @@ async def _exit_if_stuck(worker: Worker) -> None:
     await worker.shutting_down.wait()
     await trio.sleep(EXIT_GRACE_SECONDS)
     # Still here: sessions are stuck sending to clients that stopped reading.
-    log_event("forced_exit", 30, pid=worker.pid, stuck_connections=worker.open_sessions)
+    log_event(
+        "forced_exit", logging.WARNING, pid=worker.pid, stuck_connections=worker.open_sessions
+    )
     if multiprocessing.parent_process() is not None:
         # A worker of a multi-process server, whose master is waiting for it to exit. (In any
         # other process, e.g. a test run, ending the process is not ours to do.)
@@ -110,5 +112,5 @@ async def _exit_if_stuck(worker: Worker) -> None:
 
 
 async def _fail(send: Send, message: str) -> None:
-    log_event("startup_failed", 40, reason=message)
+    log_event("startup_failed", logging.ERROR, reason=message)
     await send({"type": "lifespan.startup.failed", "message": message})

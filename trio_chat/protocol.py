@@ -33,6 +33,9 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008
     #: A frame over Hypercorn's ``websocket_max_message_size``; Hypercorn sends this itself.
     MESSAGE_TOO_BIG = 1009
+    #: Received, never sent: the peer closed without a code, or the connection just dropped.
+    NO_STATUS = 1005
+    ABNORMAL = 1006
     INTERNAL_ERROR = 1011
     #: The server is restarting; come back shortly.
     SERVICE_RESTART = 1012

@@ -48,7 +48,13 @@ BATCH_SUBPROTOCOL = "trio-chat.batch"
 #: Frames joined into one batched text frame at most.
 MAX_FRAMES_PER_BATCH = 512
 _ORDINARY_CLOSE_CODES = frozenset(
-    {CloseCode.NORMAL, CloseCode.GOING_AWAY, CloseCode.MESSAGE_TOO_BIG, 1005, 1006}
+    {
+        CloseCode.NORMAL,
+        CloseCode.GOING_AWAY,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.NO_STATUS,
+        CloseCode.ABNORMAL,
+    }
 )
 #: How long a close frame may take to go out when the server shuts a session down.
 CLOSE_TIMEOUT_SECONDS = 1.0
