@@ -230,6 +230,10 @@ async def test_a_worker_that_cannot_reach_its_hub_stops_the_server(tmp_path: Pat
             env=env,
             capture_stdout=True,
             stderr=subprocess.STDOUT,
+            # The master's exit status is Hypercorn's choice, not ours: it reports whichever
+            # worker it joins last, which may be one it terminated before that worker had even
+            # installed its signal handler (-SIGTERM), or one that closed cleanly (0).
+            check=False,
         )
     # The server stopped by itself rather than serve deaf workers, and its log says what went
     # wrong and what to check.
