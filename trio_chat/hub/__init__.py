@@ -6,9 +6,9 @@ Backends share the ``Hub`` protocol of ``interface``; ``open_hub`` picks one fro
 from __future__ import annotations
 
 from ..config import Settings
-from .bridge import ManagerHub
 from .interface import Hub, HubLink, HubListener, HubUnavailable, Snapshot
 from .local import LocalHub
+from .manager_hub import ManagerHub
 
 __all__ = [
     "Hub",

@@ -1,55 +1,53 @@
-"""The Trio side of the manager hub: the only place where trio_chat enters threads.
+"""The Trio side of a hub backend with a blocking client: the only place trio_chat enters threads.
 
-Each hub call blocks on a socket round trip, so it runs in a worker thread via
-``trio.to_thread.run_sync``. Per worker there are two long-lived loops:
+Both networked backends (the multiprocessing manager hub and Redis Streams) have blocking
+clients: each call is a socket round trip, so it runs in a worker thread via
+``trio.to_thread.run_sync``. ``BridgedHub`` drives a ``Backend`` with two long-lived loops per
+worker:
 
-- the **reader** blocks in ``fetch`` on the worker's mailbox and hands every batch of frames to
-  the listener (the room) the moment it arrives: no polling, one round trip per batch;
+- the **reader** blocks in ``Membership.fetch`` and hands every batch of frames to the listener
+  (the room) the moment it arrives: no polling, one round trip per batch;
 - the **publisher** takes what sessions want published from a bounded outbox, and the presence
   changes of the worker's connections, and sends all that is waiting in one ``update`` call,
-  then wakes each waiting sender.
+  then wakes each waiting sender. A backend that needs calls even when nothing happens (Redis:
+  the worker's lease, coalesced presence) says when the next one is due.
 
 Presence changes are state, not a queue: the latest name of each changed connection waits in a
 dict (bounded by the number of connections) until the next ``update``. If the link breaks, the
 worker re-joins with the names of all its connections, so nothing needs replaying.
 
-Cancellation: ``fetch`` blocks while the chat is quiet (for up to the hub's heartbeat, after
-which it returns empty and is called again), so the reader's thread is
-abandoned when the reader is cancelled (``abandon_on_cancel=True``). An abandoned ``fetch`` can
-still take frames that then go nowhere; that is harmless because the reader is only cancelled
-when the worker leaves the hub, and ``leave`` (called right after) wakes the thread so that it
-ends. Publishes are abandoned too on cancellation, at shutdown, where no sender waits any more.
+Cancellation: ``fetch`` blocks while the chat is quiet (up to a heartbeat, after which it
+returns empty and is called again), so the reader's thread is abandoned when the reader is
+cancelled (``abandon_on_cancel=True``). That is harmless: the reader is only cancelled when the
+worker leaves the hub, and ``leave`` (called right after) ends the membership. Publishes are
+abandoned too on cancellation, at shutdown, where no sender waits any more.
 
-If the hub goes away (a call fails), the reader reconnects with backoff (starting a new hub if
-it is the automatic one), re-joins, and tells the listener that messages were missed; while the
-link is down, publishing fails at once with ``HubUnavailable``.
+If the hub goes away (a call fails), the reader reconnects with backoff, re-joins, and tells
+the listener when messages may have been missed meanwhile; while the link is down, publishing
+fails at once with ``HubUnavailable``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import os
-import socket
-from collections.abc import Callable
-from typing import TypeVar
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import trio
 
-from ..config import Settings
 from ..protocol import message_id
-from .address import Endpoint, resolve_endpoint
 from .core import Snapshot
 from .interface import HubLink, HubListener, HubUnavailable
-from .launcher import HubStartError, connect_or_start
-from .manager import HUB_ERRORS, HubClient
 
 logger = logging.getLogger("trio_chat.hub")
 
 T = TypeVar("T")
 
-#: Frames taken from the mailbox, and bodies published, per round trip. A batch is queued whole
-#: for each subscriber, so it is also kept to a quarter of a subscriber's buffer.
+#: Frames taken per fetch, and bodies published per round trip. A batch is queued whole for
+#: each subscriber, so it is also kept to a quarter of a subscriber's buffer.
 MAX_BATCH = 256
 #: Threads for hub calls: the reader and the publisher hold one each for as long as they run;
 #: the rest serve joining clients' snapshots, in parallel, and joining and leaving.
@@ -58,7 +56,54 @@ RECONNECT_FIRST_DELAY_SECONDS = 0.05
 RECONNECT_MAX_DELAY_SECONDS = 1.0
 LEAVE_TIMEOUT_SECONDS = 2.0
 
-_LINK_ERRORS: tuple[type[BaseException], ...] = (*HUB_ERRORS, HubStartError)
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """Frames in hub order; ``missed``: some that belong before them will never arrive."""
+
+    frames: list[str]
+    missed: bool = False
+
+
+class Membership(Protocol):
+    """One worker joined to the hub, through blocking calls (made from threads)."""
+
+    #: Which run of ids the hub's are (``Snapshot.epoch``).
+    epoch: str
+    #: Whether the frames published since the worker's previous membership all follow (only
+    #: a backend with a durable log can know; the others never do).
+    continuous: bool
+    #: Seconds until ``update`` must be called even with nothing to send; None: never.
+    update_due_in: float | None
+
+    def fetch(self, max_frames: int) -> Fetched | None:
+        """Wait (up to a heartbeat) for frames; None once the hub has dropped this member."""
+
+    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> float | None:
+        """Publish ``bodies`` in order and apply presence changes (None: gone).
+
+        Returns when the next call is due even with nothing to send (None: never).
+        """
+
+    def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot: ...
+
+    def leave(self) -> None: ...
+
+
+class Backend(Protocol):
+    #: What a broken or absent hub raises from its client.
+    link_errors: tuple[type[BaseException], ...]
+
+    def describe(self) -> str:
+        """Where the hub is, for logs and errors."""
+
+    def join(
+        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+    ) -> Membership:
+        """Connect and join with the worker's connections; ``last_id`` and ``epoch``: the
+        highest id the worker has seen, and the run of ids it was part of."""
 
 
 class _Pending:
@@ -72,37 +117,33 @@ class _Pending:
         self.published = False
 
 
-class ManagerHub:
-    """The manager hub's client in one worker: both the ``Hub`` and the worker's ``HubLink``."""
+class BridgedHub:
+    """A backend's client in one worker: both the ``Hub`` and the worker's ``HubLink``."""
 
-    def __init__(self, settings: Settings, endpoint: Endpoint | None = None) -> None:
-        self._settings = settings
-        self._endpoint = endpoint
-        self._client: HubClient | None = None
-        self._mailbox_id = ""
-        self._label = f"{socket.gethostname()}:{os.getpid()}"
+    def __init__(self, backend: Backend, *, label: str, outbox_size: int, fetch_batch: int):
+        self.backend = backend
+        self._label = label
+        self._membership: Membership | None = None
         # None in the outbox only wakes the publisher for presence changes.
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[_Pending | None](
-            settings.outbox_size
+            outbox_size
         )
         self._presence: dict[int, str] = {}
         self._presence_changes: dict[int, str | None] = {}
         self._threads = trio.CapacityLimiter(HUB_THREADS)
-        self._fetch_batch = max(1, min(MAX_BATCH, settings.subscriber_buffer // 4))
-        #: The highest message id delivered, and the hub's epoch: a new hub goes on from them
-        #: (``HubCore.join``).
+        self._fetch_batch = max(1, min(MAX_BATCH, fetch_batch))
+        #: When the backend wants its next ``update`` (``trio.current_time``), even an empty one,
+        #: and the publisher's wait for the outbox, which ends then.
+        self._update_due = math.inf
+        self._outbox_wait = trio.CancelScope()
+        #: The highest message id delivered, and the hub's epoch: a hub that lost its state
+        #: goes on from them.
         self._last_id = 0
         self._epoch = ""
 
     @property
     def connected(self) -> bool:
-        return self._client is not None
-
-    @property
-    def endpoint(self) -> Endpoint:
-        if self._endpoint is None:
-            self._endpoint = resolve_endpoint(self._settings)
-        return self._endpoint
+        return self._membership is not None
 
     async def run(
         self,
@@ -111,31 +152,32 @@ class ManagerHub:
         task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
-            client, mailbox_id = await self._join()
-        except _LINK_ERRORS as error:
+            membership = await self._join()
+        except self.backend.link_errors as error:
             raise HubUnavailable(
-                f"cannot reach the hub at {self.endpoint.describe()}: {error}"
+                f"cannot reach the hub at {self.backend.describe()}: {error}"
             ) from error
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publish_loop)
             task_status.started(self)
             try:
                 while True:
-                    self._client, self._mailbox_id = client, mailbox_id
-                    await self._read_until_lost(client, mailbox_id, listener)
-                    self._client = None
-                    # If the hub is still there (only our link failed), free our old mailbox.
-                    await self._leave(client, mailbox_id)
-                    client, mailbox_id = await self._rejoin()
-                    listener.messages_missed()
+                    self._set_membership(membership)
+                    await self._read_until_lost(membership, listener)
+                    self._membership = None
+                    # If the hub is still there (only our link failed), leave it properly.
+                    await self._leave(membership)
+                    membership = await self._rejoin()
+                    if not membership.continuous:
+                        listener.messages_missed()
             finally:
-                self._client = None
+                self._membership = None
                 with trio.CancelScope(shield=True):
-                    await self._leave(client, mailbox_id)
+                    await self._leave(membership)
                 nursery.cancel_scope.cancel()
 
     async def publish(self, body: str) -> None:
-        if self._client is None:
+        if self._membership is None:
             raise HubUnavailable("the hub is unreachable right now")
         pending = _Pending(body)
         await self._outbox_send.send(pending)
@@ -148,16 +190,13 @@ class ManagerHub:
     ) -> Snapshot:
         # Recorded here first: if the call fails, the next join carries it.
         self._presence[connection] = name
-        client = self._client
-        if client is None:
+        membership = self._membership
+        if membership is None:
             raise HubUnavailable("the hub is unreachable right now")
         try:
-            snapshot: Snapshot = await self._in_thread(
-                client.snapshot, since, epoch, self._mailbox_id, {connection: name}
-            )
-        except HUB_ERRORS as error:
+            return await self._in_thread(membership.snapshot, since, epoch, connection, name)
+        except self.backend.link_errors as error:
             raise HubUnavailable("the hub is unreachable right now") from error
-        return snapshot
 
     def present(self, connection: int, name: str) -> None:
         self._presence[connection] = name
@@ -173,58 +212,61 @@ class ManagerHub:
         with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
             self._outbox_send.send_nowait(None)
 
-    async def _join(self) -> tuple[HubClient, str]:
-        endpoint = self.endpoint
-        sizes = (self._settings.mailbox_size, self._settings.history_size)
-        # Whatever changed before this join is in the snapshot the join sends.
+    def _set_membership(self, membership: Membership) -> None:
+        self._membership = membership
+        self._epoch = membership.epoch
+        self._schedule_update(membership.update_due_in)
+
+    def _schedule_update(self, due_in: float | None) -> None:
+        self._update_due = math.inf if due_in is None else trio.current_time() + due_in
+        self._outbox_wait.deadline = self._update_due
+
+    async def _join(self) -> Membership:
+        # Whatever changed before this join is in the presence the join sends.
         self._presence_changes.clear()
-        presence = dict(self._presence)
-        last_id, epoch = self._last_id, self._epoch
-
-        def connect_and_join() -> tuple[HubClient, str, str]:
-            client = connect_or_start(endpoint, *sizes)
-            mailbox_id = client.join(self._label, presence, last_id, epoch)
-            return client, mailbox_id, client.current_epoch()
-
-        # Abandoned if cancelled (e.g. a shutdown while a hub is being started): a mailbox it
-        # may still open is dropped by the hub when its lease runs out.
-        client, mailbox_id, self._epoch = await self._in_thread(
-            connect_and_join, abandon_on_cancel=True
+        # Abandoned if cancelled (e.g. a shutdown while a hub is being started): a membership
+        # it may still make is dropped by the hub when its lease runs out.
+        return await self._in_thread(
+            self.backend.join,
+            self._label,
+            dict(self._presence),
+            self._last_id,
+            self._epoch,
+            abandon_on_cancel=True,
         )
-        return client, mailbox_id
 
-    async def _rejoin(self) -> tuple[HubClient, str]:
-        logger.warning("event=hub_down hub=%s", self.endpoint.describe())
+    async def _rejoin(self) -> Membership:
+        logger.warning("event=hub_down hub=%s", self.backend.describe())
         delay = RECONNECT_FIRST_DELAY_SECONDS
         while True:
             try:
-                client, mailbox_id = await self._join()
-            except _LINK_ERRORS as error:
+                membership = await self._join()
+            except self.backend.link_errors as error:
                 logger.debug("hub reconnect failed: %s", error)
             except Exception:
                 logger.exception("event=hub_reconnect_error")  # Logged, and tried again.
             else:
-                logger.warning("event=hub_up hub=%s", self.endpoint.describe())
-                return client, mailbox_id
+                logger.warning("event=hub_up hub=%s", self.backend.describe())
+                return membership
             await trio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
 
-    async def _read_until_lost(
-        self, client: HubClient, mailbox_id: str, listener: HubListener
-    ) -> None:
+    async def _read_until_lost(self, membership: Membership, listener: HubListener) -> None:
         while True:
             try:
-                frames = await self._in_thread(
-                    client.fetch, mailbox_id, self._fetch_batch, abandon_on_cancel=True
+                fetched = await self._in_thread(
+                    membership.fetch, self._fetch_batch, abandon_on_cancel=True
                 )
-                if frames is None:
-                    # We did not leave, so the hub dropped our mailbox: we fell too far behind.
-                    logger.warning("event=mailbox_evicted hub=%s", self.endpoint.describe())
+                if fetched is None:
+                    # We did not leave, so the hub dropped us: we fell too far behind.
+                    logger.warning("event=membership_lost hub=%s", self.backend.describe())
                     return
-                if frames:  # Empty: the hub's heartbeat, which also tells it we are alive.
-                    self._note_last_id(frames)
-                    listener.deliver(frames)
-            except HUB_ERRORS:
+                if fetched.missed:
+                    listener.messages_missed()
+                if fetched.frames:  # Empty: a heartbeat.
+                    self._note_last_id(fetched.frames)
+                    listener.deliver(fetched.frames)
+            except self.backend.link_errors:
                 return
             except Exception:
                 # A bug must not leave the worker deaf: log it, re-join, tell the clients.
@@ -239,8 +281,12 @@ class ManagerHub:
                 return
 
     async def _publish_loop(self) -> None:
-        async for first in self._outbox_receive:
-            batch = [first] if first is not None else []
+        while True:
+            batch: list[_Pending] = []
+            with trio.move_on_at(self._update_due) as self._outbox_wait:
+                first = await self._outbox_receive.receive()
+                if first is not None:
+                    batch.append(first)
             while len(batch) < MAX_BATCH:
                 try:
                     item = self._outbox_receive.receive_nowait()
@@ -256,28 +302,35 @@ class ManagerHub:
                     pending.done.set()
 
     async def _send_update(self, batch: list[_Pending], changes: dict[int, str | None]) -> None:
-        client = self._client
-        if client is None or not (batch or changes):
+        membership = self._membership
+        if membership is None:
+            self._schedule_update(None)  # The next membership says when it wants one.
+            return
+        if not (batch or changes or trio.current_time() >= self._update_due):
             return
         bodies = [pending.body for pending in batch]
         try:
-            await self._in_thread(
-                client.update, self._mailbox_id, bodies, changes, abandon_on_cancel=True
+            due_in = await self._in_thread(
+                membership.update, bodies, changes, abandon_on_cancel=True
             )
-        except HUB_ERRORS:
-            return  # The reader notices the broken link, reconnects and re-joins.
+        except self.backend.link_errors:
+            # The reader notices the broken link, reconnects and re-joins (with every
+            # connection's presence, these changes included).
+            self._schedule_update(None)
+            return
         except Exception:
             # A bug: these senders are told their messages were not sent; the next batch goes on.
             logger.exception("event=hub_publish_error")
             return
+        self._schedule_update(due_in)
         for pending in batch:
             pending.published = True
 
-    async def _leave(self, client: HubClient, mailbox_id: str) -> None:
+    async def _leave(self, membership: Membership) -> None:
         with trio.move_on_after(LEAVE_TIMEOUT_SECONDS):
-            # If the hub is gone already, so is our mailbox.
-            with contextlib.suppress(*HUB_ERRORS):
-                await self._in_thread(client.leave, mailbox_id, abandon_on_cancel=True)
+            # If the hub is gone already, so is our membership.
+            with contextlib.suppress(*self.backend.link_errors):
+                await self._in_thread(membership.leave, abandon_on_cancel=True)
 
     async def _in_thread(
         self, fn: Callable[..., T], *args: object, abandon_on_cancel: bool = False

@@ -1,0 +1,80 @@
+"""The multiprocessing manager hub as a ``bridge.Backend``: the default, zero-setup backend.
+
+The hub process keeps a mailbox per worker (``HubCore``); a worker's reader fetches from it.
+It cannot tell what a worker missed while its link was down, so every re-join counts as a gap.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping, Sequence
+
+from ..config import Settings
+from .address import Endpoint, resolve_endpoint
+from .bridge import BridgedHub, Fetched
+from .core import Snapshot
+from .launcher import HubStartError, connect_or_start
+from .manager import HUB_ERRORS, HubClient
+
+
+class ManagerHub(BridgedHub):
+    def __init__(self, settings: Settings, endpoint: Endpoint | None = None) -> None:
+        super().__init__(
+            ManagerBackend(settings, endpoint),
+            label=f"{socket.gethostname()}:{os.getpid()}",
+            outbox_size=settings.outbox_size,
+            fetch_batch=settings.subscriber_buffer // 4,
+        )
+
+
+class ManagerBackend:
+    link_errors: tuple[type[BaseException], ...] = (*HUB_ERRORS, HubStartError)
+
+    def __init__(self, settings: Settings, endpoint: Endpoint | None = None) -> None:
+        self._settings = settings
+        self._endpoint = endpoint
+
+    @property
+    def endpoint(self) -> Endpoint:
+        if self._endpoint is None:
+            self._endpoint = resolve_endpoint(self._settings)
+        return self._endpoint
+
+    def describe(self) -> str:
+        return self.endpoint.describe()
+
+    def join(
+        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+    ) -> _ManagerMembership:
+        settings = self._settings
+        client = connect_or_start(self.endpoint, settings.mailbox_size, settings.history_size)
+        mailbox_id = client.join(label, presence, last_id, epoch)
+        return _ManagerMembership(client, mailbox_id, client.current_epoch())
+
+
+class _ManagerMembership:
+    # The mailbox only holds what was published since the join.
+    continuous: bool = False
+    # The hub learns the worker is alive from its fetches.
+    update_due_in: float | None = None
+
+    def __init__(self, client: HubClient, mailbox_id: str, epoch: str) -> None:
+        self._client = client
+        self._mailbox_id = mailbox_id
+        self.epoch = epoch
+
+    def fetch(self, max_frames: int) -> Fetched | None:
+        frames = self._client.fetch(self._mailbox_id, max_frames)
+        return None if frames is None else Fetched(frames)
+
+    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+        self._client.update(self._mailbox_id, bodies, presence)
+
+    def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
+        return self._client.snapshot(since, epoch, self._mailbox_id, {connection: name})
+
+    def leave(self) -> None:
+        self._client.leave(self._mailbox_id)
