@@ -20,9 +20,11 @@ import trio
 import trio.testing
 
 from trio_chat import ChatApp
+from trio_chat.asgi_types import Message
 from trio_chat.config import Settings
 from trio_chat.hub import LocalHub
 from trio_chat.protocol import CloseCode, ErrorCode
+from trio_chat.session import BATCH_WINDOW_SECONDS
 from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import (
@@ -478,3 +480,58 @@ async def test_batch_subprotocol_joins_waiting_frames_into_one_and_others_keep_o
             await trio.testing.wait_all_tasks_blocked()
             assert plain.received_nowait() == []
             batched.cancel_nowait()
+
+
+@asynccontextmanager
+async def open_batch_chat(app: ChatApp, state: dict[str, Any]) -> AsyncIterator[WebSocketClient]:
+    """A client that asked for batch mode, its opening frames read."""
+    client = WebSocketClient(app, state, "/chat")
+    client.scope["subprotocols"] = ["trio-chat.batch"]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_app)
+        await client.connect()
+        assert (await client.receive())["subprotocol"] == "trio-chat.batch"
+        await client.read_opening()
+        yield client
+        client.cancel_nowait()
+
+
+def publish(hub: LocalHub, *messages: str) -> None:
+    hub.core.publish([f'{{"sender":"ann","message":"{m}"}}' for m in messages])
+    hub.deliver_all()
+
+
+def batch_lines(sent: Message) -> list[str]:
+    return [json.loads(line)["message"] for line in sent["text"].split("\n")]
+
+
+async def test_a_batch_client_gets_at_most_one_frame_per_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = fixed_clock_hub()
+    async with worker(hub) as (app, state), open_batch_chat(app, state) as batched:
+        publish(hub, "m0")
+        assert batch_lines(await batched.receive()) == ["m0"]  # After a quiet spell: at once.
+        assert trio.current_time() == 0.0
+        publish(hub, "m1")
+        publish(hub, "m2")  # Two hub batches within the window...
+        await assert_nothing_sent(batched)
+        assert batch_lines(await batched.receive()) == ["m1", "m2"]  # ...make one frame,
+        assert trio.current_time() == pytest.approx(BATCH_WINDOW_SECONDS)  # when it ends.
+
+
+async def test_a_batch_client_is_sent_half_a_buffer_at_once_without_waiting_for_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    hub = fixed_clock_hub()
+    async with (
+        worker(hub, Settings(subscriber_buffer=8)) as (app, state),
+        open_batch_chat(app, state) as batched,
+    ):
+        publish(hub, "m0")
+        assert batch_lines(await batched.receive()) == ["m0"]
+        publish(hub, "m1", "m2")
+        await assert_nothing_sent(batched)
+        publish(hub, "m3", "m4")  # Half of the 8-frame buffer is waiting: no more waiting.
+        assert batch_lines(await batched.receive()) == ["m1", "m2", "m3", "m4"]
+        assert trio.current_time() == 0.0

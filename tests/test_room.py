@@ -157,3 +157,33 @@ def test_frames_taken_by_the_writer_make_room_again() -> None:
             subscriber.taken(batch)
         assert subscriber.close_code is None
         assert subscriber.waiting == 0
+
+
+async def test_linger_waits_until_its_deadline_while_little_is_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    room = Room(buffer_size=8)
+    with room.subscribe(never) as subscriber:
+        room.broadcast(["a", "b", "c"])  # Under half of the buffer.
+        await subscriber.linger(1.5)
+        assert trio.current_time() == 1.5
+        assert drain(subscriber) == ["a", "b", "c"]
+
+
+async def test_linger_ends_as_soon_as_half_the_buffer_is_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    room = Room(buffer_size=8)
+    with room.subscribe(never) as subscriber:
+        room.broadcast(["a"])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(subscriber.linger, 10.0)
+            await trio.testing.wait_all_tasks_blocked()
+            room.broadcast(["b", "c"])
+            await trio.testing.wait_all_tasks_blocked()
+            assert nursery.child_tasks  # Three of eight: still lingering.
+            room.broadcast(["d"])
+        assert trio.current_time() == 0.0
+        await subscriber.linger(10.0)  # Already half full: returns at once.
+        assert trio.current_time() == 0.0
+        assert drain(subscriber) == ["a", "b", "c", "d"]
