@@ -184,3 +184,71 @@ async def standalone_hub(folder: Path) -> AsyncIterator[dict[str, str]]:
                 with trio.fail_after(STOP_TIMEOUT_SECONDS):
                     await process.wait()
             nursery.cancel_scope.cancel()
+
+
+REDIS_SERVER = Path(os.environ.get("TRIO_CHAT_REDIS_SERVER", "/usr/bin/redis-server"))
+REDIS_SERVER_FOUND = REDIS_SERVER.exists()
+REDIS_INSTALL_HINT = (
+    f"redis-server is needed for the Redis hub tests and was not found at {REDIS_SERVER}: "
+    "install it with `apt-get install -y redis-server` (Debian/Ubuntu), or point "
+    "TRIO_CHAT_REDIS_SERVER at a redis-server binary"
+)
+
+
+class RedisServer:
+    """A ``redis-server`` of our own on a free loopback port, with its data in ``folder``.
+
+    ``durable``: every write is in the append-only file before Redis answers, so a killed and
+    restarted server has everything it acknowledged; otherwise a restart starts empty.
+    """
+
+    def __init__(self, folder: Path, nursery: trio.Nursery, *, durable: bool) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.durable = durable
+        self.process: trio.Process | None = None
+        self._nursery = nursery
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        """Start it (again: on the same port, with the same folder)."""
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else []
+        command = [
+            str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.folder), "--save", "", "--appendonly", "no", *persistence,
+        ]  # fmt: skip
+        self.process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        output = OutputCollector(self.process)
+        self._nursery.start_soon(output.collect_output)
+        with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
+            await output.wait_for_output("Ready to accept connections")
+
+    async def kill(self) -> None:
+        """SIGKILL: no goodbye, no save."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            with trio.fail_after(STOP_TIMEOUT_SECONDS):
+                await self.process.wait()
+
+
+@asynccontextmanager
+async def redis_server(folder: Path, *, durable: bool = False) -> AsyncIterator[RedisServer]:
+    """A running ``redis-server`` of the test's own; killed at the end, whatever happened."""
+    if not REDIS_SERVER_FOUND:
+        import pytest
+
+        pytest.skip(REDIS_INSTALL_HINT)
+    async with trio.open_nursery() as nursery:
+        server = RedisServer(folder, nursery, durable=durable)
+        try:
+            await server.start()
+            yield server
+        finally:
+            with trio.CancelScope(shield=True):
+                await server.kill()
+            nursery.cancel_scope.cancel()

@@ -25,11 +25,15 @@ class ConfigError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    #: Where the hub is: empty for the automatic per-server hub, else ``unix:PATH`` or
-    #: ``tcp://HOST:PORT`` of a hub started by hand (``python -m trio_chat.hub``).
+    #: Where the hub is: empty for the automatic per-server hub, ``unix:PATH`` or
+    #: ``tcp://HOST:PORT`` of a hub started by hand (``python -m trio_chat.hub``), or
+    #: ``redis://HOST:PORT/DB`` (``rediss://`` with TLS) for the Redis hub.
     hub: str = ""
-    #: File holding the shared secret of a hub started by hand (the automatic hub needs none).
+    #: File holding the shared secret of a hub started by hand (the automatic hub needs none),
+    #: or the password of the Redis hub.
     hub_secret_file: Path | None = None
+    #: What the Redis hub's keys start with: servers sharing one chat use the same prefix.
+    redis_prefix: str = "trio_chat"
     #: Longest chat message, in bytes of UTF-8.
     max_message_bytes: int = 4 * KIB
     #: Longest display name, in characters.
@@ -75,6 +79,7 @@ class Settings:
         return cls(
             hub=read("HUB", str, defaults.hub),
             hub_secret_file=read("HUB_SECRET_FILE", Path, defaults.hub_secret_file),
+            redis_prefix=read("REDIS_PREFIX", _key_prefix, defaults.redis_prefix),
             max_message_bytes=read("MAX_MESSAGE_BYTES", _positive_int, defaults.max_message_bytes),
             max_sender_chars=read("MAX_SENDER_CHARS", _positive_int, defaults.max_sender_chars),
             subscriber_buffer=read("SUBSCRIBER_BUFFER", _positive_int, defaults.subscriber_buffer),
@@ -93,6 +98,12 @@ class Settings:
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
             static_dir=read("STATIC_DIR", Path, defaults.static_dir),
         )
+
+
+def _key_prefix(raw: str) -> str:
+    if len(raw) > 64 or not all(c.isascii() and (c.isalnum() or c in "_-:.") for c in raw):
+        raise ValueError("must be at most 64 letters, digits and _-:.")
+    return raw
 
 
 def _positive_int(raw: str) -> int:

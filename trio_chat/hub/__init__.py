@@ -9,6 +9,7 @@ from ..config import Settings
 from .interface import Hub, HubLink, HubListener, HubUnavailable, Snapshot
 from .local import LocalHub
 from .manager_hub import ManagerHub
+from .redis_hub import RedisHub, is_redis_url
 
 __all__ = [
     "Hub",
@@ -17,6 +18,7 @@ __all__ = [
     "HubUnavailable",
     "LocalHub",
     "ManagerHub",
+    "RedisHub",
     "Snapshot",
     "open_hub",
 ]
@@ -25,4 +27,6 @@ __all__ = [
 def open_hub(settings: Settings) -> Hub:
     if settings.hub == "local":
         return LocalHub(settings.history_size)
+    if is_redis_url(settings.hub):
+        return RedisHub(settings)
     return ManagerHub(settings)

@@ -67,7 +67,10 @@ def parse_address(text: str) -> Address:
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise HubConfigError(f"{text!r}: expected tcp://HOST:PORT")
         return (host.strip("[]"), int(port))
-    raise HubConfigError(f"{text!r}: expected unix:PATH or tcp://HOST:PORT")
+    raise HubConfigError(
+        f"{text!r}: expected unix:PATH or tcp://HOST:PORT (a manager hub), or "
+        "redis://HOST:PORT/DB (the Redis hub)"
+    )
 
 
 def read_secret_file(path: Path) -> bytes:

@@ -73,17 +73,18 @@ class Membership(Protocol):
     #: Whether the frames published since the worker's previous membership all follow (only
     #: a backend with a durable log can know; the others never do).
     continuous: bool
-    #: Seconds until ``update`` must be called even with nothing to send; None: never.
-    update_due_in: float | None
+
+    @property
+    def update_due_in(self) -> float | None:
+        """Seconds until ``update`` must be called even with nothing to send; None: never.
+
+        ``update`` and ``snapshot`` may change it (e.g. a presence frame falls due)."""
 
     def fetch(self, max_frames: int) -> Fetched | None:
         """Wait (up to a heartbeat) for frames; None once the hub has dropped this member."""
 
-    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> float | None:
-        """Publish ``bodies`` in order and apply presence changes (None: gone).
-
-        Returns when the next call is due even with nothing to send (None: never).
-        """
+    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+        """Publish ``bodies`` in order and apply presence changes (None: gone)."""
 
     def snapshot(
         self, since: int | None, epoch: str | None, connection: int, name: str
@@ -99,9 +100,7 @@ class Backend(Protocol):
     def describe(self) -> str:
         """Where the hub is, for logs and errors."""
 
-    def join(
-        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
-    ) -> Membership:
+    def join(self, label: str, presence: Mapping[int, str], last_id: int, epoch: str) -> Membership:
         """Connect and join with the worker's connections; ``last_id`` and ``epoch``: the
         highest id the worker has seen, and the run of ids it was part of."""
 
@@ -194,9 +193,11 @@ class BridgedHub:
         if membership is None:
             raise HubUnavailable("the hub is unreachable right now")
         try:
-            return await self._in_thread(membership.snapshot, since, epoch, connection, name)
+            snapshot = await self._in_thread(membership.snapshot, since, epoch, connection, name)
         except self.backend.link_errors as error:
             raise HubUnavailable("the hub is unreachable right now") from error
+        self._schedule_update(membership)
+        return snapshot
 
     def present(self, connection: int, name: str) -> None:
         self._presence[connection] = name
@@ -215,9 +216,10 @@ class BridgedHub:
     def _set_membership(self, membership: Membership) -> None:
         self._membership = membership
         self._epoch = membership.epoch
-        self._schedule_update(membership.update_due_in)
+        self._schedule_update(membership)
 
-    def _schedule_update(self, due_in: float | None) -> None:
+    def _schedule_update(self, membership: Membership | None) -> None:
+        due_in = None if membership is None else membership.update_due_in
         self._update_due = math.inf if due_in is None else trio.current_time() + due_in
         self._outbox_wait.deadline = self._update_due
 
@@ -310,9 +312,7 @@ class BridgedHub:
             return
         bodies = [pending.body for pending in batch]
         try:
-            due_in = await self._in_thread(
-                membership.update, bodies, changes, abandon_on_cancel=True
-            )
+            await self._in_thread(membership.update, bodies, changes, abandon_on_cancel=True)
         except self.backend.link_errors:
             # The reader notices the broken link, reconnects and re-joins (with every
             # connection's presence, these changes included).
@@ -322,7 +322,7 @@ class BridgedHub:
             # A bug: these senders are told their messages were not sent; the next batch goes on.
             logger.exception("event=hub_publish_error")
             return
-        self._schedule_update(due_in)
+        self._schedule_update(membership)
         for pending in batch:
             pending.published = True
 

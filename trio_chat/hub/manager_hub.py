@@ -56,13 +56,15 @@ class ManagerBackend:
 class _ManagerMembership:
     # The mailbox only holds what was published since the join.
     continuous: bool = False
-    # The hub learns the worker is alive from its fetches.
-    update_due_in: float | None = None
 
     def __init__(self, client: HubClient, mailbox_id: str, epoch: str) -> None:
         self._client = client
         self._mailbox_id = mailbox_id
         self.epoch = epoch
+
+    @property
+    def update_due_in(self) -> None:
+        return None  # The hub learns that the worker is alive from its fetches.
 
     def fetch(self, max_frames: int) -> Fetched | None:
         frames = self._client.fetch(self._mailbox_id, max_frames)

@@ -1,0 +1,96 @@
+"""Workers joined to a real hub, in-process: what the hub contract tests and the Redis tests use.
+
+A ``Recorder`` stands in for a worker's room: it keeps every frame its hub link delivers, and
+tests wait on conditions over them (under a deadline, on the real clock: the hubs are real).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from trio_chat.hub import Hub, HubLink
+from trio_chat.protocol import ChatMessage, encode_chat_body, message_id, presence_version
+
+DEADLINE_SECONDS = 20.0
+
+
+class Recorder:
+    """A worker's side of a hub link: records frames and the notices of missed messages."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.missed = 0
+        self._changed = trio.Event()
+
+    def deliver(self, frames: Sequence[str]) -> None:
+        self.frames.extend(frames)
+        self._notify()
+
+    def messages_missed(self) -> None:
+        self.missed += 1
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        with trio.fail_after(DEADLINE_SECONDS):
+            while not condition():
+                await self._changed.wait()
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(frame) for frame in self.frames if message_id(frame) is not None]
+
+    def message_texts(self) -> list[str]:
+        return [message["message"] for message in self.messages()]
+
+    def presences(self) -> list[dict[str, Any]]:
+        return [json.loads(f) for f in self.frames if presence_version(f) is not None]
+
+    def presence(self) -> dict[str, Any] | None:
+        presences = self.presences()
+        return presences[-1] if presences else None
+
+    async def wait_for_presence(self, online: int, users: list[str]) -> dict[str, Any]:
+        def shown() -> bool:
+            latest = self.presence()
+            return latest is not None and (latest["online"], latest["users"]) == (online, users)
+
+        await self.wait_until(shown)
+        latest = self.presence()
+        assert latest is not None
+        return latest
+
+
+class JoinedWorker:
+    def __init__(self, link: HubLink, recorder: Recorder, cancel_scope: trio.CancelScope):
+        self.link = link
+        self.recorder = recorder
+        self._cancel_scope = cancel_scope
+
+    async def publish(self, sender: str, text: str) -> None:
+        await self.link.publish(encode_chat_body(ChatMessage(sender=sender, message=text)))
+
+    def leave(self) -> None:
+        self._cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def joined(hub: Hub) -> AsyncIterator[JoinedWorker]:
+    """A worker joined to ``hub`` until the block ends (or ``leave``)."""
+    recorder = Recorder()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(DEADLINE_SECONDS):
+            link = await nursery.start(hub.run, recorder)
+        yield JoinedWorker(link, recorder, nursery.cancel_scope)
+        nursery.cancel_scope.cancel()
+
+
+def body(sender: str, text: str) -> str:
+    return encode_chat_body(ChatMessage(sender=sender, message=text))

@@ -1,0 +1,38 @@
+-- A worker joins (or re-joins) with all its connections.
+-- ARGV: label, the last message id it saw (0: none), its epoch ("": none), a fresh epoch to use
+-- if the hub has none, the log position it read up to ("": none), then presence pairs.
+-- Returns: epoch, 1 if the worker can read on from its position without missing a message,
+-- the position to read from, and in how many ms to call update.
+local label, seen, epoch = ARGV[FIRST_ARG], tonumber(ARGV[FIRST_ARG + 1]), ARGV[FIRST_ARG + 2]
+local fresh_epoch, position = ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4]
+local now = now_ms()
+expire_workers(now)
+local current = redis.call('GET', EPOCH)
+if not current then
+  -- A new Redis, or one that lost its data: go on with the worker's run of ids, if it had one,
+  -- so that ids keep growing and clients' resume points keep their meaning.
+  current = epoch ~= '' and epoch or fresh_epoch
+  redis.call('SET', EPOCH, current)
+end
+local continuous = 0
+if current == epoch then
+  if last_id() < seen then
+    redis.call('SET', LAST_ID, seen)
+  end
+  -- Continuous when nothing was published since, or the next message is still in the log
+  -- (trimming drops the oldest first, so everything after it is there too).
+  local next_id = (seen + 1) .. '-0'
+  if last_id() == seen or #redis.call('XRANGE', LOG, next_id, next_id) == 1 then
+    continuous = 1
+  end
+else
+  position = '' -- A position in another run of ids means nothing here.
+end
+if position == '' then
+  local top = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)
+  position = top[1] and top[1][1] or '0-0'
+end
+drop_worker(label) -- What the hub still had of this worker is replaced.
+renew_lease(label, now)
+apply_presence(label, FIRST_ARG + 5)
+return {current, continuous, position, settle_presence(now)}

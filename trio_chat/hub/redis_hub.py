@@ -1,0 +1,255 @@
+"""The Redis Streams hub: workers on several hosts share one chat through one Redis server.
+
+Chosen with ``TRIO_CHAT_HUB=redis://host:port/db`` (or ``rediss://``). Everything the manager
+hub's process keeps lives in Redis instead, changed only by the Lua scripts in ``lua/`` (each
+runs atomically, so the one order and the presence counts never race):
+
+- a **log** stream that every worker reads with ``XREAD BLOCK`` from the position it reached:
+  messages (id ``<message id>-0``) and presence frames, in one order. Reading takes nothing
+  away, so a worker that reconnects goes on from its position and misses nothing Redis still
+  holds; the log is trimmed to about ``mailbox_size`` entries, and a worker that falls further
+  behind notices the gap in the message ids and tells its clients;
+- a **history** stream of the last ``history_size`` messages, for joins and resumes;
+- **presence**: a hash per worker (connection -> name) and a lease per worker, renewed by its
+  heartbeat, so that the users of a host that died leave presence when its lease runs out.
+
+Ids and timestamps come from Redis (one counter, one clock) whatever host publishes. If Redis
+loses its data (a restart without persistence), the first worker to re-join carries on with its
+epoch and last id, so ids never go back; workers that had not read everything say so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..config import Settings
+from ..protocol import presence_frame, stamp_chat_frame
+from .address import HubConfigError, read_secret_file
+from .bridge import BridgedHub, Fetched
+from .core import LEASE_SECONDS, Snapshot
+from .presence import MAX_LISTED_USERS
+
+REDIS_SCHEMES = ("redis://", "rediss://")
+#: How long a read waits for new entries before returning empty (and being made again).
+READ_BLOCK_SECONDS = 5.0
+#: Every worker renews its lease this often; a worker silent for ``LEASE_SECONDS`` is gone.
+HEARTBEAT_SECONDS = LEASE_SECONDS / 3
+#: Presence frames are coalesced to one per interval, across all workers.
+PRESENCE_INTERVAL_SECONDS = 0.25
+#: A call that takes longer than this means Redis is unreachable (a read also blocks for
+#: ``READ_BLOCK_SECONDS``).
+SOCKET_TIMEOUT_SECONDS = READ_BLOCK_SECONDS + 5.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+#: Marks a connection that left, in presence changes sent to Redis (names have no controls).
+_GONE = "\0"
+
+
+class HubStateLost(Exception):
+    """Redis no longer knows this worker (its lease ran out, or Redis lost its data)."""
+
+
+def is_redis_url(hub: str) -> bool:
+    return hub.startswith(REDIS_SCHEMES)
+
+
+class RedisHub(BridgedHub):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            RedisBackend(settings),
+            label=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+            outbox_size=settings.outbox_size,
+            fetch_batch=settings.subscriber_buffer // 4,
+        )
+
+
+@functools.cache
+def _script_source(name: str) -> str:
+    folder = Path(__file__).with_name("lua")
+    return (folder / "common.lua").read_text() + (folder / f"{name}.lua").read_text()
+
+
+class RedisBackend:
+    link_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, HubStateLost)
+
+    def __init__(self, settings: Settings) -> None:
+        password = None
+        if settings.hub_secret_file is not None:
+            password = read_secret_file(settings.hub_secret_file).decode().strip()
+        try:
+            self._client = redis.Redis.from_url(
+                settings.hub,
+                password=password,
+                decode_responses=True,
+                socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                # A call that failed may have been carried out: never send it twice (the reader
+                # reconnects and re-joins instead).
+                retry=Retry(NoBackoff(), 0),
+            )
+        except ValueError as error:
+            raise HubConfigError(f"TRIO_CHAT_HUB={settings.hub!r}: {error}") from None
+        kwargs = self._client.connection_pool.connection_kwargs
+        self._where = f"redis {kwargs.get('host', kwargs.get('path'))}:{kwargs.get('port', '')}"
+        self._where += f"/{kwargs.get('db', 0)}"
+        self._common_args: tuple[str | int, ...] = (
+            settings.redis_prefix,
+            settings.history_size,
+            settings.mailbox_size,
+            MAX_LISTED_USERS,
+            int(PRESENCE_INTERVAL_SECONDS * 1000),
+            int(LEASE_SECONDS * 1000),
+            int(HEARTBEAT_SECONDS * 1000),
+        )
+        self._log_key = f"{settings.redis_prefix}:log"
+        self._scripts = {
+            name: self._client.register_script(_script_source(name))
+            for name in ("join", "update", "snapshot", "leave")
+        }
+        #: Where the reader is in the log, and the last message id it read: kept across
+        #: memberships, so that a re-join reads on from there.
+        self.position = ""
+        self.last_message_id = 0
+
+    def describe(self) -> str:
+        return self._where
+
+    def call(self, script: str, *args: str | int) -> Any:
+        return self._scripts[script](args=(*self._common_args, *args))
+
+    def join(
+        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+    ) -> _RedisMembership:
+        pairs = [item for connection, name in presence.items() for item in (connection, name)]
+        reply = self.call(
+            "join", label, last_id, epoch, secrets.token_hex(4), self.position, *pairs
+        )
+        epoch, continuous, self.position, due_ms = reply
+        if not continuous:
+            # Ids after this position may be missing: do not count them as a gap again.
+            self.last_message_id = 0
+        return _RedisMembership(self, label, epoch, bool(continuous), due_ms / 1000)
+
+    def read(self, max_entries: int) -> Fetched:
+        """The next entries of the log after the reader's position, as frames."""
+        reply = cast(
+            "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
+            self._client.xread(
+                {self._log_key: self.position},
+                count=max_entries,
+                block=int(READ_BLOCK_SECONDS * 1000),
+            ),
+        )
+        if not reply:
+            return Fetched([])
+        frames = []
+        missed = False
+        for entry_id, fields in reply[0][1]:
+            number, _, sequence = entry_id.partition("-")
+            if sequence == "0":
+                message = int(number)
+                if self.last_message_id and message != self.last_message_id + 1:
+                    missed = True  # Trimmed from the log before we read it.
+                self.last_message_id = message
+                frames.append(stamp_chat_frame(message, int(fields["t"]), fields["b"]))
+            else:
+                frames.append(_presence_frame(fields))
+            self.position = entry_id
+        return Fetched(frames, missed)
+
+
+def _presence_frame(fields: Mapping[str, str]) -> str:
+    listed = json.loads(fields["u"]) or []
+    return presence_frame(
+        int(fields["v"]),
+        int(fields["o"]),
+        listed,
+        json.loads(fields["j"]) or [],
+        json.loads(fields["l"]) or [],
+        truncated=int(fields["n"]) > len(listed),
+    )
+
+
+class _RedisMembership:
+    def __init__(
+        self, backend: RedisBackend, label: str, epoch: str, continuous: bool, due_in: float
+    ) -> None:
+        self._backend = backend
+        self._label = label
+        self.epoch = epoch
+        self.continuous = continuous
+        self._lost = False
+        # Snapshots (any thread) may bring the next update forward; updates set it.
+        self._lock = threading.Lock()
+        self._due_at = time.monotonic() + due_in
+
+    @property
+    def update_due_in(self) -> float | None:
+        with self._lock:
+            return max(0.0, self._due_at - time.monotonic())
+
+    def fetch(self, max_frames: int) -> Fetched | None:
+        if self._lost:
+            return None
+        return self._backend.read(max_frames)
+
+    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+        pairs = [
+            item
+            for connection, name in presence.items()
+            for item in (connection, _GONE if name is None else name)
+        ]
+        last_id, due_ms = self._backend.call("update", self._label, len(bodies), *bodies, *pairs)
+        if last_id < 0:
+            self._lost = True  # The reader sees it at its next read and re-joins.
+            raise HubStateLost("Redis no longer knows this worker")
+        with self._lock:
+            self._due_at = time.monotonic() + due_ms / 1000
+
+    def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
+        reply = self._backend.call(
+            "snapshot",
+            self._label,
+            "" if since is None else since,
+            "" if epoch is None else f"={epoch}",
+            connection,
+            name,
+        )
+        if reply is None:
+            self._lost = True
+            raise HubStateLost("Redis lost the chat's state")
+        hub_epoch, valid, last_id, first_available, due_ms = reply[:5]
+        version, online, listed_json, names = reply[5:9]
+        with self._lock:
+            self._due_at = min(self._due_at, time.monotonic() + due_ms / 1000)
+        listed = json.loads(listed_json) or []
+        rest = reply[9:]
+        return Snapshot(
+            messages=[
+                stamp_chat_frame(int(rest[i]), int(rest[i + 1]), rest[i + 2])
+                for i in range(0, len(rest), 3)
+            ],
+            last_id=last_id,
+            first_available=first_available,
+            presence=presence_frame(version, online, listed, (), (), truncated=names > len(listed)),
+            presence_version=version,
+            epoch=hub_epoch,
+            since_valid=bool(valid),
+        )
+
+    def leave(self) -> None:
+        self._backend.call("leave", self._label)
