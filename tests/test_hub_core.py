@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from trio_chat.hub.core import LEASE_SECONDS, HubCore, Sequencer
+from trio_chat.hub.core import LEASE_SECONDS, MAX_PRESENCE_INTERVAL_SECONDS, HubCore, Sequencer
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
 JOIN_TIMEOUT_SECONDS = 5.0
@@ -195,6 +195,44 @@ def test_presence_frames_are_coalesced_to_one_per_interval() -> None:
     [frame] = presence_frames(core.fetch_nowait(watcher, 100))
     assert frame["online"] == 6
     assert frame["joined"] == [f"user{n}" for n in range(5)]
+
+
+def test_the_presence_interval_grows_with_the_room_to_bound_presence_deliveries() -> None:
+    clock = FakeClock()
+    core = HubCore(
+        history_size=10,
+        mailbox_size=1000,
+        presence_interval=0.25,
+        presence_deliveries=100,
+        monotonic=clock,
+    )
+    watcher = core.join("watcher", {n: "" for n in range(200)})  # 200 online: one per 2 s.
+    assert len(presence_frames(core.fetch_nowait(watcher, 1000))) == 1  # The first: at once.
+    core.update(watcher, presence={200: ""})
+    assert presence_frames(core.fetch_nowait(watcher, 1000)) == []
+    assert core.housekeep() == pytest.approx(2.01)  # 201 online, 100 deliveries a second.
+    clock.now = 1.0  # The small room's interval has passed, not the large room's.
+    core.housekeep()
+    assert presence_frames(core.fetch_nowait(watcher, 1000)) == []
+    clock.now = 2.01
+    core.housekeep()
+    [frame] = presence_frames(core.fetch_nowait(watcher, 1000))
+    assert frame["online"] == 201
+
+
+def test_the_presence_interval_has_a_ceiling_however_large_the_room() -> None:
+    clock = FakeClock()
+    core = HubCore(history_size=10, mailbox_size=100, presence_deliveries=1, monotonic=clock)
+    watcher = core.join("watcher", {n: "" for n in range(1000)})  # 1,000 s by size alone.
+    core.fetch_nowait(watcher, 100)
+    core.update(watcher, presence={1000: ""})
+    clock.now = MAX_PRESENCE_INTERVAL_SECONDS - 0.5
+    core.housekeep()
+    assert presence_frames(core.fetch_nowait(watcher, 100)) == []
+    clock.now = MAX_PRESENCE_INTERVAL_SECONDS
+    core.housekeep()
+    [frame] = presence_frames(core.fetch_nowait(watcher, 100))
+    assert frame["online"] == 1001
 
 
 def test_a_worker_that_stops_fetching_expires_and_its_users_leave() -> None:

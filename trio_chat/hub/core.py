@@ -13,7 +13,10 @@ Policies:
 - Liveness: a live worker is always fetching, and ``fetch`` returns empty after
   ``FETCH_HEARTBEAT_SECONDS`` at the latest, so a worker not seen for ``LEASE_SECONDS`` has
   died without leaving: ``housekeep`` removes it, and its users leave presence.
-- Presence frames are coalesced: at most one per ``presence_interval``.
+- Presence frames are coalesced: at most one per ``presence_interval``, and in a large room
+  fewer: a presence frame goes to every client, so the interval grows with the number online to
+  keep presence at ``presence_deliveries`` per second in all (at most one frame every
+  ``MAX_PRESENCE_INTERVAL_SECONDS``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import math
 import os
 import secrets
 import threading
@@ -33,6 +37,8 @@ from .presence import PresenceBook
 #: The longest a ``fetch`` waits before returning empty: the worker's heartbeat.
 FETCH_HEARTBEAT_SECONDS = 5.0
 LEASE_SECONDS = 3 * FETCH_HEARTBEAT_SECONDS
+#: However large the room, a presence frame at least this often while presence changes.
+MAX_PRESENCE_INTERVAL_SECONDS = 10.0
 
 
 def wall_clock_ms() -> int:
@@ -98,6 +104,7 @@ class HubCore:
         mailbox_size: int,
         history_size: int,
         presence_interval: float = 0.0,
+        presence_deliveries: float = math.inf,
         clock_ms: Callable[[], int] = wall_clock_ms,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -107,7 +114,8 @@ class HubCore:
         self._history: collections.deque[tuple[int, str]] = collections.deque(maxlen=history_size)
         self._presence = PresenceBook()
         self._presence_interval = presence_interval
-        self._last_presence_at = -presence_interval
+        self._presence_deliveries = presence_deliveries
+        self._last_presence_at = -math.inf  # The first one goes at once.
         self._mailboxes: dict[str, _Mailbox] = {}
         self._mailbox_ids = itertools.count(1)
         self._mailbox_size = mailbox_size
@@ -255,7 +263,7 @@ class HubCore:
         )
         wait = LEASE_SECONDS / 2
         if self._presence.dirty:
-            due = self._last_presence_at + self._presence_interval
+            due = self._last_presence_at + self._current_presence_interval()
             if now >= due:
                 self._publish_presence(now)
             else:
@@ -318,10 +326,16 @@ class HubCore:
         if not self._presence.dirty:
             return
         now = self._monotonic()
-        if now - self._last_presence_at >= self._presence_interval:
+        if now - self._last_presence_at >= self._current_presence_interval():
             self._publish_presence(now)
         else:
             self._housekeeping.notify()  # The housekeeping thread sends it when due.
+
+    def _current_presence_interval(self) -> float:
+        by_size = min(
+            self._presence.online / self._presence_deliveries, MAX_PRESENCE_INTERVAL_SECONDS
+        )
+        return max(self._presence_interval, by_size)
 
     def _publish_presence(self, now: float) -> None:
         self._last_presence_at = now

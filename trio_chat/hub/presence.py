@@ -43,6 +43,11 @@ class PresenceBook:
         self._published_users: frozenset[str] = frozenset()
         self.dirty = False
 
+    @property
+    def online(self) -> int:
+        """Connections online now (published or not)."""
+        return self._online
+
     def replace_worker(self, worker: str, connections: Mapping[int, str]) -> None:
         """Set all of a worker's connections at once (on joining the hub)."""
         self.drop_worker(worker)

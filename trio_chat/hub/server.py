@@ -27,6 +27,11 @@ logger = logging.getLogger("trio_chat.hub")
 _WATCH_POLL_SECONDS = 1.0
 #: At most this many presence frames a second: joins and leaves in between are coalesced.
 PRESENCE_INTERVAL_SECONDS = 0.25
+#: Presence frames sent to clients per second, all clients together, in a large room: one frame
+#: goes to everyone, so 10,000 clients connecting at once would otherwise get 40,000 frames a
+#: second, more than the server can send. From 500 clients online on, the interval grows with
+#: them (5 s at 10,000; ``MAX_PRESENCE_INTERVAL_SECONDS`` at most).
+PRESENCE_DELIVERIES_PER_SECOND = 2_000
 
 
 def serve(
@@ -43,6 +48,7 @@ def serve(
         mailbox_size=mailbox_size,
         history_size=history_size,
         presence_interval=PRESENCE_INTERVAL_SECONDS,
+        presence_deliveries=PRESENCE_DELIVERIES_PER_SECOND,
     )
 
     class ServingManager(BaseManager):
