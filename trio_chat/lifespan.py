@@ -17,6 +17,7 @@ is over), it exits by itself.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -38,6 +39,9 @@ HubFactory = Callable[[Settings], Hub]
 #: After closing every session on SIGTERM, how long Hypercorn has to shut the worker down (the
 #: ``graceful_timeout`` of hypercorn.toml).
 EXIT_GRACE_SECONDS = 5.0
+#: Cyclic garbage collector thresholds of a serving worker (Python's defaults: 700, 10, 10). See
+#: ``tune_garbage_collector``.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 async def run_lifespan(
@@ -73,6 +77,10 @@ async def run_lifespan(
         nursery.start_soon(_exit_if_stuck, worker)
         if "state" in scope:
             scope["state"][STATE_KEY] = worker
+        if multiprocessing.parent_process() is not None:
+            # A worker process of its own (Hypercorn's): its collector is ours to tune. (In any
+            # other process, e.g. a test run, it is not.)
+            tune_garbage_collector()
         log_event("worker_started", pid=worker.pid, hub=type(hub).__name__)
         await send({"type": "lifespan.startup.complete"})
 
@@ -80,6 +88,22 @@ async def run_lifespan(
         nursery.cancel_scope.cancel()
     log_event("worker_stopped", pid=worker.pid)
     await send({"type": "lifespan.shutdown.complete"})
+
+
+def tune_garbage_collector() -> None:
+    """Make the cyclic garbage collector cheap for a long-running worker with many connections.
+
+    Almost everything a worker frees goes by reference counting; the collector is for cycles
+    (tracebacks of cancelled tasks, mostly). With its defaults it runs every 700 allocations
+    and keeps scanning every object the worker holds: the modules and classes loaded at startup,
+    and every connection's objects. Measured on the baseline server with 10,000 connections, it
+    took 42-55 % of the CPU. So the objects alive after startup, which live as long as the
+    process, are frozen out of every collection (``gc.freeze``), and collections run far less
+    often; the garbage cycles that wait longer for one are small and few.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def _close_sessions_on_sigterm(worker: Worker) -> None:
