@@ -45,8 +45,6 @@ from .presence import MAX_LISTED_USERS
 REDIS_SCHEMES = ("redis://", "rediss://")
 #: How long a read waits for new entries before returning empty (and being made again).
 READ_BLOCK_SECONDS = 5.0
-#: Every worker renews its lease this often; a worker silent for ``LEASE_SECONDS`` is gone.
-HEARTBEAT_SECONDS = LEASE_SECONDS / 3
 #: Presence frames are coalesced to one per interval, across all workers.
 PRESENCE_INTERVAL_SECONDS = 0.25
 #: A call that takes longer than this means Redis is unreachable (a read also blocks for
@@ -66,9 +64,9 @@ def is_redis_url(hub: str) -> bool:
 
 
 class RedisHub(BridgedHub):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, lease_seconds: float = LEASE_SECONDS) -> None:
         super().__init__(
-            RedisBackend(settings),
+            RedisBackend(settings, lease_seconds=lease_seconds),
             label=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
             outbox_size=settings.outbox_size,
             fetch_batch=settings.subscriber_buffer // 4,
@@ -84,7 +82,7 @@ def _script_source(name: str) -> str:
 class RedisBackend:
     link_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, HubStateLost)
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, lease_seconds: float = LEASE_SECONDS) -> None:
         password = None
         if settings.hub_secret_file is not None:
             password = read_secret_file(settings.hub_secret_file).decode().strip()
@@ -110,18 +108,19 @@ class RedisBackend:
             settings.mailbox_size,
             MAX_LISTED_USERS,
             int(PRESENCE_INTERVAL_SECONDS * 1000),
-            int(LEASE_SECONDS * 1000),
-            int(HEARTBEAT_SECONDS * 1000),
+            int(lease_seconds * 1000),
+            # Three heartbeats per lease: one late or lost call does not count a worker dead.
+            int(lease_seconds / 3 * 1000),
         )
         self._log_key = f"{settings.redis_prefix}:log"
         self._scripts = {
             name: self._client.register_script(_script_source(name))
             for name in ("join", "update", "snapshot", "leave")
         }
-        #: Where the reader is in the log, and the last message id it read: kept across
-        #: memberships, so that a re-join reads on from there.
+        #: Where the reader is in the log, and the last message id before it (None: not
+        #: known): kept across memberships, so that a re-join reads on from there.
         self.position = ""
-        self.last_message_id = 0
+        self.last_message_id: int | None = None
 
     def describe(self) -> str:
         return self._where
@@ -136,10 +135,13 @@ class RedisBackend:
         reply = self.call(
             "join", label, last_id, epoch, secrets.token_hex(4), self.position, *pairs
         )
-        epoch, continuous, self.position, due_ms = reply
-        if not continuous:
-            # Ids after this position may be missing: do not count them as a gap again.
-            self.last_message_id = 0
+        epoch, continuous, self.position, position_id, due_ms = reply
+        if position_id >= 0:
+            self.last_message_id = position_id  # Reading starts after the newest entry.
+        elif not continuous:
+            # Reading on from where we were: what follows may have gaps, and the clients are
+            # told once (the bridge does), not at every gap.
+            self.last_message_id = None
         return _RedisMembership(self, label, epoch, bool(continuous), due_ms / 1000)
 
     def read(self, max_entries: int) -> Fetched:
@@ -160,7 +162,7 @@ class RedisBackend:
             number, _, sequence = entry_id.partition("-")
             if sequence == "0":
                 message = int(number)
-                if self.last_message_id and message != self.last_message_id + 1:
+                if self.last_message_id is not None and message != self.last_message_id + 1:
                     missed = True  # Trimmed from the log before we read it.
                 self.last_message_id = message
                 frames.append(stamp_chat_frame(message, int(fields["t"]), fields["b"]))

@@ -2,7 +2,8 @@
 -- ARGV: label, the last message id it saw (0: none), its epoch ("": none), a fresh epoch to use
 -- if the hub has none, the log position it read up to ("": none), then presence pairs.
 -- Returns: epoch, 1 if the worker can read on from its position without missing a message,
--- the position to read from, and in how many ms to call update.
+-- the position to read from, the last message id before that position (-1: the worker's own
+-- position, kept), and in how many ms to call update.
 local label, seen, epoch = ARGV[FIRST_ARG], tonumber(ARGV[FIRST_ARG + 1]), ARGV[FIRST_ARG + 2]
 local fresh_epoch, position = ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4]
 local now = now_ms()
@@ -28,11 +29,13 @@ if current == epoch then
 else
   position = '' -- A position in another run of ids means nothing here.
 end
+local position_id = -1
 if position == '' then
+  position_id = last_id()
   local top = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)
   position = top[1] and top[1][1] or '0-0'
 end
 drop_worker(label) -- What the hub still had of this worker is replaced.
 renew_lease(label, now)
 apply_presence(label, FIRST_ARG + 5)
-return {current, continuous, position, settle_presence(now)}
+return {current, continuous, position, position_id, settle_presence(now)}

@@ -1,0 +1,146 @@
+"""What only the Redis hub has to get right: a real redis-server dying, coming back with or
+without its data, workers whose host died, and workers that fell behind the log.
+
+Each test starts its own ``redis-server`` on a free loopback port (``servers.redis_server``).
+The real clock runs; every wait is on a condition under a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_chat.config import Settings
+from trio_chat.hub import HubUnavailable, RedisHub
+from trio_chat.hub.redis_hub import RedisBackend
+
+from hub_support import DEADLINE_SECONDS, JoinedWorker, body, joined
+from servers import RedisServer, redis_server
+
+POLL_SECONDS = 0.02
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """For states no event announces (a link going down or up): checked often, up to a deadline."""
+    with trio.fail_after(DEADLINE_SECONDS):
+        while True:
+            if condition():
+                return
+            await trio.sleep(POLL_SECONDS)
+
+
+async def publish_and_see(sender: JoinedWorker, readers: list[JoinedWorker], text: str) -> None:
+    await sender.publish("ann", text)
+    for reader in readers:
+        await reader.recorder.wait_until(lambda r=reader: text in r.recorder.message_texts())
+
+
+async def restart(server: RedisServer, workers: list[JoinedWorker]) -> None:
+    """Kill Redis, check that the workers refuse to publish, start it again."""
+    await server.kill()
+    for worker in workers:
+        with pytest.raises(HubUnavailable):
+            await worker.publish("ann", "into the void")
+    await server.start()
+    await wait_for(lambda: all(worker.link.connected for worker in workers))
+
+
+async def test_a_restart_that_keeps_the_data_loses_nothing(tmp_path: Path) -> None:
+    async with redis_server(tmp_path, durable=True) as server:
+        settings = Settings(hub=server.url)
+        async with joined(RedisHub(settings)) as a, joined(RedisHub(settings)) as b:
+            for n in range(3):
+                await publish_and_see(a, [a, b], f"before {n}")
+            await a.link.snapshot(None, None, 1, "ann")
+            await b.link.snapshot(None, None, 1, "bob")
+
+            await restart(server, [a, b])
+            for n in range(3):
+                await publish_and_see(b, [a, b], f"after {n}")
+
+            for worker in (a, b):
+                ids = [m["id"] for m in worker.recorder.messages()]
+                assert ids == list(range(1, 7))
+                assert worker.recorder.missed == 0  # Nothing was missed: no notice.
+                await worker.recorder.wait_for_presence(2, ["ann", "bob"])
+
+
+async def test_a_restart_that_lost_the_data_goes_on_with_the_same_ids(tmp_path: Path) -> None:
+    async with redis_server(tmp_path, durable=False) as server:
+        settings = Settings(hub=server.url)
+        async with joined(RedisHub(settings)) as a, joined(RedisHub(settings)) as b:
+            for n in range(3):
+                await publish_and_see(a, [a, b], f"before {n}")
+            before = await a.link.snapshot(None, None, 1, "ann")
+            await b.link.snapshot(None, None, 1, "bob")
+
+            await restart(server, [a, b])
+            await publish_and_see(b, [a, b], "after")
+
+            after = await a.link.snapshot(before.last_id, before.epoch, 2, "")
+            # The same run of ids goes on, so clients' resume points keep their meaning.
+            assert (after.epoch, after.since_valid) == (before.epoch, True)
+            assert [json.loads(m)["message"] for m in after.messages] == ["after"]
+            for worker in (a, b):
+                assert [m["id"] for m in worker.recorder.messages()] == [1, 2, 3, 4]
+                assert worker.recorder.missed == 0  # Both had read everything.
+                # The workers brought their users back into the empty Redis.
+                await worker.recorder.wait_for_presence(3, ["ann", "bob"])
+
+
+async def test_a_worker_behind_when_redis_lost_the_data_says_so(tmp_path: Path) -> None:
+    async with redis_server(tmp_path, durable=False) as server:
+        settings = Settings(hub=server.url)
+        ahead, behind = RedisBackend(settings), RedisBackend(settings)
+        ahead_member = ahead.join("ahead", {}, 0, "")
+        behind_member = behind.join("behind", {}, 0, "")
+        ahead_member.update([body("ann", "one")], {})
+        assert [json.loads(f)["id"] for f in behind.read(10).frames] == [1]
+        ahead_member.update([body("ann", "two")], {})
+        assert [json.loads(f)["id"] for f in ahead.read(10).frames if '"message"' in f] == [1, 2]
+
+        await server.kill()
+        await server.start()
+        # Rejoining as the bridge does, with what each had seen.
+        ahead_again = ahead.join("ahead", {}, 2, ahead_member.epoch)
+        behind_again = behind.join("behind", {}, 1, behind_member.epoch)
+        assert ahead_again.continuous
+        assert not behind_again.continuous  # Message 2 is gone with Redis's data.
+        assert behind_again.epoch == ahead_again.epoch == ahead_member.epoch
+        ahead_again.update([body("ann", "three")], {})
+        assert [json.loads(f)["id"] for f in behind.read(10).frames if '"message"' in f] == [3]
+
+
+async def test_a_worker_that_fell_behind_the_log_is_told_of_the_gap(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        # A log of about 10 entries: Redis trims it a whole node (100 entries) at a time.
+        settings = Settings(hub=server.url, mailbox_size=10)
+        reader, writer = RedisBackend(settings), RedisBackend(settings)
+        reader.join("reader", {}, 0, "")
+        member = writer.join("writer", {}, 0, "")
+        assert reader.read(10).frames == []  # Read up to date (nothing yet).
+        for n in range(300):
+            member.update([body("ann", str(n))], {})
+        fetched = reader.read(1000)
+        ids = [json.loads(frame)["id"] for frame in fetched.frames]
+        assert ids[0] > 1 and ids == list(range(ids[0], 301))
+        assert fetched.missed
+        member.update([body("ann", "next")], {})
+        assert not reader.read(10).missed  # Caught up: no gap any more.
+
+
+async def test_the_users_of_a_worker_that_died_leave_presence(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        settings = Settings(hub=server.url)
+        lease = 0.6
+        async with joined(RedisHub(settings, lease_seconds=lease)) as alive:
+            await alive.link.snapshot(None, None, 1, "ann")
+            # A worker on a host that dies: it joins, then never calls again.
+            RedisBackend(settings, lease_seconds=lease).join("doomed", {1: "ghost"}, 0, "")
+            await alive.recorder.wait_for_presence(2, ["ann", "ghost"])
+            # The live worker's heartbeats renew its lease and expire the dead one's.
+            await alive.recorder.wait_for_presence(1, ["ann"])
