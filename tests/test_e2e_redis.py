@@ -1,0 +1,148 @@
+"""Several servers, one chat: two ``hypercorn -k trio -w 2`` servers sharing one Redis.
+
+As behind a load balancer: each server is its own Hypercorn master with its own workers, on its
+own port; the only thing they share is ``TRIO_CHAT_HUB=redis://...``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from servers import HypercornServer, RedisServer, chat_client, hypercorn_server, redis_server
+from test_e2e_history import presence_until
+from wsclient import WebSocketClient
+
+pytestmark = pytest.mark.e2e
+
+SERVER_WORKERS = 2
+RECOVERY_TIMEOUT_SECONDS = 20.0
+
+
+@asynccontextmanager
+async def two_servers(redis: RedisServer) -> AsyncIterator[list[HypercornServer]]:
+    env = {"TRIO_CHAT_HUB": redis.url, "TRIO_CHAT_RATE": "0"}
+    async with (
+        hypercorn_server(workers=SERVER_WORKERS, env=env) as first,
+        hypercorn_server(workers=SERVER_WORKERS, env=env) as second,
+    ):
+        assert first.hub_pids == second.hub_pids == []  # Redis is the hub: none started.
+        yield [first, second]
+
+
+async def clients_on_every_worker(
+    stack: AsyncExitStack, server: HypercornServer
+) -> list[WebSocketClient]:
+    """Clients of ``server`` until every one of its workers has at least one."""
+    clients: list[WebSocketClient] = []
+    while len({client.welcome["worker"] for client in clients}) < server.workers:
+        assert len(clients) < 50, "every connection landed on one worker"
+        clients.append(await stack.enter_async_context(chat_client(server)))
+    return clients
+
+
+async def test_clients_of_two_servers_share_one_chat_in_one_order(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        two_servers(redis) as servers,
+        AsyncExitStack() as stack,
+    ):
+        clients = [c for s in servers for c in await clients_on_every_worker(stack, s)]
+        # Presence counts the clients of both servers.
+        for client in clients:
+            await presence_until(client, len(clients))
+
+        per_client = 5
+        async with trio.open_nursery() as nursery:
+            for index, client in enumerate(clients):
+                nursery.start_soon(send_many, client, f"c{index}", per_client)
+        total = per_client * len(clients)
+        seen = []
+        for client in clients:
+            seen.append([await client.receive_type("message") for _ in range(total)])
+        orders = [[(m["id"], m["sender"], m["message"]) for m in frames] for frames in seen]
+        assert all(order == orders[0] for order in orders)  # One order, on every worker.
+        ids = [entry[0] for entry in orders[0]]
+        assert ids == list(range(ids[0], ids[0] + total))
+
+
+async def send_many(client: WebSocketClient, sender: str, count: int) -> None:
+    for n in range(count):
+        await client.send(sender, f"{sender} {n}")
+
+
+async def test_a_client_moving_to_the_other_server_resumes_without_a_gap(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        two_servers(redis) as (first, second),
+        chat_client(second) as stayer,
+    ):
+        async with chat_client(first) as mover:
+            await mover.send("mover", "on the first server")
+            seen = await mover.receive_type("message")
+            epoch = mover.history["epoch"]
+        assert await stayer.receive_type("message") == seen  # One chat across the servers.
+        for n in range(3):  # Said while the mover was away.
+            await stayer.send("stayer", f"missed {n}")
+        missed = [await stayer.receive_type("message") for _ in range(3)]
+        async with chat_client(second, f"/chat?since={epoch}:{seen['id']}") as moved:
+            assert moved.history["resumed"] is True
+            assert moved.history["messages"] == missed
+            await stayer.send("stayer", "live")
+            live = await moved.receive_type("message")
+            assert (live["id"], live["message"]) == (missed[-1]["id"] + 1, "live")
+
+
+async def test_servers_keep_their_clients_while_redis_restarts(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path, durable=True) as redis,
+        two_servers(redis) as servers,
+        AsyncExitStack() as stack,
+        httpx.AsyncClient() as http,
+    ):
+        clients = [await stack.enter_async_context(chat_client(s)) for s in servers]
+        await clients[0].send("ann", "before")
+        before = [await client.receive_type("message") for client in clients]
+
+        await redis.kill()
+        # Every worker says it has lost its hub (each answers /healthz for itself).
+        for server in servers:
+            await health_of_every_worker(http, server, want_up=False)
+        await clients[1].send("bob", "while Redis is down")
+        refused = await clients[1].receive_type("error")
+        assert refused["code"] == "hub_unavailable"
+
+        await redis.start()
+        for server in servers:
+            await health_of_every_worker(http, server, want_up=True)
+        # The same connections carry on, with the next id: nothing was lost, nothing repeated.
+        await clients[1].send("bob", "after")
+        for client, earlier in zip(clients, before, strict=True):
+            after = await client.receive_type("message")
+            assert (after["id"], after["message"]) == (earlier["id"] + 1, "after")
+
+
+async def health_of_every_worker(
+    http: httpx.AsyncClient, server: HypercornServer, *, want_up: bool
+) -> None:
+    """Ask /healthz until every worker of ``server`` has answered as wanted (new connections
+    land on any worker, so it takes several asks to hear from all)."""
+    answered: set[int] = set()
+    with trio.fail_after(RECOVERY_TIMEOUT_SECONDS):
+        for attempt in itertools.count():
+            response = await http.get(f"{server.url}/healthz", headers={"Connection": "close"})
+            health = response.json()
+            if health["hub"] is want_up:
+                assert response.status_code == (200 if want_up else 503)
+                answered.add(health["pid"])
+                if len(answered) == server.workers:
+                    return
+            else:
+                answered.discard(health["pid"])
+                await trio.sleep(0.05 * min(attempt, 10))  # Not there yet: ask again soon.
