@@ -129,6 +129,43 @@ class FakeClock:
         return self.now
 
 
+def test_a_fetch_lingers_for_more_frames_after_the_first() -> None:
+    core = HubCore(history_size=10, mailbox_size=10, fetch_linger=JOIN_TIMEOUT_SECONDS)
+    mailbox = core.join("w")
+    core.fetch_nowait(mailbox, 10)
+    core.publish([body("first")])
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(core.fetch(mailbox, 2)))
+    thread.start()
+    wait_until_blocked_in_fetch(core, mailbox)  # A frame is there, and it waits for more...
+    core.publish([body("second")])
+    thread.join(JOIN_TIMEOUT_SECONDS)
+    assert not thread.is_alive()
+    assert ids_and_texts(result[0]) == [(1, "first"), (2, "second")]  # type: ignore[arg-type]
+
+
+def test_a_fetch_lingers_no_longer_than_the_linger_after_the_oldest_frame() -> None:
+    clock = FakeClock()
+    core = HubCore(history_size=10, mailbox_size=10, fetch_linger=1.0, monotonic=clock)
+    mailbox = core.join("w")
+    core.fetch_nowait(mailbox, 10)
+    core.publish([body("old")])
+    clock.now = 1.0
+    assert ids_and_texts(core.fetch(mailbox, 10)) == [(1, "old")]  # At once.
+
+
+def test_a_lingering_fetch_returns_none_when_the_worker_leaves() -> None:
+    core = HubCore(history_size=10, mailbox_size=10, fetch_linger=JOIN_TIMEOUT_SECONDS)
+    mailbox = core.join("w")
+    core.fetch_nowait(mailbox, 10)
+    core.publish([body("first")])
+    thread, result = fetch_in_thread(core, mailbox)
+    core.leave(mailbox)
+    thread.join(JOIN_TIMEOUT_SECONDS)
+    assert not thread.is_alive()
+    assert result == [None]
+
+
 def presence_frames(frames: list[str] | None) -> list[dict[str, Any]]:
     assert frames is not None
     return [doc for doc in map(json.loads, frames) if doc["type"] == "presence"]

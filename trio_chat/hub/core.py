@@ -88,13 +88,15 @@ class Sequencer:
 
 
 class _Mailbox:
-    __slots__ = ("frames", "label", "last_seen", "ready")
+    __slots__ = ("filled_at", "frames", "label", "last_seen", "ready")
 
     def __init__(self, label: str, lock: threading.Lock, now: float) -> None:
         self.label = label
         self.frames: collections.deque[str] = collections.deque()
         self.ready = threading.Condition(lock)
         self.last_seen = now
+        #: When the oldest frame waiting arrived.
+        self.filled_at = now
 
 
 class HubCore:
@@ -105,6 +107,7 @@ class HubCore:
         history_size: int,
         presence_interval: float = 0.0,
         presence_deliveries: float = math.inf,
+        fetch_linger: float = 0.0,
         clock_ms: Callable[[], int] = wall_clock_ms,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -115,6 +118,7 @@ class HubCore:
         self._presence = PresenceBook()
         self._presence_interval = presence_interval
         self._presence_deliveries = presence_deliveries
+        self._fetch_linger = fetch_linger
         self._last_presence_at = -math.inf  # The first one goes at once.
         self._mailboxes: dict[str, _Mailbox] = {}
         self._mailbox_ids = itertools.count(1)
@@ -231,6 +235,9 @@ class HubCore:
                 mailbox.last_seen = self._monotonic()
                 mailbox.ready.wait(timeout)
                 mailbox = self._mailboxes.get(mailbox_id)
+            if mailbox is not None and mailbox.frames:
+                self._linger(mailbox_id, mailbox, max_frames)
+                mailbox = self._mailboxes.get(mailbox_id)
             return self._take(mailbox, max_frames)
 
     def fetch_nowait(self, mailbox_id: str, max_frames: int) -> list[str] | None:
@@ -290,6 +297,15 @@ class HubCore:
 
     # The methods below expect the lock to be held.
 
+    def _linger(self, mailbox_id: str, mailbox: _Mailbox, max_frames: int) -> None:
+        """Let frames that arrive within ``fetch_linger`` of the oldest one waiting go in the
+        same fetch: each fetch is a round trip, and a thread hop in the worker."""
+        deadline = mailbox.filled_at + self._fetch_linger
+        while len(mailbox.frames) < max_frames and self._mailboxes.get(mailbox_id) is mailbox:
+            left = deadline - self._monotonic()
+            if left <= 0 or not mailbox.ready.wait(left):
+                return
+
     def _take(self, mailbox: _Mailbox | None, max_frames: int) -> list[str] | None:
         if mailbox is None:
             return None
@@ -306,6 +322,8 @@ class HubCore:
             if len(mailbox.frames) + len(frames) > self._mailbox_size:
                 overflowing.append(mailbox_id)
             else:
+                if not mailbox.frames:
+                    mailbox.filled_at = self._monotonic()
                 mailbox.frames.extend(frames)
                 mailbox.ready.notify()
         if overflowing:

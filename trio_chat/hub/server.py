@@ -32,6 +32,9 @@ PRESENCE_INTERVAL_SECONDS = 0.25
 #: second, more than the server can send. From 500 clients online on, the interval grows with
 #: them (5 s at 10,000; ``MAX_PRESENCE_INTERVAL_SECONDS`` at most).
 PRESENCE_DELIVERIES_PER_SECOND = 2_000
+#: A worker's fetch waits this long after the first frame for more to join it: one round trip
+#: (and thread hop) for many frames under load, for at most this much latency.
+FETCH_LINGER_SECONDS = 0.002
 
 
 def serve(
@@ -49,6 +52,7 @@ def serve(
         history_size=history_size,
         presence_interval=PRESENCE_INTERVAL_SECONDS,
         presence_deliveries=PRESENCE_DELIVERIES_PER_SECOND,
+        fetch_linger=FETCH_LINGER_SECONDS,
     )
 
     class ServingManager(BaseManager):
