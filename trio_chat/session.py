@@ -54,7 +54,7 @@ MAX_FRAMES_PER_BATCH = 512
 #: spell goes at once. It bounds the latency batching adds, far below the 250 ms the benchmark
 #: allows; the wait also ends as soon as half the client's buffer is waiting, so that a burst
 #: never takes a client near eviction (1013) just because it was being batched.
-BATCH_WINDOW_SECONDS = 0.025
+BATCH_WINDOW_SECONDS = 0.05
 _ORDINARY_CLOSE_CODES = frozenset(
     {
         CloseCode.NORMAL,
