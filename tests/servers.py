@@ -202,8 +202,11 @@ class RedisServer:
     restarted server has everything it acknowledged; otherwise a restart starts empty.
     """
 
-    def __init__(self, folder: Path, nursery: trio.Nursery, *, durable: bool) -> None:
+    def __init__(
+        self, folder: Path, nursery: trio.Nursery, *, durable: bool, password: str | None
+    ) -> None:
         self.folder = folder
+        self.password = password
         self.port = free_port()
         self.durable = durable
         self.process: trio.Process | None = None
@@ -216,9 +219,11 @@ class RedisServer:
     async def start(self) -> None:
         """Start it (again: on the same port, with the same folder)."""
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else []
+        # On a command line only here, for a test's throwaway server.
+        password = ["--requirepass", self.password] if self.password else []
         command = [
             str(REDIS_SERVER), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.folder), "--save", "", "--appendonly", "no", *persistence,
+            "--dir", str(self.folder), "--save", "", "--appendonly", "no", *persistence, *password,
         ]  # fmt: skip
         self.process = await trio.lowlevel.open_process(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -237,14 +242,16 @@ class RedisServer:
 
 
 @asynccontextmanager
-async def redis_server(folder: Path, *, durable: bool = False) -> AsyncIterator[RedisServer]:
+async def redis_server(
+    folder: Path, *, durable: bool = False, password: str | None = None
+) -> AsyncIterator[RedisServer]:
     """A running ``redis-server`` of the test's own; killed at the end, whatever happened."""
     if not REDIS_SERVER_FOUND:
         import pytest
 
         pytest.skip(REDIS_INSTALL_HINT)
     async with trio.open_nursery() as nursery:
-        server = RedisServer(folder, nursery, durable=durable)
+        server = RedisServer(folder, nursery, durable=durable, password=password)
         try:
             await server.start()
             yield server

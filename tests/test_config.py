@@ -40,7 +40,9 @@ def test_unrelated_variables_are_ignored() -> None:
     [
         ("TRIO_CHAT_HUB", "local", "hub", "local"),
         ("TRIO_CHAT_HUB", " tcp://10.0.0.1:9000 ", "hub", "tcp://10.0.0.1:9000"),
+        ("TRIO_CHAT_HUB", "redis://10.0.0.2:6379/1", "hub", "redis://10.0.0.2:6379/1"),
         ("TRIO_CHAT_HUB_SECRET_FILE", "/run/secret", "hub_secret_file", Path("/run/secret")),
+        ("TRIO_CHAT_REDIS_PREFIX", "chat:team-a", "redis_prefix", "chat:team-a"),
         ("TRIO_CHAT_MAX_MESSAGE_BYTES", "8192", "max_message_bytes", 8192),
         ("TRIO_CHAT_MAX_MESSAGE_BYTES", " 100 ", "max_message_bytes", 100),
         ("TRIO_CHAT_MAX_SENDER_CHARS", "32", "max_sender_chars", 32),
@@ -80,6 +82,9 @@ def test_blank_value_means_the_default(raw: str) -> None:
         ("TRIO_CHAT_MAILBOX_SIZE", "-5"),
         ("TRIO_CHAT_LOG_LEVEL", "chatty"),
         ("TRIO_CHAT_LOG_LEVEL", "10"),
+        ("TRIO_CHAT_REDIS_PREFIX", "chat room"),
+        ("TRIO_CHAT_REDIS_PREFIX", "x" * 65),
+        ("TRIO_CHAT_REDIS_PREFIX", "{chat}"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(variable: str, raw: str) -> None:

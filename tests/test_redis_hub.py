@@ -8,6 +8,7 @@ The real clock runs; every wait is on a condition under a deadline.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,10 +16,11 @@ import pytest
 import trio
 
 from trio_chat.config import Settings
-from trio_chat.hub import HubUnavailable, RedisHub
+from trio_chat.hub import HubUnavailable, RedisHub, open_hub
+from trio_chat.hub.address import HubConfigError
 from trio_chat.hub.redis_hub import RedisBackend
 
-from hub_support import DEADLINE_SECONDS, JoinedWorker, body, joined
+from hub_support import DEADLINE_SECONDS, JoinedWorker, Recorder, body, joined
 from servers import RedisServer, redis_server
 
 POLL_SECONDS = 0.02
@@ -144,3 +146,25 @@ async def test_the_users_of_a_worker_that_died_leave_presence(tmp_path: Path) ->
             await alive.recorder.wait_for_presence(2, ["ann", "ghost"])
             # The live worker's heartbeats renew its lease and expire the dead one's.
             await alive.recorder.wait_for_presence(1, ["ann"])
+
+
+async def test_the_password_is_read_from_the_secret_file(tmp_path: Path) -> None:
+    password = secrets.token_hex(20)
+    secret = tmp_path / "redis.secret"
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    async with redis_server(tmp_path, password=password) as server:
+        settings = Settings(hub=server.url, hub_secret_file=secret)
+        async with joined(RedisHub(settings)) as worker:
+            await publish_and_see(worker, [worker], "let in")
+
+        secret.write_text(secrets.token_hex(20))
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(HubUnavailable, match=f"redis 127.0.0.1:{server.port}/0"):
+                await nursery.start(RedisHub(settings).run, Recorder())
+
+
+@pytest.mark.parametrize("url", ["redis://localhost:port/0", "redis://localhost:6379/db"])
+def test_a_malformed_url_is_a_configuration_error(url: str) -> None:
+    with pytest.raises(HubConfigError, match="TRIO_CHAT_HUB"):
+        open_hub(Settings(hub=url))

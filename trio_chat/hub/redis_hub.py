@@ -27,6 +27,7 @@ import secrets
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -86,6 +87,10 @@ class RedisBackend:
         password = None
         if settings.hub_secret_file is not None:
             password = read_secret_file(settings.hub_secret_file).decode().strip()
+        database = urllib.parse.urlsplit(settings.hub).path.strip("/")
+        if database and not database.isdigit():
+            # redis-py would quietly use database 0 instead.
+            raise HubConfigError(f"TRIO_CHAT_HUB={settings.hub!r}: the database must be a number")
         try:
             self._client = redis.Redis.from_url(
                 settings.hub,
