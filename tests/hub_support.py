@@ -57,6 +57,12 @@ class Recorder:
         presences = self.presences()
         return presences[-1] if presences else None
 
+    async def wait_for_messages(self, count: int) -> None:
+        await self.wait_until(lambda: len(self.messages()) >= count)
+
+    async def wait_for_text(self, text: str) -> None:
+        await self.wait_until(lambda: text in self.message_texts())
+
     async def wait_for_presence(self, online: int, users: list[str]) -> dict[str, Any]:
         def shown() -> bool:
             latest = self.presence()

@@ -89,7 +89,7 @@ async def test_every_worker_gets_every_message_and_presence_frame_in_one_order(
                 nursery.start_soon(publish_all, index)
         total = per_worker * len(workers)
         for worker in workers:
-            await worker.recorder.wait_until(lambda w=worker: len(w.recorder.messages()) == total)
+            await worker.recorder.wait_for_messages(total)
 
         ids = [message["id"] for message in a.recorder.messages()]
         assert ids == list(range(ids[0], ids[0] + total))  # No gap, no repeat.
@@ -109,7 +109,7 @@ async def test_a_joining_client_gets_history_after_its_resume_point(make_hub: Hu
     async with joined(make_hub()) as a, joined(make_hub()) as b:
         for n in range(3):
             await a.publish("ann", f"m{n}")
-        await b.recorder.wait_until(lambda: len(b.recorder.messages()) == 3)
+        await b.recorder.wait_for_messages(3)
         ids = [message["id"] for message in b.recorder.messages()]
 
         everything = await b.link.snapshot(None, None, 1, "")

@@ -38,7 +38,7 @@ async def wait_for(condition: Callable[[], bool]) -> None:
 async def publish_and_see(sender: JoinedWorker, readers: list[JoinedWorker], text: str) -> None:
     await sender.publish("ann", text)
     for reader in readers:
-        await reader.recorder.wait_until(lambda r=reader: text in r.recorder.message_texts())
+        await reader.recorder.wait_for_text(text)
 
 
 async def restart(server: RedisServer, workers: list[JoinedWorker]) -> None:
