@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 import trio
 
 from trio_chat.config import Settings
@@ -168,3 +169,21 @@ async def test_the_password_is_read_from_the_secret_file(tmp_path: Path) -> None
 def test_a_malformed_url_is_a_configuration_error(url: str) -> None:
     with pytest.raises(HubConfigError, match="TRIO_CHAT_HUB"):
         open_hub(Settings(hub=url))
+
+
+async def test_entries_not_written_by_trio_chat_are_skipped(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        settings = Settings(hub=f"{server.url}?protocol=3")  # Asking for RESP3 changes nothing.
+        reader, writer = RedisBackend(settings), RedisBackend(settings)
+        reader.join("reader", {}, 0, "")
+        member = writer.join("writer", {}, 0, "")
+        member.update([body("ann", "one")], {})
+        client = redis.Redis(port=server.port)
+        client.xadd("trio_chat:log", {"b": "not json", "t": "x"}, id="2-0")
+        client.xadd("trio_chat:log", {"v": "1"}, id="2-1")
+        client.set("trio_chat:last_id", 2)
+        member.update([body("ann", "three")], {})
+        fetched = reader.read(10)
+        texts = [json.loads(frame)["message"] for frame in fetched.frames if '"message"' in frame]
+        assert texts == ["one", "three"]
+        assert fetched.missed  # Message 2 was not one: its clients are told.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import secrets
 import socket
@@ -30,7 +31,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -42,6 +43,8 @@ from .address import HubConfigError, read_secret_file
 from .bridge import BridgedHub, Fetched
 from .core import LEASE_SECONDS, Snapshot
 from .presence import MAX_LISTED_USERS
+
+logger = logging.getLogger("trio_chat.hub")
 
 REDIS_SCHEMES = ("redis://", "rediss://")
 #: How long a read waits for new entries before returning empty (and being made again).
@@ -151,30 +154,45 @@ class RedisBackend:
 
     def read(self, max_entries: int) -> Fetched:
         """The next entries of the log after the reader's position, as frames."""
-        reply = cast(
-            "list[tuple[str, list[tuple[str, dict[str, str]]]]]",
-            self._client.xread(
-                {self._log_key: self.position},
-                count=max_entries,
-                block=int(READ_BLOCK_SECONDS * 1000),
-            ),
+        reply: Any = self._client.xread(
+            {self._log_key: self.position},
+            count=max_entries,
+            block=int(READ_BLOCK_SECONDS * 1000),
         )
         if not reply:
             return Fetched([])
+        # [[stream, entries]] in RESP2, {stream: [entries]} in RESP3 (if the URL asks for it).
+        entries: list[tuple[str, dict[str, str]]] = (
+            next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+        )
         frames = []
         missed = False
-        for entry_id, fields in reply[0][1]:
-            number, _, sequence = entry_id.partition("-")
-            if sequence == "0":
-                message = int(number)
-                if self.last_message_id is not None and message != self.last_message_id + 1:
-                    missed = True  # Trimmed from the log before we read it.
-                self.last_message_id = message
-                frames.append(stamp_chat_frame(message, int(fields["t"]), fields["b"]))
-            else:
-                frames.append(_presence_frame(fields))
+        for entry_id, fields in entries:
             self.position = entry_id
+            number, _, sequence = entry_id.partition("-")
+            try:
+                if sequence == "0":
+                    frame = _message_frame(int(number), fields)
+                    message = int(number)
+                    if self.last_message_id is not None and message != self.last_message_id + 1:
+                        missed = True  # Trimmed from the log before we read it.
+                    self.last_message_id = message
+                else:
+                    frame = _presence_frame(fields)
+            except (KeyError, ValueError, TypeError):
+                # Not written by our scripts: skipped (and the position moves past it), so that
+                # one bad entry cannot stop the reader for good.
+                logger.warning("event=bad_log_entry id=%s", entry_id)
+                continue
+            frames.append(frame)
         return Fetched(frames, missed)
+
+
+def _message_frame(message: int, fields: Mapping[str, str]) -> str:
+    body = fields["b"]
+    if not body.startswith("{"):
+        raise ValueError("a chat body is a JSON object")
+    return stamp_chat_frame(message, int(fields["t"]), body)
 
 
 def _presence_frame(fields: Mapping[str, str]) -> str:
