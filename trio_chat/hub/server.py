@@ -34,7 +34,7 @@ PRESENCE_INTERVAL_SECONDS = 0.25
 PRESENCE_DELIVERIES_PER_SECOND = 2_000
 #: A worker's fetch waits this long after the first frame for more to join it: one round trip
 #: (and thread hop) for many frames under load, for at most this much latency.
-FETCH_LINGER_SECONDS = 0.002
+FETCH_LINGER_SECONDS = 0.005
 
 
 def serve(
