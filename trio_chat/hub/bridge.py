@@ -96,6 +96,9 @@ class Membership(Protocol):
 class Backend(Protocol):
     #: What a broken or absent hub raises from its client.
     link_errors: tuple[type[BaseException], ...]
+    #: Whether a join replaces what the hub still has of the worker's previous membership (then
+    #: there is no leaving before re-joining, which would show its users leaving and coming back).
+    rejoin_replaces: bool
 
     def describe(self) -> str:
         """Where the hub is, for logs and errors."""
@@ -160,15 +163,17 @@ class BridgedHub:
             nursery.start_soon(self._publish_loop)
             task_status.started(self)
             try:
+                rejoined = False
                 while True:
                     self._set_membership(membership)
+                    if rejoined and not membership.continuous:
+                        listener.messages_missed()
                     await self._read_until_lost(membership, listener)
                     self._membership = None
-                    # If the hub is still there (only our link failed), leave it properly.
-                    await self._leave(membership)
-                    membership = await self._rejoin()
-                    if not membership.continuous:
-                        listener.messages_missed()
+                    if not self.backend.rejoin_replaces:
+                        # If the hub is still there (only our link failed), leave it properly.
+                        await self._leave(membership)
+                    membership, rejoined = await self._rejoin(), True
             finally:
                 self._membership = None
                 with trio.CancelScope(shield=True):
@@ -215,6 +220,8 @@ class BridgedHub:
 
     def _set_membership(self, membership: Membership) -> None:
         self._membership = membership
+        if membership.epoch != self._epoch:
+            self._last_id = 0  # Ids of another run mean nothing in this one.
         self._epoch = membership.epoch
         self._schedule_update(membership)
 
@@ -240,6 +247,9 @@ class BridgedHub:
     async def _rejoin(self) -> Membership:
         logger.warning("event=hub_down hub=%s", self.backend.describe())
         delay = RECONNECT_FIRST_DELAY_SECONDS
+        # Even the first attempt waits: a link that breaks right after every join must not
+        # spin.
+        await trio.sleep(delay)
         while True:
             try:
                 membership = await self._join()
@@ -296,31 +306,33 @@ class BridgedHub:
                     break
                 if item is not None:
                     batch.append(item)
-            changes, self._presence_changes = self._presence_changes, {}
             try:
-                await self._send_update(batch, changes)
+                await self._send_update(batch)
             finally:
                 for pending in batch:
                     pending.done.set()
 
-    async def _send_update(self, batch: list[_Pending], changes: dict[int, str | None]) -> None:
+    async def _send_update(self, batch: list[_Pending]) -> None:
         membership = self._membership
         if membership is None:
+            # Presence changes stay where they are: the next join sends every connection's
+            # presence, and changes made while it runs go in the first update after it.
             self._schedule_update(None)  # The next membership says when it wants one.
             return
+        changes, self._presence_changes = self._presence_changes, {}
         if not (batch or changes or trio.current_time() >= self._update_due):
             return
         bodies = [pending.body for pending in batch]
         try:
             await self._in_thread(membership.update, bodies, changes, abandon_on_cancel=True)
-        except self.backend.link_errors:
-            # The reader notices the broken link, reconnects and re-joins (with every
-            # connection's presence, these changes included).
-            self._schedule_update(None)
-            return
-        except Exception:
-            # A bug: these senders are told their messages were not sent; the next batch goes on.
-            logger.exception("event=hub_publish_error")
+        except Exception as error:
+            # The changes go again with the next update (newer ones for the same connection
+            # win), whether the reader re-joins meanwhile or only this call failed (a hub
+            # that refused a write, say). The senders are told their messages were not sent.
+            self._presence_changes = {**changes, **self._presence_changes}
+            self._schedule_update(membership)
+            if not isinstance(error, self.backend.link_errors):
+                logger.exception("event=hub_publish_error")  # A bug: logged, and we go on.
             return
         self._schedule_update(membership)
         for pending in batch:

@@ -30,6 +30,8 @@ class ManagerHub(BridgedHub):
 
 class ManagerBackend:
     link_errors: tuple[type[BaseException], ...] = (*HUB_ERRORS, HubStartError)
+    # A join opens a new mailbox: the old one is left (freed) first.
+    rejoin_replaces = False
 
     def __init__(self, settings: Settings, endpoint: Endpoint | None = None) -> None:
         self._settings = settings

@@ -14,8 +14,9 @@ runs atomically, so the one order and the presence counts never race):
   heartbeat, so that the users of a host that died leave presence when its lease runs out.
 
 Ids and timestamps come from Redis (one counter, one clock) whatever host publishes. If Redis
-loses its data (a restart without persistence), the first worker to re-join carries on with its
-epoch and last id, so ids never go back; workers that had not read everything say so.
+loses its data or goes back in time (a restart from an older snapshot), its ids could repeat
+ones given before: the scripts refuse workers whose epoch or last id Redis no longer matches,
+and the first to re-join starts a new run of ids (epoch); every worker tells its clients.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def _script_source(name: str) -> str:
 
 class RedisBackend:
     link_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, HubStateLost)
+    # The join script replaces whatever Redis still has of the worker.
+    rejoin_replaces = True
 
     def __init__(self, settings: Settings, *, lease_seconds: float = LEASE_SECONDS) -> None:
         password = None
@@ -236,7 +239,9 @@ class _RedisMembership:
             for connection, name in presence.items()
             for item in (connection, _GONE if name is None else name)
         ]
-        last_id, due_ms = self._backend.call("update", self._label, len(bodies), *bodies, *pairs)
+        last_id, due_ms = self._backend.call(
+            "update", self._label, self.epoch, self._seen(), len(bodies), *bodies, *pairs
+        )
         if last_id < 0:
             self._lost = True  # The reader sees it at its next read and re-joins.
             raise HubStateLost("Redis no longer knows this worker")
@@ -249,6 +254,8 @@ class _RedisMembership:
         reply = self._backend.call(
             "snapshot",
             self._label,
+            self.epoch,
+            self._seen(),
             "" if since is None else since,
             "" if epoch is None else f"={epoch}",
             connection,
@@ -256,7 +263,7 @@ class _RedisMembership:
         )
         if reply is None:
             self._lost = True
-            raise HubStateLost("Redis lost the chat's state")
+            raise HubStateLost("Redis no longer knows this worker")
         hub_epoch, valid, last_id, first_available, due_ms = reply[:5]
         version, online, listed_json, names = reply[5:9]
         with self._lock:
@@ -278,3 +285,6 @@ class _RedisMembership:
 
     def leave(self) -> None:
         self._backend.call("leave", self._label)
+
+    def _seen(self) -> int:
+        return self._backend.last_message_id or 0

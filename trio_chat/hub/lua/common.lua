@@ -5,7 +5,7 @@
 -- Keys (all under the prefix, ARGV[1]):
 --   :log               stream of everything workers read, in the one order: a message has the
 --                      id "<message id>-0" (fields t: ms timestamp, b: body); a presence frame
---                      "<last message id>-<n>" (fields v o u n j l, see publish_presence)
+--                      "<last message id>-<n>", n >= 1 (fields v o u n j l, publish_presence)
 --   :history           stream of the last messages only (same ids and fields), for joins
 --   :last_id           the last message id given
 --   :epoch             names the run of ids; clients resume with since=<epoch>:<id>
@@ -122,12 +122,32 @@ local function is_member(label)
   return redis.call('ZSCORE', WORKERS, label) ~= false
 end
 
+-- Whether a worker may go on as it is: still a member, in the same run of ids, and Redis has
+-- not gone back in time (a restart from an older snapshot, a lagging replica promoted) to
+-- before an id the worker saw, which it would then give again.
+local function in_step(label, epoch, seen)
+  return is_member(label) and redis.call('GET', EPOCH) == epoch and last_id() >= seen
+end
+
 local function renew_lease(label, now)
   redis.call('ZADD', WORKERS, now + LEASE, label)
 end
 
 local function append_to_log(id, ...)
   redis.call('XADD', LOG, 'MAXLEN', '~', LOG_LENGTH, id, ...)
+end
+
+-- A presence frame's entry id: after the newest entry, never with sequence 0 (the messages').
+local function presence_entry_id()
+  local id = last_id()
+  local top = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)[1]
+  if top then
+    local ms, sequence = string.match(top[1], '^(%d+)-(%d+)$')
+    if tonumber(ms) >= id then
+      return ms .. '-' .. (tonumber(sequence) + 1)
+    end
+  end
+  return id .. '-1'
 end
 
 -- The names online, sorted, at most MAX_LISTED of them, and how many there are in all.
@@ -179,7 +199,7 @@ local function publish_presence(now)
   for i = 1, #names, 1000 do
     redis.call('SADD', PRESENCE_SHOWN, unpack(names, i, math.min(i + 999, #names)))
   end
-  append_to_log(last_id() .. '-*',
+  append_to_log(presence_entry_id(),
     'v', version, 'o', redis.call('GET', ONLINE) or '0', 'u', json_list(listed), 'n', #names,
     'j', json_list(joined), 'l', json_list(left))
 end
@@ -204,8 +224,9 @@ local function publish_messages(now, first, last)
   for i = first, last do
     id = id + 1
     append_to_log(id .. '-0', 't', now, 'b', ARGV[i])
+    -- At once: should a later command of this script fail, the ids given stay given.
+    redis.call('SET', LAST_ID, id)
     redis.call('XADD', HISTORY, 'MAXLEN', HISTORY_SIZE, id .. '-0', 't', now, 'b', ARGV[i])
   end
-  redis.call('SET', LAST_ID, id)
   return id
 end

@@ -1,6 +1,6 @@
 -- A worker joins (or re-joins) with all its connections.
--- ARGV: label, the last message id it saw (0: none), its epoch ("": none), a fresh epoch to use
--- if the hub has none, the log position it read up to ("": none), then presence pairs.
+-- ARGV: label, the last message id it saw (0: none), its epoch ("": none), a fresh epoch for a
+-- new run of ids, the log position it read up to ("": none), then presence pairs.
 -- Returns: epoch, 1 if the worker can read on from its position without missing a message,
 -- the position to read from, the last message id before that position (-1: the worker's own
 -- position, kept), and in how many ms to call update.
@@ -9,17 +9,20 @@ local fresh_epoch, position = ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4]
 local now = now_ms()
 expire_workers(now)
 local current = redis.call('GET', EPOCH)
-if not current then
-  -- A new Redis, or one that lost its data: go on with the worker's run of ids, if it had one,
-  -- so that ids keep growing and clients' resume points keep their meaning.
-  current = epoch ~= '' and epoch or fresh_epoch
+if not current or (current == epoch and last_id() < seen) then
+  -- A new Redis, one that lost its data, or one that went back in time: ids given before may
+  -- be given again, so a new run of ids starts (clients resuming from the old one get the
+  -- whole history, and the workers tell their clients messages may be missing).
+  current = fresh_epoch
   redis.call('SET', EPOCH, current)
+  -- Message ids must stay above every entry the log still has.
+  local top = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)[1]
+  if top and tonumber(string.match(top[1], '^%d+')) > last_id() then
+    redis.call('SET', LAST_ID, string.match(top[1], '^%d+'))
+  end
 end
 local continuous = 0
 if current == epoch then
-  if last_id() < seen then
-    redis.call('SET', LAST_ID, seen)
-  end
   -- Continuous when nothing was published since, or the next message is still in the log
   -- (trimming drops the oldest first, so everything after it is there too).
   local next_id = (seen + 1) .. '-0'

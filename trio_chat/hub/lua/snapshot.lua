@@ -1,19 +1,18 @@
--- A client joins: it enters presence (if its worker is a member) and gets history and presence.
--- ARGV: label, since ("": none), "=" and since's epoch ("": none given), connection, name.
--- Returns: false if the hub lost its state (the worker must re-join); else epoch, 1 if since
+-- A client joins: it enters presence and gets history and presence.
+-- ARGV: label, the worker's epoch, the last message id it saw, since ("": none), "=" and
+-- since's epoch ("": none given), connection, name.
+-- Returns: false if the worker must re-join first (see in_step); else epoch, 1 if since
 -- is valid, the last id, the first id kept, in how many ms to call update, the presence state
 -- (version, online, listed names as JSON, number of names), then id, ts, body per message.
-local label, since, since_epoch = ARGV[FIRST_ARG], ARGV[FIRST_ARG + 1], ARGV[FIRST_ARG + 2]
+local label, worker_epoch, seen = ARGV[FIRST_ARG], ARGV[FIRST_ARG + 1], tonumber(ARGV[FIRST_ARG + 2])
+local since, since_epoch = ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4]
 local now = now_ms()
-local epoch = redis.call('GET', EPOCH)
-if not epoch then
+if not in_step(label, worker_epoch, seen) then
   return false
 end
-local due = HEARTBEAT
-if is_member(label) then
-  set_connection(label, ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4])
-  due = settle_presence(now)
-end
+local epoch = worker_epoch
+set_connection(label, ARGV[FIRST_ARG + 5], ARGV[FIRST_ARG + 6])
+local due = settle_presence(now)
 local last = last_id()
 local valid = since == '' or (tonumber(since) <= last and (since_epoch == '' or since_epoch == '=' .. epoch))
 local after = (since ~= '' and valid) and since or '0'

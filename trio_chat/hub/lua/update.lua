@@ -1,13 +1,15 @@
 -- A worker publishes messages and reports presence changes; also its heartbeat.
--- ARGV: label, the number of bodies, the bodies, then presence pairs.
+-- ARGV: label, its epoch, the last message id it saw, the number of bodies, the bodies, then
+-- presence pairs.
 -- Returns: the last message id given (-1: the worker is not a member any more and must
 -- re-join; nothing was published), and in how many ms to call again.
-local label, count = ARGV[FIRST_ARG], tonumber(ARGV[FIRST_ARG + 1])
-local bodies = FIRST_ARG + 2
+local label, epoch, seen = ARGV[FIRST_ARG], ARGV[FIRST_ARG + 1], tonumber(ARGV[FIRST_ARG + 2])
+local count = tonumber(ARGV[FIRST_ARG + 3])
+local bodies = FIRST_ARG + 4
 local now = now_ms()
 expire_workers(now)
-if not is_member(label) then
-  -- Its lease ran out, or Redis lost its data: publishing now could reuse ids.
+if not in_step(label, epoch, seen) then
+  -- Its lease ran out, or Redis lost its data or went back: it must re-join first.
   return {-1, 0}
 end
 renew_lease(label, now)
