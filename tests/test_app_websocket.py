@@ -24,7 +24,7 @@ from trio_chat.asgi_types import Message
 from trio_chat.config import Settings
 from trio_chat.hub import LocalHub
 from trio_chat.protocol import CloseCode, ErrorCode
-from trio_chat.session import BATCH_WINDOW_SECONDS
+from trio_chat.session import BATCH_BURST_FRAMES, BATCH_FRAMES_PER_SECOND
 from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import (
@@ -505,22 +505,28 @@ def batch_lines(sent: Message) -> list[str]:
     return [json.loads(line)["message"] for line in sent["text"].split("\n")]
 
 
-async def test_a_batch_client_gets_at_most_one_frame_per_window(
+async def send_a_burst(hub: LocalHub, client: WebSocketClient) -> None:
+    """As many frames as pacing lets a batch client have at once, one message each."""
+    for n in range(BATCH_BURST_FRAMES):
+        publish(hub, f"burst{n}")
+        assert batch_lines(await client.receive()) == [f"burst{n}"]
+    assert trio.current_time() == 0.0
+
+
+async def test_a_batch_client_past_its_burst_gets_what_arrives_meanwhile_in_one_frame(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     hub = fixed_clock_hub()
     async with worker(hub) as (app, state), open_batch_chat(app, state) as batched:
-        publish(hub, "m0")
-        assert batch_lines(await batched.receive()) == ["m0"]  # After a quiet spell: at once.
-        assert trio.current_time() == 0.0
+        await send_a_burst(hub, batched)
         publish(hub, "m1")
-        publish(hub, "m2")  # Two hub batches within the window...
+        publish(hub, "m2")  # Two hub batches past the burst...
         await assert_nothing_sent(batched)
         assert batch_lines(await batched.receive()) == ["m1", "m2"]  # ...make one frame,
-        assert trio.current_time() == pytest.approx(BATCH_WINDOW_SECONDS)  # when it ends.
+        assert trio.current_time() == pytest.approx(1 / BATCH_FRAMES_PER_SECOND)  # when due.
 
 
-async def test_a_batch_client_is_sent_half_a_buffer_at_once_without_waiting_for_the_window(
+async def test_a_batch_client_is_sent_half_a_buffer_at_once_without_waiting_its_turn(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     hub = fixed_clock_hub()
@@ -528,8 +534,7 @@ async def test_a_batch_client_is_sent_half_a_buffer_at_once_without_waiting_for_
         worker(hub, Settings(subscriber_buffer=8)) as (app, state),
         open_batch_chat(app, state) as batched,
     ):
-        publish(hub, "m0")
-        assert batch_lines(await batched.receive()) == ["m0"]
+        await send_a_burst(hub, batched)
         publish(hub, "m1", "m2")
         await assert_nothing_sent(batched)
         publish(hub, "m3", "m4")  # Half of the 8-frame buffer is waiting: no more waiting.
