@@ -132,7 +132,8 @@ class FakeClock:
 def test_a_fetch_lingers_for_more_frames_after_the_first() -> None:
     core = HubCore(history_size=10, mailbox_size=10, fetch_linger=JOIN_TIMEOUT_SECONDS)
     mailbox = core.join("w")
-    core.fetch_nowait(mailbox, 10)
+    core.publish([body("zeroth")])
+    core.fetch_nowait(mailbox, 10)  # Frames come thick and fast.
     core.publish([body("first")])
     result: list[object] = []
     thread = threading.Thread(target=lambda: result.append(core.fetch(mailbox, 2)))
@@ -141,23 +142,44 @@ def test_a_fetch_lingers_for_more_frames_after_the_first() -> None:
     core.publish([body("second")])
     thread.join(JOIN_TIMEOUT_SECONDS)
     assert not thread.is_alive()
-    assert ids_and_texts(result[0]) == [(1, "first"), (2, "second")]  # type: ignore[arg-type]
+    assert ids_and_texts(result[0]) == [(2, "first"), (3, "second")]  # type: ignore[arg-type]
 
 
 def test_a_fetch_lingers_no_longer_than_the_linger_after_the_oldest_frame() -> None:
     clock = FakeClock()
     core = HubCore(history_size=10, mailbox_size=10, fetch_linger=1.0, monotonic=clock)
     mailbox = core.join("w")
+    core.publish([body("earlier")])
     core.fetch_nowait(mailbox, 10)
     core.publish([body("old")])
     clock.now = 1.0
-    assert ids_and_texts(core.fetch(mailbox, 10)) == [(1, "old")]  # At once.
+    assert ids_and_texts(core.fetch(mailbox, 10)) == [(2, "old")]  # At once.
+
+
+def test_a_fetch_after_a_quiet_spell_does_not_linger() -> None:
+    clock = FakeClock()
+    core = HubCore(history_size=10, mailbox_size=10, fetch_linger=1000.0, monotonic=clock)
+    mailbox = core.join("w")
+    core.publish([body("before")])
+    core.fetch_nowait(mailbox, 10)
+    clock.now = 2000.0  # Nothing for longer than the linger...
+    core.publish([body("after")])
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(core.fetch(mailbox, 10)))
+    thread.start()
+    thread.join(JOIN_TIMEOUT_SECONDS)
+    lingered = thread.is_alive()
+    core.leave(mailbox)  # Ends a lingering fetch, if it did linger.
+    thread.join(JOIN_TIMEOUT_SECONDS)
+    assert not lingered  # ...so it came at once.
+    assert ids_and_texts(result[0]) == [(2, "after")]  # type: ignore[arg-type]
 
 
 def test_a_lingering_fetch_returns_none_when_the_worker_leaves() -> None:
     core = HubCore(history_size=10, mailbox_size=10, fetch_linger=JOIN_TIMEOUT_SECONDS)
     mailbox = core.join("w")
-    core.fetch_nowait(mailbox, 10)
+    core.publish([body("zeroth")])
+    core.fetch_nowait(mailbox, 10)  # Frames come thick and fast.
     core.publish([body("first")])
     thread, result = fetch_in_thread(core, mailbox)
     core.leave(mailbox)

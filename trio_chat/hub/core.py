@@ -88,15 +88,16 @@ class Sequencer:
 
 
 class _Mailbox:
-    __slots__ = ("filled_at", "frames", "label", "last_seen", "ready")
+    __slots__ = ("filled_at", "frames", "label", "last_seen", "ready", "taken_at")
 
     def __init__(self, label: str, lock: threading.Lock, now: float) -> None:
         self.label = label
         self.frames: collections.deque[str] = collections.deque()
         self.ready = threading.Condition(lock)
         self.last_seen = now
-        #: When the oldest frame waiting arrived.
+        #: When the oldest frame waiting arrived, and when frames were last taken.
         self.filled_at = now
+        self.taken_at = -math.inf
 
 
 class HubCore:
@@ -299,7 +300,10 @@ class HubCore:
 
     def _linger(self, mailbox_id: str, mailbox: _Mailbox, max_frames: int) -> None:
         """Let frames that arrive within ``fetch_linger`` of the oldest one waiting go in the
-        same fetch: each fetch is a round trip, and a thread hop in the worker."""
+        same fetch: each fetch is a round trip, and a thread hop in the worker. Only while
+        frames come thick and fast: the first one after a quiet spell goes at once."""
+        if mailbox.filled_at - mailbox.taken_at > self._fetch_linger:
+            return
         deadline = mailbox.filled_at + self._fetch_linger
         while len(mailbox.frames) < max_frames and self._mailboxes.get(mailbox_id) is mailbox:
             left = deadline - self._monotonic()
@@ -311,6 +315,8 @@ class HubCore:
             return None
         mailbox.last_seen = self._monotonic()
         frames = mailbox.frames
+        if frames:
+            mailbox.taken_at = mailbox.last_seen
         if len(frames) <= max_frames:
             mailbox.frames = collections.deque()
             return list(frames)
