@@ -9,6 +9,7 @@
 --   :history           stream of the last messages only (same ids and fields), for joins
 --   :last_id           the last message id given
 --   :epoch             names the run of ids; clients resume with since=<epoch>:<id>
+--   :epoch:start       hash: where the run starts in the log (position, last id before it)
 --   :workers           sorted set: worker label -> lease deadline (ms)
 --   :worker:<label>    hash: connection id -> display name ("" for none)
 --   :online            connections online, all workers
@@ -35,6 +36,7 @@ local LOG = P .. ':log'
 local HISTORY = P .. ':history'
 local LAST_ID = P .. ':last_id'
 local EPOCH = P .. ':epoch'
+local EPOCH_START = P .. ':epoch:start'
 local WORKERS = P .. ':workers'
 local ONLINE = P .. ':online'
 local NAMES = P .. ':names'

@@ -20,6 +20,9 @@ if not current or (current == epoch and last_id() < seen) then
   if top and tonumber(string.match(top[1], '^%d+')) > last_id() then
     redis.call('SET', LAST_ID, string.match(top[1], '^%d+'))
   end
+  -- Where the new run starts in the log: workers of the old run read on from there, so that
+  -- they miss nothing published in the new run before they re-join.
+  redis.call('HSET', EPOCH_START, 'position', top and top[1] or '0-0', 'id', last_id())
 end
 local continuous = 0
 if current == epoch then
@@ -29,10 +32,13 @@ if current == epoch then
   if last_id() == seen or #redis.call('XRANGE', LOG, next_id, next_id) == 1 then
     continuous = 1
   end
-else
-  position = '' -- A position in another run of ids means nothing here.
 end
 local position_id = -1
+if current ~= epoch and epoch ~= '' then
+  -- A worker of an older run: its position means nothing here; it reads the new run whole.
+  local start = redis.call('HMGET', EPOCH_START, 'position', 'id')
+  position, position_id = start[1] or '', tonumber(start[2] or '-1')
+end
 if position == '' then
   position_id = last_id()
   local top = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)
