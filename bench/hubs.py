@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import subprocess
 import sys
@@ -129,8 +130,6 @@ def main() -> None:
 
 @contextlib.contextmanager
 def _env(name: str, value: str) -> Any:
-    import os
-
     previous = os.environ.get(name)
     os.environ[name] = value
     try:

@@ -25,6 +25,7 @@ from wsclient import WebSocketClient, open_websocket
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
+PRESENCE_TIMEOUT_SECONDS = 10.0
 
 
 def free_port() -> int:
@@ -149,6 +150,15 @@ async def chat_client(
     async with open_websocket(server.port, path, **options) as client:
         await client.read_opening()
         yield client
+
+
+async def presence_until(client: WebSocketClient, online: int) -> dict[str, Any]:
+    """Read until a presence frame counts ``online`` connections; returns it."""
+    with trio.fail_after(PRESENCE_TIMEOUT_SECONDS):
+        while True:
+            frame = await client.receive()
+            if frame["type"] == "presence" and frame["online"] == online:
+                return frame
 
 
 @asynccontextmanager

@@ -6,14 +6,11 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-import trio
 
-from servers import chat_client, hypercorn_server
+from servers import chat_client, hypercorn_server, presence_until
 from wsclient import WebSocketClient
 
 pytestmark = pytest.mark.e2e
-
-PRESENCE_TIMEOUT_SECONDS = 10.0
 
 
 async def on_another_worker(
@@ -50,14 +47,6 @@ async def test_a_client_that_reconnects_gets_exactly_what_it_missed() -> None:
             await others[1].send("other-1", "live")
             live = await back.receive_type("message")
             assert (live["id"], live["message"]) == (last_seen + 10, "live")
-
-
-async def presence_until(client: WebSocketClient, online: int) -> dict[str, Any]:
-    with trio.fail_after(PRESENCE_TIMEOUT_SECONDS):
-        while True:
-            frame = await client.receive()
-            if frame["type"] == "presence" and frame["online"] == online:
-                return frame
 
 
 async def test_presence_counts_every_client_on_every_worker_up_and_down() -> None:

@@ -15,8 +15,14 @@ import httpx
 import pytest
 import trio
 
-from servers import HypercornServer, RedisServer, chat_client, hypercorn_server, redis_server
-from test_e2e_history import presence_until
+from servers import (
+    HypercornServer,
+    RedisServer,
+    chat_client,
+    hypercorn_server,
+    presence_until,
+    redis_server,
+)
 from wsclient import WebSocketClient
 
 pytestmark = pytest.mark.e2e

@@ -1,10 +1,27 @@
-"""Pacing of batch-mode frames (session.FramePacer): a token bucket, driven by the time given."""
+"""Pacing of batch-mode frames: ``guards.TokenBucket``'s ``next_token_at`` and ``spend``, as
+the session's batch writer uses them, driven by the time given."""
 
 from __future__ import annotations
 
 import pytest
 
-from trio_chat.session import FramePacer
+from trio_chat.guards import TokenBucket
+
+
+class FramePacer:
+    """The batch writer's use of the bucket, on a clock the test sets."""
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self._now = now
+        self._bucket = TokenBucket(rate, burst, clock=lambda: self._now)
+
+    def next_frame_at(self, now: float) -> float:
+        self._now = now
+        return self._bucket.next_token_at()
+
+    def sent(self, now: float) -> None:
+        self._now = now
+        self._bucket.spend()
 
 
 def test_a_burst_goes_at_once_then_one_frame_per_interval() -> None:

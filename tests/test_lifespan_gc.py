@@ -25,7 +25,9 @@ def restored_gc() -> Iterator[None]:
 
 @pytest.mark.usefixtures("restored_gc")
 def test_tuning_freezes_what_startup_made_and_collects_less_often() -> None:
-    made_at_startup = [[] for _ in range(10)]  # Containers: tracked by the collector.
+    made_at_startup: list[list[object]] = [
+        [] for _ in range(10)
+    ]  # Containers: tracked by the collector.
     tune_garbage_collector()
     assert gc.get_freeze_count() >= len(made_at_startup)
     assert gc.get_threshold() == GC_THRESHOLDS

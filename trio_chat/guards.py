@@ -63,13 +63,31 @@ class TokenBucket:
         """Spend a token if there is one."""
         if not self._rate:
             return True
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
+        self._refill()
         if self._tokens < 1:
             return False
         self._tokens -= 1
         return True
+
+    def next_token_at(self) -> float:
+        """When a token will be there, on the bucket's clock: now if there is one."""
+        now = self._clock()
+        if not self._rate:
+            return now
+        self._refill()
+        return now if self._tokens >= 1 else now + (1 - self._tokens) / self._rate
+
+    def spend(self) -> None:
+        """Spend a token even if there is none: no debt runs up, so after any quiet spell the
+        next token is never more than ``1 / rate`` away."""
+        if self._rate:
+            self._refill()
+            self._tokens = max(0.0, self._tokens - 1)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
 
 
 class AddressCounter:

@@ -282,9 +282,9 @@ class Session:
         """Everything waiting goes out in one frame, a JSON object per line, paced by
         ``BATCH_FRAMES_PER_SECOND``."""
         channel = subscriber.receive_channel
-        pacer = FramePacer(BATCH_FRAMES_PER_SECOND, BATCH_BURST_FRAMES, trio.current_time())
+        pacer = TokenBucket(BATCH_FRAMES_PER_SECOND, BATCH_BURST_FRAMES, clock=trio.current_time)
         async for batch in channel:
-            due = pacer.next_frame_at(trio.current_time())
+            due = pacer.next_token_at()
             if trio.current_time() < due:
                 await subscriber.linger(due)  # Let more join this frame.
             batches = [batch]
@@ -297,7 +297,7 @@ class Session:
                 waiting += len(batches[-1])
             frames = [frame for each in batches for frame in fresh.filter(each)]
             if frames:
-                pacer.sent(trio.current_time())
+                pacer.spend()
                 await self._send({"type": "websocket.send", "text": "\n".join(frames)})
             for each in batches:
                 subscriber.taken(each)
@@ -310,35 +310,6 @@ def _is_cancellation(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return error.split(trio.Cancelled)[1] is None
     return isinstance(error, trio.Cancelled)
-
-
-class FramePacer:
-    """A token bucket for frames: ``rate`` a second on average, up to ``burst`` back to back.
-
-    Sans-I/O: the caller passes the time. A frame sent when none was due costs no debt, so
-    after any quiet spell the next frame is never more than ``1 / rate`` away.
-    """
-
-    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._stamp = now
-
-    def next_frame_at(self, now: float) -> float:
-        """When the next frame may go: ``now`` if at once."""
-        self._refill(now)
-        return now if self._tokens >= 1 else now + (1 - self._tokens) / self._rate
-
-    def sent(self, now: float) -> None:
-        self._refill(now)
-        self._tokens = max(0.0, self._tokens - 1)
-
-    def _refill(self, now: float) -> None:
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
 
 
 class _FreshFrames:

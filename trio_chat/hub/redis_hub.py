@@ -175,8 +175,8 @@ class RedisBackend:
             number, _, sequence = entry_id.partition("-")
             try:
                 if sequence == "0":
-                    frame = _message_frame(int(number), fields)
                     message = int(number)
+                    frame = _message_frame(message, fields)
                     if self.last_message_id is not None and message != self.last_message_id + 1:
                         missed = True  # Trimmed from the log before we read it.
                     self.last_message_id = message
