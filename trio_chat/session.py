@@ -12,6 +12,7 @@ same bounded channel, so frames never interleave and nothing else waits on this 
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -224,6 +225,13 @@ class Session:
     async def _read(self, subscriber: Subscriber) -> int:
         """Handle client frames until the client leaves; returns its close code."""
         limits = self._worker.limits
+        not_published = functools.partial(
+            self._reject,
+            subscriber,
+            ErrorCode.HUB_UNAVAILABLE,
+            "Your message was not sent: the server cannot reach the other workers right now. "
+            "Try again in a moment.",
+        )
         while True:
             message = await self._receive()
             if message["type"] == "websocket.disconnect":
@@ -245,14 +253,11 @@ class Session:
                 continue
             self._rename(chat.sender)  # Sending under another name is a rename too.
             try:
-                await self._link.publish(encode_chat_body(chat))
+                # The next message is read while this one is on its way: under load, one hub
+                # round trip carries several of them.
+                await self._link.submit(encode_chat_body(chat), not_published)
             except HubUnavailable:
-                self._reject(
-                    subscriber,
-                    ErrorCode.HUB_UNAVAILABLE,
-                    "Your message was not sent: the server cannot reach the other workers "
-                    "right now. Try again in a moment.",
-                )
+                not_published()
 
     def _rename(self, name: str) -> None:
         if name != self._name:

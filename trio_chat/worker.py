@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -75,6 +75,9 @@ class _NotJoined:
     connected = False
 
     async def publish(self, body: str) -> None:
+        raise HubUnavailable("this worker has not joined its hub")
+
+    async def submit(self, body: str, on_failure: Callable[[], None]) -> None:
         raise HubUnavailable("this worker has not joined its hub")
 
     async def snapshot(

@@ -5,12 +5,17 @@ clients: each call is a socket round trip, so it runs in a worker thread via
 ``trio.to_thread.run_sync``. ``BridgedHub`` drives a ``Backend`` with two long-lived loops per
 worker:
 
-- the **reader** blocks in ``Membership.fetch`` and hands every batch of frames to the listener
-  (the room) the moment it arrives: no polling, one round trip per batch;
+- the **reader**: one thread (``Fetcher``) blocks in ``Membership.fetch`` for as long as the
+  membership lasts, and hands every batch of frames to the reader task, which gives it to the
+  listener (the room) the moment it arrives: no polling, one round trip per batch, and no thread
+  to wake per batch;
 - the **publisher** takes what sessions want published from a bounded outbox, and the presence
   changes of the worker's connections, and sends all that is waiting in one ``update`` call,
-  then wakes each waiting sender. A backend that needs calls even when nothing happens (Redis:
-  the worker's lease, coalesced presence) says when the next one is due.
+  then tells the senders whose bodies could not be published. Sessions do not wait for that
+  round trip (``submit``): a client's next message is read meanwhile. Round trips are paced
+  (``UPDATES_PER_SECOND``), so under load each carries many bodies, while an occasional one
+  goes at once. A backend that needs calls even when nothing happens (Redis: the worker's
+  lease, coalesced presence) says when the next one is due.
 
 Presence changes are state, not a queue: the latest name of each changed connection waits in a
 dict (bounded by the number of connections) until the next ``update``. If the link breaks, the
@@ -18,8 +23,9 @@ worker re-joins with the names of all its connections, so nothing needs replayin
 
 Cancellation: ``fetch`` blocks while the chat is quiet (up to a heartbeat, after which it
 returns empty and is called again), so the reader's thread is abandoned when the reader is
-cancelled (``abandon_on_cancel=True``). That is harmless: the reader is only cancelled when the
-worker leaves the hub, and ``leave`` (called right after) ends the membership. Publishes are
+cancelled (``abandon_on_cancel=True``); it stops after the fetch it is in, whose frames are
+dropped. That is harmless: the reader is only cancelled or stopped when the worker leaves the
+hub or re-joins it, and a re-join tells the clients what may be missing. Publishes are
 abandoned too on cancellation, at shutdown, where no sender waits any more.
 
 If the hub goes away (a call fails), the reader reconnects with backoff, re-joins, and tells
@@ -31,13 +37,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 import trio
 
+from ..guards import TokenBucket
 from ..protocol import message_id
 from .core import Snapshot
 from .interface import HubLink, HubListener, HubUnavailable
@@ -52,6 +61,12 @@ MAX_BATCH = 256
 #: Threads for hub calls: the reader and the publisher hold one each for as long as they run;
 #: the rest serve joining clients' snapshots, in parallel, and joining and leaving.
 HUB_THREADS = 8
+#: Fetched batches that may wait for the reader task.
+READ_AHEAD = 2
+#: Round trips the publisher makes at most per second on average, and back to back: under load
+#: everything that waits goes in the next one, so a round trip carries many bodies.
+UPDATES_PER_SECOND = 100
+UPDATE_BURST = 4
 RECONNECT_FIRST_DELAY_SECONDS = 0.05
 RECONNECT_MAX_DELAY_SECONDS = 1.0
 LEAVE_TIMEOUT_SECONDS = 2.0
@@ -109,14 +124,82 @@ class Backend(Protocol):
 
 
 class _Pending:
-    """A body waiting to be published, and the sender waiting for the outcome."""
+    """A body waiting to be published, and who to tell if it is not: a pipelining sender's
+    ``on_failure``, or a waiting one's ``done`` event."""
 
-    __slots__ = ("body", "done", "published")
+    __slots__ = ("body", "done", "on_failure", "published")
 
-    def __init__(self, body: str) -> None:
+    def __init__(
+        self,
+        body: str,
+        on_failure: Callable[[], None] | None = None,
+        done: trio.Event | None = None,
+    ) -> None:
         self.body = body
-        self.done = trio.Event()
+        self.on_failure = on_failure
+        self.done = done
         self.published = False
+
+    def settle(self) -> None:
+        if not self.published and self.on_failure is not None:
+            self.on_failure()
+        if self.done is not None:
+            self.done.set()
+
+
+class Fetcher:
+    """One thread that fetches for as long as a membership is read, handing each batch to the
+    reader task as it comes: no thread is woken per fetch, and at most ``READ_AHEAD`` batches
+    wait for the reader, so a busy worker slows the fetching down instead of piling batches up.
+    """
+
+    def __init__(self, membership: Membership, max_frames: int) -> None:
+        self._membership = membership
+        self._max_frames = max_frames
+        self._token = trio.lowlevel.current_trio_token()
+        self._send, self._receive = trio.open_memory_channel[Fetched | BaseException | None](
+            READ_AHEAD
+        )
+        # Taken by the thread before each fetch, given back once the reader has the batch: the
+        # channel can never be full when a batch is handed over.
+        self._slots = threading.Semaphore(READ_AHEAD)
+        self._stopped = False
+
+    def run(self) -> None:
+        """The thread: fetch until the membership ends or fails, or the reader stops."""
+        while True:
+            self._slots.acquire()
+            if self._stopped:
+                return
+            result: Fetched | BaseException | None
+            try:
+                result = self._membership.fetch(self._max_frames)
+            except Exception as error:
+                result = error
+            try:
+                self._token.run_sync_soon(self._hand_over, result)
+            except trio.RunFinishedError:
+                return
+            if not isinstance(result, Fetched):
+                return  # The membership is over.
+
+    def _hand_over(self, result: Fetched | BaseException | None) -> None:
+        # If the reader has stopped, the batch is dropped; the thread stops after this fetch.
+        with contextlib.suppress(trio.BrokenResourceError):
+            self._send.send_nowait(result)
+
+    async def next(self) -> Fetched | None:
+        """The next batch; raises what the fetch raised."""
+        result = await self._receive.receive()
+        self._slots.release()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._receive.close()
+        self._slots.release()  # A thread waiting for a slot sees the stop.
 
 
 class BridgedHub:
@@ -181,13 +264,20 @@ class BridgedHub:
                 nursery.cancel_scope.cancel()
 
     async def publish(self, body: str) -> None:
-        if self._membership is None:
-            raise HubUnavailable("the hub is unreachable right now")
-        pending = _Pending(body)
-        await self._outbox_send.send(pending)
+        pending = _Pending(body, done=trio.Event())
+        await self._enqueue(pending)
+        assert pending.done is not None
         await pending.done.wait()
         if not pending.published:
             raise HubUnavailable("the hub is unreachable right now")
+
+    async def submit(self, body: str, on_failure: Callable[[], None]) -> None:
+        await self._enqueue(_Pending(body, on_failure=on_failure))
+
+    async def _enqueue(self, pending: _Pending) -> None:
+        if self._membership is None:
+            raise HubUnavailable("the hub is unreachable right now")
+        await self._outbox_send.send(pending)
 
     async def snapshot(
         self, since: int | None, epoch: str | None, connection: int, name: str
@@ -264,11 +354,22 @@ class BridgedHub:
             delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
 
     async def _read_until_lost(self, membership: Membership, listener: HubListener) -> None:
+        async with trio.open_nursery() as nursery:
+            fetcher = Fetcher(membership, self._fetch_batch)
+            # Abandoned when cancelled: it ends after the fetch it is in (``Fetcher.stop``).
+            nursery.start_soon(
+                functools.partial(self._in_thread, fetcher.run, abandon_on_cancel=True)
+            )
+            try:
+                await self._deliver_fetched(fetcher, listener)
+            finally:
+                fetcher.stop()
+                nursery.cancel_scope.cancel()
+
+    async def _deliver_fetched(self, fetcher: Fetcher, listener: HubListener) -> None:
         while True:
             try:
-                fetched = await self._in_thread(
-                    membership.fetch, self._fetch_batch, abandon_on_cancel=True
-                )
+                fetched = await fetcher.next()
                 if fetched is None:
                     # We did not leave, so the hub dropped us: we fell too far behind.
                     logger.warning("event=membership_lost hub=%s", self.backend.describe())
@@ -293,12 +394,16 @@ class BridgedHub:
                 return
 
     async def _publish_loop(self) -> None:
+        pacer = TokenBucket(UPDATES_PER_SECOND, UPDATE_BURST, clock=trio.current_time)
         while True:
             batch: list[_Pending] = []
             with trio.move_on_at(self._update_due) as self._outbox_wait:
                 first = await self._outbox_receive.receive()
                 if first is not None:
                     batch.append(first)
+            # Under load, what arrives meanwhile goes in the same round trip.
+            await trio.sleep_until(pacer.next_token_at())
+            pacer.spend()
             while len(batch) < MAX_BATCH:
                 try:
                     item = self._outbox_receive.receive_nowait()
@@ -310,7 +415,7 @@ class BridgedHub:
                 await self._send_update(batch)
             finally:
                 for pending in batch:
-                    pending.done.set()
+                    pending.settle()
 
     async def _send_update(self, batch: list[_Pending]) -> None:
         membership = self._membership

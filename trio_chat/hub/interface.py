@@ -9,7 +9,7 @@ Backends: ``ManagerHub`` (a multiprocessing manager process; the default) and ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -44,6 +44,15 @@ class HubLink(Protocol):
         """Publish an encoded chat body; returns once the hub has it in the total order.
 
         Raises ``HubUnavailable`` when the link is down.
+        """
+
+    async def submit(self, body: str, on_failure: Callable[[], None]) -> None:
+        """Publish an encoded chat body, after those this worker submitted before, without
+        waiting for it to be in the total order (only while the worker's outbox is full): a
+        client's messages are pipelined.
+
+        Raises ``HubUnavailable`` when the link is down now; if the body cannot be published
+        later on, ``on_failure`` is called (from the link's task: it must not block).
         """
 
     async def snapshot(

@@ -72,6 +72,9 @@ class _LocalLink:
         self._hub.core.update(self._mailbox_id, [body])
         self._hub.deliver_all()
 
+    async def submit(self, body: str, on_failure: Callable[[], None]) -> None:
+        await self.publish(body)  # In process: published by the time it returns, or not at all.
+
     async def snapshot(
         self, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:

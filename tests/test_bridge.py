@@ -1,0 +1,230 @@
+"""The Trio bridge to a blocking hub client (``hub/bridge.py``), over an in-process backend.
+
+The backend is a real ``HubCore`` behind blocking calls, as the hub process has it, with two
+handles for the tests: a gate that holds ``update`` calls in their thread, and a switch that
+makes them fail as a broken link does.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from trio_chat.hub import HubUnavailable
+from trio_chat.hub.bridge import (
+    READ_AHEAD,
+    UPDATE_BURST,
+    UPDATES_PER_SECOND,
+    BridgedHub,
+    Fetched,
+    Fetcher,
+)
+from trio_chat.hub.core import HubCore, Snapshot
+
+from hub_support import DEADLINE_SECONDS, JoinedWorker, body, joined
+
+HEARTBEAT_SECONDS = 0.2
+
+
+class InProcessBackend:
+    link_errors: tuple[type[BaseException], ...] = (ConnectionError,)
+    rejoin_replaces = False
+
+    def __init__(self) -> None:
+        self.core = HubCore(mailbox_size=1024, history_size=100)
+        #: Cleared to hold ``update`` calls until it is set again.
+        self.updates_open = threading.Event()
+        self.updates_open.set()
+        self.updates_fail = False
+        #: The bodies of each ``update`` call that carried any, in call order.
+        self.published_batches: list[list[str]] = []
+        #: ``fetch`` calls under way, and whether the last one to end found its mailbox gone.
+        self.fetching = 0
+        self.last_fetch_found_no_mailbox = False
+        self.fetch_changed = threading.Condition()
+
+    def describe(self) -> str:
+        return "in-process"
+
+    def wait_until_fetching_ended(self) -> bool:
+        with self.fetch_changed:
+            return self.fetch_changed.wait_for(
+                lambda: self.fetching == 0 and self.last_fetch_found_no_mailbox, DEADLINE_SECONDS
+            )
+
+    def join(
+        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+    ) -> _Membership:
+        return _Membership(self, self.core.join(label, presence, last_id, epoch))
+
+
+class _Membership:
+    continuous = False
+    update_due_in = None
+
+    def __init__(self, backend: InProcessBackend, mailbox_id: str) -> None:
+        self._backend = backend
+        self._mailbox_id = mailbox_id
+        self.epoch = backend.core.current_epoch()
+
+    def fetch(self, max_frames: int) -> Fetched | None:
+        backend = self._backend
+        with backend.fetch_changed:
+            backend.fetching += 1
+        frames = None
+        try:
+            frames = backend.core.fetch(self._mailbox_id, max_frames, HEARTBEAT_SECONDS)
+        finally:
+            with backend.fetch_changed:
+                backend.fetching -= 1
+                backend.last_fetch_found_no_mailbox = frames is None
+                backend.fetch_changed.notify_all()
+        return None if frames is None else Fetched(frames)
+
+    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+        self._backend.updates_open.wait()
+        if self._backend.updates_fail:
+            raise ConnectionError("the hub went away")
+        if bodies:
+            self._backend.published_batches.append(list(bodies))
+        self._backend.core.update(self._mailbox_id, bodies, presence)
+
+    def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
+        return self._backend.core.snapshot(since, epoch, self._mailbox_id, {connection: name})
+
+    def leave(self) -> None:
+        self._backend.core.leave(self._mailbox_id)
+
+
+@pytest.fixture
+def backend() -> InProcessBackend:
+    return InProcessBackend()
+
+
+@asynccontextmanager
+async def joined_worker(backend: InProcessBackend) -> AsyncIterator[JoinedWorker]:
+    hub = BridgedHub(backend, label="test", outbox_size=64, fetch_batch=64)
+    async with joined(hub) as worker:
+        yield worker
+
+
+async def test_submitted_bodies_are_published_in_order_and_share_round_trips(
+    backend: InProcessBackend,
+) -> None:
+    async with joined_worker(backend) as worker:
+        backend.updates_open.clear()
+        await worker.link.submit(body("ann", "0"), on_failure=_unexpected_failure)
+        await trio.testing.wait_all_tasks_blocked()
+        # The first round trip is held: everything submitted meanwhile waits for the next one.
+        for n in range(1, 20):
+            await worker.link.submit(body("ann", str(n)), on_failure=_unexpected_failure)
+        backend.updates_open.set()
+
+        await worker.recorder.wait_for_messages(20)
+        assert worker.recorder.message_texts() == [str(n) for n in range(20)]
+        assert [len(batch) for batch in backend.published_batches] == [1, 19]
+
+
+async def test_back_to_back_round_trips_are_paced_and_carry_what_waited(
+    backend: InProcessBackend, mock_clock: trio.testing.MockClock
+) -> None:
+    async with joined_worker(backend) as worker:
+        # The clock stands still: the burst of round trips is spent, and none comes back.
+        for n in range(UPDATE_BURST):
+            await worker.publish("ann", f"burst {n}")
+        for n in range(3):
+            await worker.link.submit(body("ann", f"paced {n}"), on_failure=_unexpected_failure)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(backend.published_batches) == UPDATE_BURST
+
+        mock_clock.jump(1 / UPDATES_PER_SECOND)
+        await worker.recorder.wait_for_text("paced 2")
+        assert backend.published_batches[UPDATE_BURST:] == [
+            [body("ann", f"paced {n}") for n in range(3)]
+        ]
+
+
+async def test_a_submission_that_cannot_be_published_is_reported(
+    backend: InProcessBackend,
+) -> None:
+    async with joined_worker(backend) as worker:
+        backend.updates_fail = True
+        reported = trio.Event()
+        await worker.link.submit(body("ann", "lost"), on_failure=reported.set)
+        with trio.fail_after(DEADLINE_SECONDS):
+            await reported.wait()
+        with pytest.raises(HubUnavailable):
+            await worker.link.publish(body("ann", "lost too"))
+
+        backend.updates_fail = False
+        await worker.publish("ann", "through")
+        await worker.recorder.wait_for_text("through")
+        assert worker.recorder.message_texts() == ["through"]
+
+
+async def test_the_fetching_thread_ends_with_the_membership(backend: InProcessBackend) -> None:
+    async with joined_worker(backend) as worker:
+        await worker.publish("ann", "seen")
+        await worker.recorder.wait_for_text("seen")
+        worker.leave()
+    # The fetching thread was abandoned by the cancelled reader; leaving ended its last fetch,
+    # and a fetch that finds no mailbox is the thread's last.
+    assert await trio.to_thread.run_sync(backend.wait_until_fetching_ended)
+
+
+class _EndlessMembership:
+    """Always has a batch ready, and counts how far the fetching runs ahead of the reader."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.fetches = 0
+        #: Batches the reader has started to take.
+        self.taken = 0
+        self.most_ahead = 0
+
+    def fetch(self, max_frames: int) -> Fetched:
+        with self._changed:
+            self.fetches += 1
+            self.most_ahead = max(self.most_ahead, self.fetches - self.taken)
+            self._changed.notify_all()
+            return Fetched([body("ann", str(self.fetches))])
+
+    def wait_for_fetches(self, count: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.fetches >= count, DEADLINE_SECONDS)
+
+    def take_one(self) -> None:
+        with self._changed:
+            self.taken += 1
+
+
+async def test_the_fetching_thread_stays_a_few_batches_ahead_of_the_reader() -> None:
+    membership = _EndlessMembership()
+    fetcher = Fetcher(membership, max_frames=10)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            functools.partial(trio.to_thread.run_sync, fetcher.run, abandon_on_cancel=True)
+        )
+        for n in range(1, 11):
+            # The thread gets as far ahead as it may, then waits for the reader.
+            await trio.to_thread.run_sync(
+                membership.wait_for_fetches, membership.taken + READ_AHEAD
+            )
+            membership.take_one()
+            fetched = await fetcher.next()
+            assert fetched is not None
+            assert fetched.frames == [body("ann", str(n))]
+        fetcher.stop()
+    assert membership.most_ahead == READ_AHEAD
+
+
+def _unexpected_failure() -> None:
+    raise AssertionError("the body should have been published")
