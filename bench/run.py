@@ -204,7 +204,7 @@ SCENARIOS = {
     ),
     "sweep": Scenario(
         "sweep",
-        "(b) sweep: 100 clients, 10 senders, rate x1.5 until loss or p99 > 250 ms",
+        "(b) sweep: 100 clients, 10 senders, rate x1.5 until loss or p99 > 250 ms, then bisected",
         "sweep",
         dict(clients=100, senders=10, duration=4.0, drain=3.0, procs=2),
         dict(duration=2.0, drain=2.0),
@@ -316,7 +316,7 @@ def run_scenario(
             outcomes = measure_sweeps(servers, order, config_args, next_start, scenario.start_rate)
             for name, outcome in outcomes.items():
                 results[name].append(outcome)
-            # The next run starts a few steps below the slower server's result (on the grid).
+            # The next run starts a few steps below the slower server's result.
             bests = [o["best"]["config"]["rate"] for o in outcomes.values() if o["best"]]
             if len(bests) == len(outcomes):
                 next_start = max(
