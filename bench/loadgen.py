@@ -157,8 +157,14 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have Transport's methods without being subclasses of it.
         self.transport = cast(asyncio.Transport, transport)
+        config = self.proc.config
+        path = config.path
+        if self.index < min(config.senders, config.clients):
+            # A sender connects under the name it sends with, as the page does: its first
+            # message is then no rename, which would send everyone a presence frame.
+            path += f"?name=s{self.index}"
         lines = [
-            f"GET {self.proc.config.path} HTTP/1.1",
+            f"GET {path} HTTP/1.1",
             f"Host: {self.proc.config.host}:{self.proc.config.port}",
             "Upgrade: websocket",
             "Connection: Upgrade",
