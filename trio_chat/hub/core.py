@@ -300,7 +300,7 @@ class HubCore:
 
     def _linger(self, mailbox_id: str, mailbox: _Mailbox, max_frames: int) -> None:
         """Let frames that arrive within ``fetch_linger`` of the oldest one waiting go in the
-        same fetch: each fetch is a round trip, and a thread hop in the worker. Only while
+        same fetch: each fetch is a pickled round trip through the manager. Only while
         frames come thick and fast: the first one after a quiet spell goes at once."""
         if mailbox.filled_at - mailbox.taken_at > self._fetch_linger:
             return
