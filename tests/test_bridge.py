@@ -8,6 +8,7 @@ makes them fail as a broken link does.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -44,19 +45,9 @@ class InProcessBackend:
         self.updates_fail = False
         #: The bodies of each ``update`` call that carried any, in call order.
         self.published_batches: list[list[str]] = []
-        #: ``fetch`` calls under way, and whether the last one to end found its mailbox gone.
-        self.fetching = 0
-        self.last_fetch_found_no_mailbox = False
-        self.fetch_changed = threading.Condition()
 
     def describe(self) -> str:
         return "in-process"
-
-    def wait_until_fetching_ended(self) -> bool:
-        with self.fetch_changed:
-            return self.fetch_changed.wait_for(
-                lambda: self.fetching == 0 and self.last_fetch_found_no_mailbox, DEADLINE_SECONDS
-            )
 
     def join(
         self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
@@ -74,17 +65,7 @@ class _Membership:
         self.epoch = backend.core.current_epoch()
 
     def fetch(self, max_frames: int) -> Fetched | None:
-        backend = self._backend
-        with backend.fetch_changed:
-            backend.fetching += 1
-        frames = None
-        try:
-            frames = backend.core.fetch(self._mailbox_id, max_frames, HEARTBEAT_SECONDS)
-        finally:
-            with backend.fetch_changed:
-                backend.fetching -= 1
-                backend.last_fetch_found_no_mailbox = frames is None
-                backend.fetch_changed.notify_all()
+        frames = self._backend.core.fetch(self._mailbox_id, max_frames, HEARTBEAT_SECONDS)
         return None if frames is None else Fetched(frames)
 
     def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
@@ -136,6 +117,8 @@ async def test_submitted_bodies_are_published_in_order_and_share_round_trips(
 async def test_back_to_back_round_trips_are_paced_and_carry_what_waited(
     backend: InProcessBackend, mock_clock: trio.testing.MockClock
 ) -> None:
+    # Should the pacing hang, the clock jumps after a real second and the deadlines fire.
+    mock_clock.autojump_threshold = 1.0
     async with joined_worker(backend) as worker:
         # The clock stands still: the burst of round trips is spent, and none comes back.
         for n in range(UPDATE_BURST):
@@ -170,14 +153,31 @@ async def test_a_submission_that_cannot_be_published_is_reported(
         assert worker.recorder.message_texts() == ["through"]
 
 
-async def test_the_fetching_thread_ends_with_the_membership(backend: InProcessBackend) -> None:
+async def test_what_waits_to_be_published_goes_out_when_the_worker_leaves(
+    backend: InProcessBackend,
+) -> None:
     async with joined_worker(backend) as worker:
-        await worker.publish("ann", "seen")
-        await worker.recorder.wait_for_text("seen")
-        worker.leave()
-    # The fetching thread was abandoned by the cancelled reader; leaving ended its last fetch,
-    # and a fetch that finds no mailbox is the thread's last.
-    assert await trio.to_thread.run_sync(backend.wait_until_fetching_ended)
+        backend.updates_open.clear()
+        await worker.link.submit(body("ann", "under way"), on_failure=_unexpected_failure)
+        await trio.testing.wait_all_tasks_blocked()
+        await worker.link.submit(body("ann", "waiting"), on_failure=_unexpected_failure)
+        worker.leave()  # The session that sent them may be gone already: nobody awaits them.
+        backend.updates_open.set()
+    history = backend.core.snapshot(None).messages
+    assert [json.loads(frame)["message"] for frame in history] == ["under way", "waiting"]
+
+
+async def test_a_failing_report_does_not_stop_the_publisher(backend: InProcessBackend) -> None:
+    async with joined_worker(backend) as worker:
+        backend.updates_fail = True
+        reported = trio.Event()
+        await worker.link.submit(body("ann", "a"), on_failure=_unexpected_failure)
+        await worker.link.submit(body("ann", "b"), on_failure=reported.set)
+        with trio.fail_after(DEADLINE_SECONDS):
+            await reported.wait()
+        backend.updates_fail = False
+        await worker.publish("ann", "still publishing")
+        await worker.recorder.wait_for_text("still publishing")
 
 
 class _EndlessMembership:
@@ -224,6 +224,37 @@ async def test_the_fetching_thread_stays_a_few_batches_ahead_of_the_reader() -> 
             assert fetched.frames == [body("ann", str(n))]
         fetcher.stop()
     assert membership.most_ahead == READ_AHEAD
+
+
+class _GatedMembership:
+    """Each fetch waits for the test to let it return."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.fetching = threading.Event()
+        self.let_return = threading.Event()
+
+    def fetch(self, max_frames: int) -> Fetched:
+        self.fetches += 1
+        self.fetching.set()
+        if not self.let_return.wait(DEADLINE_SECONDS):
+            raise AssertionError("the test never let the fetch return")
+        self.let_return.clear()
+        return Fetched([])
+
+
+async def test_a_stopped_fetching_thread_ends_after_its_fetch() -> None:
+    """As when a re-join replaces a membership that is still there (Redis): nobody leaves it."""
+    membership = _GatedMembership()
+    fetcher = Fetcher(membership, max_frames=10)  # type: ignore[arg-type]
+    with trio.fail_after(DEADLINE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, fetcher.run)
+            await trio.to_thread.run_sync(membership.fetching.wait)
+            fetcher.stop()
+            membership.let_return.set()
+        # ``run`` returned: the thread is not fetching again.
+    assert membership.fetches == 1
 
 
 def _unexpected_failure() -> None:

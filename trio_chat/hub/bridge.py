@@ -141,10 +141,19 @@ class _Pending:
         self.published = False
 
     def settle(self) -> None:
-        if not self.published and self.on_failure is not None:
-            self.on_failure()
         if self.done is not None:
             self.done.set()
+        if not self.published and self.on_failure is not None:
+            try:
+                self.on_failure()
+            except Exception:
+                # A bug in the sender's callback must not stop the publisher.
+                logger.exception("event=publish_failure_report_error")
+
+
+def _settle_all(batch: Sequence[_Pending]) -> None:
+    for pending in batch:
+        pending.settle()
 
 
 class Fetcher:
@@ -213,6 +222,11 @@ class BridgedHub:
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[_Pending | None](
             outbox_size
         )
+        #: Taken from the outbox by the publisher, not yet sent.
+        self._taken: list[_Pending] = []
+        self._publisher_scope = trio.CancelScope()
+        #: Shields the round trip under way (a cancelled publisher finishes it first).
+        self._update_scope = trio.CancelScope()
         self._presence: dict[int, str] = {}
         self._presence_changes: dict[int, str | None] = {}
         self._threads = trio.CapacityLimiter(HUB_THREADS)
@@ -243,23 +257,30 @@ class BridgedHub:
                 f"cannot reach the hub at {self.backend.describe()}: {error}"
             ) from error
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._publish_loop)
+            publisher_done = trio.Event()
+            nursery.start_soon(self._publish_loop, publisher_done)
             task_status.started(self)
             try:
-                rejoined = False
+                rejoined = dropped = False
                 while True:
                     self._set_membership(membership)
-                    if rejoined and not membership.continuous:
+                    if rejoined and (dropped or not membership.continuous):
                         listener.messages_missed()
-                    await self._read_until_lost(membership, listener)
+                    dropped = await self._read_until_lost(membership, listener)
                     self._membership = None
                     if not self.backend.rejoin_replaces:
                         # If the hub is still there (only our link failed), leave it properly.
                         await self._leave(membership)
                     membership, rejoined = await self._rejoin(), True
             finally:
-                self._membership = None
+                self._membership = None  # No more submits: they are told the hub is down.
                 with trio.CancelScope(shield=True):
+                    # What sessions submitted before they ended goes out before we leave,
+                    # after the round trip under way (so a sender's order holds).
+                    self._update_scope.deadline = trio.current_time() + LEAVE_TIMEOUT_SECONDS
+                    self._publisher_scope.cancel()
+                    await publisher_done.wait()
+                    await self._flush(membership)
                     await self._leave(membership)
                 nursery.cancel_scope.cancel()
 
@@ -353,7 +374,9 @@ class BridgedHub:
             await trio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
 
-    async def _read_until_lost(self, membership: Membership, listener: HubListener) -> None:
+    async def _read_until_lost(self, membership: Membership, listener: HubListener) -> bool:
+        """Deliver what the membership fetches until it ends; returns whether fetched frames
+        were dropped (a bug while delivering them), which the clients must be told."""
         async with trio.open_nursery() as nursery:
             fetcher = Fetcher(membership, self._fetch_batch)
             # Abandoned when cancelled: it ends after the fetch it is in (``Fetcher.stop``).
@@ -361,30 +384,35 @@ class BridgedHub:
                 functools.partial(self._in_thread, fetcher.run, abandon_on_cancel=True)
             )
             try:
-                await self._deliver_fetched(fetcher, listener)
-            finally:
+                dropped = await self._deliver_fetched(fetcher, listener)
+            except BaseException:
                 fetcher.stop()
                 nursery.cancel_scope.cancel()
+                raise
+            # Not shutting down: the thread's last fetch (at most a heartbeat) ends before the
+            # next membership reads, so the two never read at once.
+            fetcher.stop()
+            return dropped
 
-    async def _deliver_fetched(self, fetcher: Fetcher, listener: HubListener) -> None:
+    async def _deliver_fetched(self, fetcher: Fetcher, listener: HubListener) -> bool:
         while True:
             try:
                 fetched = await fetcher.next()
                 if fetched is None:
                     # We did not leave, so the hub dropped us: we fell too far behind.
                     logger.warning("event=membership_lost hub=%s", self.backend.describe())
-                    return
+                    return False
                 if fetched.missed:
                     listener.messages_missed()
                 if fetched.frames:  # Empty: a heartbeat.
                     self._note_last_id(fetched.frames)
                     listener.deliver(fetched.frames)
             except self.backend.link_errors:
-                return
+                return False
             except Exception:
                 # A bug must not leave the worker deaf: log it, re-join, tell the clients.
                 logger.exception("event=hub_reader_error")
-                return
+                return True
 
     def _note_last_id(self, frames: list[str]) -> None:
         for frame in reversed(frames):
@@ -393,29 +421,56 @@ class BridgedHub:
                 self._last_id = found
                 return
 
-    async def _publish_loop(self) -> None:
+    async def _publish_loop(self, done: trio.Event) -> None:
+        try:
+            with self._publisher_scope:
+                await self._publish_until_cancelled()
+        finally:
+            done.set()
+
+    async def _publish_until_cancelled(self) -> None:
         pacer = TokenBucket(UPDATES_PER_SECOND, UPDATE_BURST, clock=trio.current_time)
         while True:
-            batch: list[_Pending] = []
             with trio.move_on_at(self._update_due) as self._outbox_wait:
                 first = await self._outbox_receive.receive()
                 if first is not None:
-                    batch.append(first)
-            # Under load, what arrives meanwhile goes in the same round trip.
+                    self._taken.append(first)
+            # Under load, what arrives meanwhile goes in the same round trip. (If cancelled
+            # here, what was taken is flushed.)
             await trio.sleep_until(pacer.next_token_at())
             pacer.spend()
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._outbox_receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                if item is not None:
-                    batch.append(item)
+            self._take_waiting(MAX_BATCH)
+            batch, self._taken = self._taken, []
             try:
                 await self._send_update(batch)
             finally:
-                for pending in batch:
-                    pending.settle()
+                _settle_all(batch)
+
+    def _take_waiting(self, limit: float) -> None:
+        while len(self._taken) < limit:
+            try:
+                item = self._outbox_receive.receive_nowait()
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                return
+            if item is not None:
+                self._taken.append(item)
+
+    async def _flush(self, membership: Membership | None) -> None:
+        """Publish what waits in the outbox, at shutdown; what cannot be is reported."""
+        self._take_waiting(math.inf)
+        batch, self._taken = self._taken, []
+        if not batch:
+            return
+        try:
+            if membership is not None:
+                with trio.move_on_after(LEAVE_TIMEOUT_SECONDS):
+                    with contextlib.suppress(*self.backend.link_errors):
+                        bodies = [pending.body for pending in batch]
+                        await self._in_thread(membership.update, bodies, {}, abandon_on_cancel=True)
+                        for pending in batch:
+                            pending.published = True
+        finally:
+            _settle_all(batch)
 
     async def _send_update(self, batch: list[_Pending]) -> None:
         membership = self._membership
@@ -429,14 +484,19 @@ class BridgedHub:
             return
         bodies = [pending.body for pending in batch]
         try:
-            await self._in_thread(membership.update, bodies, changes, abandon_on_cancel=True)
+            # A round trip under way when the worker leaves ends first (``run`` gives it a
+            # deadline), so that what is flushed after it cannot overtake it.
+            with trio.CancelScope(shield=True) as self._update_scope:
+                await self._in_thread(membership.update, bodies, changes, abandon_on_cancel=True)
+            if self._update_scope.cancelled_caught:
+                raise HubUnavailable("the hub did not answer before the worker left")
         except Exception as error:
             # The changes go again with the next update (newer ones for the same connection
             # win), whether the reader re-joins meanwhile or only this call failed (a hub
             # that refused a write, say). The senders are told their messages were not sent.
             self._presence_changes = {**changes, **self._presence_changes}
             self._schedule_update(membership)
-            if not isinstance(error, self.backend.link_errors):
+            if not isinstance(error, (*self.backend.link_errors, HubUnavailable)):
                 logger.exception("event=hub_publish_error")  # A bug: logged, and we go on.
             return
         self._schedule_update(membership)
