@@ -60,11 +60,6 @@ class Subscriber:
         self.close_code: CloseCode | None = None
         self._lingering: trio.CancelScope | None = None
 
-    @property
-    def buffer_size(self) -> int:
-        """Frames that may wait for this subscriber before it is evicted."""
-        return self._buffer_size
-
     def offer(self, frames: Sequence[str]) -> bool:
         """Queue a batch without waiting; False if it would not fit (or the channel is closed)."""
         if self.waiting + len(frames) > self._buffer_size:

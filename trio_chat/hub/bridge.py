@@ -58,8 +58,9 @@ T = TypeVar("T")
 #: Frames taken per fetch, and bodies published per round trip. A batch is queued whole for
 #: each subscriber, so it is also kept to a quarter of a subscriber's buffer.
 MAX_BATCH = 256
-#: Threads for hub calls: the reader and the publisher hold one each for as long as they run;
-#: the rest serve joining clients' snapshots, in parallel, and joining and leaving.
+#: Threads for hub calls: the reader's fetching thread holds one for as long as it runs, the
+#: publisher one per round trip; the rest serve joining clients' snapshots, in parallel, and
+#: joining and leaving.
 HUB_THREADS = 8
 #: Fetched batches that may wait for the reader task.
 READ_AHEAD = 2
@@ -151,11 +152,6 @@ class _Pending:
                 logger.exception("event=publish_failure_report_error")
 
 
-def _settle_all(batch: Sequence[_Pending]) -> None:
-    for pending in batch:
-        pending.settle()
-
-
 class Fetcher:
     """One thread that fetches for as long as a membership is read, handing each batch to the
     reader task as it comes: no thread is woken per fetch, and at most ``READ_AHEAD`` batches
@@ -225,8 +221,10 @@ class BridgedHub:
         #: Taken from the outbox by the publisher, not yet sent.
         self._taken: list[_Pending] = []
         self._publisher_scope = trio.CancelScope()
-        #: Shields the round trip under way (a cancelled publisher finishes it first).
+        #: Shields the round trip under way (a cancelled publisher finishes it first), until
+        #: ``_leave_deadline``, set when the worker leaves.
         self._update_scope = trio.CancelScope()
+        self._leave_deadline = math.inf
         self._presence: dict[int, str] = {}
         self._presence_changes: dict[int, str | None] = {}
         self._threads = trio.CapacityLimiter(HUB_THREADS)
@@ -277,10 +275,11 @@ class BridgedHub:
                 with trio.CancelScope(shield=True):
                     # What sessions submitted before they ended goes out before we leave,
                     # after the round trip under way (so a sender's order holds).
-                    self._update_scope.deadline = trio.current_time() + LEAVE_TIMEOUT_SECONDS
+                    self._leave_deadline = trio.current_time() + LEAVE_TIMEOUT_SECONDS
+                    self._update_scope.deadline = self._leave_deadline
                     self._publisher_scope.cancel()
                     await publisher_done.wait()
-                    await self._flush(membership)
+                    await self._send_taken(membership, limit=math.inf)
                     await self._leave(membership)
                 nursery.cancel_scope.cancel()
 
@@ -436,15 +435,21 @@ class BridgedHub:
                 if first is not None:
                     self._taken.append(first)
             # Under load, what arrives meanwhile goes in the same round trip. (If cancelled
-            # here, what was taken is flushed.)
+            # here, what was taken goes out when the worker leaves.)
             await trio.sleep_until(pacer.next_token_at())
             pacer.spend()
-            self._take_waiting(MAX_BATCH)
-            batch, self._taken = self._taken, []
-            try:
-                await self._send_update(batch)
-            finally:
-                _settle_all(batch)
+            await self._send_taken(self._membership, limit=MAX_BATCH)
+
+    async def _send_taken(self, membership: Membership | None, *, limit: float) -> None:
+        """One round trip with what was taken and what waits in the outbox (up to ``limit``
+        bodies); then the senders whose bodies could not be published are told."""
+        self._take_waiting(limit)
+        batch, self._taken = self._taken, []
+        try:
+            await self._send_update(batch, membership)
+        finally:
+            for pending in batch:
+                pending.settle()
 
     def _take_waiting(self, limit: float) -> None:
         while len(self._taken) < limit:
@@ -455,25 +460,7 @@ class BridgedHub:
             if item is not None:
                 self._taken.append(item)
 
-    async def _flush(self, membership: Membership | None) -> None:
-        """Publish what waits in the outbox, at shutdown; what cannot be is reported."""
-        self._take_waiting(math.inf)
-        batch, self._taken = self._taken, []
-        if not batch:
-            return
-        try:
-            if membership is not None:
-                with trio.move_on_after(LEAVE_TIMEOUT_SECONDS):
-                    with contextlib.suppress(*self.backend.link_errors):
-                        bodies = [pending.body for pending in batch]
-                        await self._in_thread(membership.update, bodies, {}, abandon_on_cancel=True)
-                        for pending in batch:
-                            pending.published = True
-        finally:
-            _settle_all(batch)
-
-    async def _send_update(self, batch: list[_Pending]) -> None:
-        membership = self._membership
+    async def _send_update(self, batch: list[_Pending], membership: Membership | None) -> None:
         if membership is None:
             # Presence changes stay where they are: the next join sends every connection's
             # presence, and changes made while it runs go in the first update after it.
@@ -486,7 +473,7 @@ class BridgedHub:
         try:
             # A round trip under way when the worker leaves ends first (``run`` gives it a
             # deadline), so that what is flushed after it cannot overtake it.
-            with trio.CancelScope(shield=True) as self._update_scope:
+            with trio.CancelScope(shield=True, deadline=self._leave_deadline) as self._update_scope:
                 await self._in_thread(membership.update, bodies, changes, abandon_on_cancel=True)
             if self._update_scope.cancelled_caught:
                 raise HubUnavailable("the hub did not answer before the worker left")
