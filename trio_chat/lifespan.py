@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 from collections.abc import Callable
 
 import trio
@@ -40,8 +41,11 @@ HubFactory = Callable[[Settings], Hub]
 #: ``graceful_timeout`` of hypercorn.toml).
 EXIT_GRACE_SECONDS = 5.0
 #: Cyclic garbage collector thresholds of a serving worker (Python's defaults: 700, 10, 10). See
-#: ``tune_garbage_collector``.
+#: ``tune_worker_process``.
 GC_THRESHOLDS = (50_000, 20, 100)
+#: How long a thread waiting for the GIL lets the worker's Trio thread keep it (Python's
+#: default: 5 ms). See ``tune_worker_process``.
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 async def run_lifespan(
@@ -78,9 +82,9 @@ async def run_lifespan(
         if "state" in scope:
             scope["state"][STATE_KEY] = worker
         if multiprocessing.parent_process() is not None:
-            # A worker process of its own (Hypercorn's): its collector is ours to tune. (In any
-            # other process, e.g. a test run, it is not.)
-            tune_garbage_collector()
+            # A worker process of its own (Hypercorn's): its interpreter is ours to tune. (In
+            # any other process, e.g. a test run, it is not.)
+            tune_worker_process()
         log_event("worker_started", pid=worker.pid, hub=type(hub).__name__)
         await send({"type": "lifespan.startup.complete"})
 
@@ -90,20 +94,29 @@ async def run_lifespan(
     await send({"type": "lifespan.shutdown.complete"})
 
 
-def tune_garbage_collector() -> None:
-    """Make the cyclic garbage collector cheap for a long-running worker with many connections.
+def tune_worker_process() -> None:
+    """Tune the interpreter for a long-running worker with many connections.
 
-    Almost everything a worker frees goes by reference counting; the collector is for cycles
-    (tracebacks of cancelled tasks, mostly). With its defaults it runs every 700 allocations
-    and keeps scanning every object the worker holds: the modules and classes loaded at startup,
-    and every connection's objects. Measured on the baseline server with 10,000 connections, it
-    took 42-55 % of the CPU. So the objects alive after startup, which live as long as the
-    process, are frozen out of every collection (``gc.freeze``), and collections run far less
-    often; the garbage cycles that wait longer for one are small and few.
+    The hub bridge's threads get the GIL back quickly: a hub thread whose round trip has
+    returned (a fetched batch for every client of this worker, or the outcome of a publish)
+    needs the GIL to hand it over, and with Python's default switch interval it may wait up to
+    5 ms per step while the Trio thread is busy sending. Under load that is added to every
+    delivery; at 0.5 ms it is not. (Measured side by side, 200 clients at 100 msg/s over 4
+    workers, nine runs each: median p99 13 ms instead of 20 ms, at the same CPU per delivery.)
+
+    The cyclic garbage collector is made cheap. Almost everything a worker frees goes by
+    reference counting; the collector is for cycles (tracebacks of cancelled tasks, mostly).
+    With its defaults it runs every 700 allocations and keeps scanning every object the worker
+    holds: the modules and classes loaded at startup, and every connection's objects. Measured
+    on the baseline server with 10,000 connections, it took 42-55 % of the CPU. So the objects
+    alive after startup, which live as long as the process, are frozen out of every collection
+    (``gc.freeze``), and collections run far less often; the garbage cycles that wait longer for
+    one are small and few.
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
 
 
 async def _close_sessions_on_sigterm(worker: Worker) -> None:
