@@ -990,8 +990,21 @@ def one_line(r: dict[str, Any]) -> str:
         + (f"server {cpu:.2f} µs/delivery, " if cpu is not None else "")
         + f"loadgen {r['loadgen_cpu_us_per_delivery'] or 0:.2f} µs/delivery, "
         f"other {r['other_cpu_cores']:.2f} cores, order {_order_text(r)}"
+        + (f", clients per worker {spread}" if (spread := worker_spread(r)) else "")
         + ("" if r["held"] else f" [{', '.join(failures(r))}]")
     )
+
+
+def worker_spread(r: dict[str, Any]) -> str:
+    """How the clients spread over the server's workers, most loaded first: "83/41/40/36"."""
+    counts = sorted(r.get("clients_per_worker", {}).values(), reverse=True)
+    return "/".join(map(str, counts)) if len(counts) > 1 else ""
+
+
+def busiest_worker_share(r: dict[str, Any]) -> float:
+    """The fraction of the clients that the most loaded worker holds."""
+    counts = r.get("clients_per_worker", {}).values()
+    return max(counts) / sum(counts) if counts else math.nan
 
 
 def failures(r: dict[str, Any]) -> list[str]:

@@ -404,6 +404,12 @@ LOAD_FIGURES = {
         ),
         Figure("deliveries/s", lambda r: r["deliveries_per_second"], "{:,.0f}"),
         Figure(
+            "clients on the busiest worker",
+            loadgen.busiest_worker_share,
+            "{:.0%}",
+            show_ratio=False,
+        ),
+        Figure(
             "load generator CPU per delivery (µs)",
             lambda r: r["loadgen_cpu_us_per_delivery"],
             "{:.2f}",
