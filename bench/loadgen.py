@@ -910,10 +910,10 @@ class Sweep:
 
     The rate rises by ``factor`` after each step that holds, until one fails. Then ``refine``
     steps narrow the gap between the best rate and the one that failed, each trying their
-    geometric middle (with x1.5 and 2 of them: to within about x1.1), so that two servers' results
-    are not a whole x1.5 apart only because of the grid. If the very first step fails, the sweep
-    steps down instead (not below ``floor``) until one holds, then refines the same way: a sweep
-    may start high to save time without that costing the result.
+    geometric middle (with x1.5 and 3 of them: to within about x1.05), so that two servers'
+    results are not a whole x1.5 apart only because of the grid. If the very first step fails,
+    the sweep steps down instead (not below ``floor``) until one holds, then refines the same
+    way: a sweep may start high to save time without that costing the result.
     """
 
     def __init__(
@@ -921,7 +921,7 @@ class Sweep:
         start_rate: float,
         factor: float = 1.5,
         floor: float | None = None,
-        refine: int = 2,
+        refine: int = 3,
     ):
         self.rate = start_rate
         self.factor = factor
