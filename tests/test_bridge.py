@@ -17,6 +17,7 @@ import pytest
 import trio
 import trio.testing
 
+from trio_chat.config import Settings
 from trio_chat.hub import HubUnavailable
 from trio_chat.hub.bridge import (
     READ_AHEAD,
@@ -92,18 +93,23 @@ def backend() -> InProcessBackend:
 
 @asynccontextmanager
 async def joined_worker(backend: InProcessBackend) -> AsyncIterator[JoinedWorker]:
-    hub = BridgedHub(backend, label="test", outbox_size=64, fetch_batch=64)
+    hub = BridgedHub(backend, Settings(outbox_size=64, subscriber_buffer=256), label="test")
     async with joined(hub) as worker:
         yield worker
+
+
+async def submit_and_hold(worker: JoinedWorker, backend: InProcessBackend, text: str) -> None:
+    """Submit ``text`` and hold its round trip under way (until ``backend.updates_open``)."""
+    backend.updates_open.clear()
+    await worker.link.submit(body("ann", text), on_failure=_unexpected_failure)
+    await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_submitted_bodies_are_published_in_order_and_share_round_trips(
     backend: InProcessBackend,
 ) -> None:
     async with joined_worker(backend) as worker:
-        backend.updates_open.clear()
-        await worker.link.submit(body("ann", "0"), on_failure=_unexpected_failure)
-        await trio.testing.wait_all_tasks_blocked()
+        await submit_and_hold(worker, backend, "0")
         # The first round trip is held: everything submitted meanwhile waits for the next one.
         for n in range(1, 20):
             await worker.link.submit(body("ann", str(n)), on_failure=_unexpected_failure)
@@ -157,9 +163,7 @@ async def test_what_waits_to_be_published_goes_out_when_the_worker_leaves(
     backend: InProcessBackend,
 ) -> None:
     async with joined_worker(backend) as worker:
-        backend.updates_open.clear()
-        await worker.link.submit(body("ann", "under way"), on_failure=_unexpected_failure)
-        await trio.testing.wait_all_tasks_blocked()
+        await submit_and_hold(worker, backend, "under way")
         await worker.link.submit(body("ann", "waiting"), on_failure=_unexpected_failure)
         worker.leave()  # The session that sent them may be gone already: nobody awaits them.
         backend.updates_open.set()

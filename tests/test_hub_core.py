@@ -93,10 +93,21 @@ def wait_until_blocked_in_fetch(core: HubCore, mailbox_id: str) -> None:
         time.sleep(0.001)
 
 
-def fetch_in_thread(core: HubCore, mailbox_id: str) -> tuple[threading.Thread, list[object]]:
+def start_fetch(
+    core: HubCore, mailbox_id: str, max_frames: int = 10
+) -> tuple[threading.Thread, list[object]]:
+    """A fetch in a thread of its own; its result goes in the list."""
     result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(core.fetch(mailbox_id, 10)))
+    thread = threading.Thread(target=lambda: result.append(core.fetch(mailbox_id, max_frames)))
     thread.start()
+    return thread, result
+
+
+def fetch_in_thread(
+    core: HubCore, mailbox_id: str, max_frames: int = 10
+) -> tuple[threading.Thread, list[object]]:
+    """A fetch in a thread of its own, once it waits."""
+    thread, result = start_fetch(core, mailbox_id, max_frames)
     wait_until_blocked_in_fetch(core, mailbox_id)
     return thread, result
 
@@ -129,16 +140,19 @@ class FakeClock:
         return self.now
 
 
+def frames_come_thick_and_fast(core: HubCore, mailbox: str) -> None:
+    """A frame is taken, and the next one ("first", id 2) follows at once: fetches linger."""
+    core.publish([body("zeroth")])
+    core.fetch_nowait(mailbox, 10)
+    core.publish([body("first")])
+
+
 def test_a_fetch_lingers_for_more_frames_after_the_first() -> None:
     core = HubCore(history_size=10, mailbox_size=10, fetch_linger=JOIN_TIMEOUT_SECONDS)
     mailbox = core.join("w")
-    core.publish([body("zeroth")])
-    core.fetch_nowait(mailbox, 10)  # Frames come thick and fast.
-    core.publish([body("first")])
-    result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(core.fetch(mailbox, 2)))
-    thread.start()
-    wait_until_blocked_in_fetch(core, mailbox)  # A frame is there, and it waits for more...
+    frames_come_thick_and_fast(core, mailbox)
+    # A frame is there, and the fetch waits for more...
+    thread, result = fetch_in_thread(core, mailbox, max_frames=2)
     core.publish([body("second")])
     thread.join(JOIN_TIMEOUT_SECONDS)
     assert not thread.is_alive()
@@ -164,9 +178,7 @@ def test_a_fetch_after_a_quiet_spell_does_not_linger() -> None:
     core.fetch_nowait(mailbox, 10)
     clock.now = 2000.0  # Nothing for longer than the linger...
     core.publish([body("after")])
-    result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(core.fetch(mailbox, 10)))
-    thread.start()
+    thread, result = start_fetch(core, mailbox)
     thread.join(JOIN_TIMEOUT_SECONDS)
     lingered = thread.is_alive()
     core.leave(mailbox)  # Ends a lingering fetch, if it did linger.
@@ -178,9 +190,7 @@ def test_a_fetch_after_a_quiet_spell_does_not_linger() -> None:
 def test_a_lingering_fetch_returns_none_when_the_worker_leaves() -> None:
     core = HubCore(history_size=10, mailbox_size=10, fetch_linger=JOIN_TIMEOUT_SECONDS)
     mailbox = core.join("w")
-    core.publish([body("zeroth")])
-    core.fetch_nowait(mailbox, 10)  # Frames come thick and fast.
-    core.publish([body("first")])
+    frames_come_thick_and_fast(core, mailbox)
     thread, result = fetch_in_thread(core, mailbox)
     core.leave(mailbox)
     thread.join(JOIN_TIMEOUT_SECONDS)

@@ -71,10 +71,9 @@ class TokenBucket:
 
     def next_token_at(self) -> float:
         """When a token will be there, on the bucket's clock: now if there is one."""
-        now = self._clock()
         if not self._rate:
-            return now
-        self._refill()
+            return self._clock()
+        now = self._refill()
         return now if self._tokens >= 1 else now + (1 - self._tokens) / self._rate
 
     def spend(self) -> None:
@@ -84,10 +83,12 @@ class TokenBucket:
             self._refill()
             self._tokens = max(0.0, self._tokens - 1)
 
-    def _refill(self) -> None:
+    def _refill(self) -> float:
+        """Add what the time since the last refill earned; returns the time now."""
         now = self._clock()
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
+        return now
 
 
 class AddressCounter:

@@ -46,6 +46,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
+from ..config import Settings
 from ..guards import TokenBucket
 from ..protocol import message_id
 from .core import Snapshot
@@ -210,13 +211,13 @@ class Fetcher:
 class BridgedHub:
     """A backend's client in one worker: both the ``Hub`` and the worker's ``HubLink``."""
 
-    def __init__(self, backend: Backend, *, label: str, outbox_size: int, fetch_batch: int):
+    def __init__(self, backend: Backend, settings: Settings, *, label: str):
         self.backend = backend
         self._label = label
         self._membership: Membership | None = None
         # None in the outbox only wakes the publisher for presence changes.
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[_Pending | None](
-            outbox_size
+            settings.outbox_size
         )
         #: Taken from the outbox by the publisher, not yet sent.
         self._taken: list[_Pending] = []
@@ -228,7 +229,7 @@ class BridgedHub:
         self._presence: dict[int, str] = {}
         self._presence_changes: dict[int, str | None] = {}
         self._threads = trio.CapacityLimiter(HUB_THREADS)
-        self._fetch_batch = max(1, min(MAX_BATCH, fetch_batch))
+        self._fetch_batch = max(1, min(MAX_BATCH, settings.subscriber_buffer // 4))
         #: When the backend wants its next ``update`` (``trio.current_time``), even an empty one,
         #: and the publisher's wait for the outbox, which ends then.
         self._update_due = math.inf
@@ -482,11 +483,11 @@ class BridgedHub:
             # win), whether the reader re-joins meanwhile or only this call failed (a hub
             # that refused a write, say). The senders are told their messages were not sent.
             self._presence_changes = {**changes, **self._presence_changes}
-            self._schedule_update(membership)
             if not isinstance(error, (*self.backend.link_errors, HubUnavailable)):
                 logger.exception("event=hub_publish_error")  # A bug: logged, and we go on.
             return
-        self._schedule_update(membership)
+        finally:
+            self._schedule_update(membership)
         for pending in batch:
             pending.published = True
 

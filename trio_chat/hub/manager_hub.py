@@ -22,9 +22,8 @@ class ManagerHub(BridgedHub):
     def __init__(self, settings: Settings, endpoint: Endpoint | None = None) -> None:
         super().__init__(
             ManagerBackend(settings, endpoint),
+            settings,
             label=f"{socket.gethostname()}:{os.getpid()}",
-            outbox_size=settings.outbox_size,
-            fetch_batch=settings.subscriber_buffer // 4,
         )
 
 

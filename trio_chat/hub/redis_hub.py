@@ -72,9 +72,8 @@ class RedisHub(BridgedHub):
     def __init__(self, settings: Settings, *, lease_seconds: float = LEASE_SECONDS) -> None:
         super().__init__(
             RedisBackend(settings, lease_seconds=lease_seconds),
+            settings,
             label=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
-            outbox_size=settings.outbox_size,
-            fetch_batch=settings.subscriber_buffer // 4,
         )
 
 
@@ -243,8 +242,7 @@ class _RedisMembership:
             "update", self._label, self.epoch, self._seen(), len(bodies), *bodies, *pairs
         )
         if last_id < 0:
-            self._lost = True  # The reader sees it at its next read and re-joins.
-            raise HubStateLost("Redis no longer knows this worker")
+            raise self._state_lost()
         with self._lock:
             self._due_at = time.monotonic() + due_ms / 1000
 
@@ -262,8 +260,7 @@ class _RedisMembership:
             name,
         )
         if reply is None:
-            self._lost = True
-            raise HubStateLost("Redis no longer knows this worker")
+            raise self._state_lost()
         hub_epoch, valid, last_id, first_available, due_ms = reply[:5]
         version, online, listed_json, names = reply[5:9]
         with self._lock:
@@ -288,3 +285,7 @@ class _RedisMembership:
 
     def _seen(self) -> int:
         return self._backend.last_message_id or 0
+
+    def _state_lost(self) -> HubStateLost:
+        self._lost = True  # The reader sees it at its next read and re-joins.
+        return HubStateLost("Redis no longer knows this worker")
