@@ -25,14 +25,16 @@ class Recorder:
     def __init__(self) -> None:
         self.frames: list[str] = []
         self.missed = 0
+        self.epochs: list[str] = []  # The epoch each notice named.
         self._changed = trio.Event()
 
     def deliver(self, frames: Sequence[str]) -> None:
         self.frames.extend(frames)
         self._notify()
 
-    def messages_missed(self) -> None:
+    def messages_missed(self, epoch: str) -> None:
         self.missed += 1
+        self.epochs.append(epoch)
         self._notify()
 
     def _notify(self) -> None:

@@ -327,11 +327,15 @@ def test_fetch_returns_empty_after_its_heartbeat_timeout() -> None:
     assert core.fetch(mailbox, 100, timeout=0.01) == []
 
 
-def test_a_new_hub_takes_over_the_epoch_and_ids_of_the_workers_until_it_publishes() -> None:
+def test_a_new_hub_starts_a_run_of_its_own_above_the_ids_its_workers_saw() -> None:
     core = HubCore(history_size=10, mailbox_size=100)
-    core.join("worker without clients", last_id=7)  # It never learned the epoch.
-    core.join("worker with clients", last_id=7, epoch="old-run")
-    assert core.current_epoch() == "old-run"
-    assert core.publish([body("next")]) == 8
-    core.join("late worker", last_id=3, epoch="another-run")
-    assert core.current_epoch() == "old-run"  # Published here already: the run is this one.
+    core.join("first to re-join", last_id=100, epoch="old-run")
+    assert core.current_epoch() != "old-run"
+    assert core.publish([body("a"), body("b"), body("c")]) == 103
+    # A worker that had seen more of the old run: ids 101-103 of the old run are not these.
+    core.join("saw more", last_id=105, epoch="old-run")
+    assert core.publish([body("next")]) == 106
+    resumed = core.snapshot(since=105, epoch="old-run")
+    assert not resumed.since_valid  # Not a silent "nothing missed": the whole history.
+    assert [json.loads(m)["message"] for m in resumed.messages] == ["a", "b", "c", "next"]
+    assert core.snapshot(since=103, epoch=core.current_epoch()).since_valid

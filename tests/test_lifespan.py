@@ -69,7 +69,7 @@ class Frames:
     def deliver(self, frames: Sequence[str]) -> None:
         self.frames.extend(frames)
 
-    def messages_missed(self) -> None:
+    def messages_missed(self, epoch: str) -> None:
         raise AssertionError("a LocalHub never loses messages")
 
 

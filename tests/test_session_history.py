@@ -15,6 +15,9 @@ import trio
 import trio.testing
 
 from trio_chat.hub import HubLink, HubListener, LocalHub, Snapshot
+from trio_chat.hub.core import HubCore
+from trio_chat.protocol import ChatMessage, encode_chat_body
+from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import WebSocketClient, chat_app, connect_websocket, open_chat, running_worker
 
@@ -129,6 +132,38 @@ async def test_joining_during_a_burst_shows_no_gap_and_no_duplicate(hold: str) -
             # Held before the snapshot, it covers the burst; held after, the burst comes live.
             assert history == (["m1", "m2", "m3"] if hold == "before_snapshot" else ["m1"])
             await assert_nothing_more(bob)
+
+
+async def test_a_client_joining_as_the_hub_is_replaced_gets_the_new_hubs_frames() -> None:
+    """A new hub starts its ids and presence versions again: a session still catching up on
+    its snapshot must not take them for frames the snapshot covers."""
+    hub = GatedHub()
+    app = chat_app(hub)
+    async with running_worker(app) as state, open_chat(app, state) as ann:
+        await say(ann, "m1", "m2", "m3")
+        await receive_messages(ann, 3)
+        hub.after_snapshot = gate = trio.Event()
+        async with connect_websocket(app, state) as bob:
+            assert (await bob.receive())["type"] == "websocket.accept"
+            await trio.testing.wait_all_tasks_blocked()  # Bob's snapshot is taken: id 3.
+            replacement = HubCore(history_size=10, mailbox_size=100)
+            mailbox = replacement.join("this worker", {1: "ann", 2: "bob"})
+            replacement.publish([encode_chat_body(ChatMessage("ann", "after"))])
+            worker: Worker = state[STATE_KEY]
+            worker.messages_missed(replacement.current_epoch())
+            worker.deliver(replacement.fetch_nowait(mailbox, 100) or [])
+            gate.set()
+            await bob.read_opening()
+            assert texts(bob.history["messages"]) == ["m1", "m2", "m3"]
+            notice = await bob.receive_json()
+            assert (notice["code"], notice["epoch"]) == (
+                "messages_missed",
+                replacement.current_epoch(),
+            )
+            presence = await bob.receive_json(presence=True)
+            assert (presence["version"], presence["users"]) == (1, ["ann", "bob"])
+            after = await bob.receive_json()
+            assert (after["id"], after["message"]) == (1, "after")
 
 
 async def published(hub: LocalHub, count: int) -> None:

@@ -246,8 +246,16 @@ class NoticeCode(enum.StrEnum):
     RESUME_PARTIAL = "resume_partial"
 
 
-def notice_frame(code: NoticeCode, message: str, **extra: int) -> str:
+def notice_frame(code: NoticeCode, message: str, **extra: int | str) -> str:
     return _dumps({"type": "notice", "code": code.value, "message": message, **extra})
+
+
+_MESSAGES_MISSED_PREFIX = f'{{"type":"notice","code":"{NoticeCode.MESSAGES_MISSED.value}"'
+
+
+def is_messages_missed(frame: str) -> bool:
+    """Whether ``frame`` is a ``messages_missed`` notice made by ``notice_frame``."""
+    return frame.startswith(_MESSAGES_MISSED_PREFIX)
 
 
 def history_frame(messages: Sequence[str], *, resumed: bool, epoch: str) -> str:

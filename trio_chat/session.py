@@ -32,6 +32,7 @@ from .protocol import (
     error_frame,
     history_frame,
     invalid_resume_error,
+    is_messages_missed,
     message_id,
     notice_frame,
     parse_chat_frame,
@@ -322,6 +323,8 @@ class _FreshFrames:
 
     Frames queued while the snapshot was taken may be older than it: a channel starts with a
     run of frames the snapshot covers, then everything is new, and no more checks are needed.
+    A ``messages_missed`` notice also ends the catching up: what follows it comes from a new
+    hub, whose ids and presence versions start a new run and say nothing about the snapshot.
     """
 
     def __init__(self, snapshot: Snapshot | None) -> None:
@@ -346,7 +349,9 @@ class _FreshFrames:
 
 def _covered_by(frame: str, snapshot: Snapshot) -> bool | None:
     """Whether the snapshot already covers this frame; None for frames outside the hub's order
-    (error frames, notices), which neither repeat nor end the catching up."""
+    (error frames, other notices), which neither repeat nor end the catching up."""
+    if is_messages_missed(frame):
+        return False
     message = message_id(frame)
     if message is not None:
         return message <= snapshot.last_id

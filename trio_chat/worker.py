@@ -57,13 +57,14 @@ class Worker:
     def deliver(self, frames: Sequence[str]) -> None:
         self.room.broadcast(frames)
 
-    def messages_missed(self) -> None:
+    def messages_missed(self, epoch: str) -> None:
         self.room.broadcast(
             [
                 notice_frame(
                     NoticeCode.MESSAGES_MISSED,
                     "The server lost its link to the other workers for a moment: "
                     "messages sent meanwhile may be missing.",
+                    epoch=epoch,
                 )
             ]
         )

@@ -264,7 +264,7 @@ class BridgedHub:
                 while True:
                     self._set_membership(membership)
                     if rejoined and (dropped or not membership.continuous):
-                        listener.messages_missed()
+                        listener.messages_missed(membership.epoch)
                     dropped = await self._read_until_lost(membership, listener)
                     self._membership = None
                     if not self.backend.rejoin_replaces:
@@ -403,7 +403,7 @@ class BridgedHub:
                     logger.warning("event=membership_lost hub=%s", self.backend.describe())
                     return False
                 if fetched.missed:
-                    listener.messages_missed()
+                    listener.messages_missed(self._epoch)
                 if fetched.frames:  # Empty: a heartbeat.
                     self._note_last_id(fetched.frames)
                     listener.deliver(fetched.frames)

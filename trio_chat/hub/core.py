@@ -125,9 +125,10 @@ class HubCore:
         self._mailbox_ids = itertools.count(1)
         self._mailbox_size = mailbox_size
         self._monotonic = monotonic
-        #: Names this hub's run of ids; a hub that replaces a dead one takes over its epoch.
+        #: Names this hub's run of ids. A hub that replaces a dead one starts a new run: it
+        #: cannot know every id the dead one gave (a worker only knows those it fetched), so
+        #: its own may repeat some, and only the epoch tells them apart.
         self.epoch = secrets.token_hex(4)
-        self._published = False
         self._evicted = 0
         self._expired = 0
 
@@ -141,13 +142,12 @@ class HubCore:
         """Open a mailbox for a worker and take its current connections into presence.
 
         ``last_id`` and ``epoch``: the highest id the worker has seen, and the run of ids it
-        was part of. A hub started after another one died goes on from there (taking over the
-        epoch, if nothing was published here yet), so ids keep growing and clients' ``since``
-        keeps its meaning.
+        was part of. A hub started after another one died gives ids above those its workers
+        saw, so that ids keep growing where it can tell; but in a run of its own (``epoch``
+        is not taken over), since another worker may have seen more of the old run than the
+        first to join: a resume from the old run gets the whole history, never a silent gap.
         """
         with self._lock:
-            if epoch and not self._published:
-                self.epoch = epoch
             self._sequencer.continue_after(last_id)
             mailbox_id = f"m{next(self._mailbox_ids)}"
             self._mailboxes[mailbox_id] = _Mailbox(label, self._lock, self._monotonic())
@@ -177,7 +177,6 @@ class HubCore:
         """
         with self._lock:
             if bodies:
-                self._published = True
                 stamped = self._sequencer.stamp(bodies)
                 self._history.extend(stamped)
                 self._broadcast([frame for _, frame in stamped])

@@ -29,8 +29,12 @@ class HubListener(Protocol):
     def deliver(self, frames: Sequence[str]) -> None:
         """Frames in hub order; must not block (it runs on the link's reader task)."""
 
-    def messages_missed(self) -> None:
-        """The link broke and came back: frames published meanwhile will never arrive."""
+    def messages_missed(self, epoch: str) -> None:
+        """The link broke and came back: frames published meanwhile will never arrive.
+
+        ``epoch``: the run of ids the frames from here on belong to (a new hub starts a new
+        one, whose ids may repeat ones the clients saw).
+        """
 
 
 class HubLink(Protocol):
