@@ -273,6 +273,44 @@ async def test_bad_frame_gets_an_error_frame_and_the_connection_stays_open(
     assert after == [chat(1, "ann", "still here")] * 2
 
 
+async def test_the_configured_limits_are_the_ones_applied() -> None:
+    settings = Settings(max_message_bytes=10, max_sender_chars=3)
+    async with worker(fixed_clock_hub(), settings) as (app, state), open_chat(app, state) as ann:
+        await ann.send_json({"sender": "ann", "message": "é" * 6})  # 12 bytes, 6 characters
+        await ann.send_json({"sender": "anne", "message": "hi"})
+        await ann.send_json({"sender": "ann", "message": "x" * 10})
+        frames = [await ann.receive_json() for _ in range(3)]
+    assert [f.get("code") for f in frames[:2]] == ["message_too_long", "sender_too_long"]
+    assert frames[2] == chat(1, "ann", "x" * 10)
+
+
+async def test_one_log_line_per_connect_and_disconnect_none_per_message_and_errors_throttled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with worker(fixed_clock_hub(), Settings(rate=0)) as (app, state):
+        async with open_chat(app, state) as ann:
+            for n in range(3):
+                await ann.send_json({"sender": "ann", "message": f"secret-{n}"})
+            for _ in range(3):
+                await ann.receive_json()
+            for _ in range(50):
+                await ann.send_text("not json")
+            for _ in range(50):
+                assert (await ann.receive_json())["code"] == "invalid_json"
+            await ann.disconnect()
+            await ann.wait_returned()
+    lines = [record.getMessage() for record in caplog.records if record.name == "trio_chat"]
+    sessions = [line for line in lines if "conn=" in line]
+    assert [line.split()[0] for line in sessions] == [
+        "event=connect",
+        "event=client_error",  # The first one; the other 49 are counted, not logged.
+        "event=disconnect",
+    ]
+    assert "code=invalid_json" in sessions[1]
+    assert "errors=50" in sessions[2]
+    assert not [line for line in lines if "secret-" in line]
+
+
 async def test_hub_down_gets_hub_unavailable_and_the_connection_stays_open() -> None:
     hub = fixed_clock_hub()
     async with (

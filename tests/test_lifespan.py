@@ -149,6 +149,22 @@ async def test_hub_that_cannot_be_joined_fails_startup_saying_what_to_check(
     assert STATE_KEY not in lifespan.state
 
 
+async def test_an_unexpected_error_at_startup_fails_startup_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = chat_app(UnreachableHub(RuntimeError("boom")))
+    async with open_lifespan(app) as lifespan:
+        answer = await lifespan.startup()
+        await lifespan.wait_returned()
+
+    # Not an exception out of the lifespan: Hypercorn would carry on without a hub.
+    assert answer["type"] == "lifespan.startup.failed"
+    assert "RuntimeError: boom" in answer["message"]
+    [logged] = [r for r in caplog.records if r.getMessage() == "event=startup_error"]
+    assert logged.exc_info is not None and logged.exc_info[0] is RuntimeError
+    assert STATE_KEY not in lifespan.state
+
+
 async def test_hub_factory_config_error_fails_startup_with_its_message() -> None:
     def factory(settings: Settings) -> Hub:
         raise HubConfigError("TRIO_CHAT_HUB=tcp://h:1 needs TRIO_CHAT_HUB_SECRET_FILE")

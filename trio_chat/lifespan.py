@@ -65,6 +65,9 @@ async def run_lifespan(
     except (ConfigError, HubConfigError) as error:
         await _fail(send, f"trio_chat configuration error: {error}")
         return
+    except Exception as error:
+        await _fail_with_traceback(send, error)
+        return
     worker = Worker(settings)
     async with trio.open_nursery() as nursery:
         try:
@@ -76,6 +79,11 @@ async def run_lifespan(
                 "starts by itself; for a hub started by hand, check that it runs and that "
                 "TRIO_CHAT_HUB and TRIO_CHAT_HUB_SECRET_FILE match it.",
             )
+            return
+        except Exception as error:
+            # Whatever it was, Hypercorn must hear that startup failed: an exception escaping
+            # here makes it carry on "without lifespan support", a worker with no hub, deaf.
+            await _fail_with_traceback(send, error)
             return
         nursery.start_soon(_close_sessions_on_sigterm, worker)
         nursery.start_soon(_exit_if_stuck, worker)
@@ -146,6 +154,15 @@ async def _exit_if_stuck(worker: Worker) -> None:
         # other process, e.g. a test run, ending the process is not ours to do.)
         logging.shutdown()
         os._exit(0)
+
+
+async def _fail_with_traceback(send: Send, error: Exception) -> None:
+    logs.logger.error("event=startup_error", exc_info=error)
+    await _fail(
+        send,
+        f"trio_chat failed to start: {type(error).__name__}: {error} (a bug: the traceback is "
+        "in the log above; please report it)",
+    )
 
 
 async def _fail(send: Send, message: str) -> None:

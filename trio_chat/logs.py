@@ -20,10 +20,24 @@ def log_event(event: str, level: int = logging.INFO, **fields: object) -> None:
 
 
 def _format(value: object) -> str:
+    """The value as it is, or quoted when it has spaces, quotes, ``=`` or anything unprintable.
+
+    Values can come from clients (a path, a name): a line break, a carriage return, an escape
+    sequence or a bidirectional override in them must not forge a log line or rewrite the
+    terminal, so every character that is not printable is written as its escape.
+    """
     text = str(value)
-    if text and not any(char in text for char in ' "=\n') and text.isprintable():
+    if text and text.isprintable() and not any(char in text for char in ' "=\\'):
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return '"' + "".join(map(_escape, text)) + '"'
+
+
+def _escape(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if char.isprintable():
+        return char
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def configure(level: str) -> None:

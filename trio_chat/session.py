@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 
 import trio
@@ -68,6 +69,10 @@ _ORDINARY_CLOSE_CODES = frozenset(
 )
 #: How long a close frame may take to go out when the server shuts a session down.
 CLOSE_TIMEOUT_SECONDS = 1.0
+#: A connection's refused frames are logged at most once per this many seconds (the line says
+#: how many went unlogged since the last one), and counted in its disconnect line: a client
+#: sending junk as fast as it can must not be able to fill the disk with our log.
+ERROR_LOG_INTERVAL_SECONDS = 10.0
 
 
 async def serve_websocket(
@@ -140,6 +145,9 @@ class Session:
         client = scope.get("client")
         self._peer = f"{client[0]}:{client[1]}" if client else "-"
         self._cancel_scope = trio.CancelScope()
+        self._errors = 0
+        self._errors_unlogged = 0
+        self._error_logged_at = -math.inf
 
     async def run(self) -> None:
         log_event("connect", conn=self._id, client=self._peer, online=len(self._room) + 1)
@@ -179,7 +187,8 @@ class Session:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
                     await self._close(code)
             level = logging.INFO if code in _ORDINARY_CLOSE_CODES else logging.WARNING
-            log_event("disconnect", level, conn=self._id, by=ended_by, code=int(code))
+            errors = {"errors": self._errors} if self._errors else {}
+            log_event("disconnect", level, conn=self._id, by=ended_by, code=int(code), **errors)
 
     async def _opening(self) -> tuple[list[str], Snapshot | None]:
         """The frames a client gets first: welcome, history (or what it missed), presence."""
@@ -266,7 +275,14 @@ class Session:
             self._link.present(self._id, name)
 
     def _reject(self, subscriber: Subscriber, code: ErrorCode, message: str) -> None:
-        log_event("client_error", conn=self._id, code=code.value)
+        self._errors += 1
+        now = trio.current_time()
+        if now - self._error_logged_at >= ERROR_LOG_INTERVAL_SECONDS:
+            unlogged = {"unlogged": self._errors_unlogged} if self._errors_unlogged else {}
+            log_event("client_error", conn=self._id, code=code.value, **unlogged)
+            self._error_logged_at, self._errors_unlogged = now, 0
+        else:
+            self._errors_unlogged += 1
         self._room.send_to(subscriber, error_frame(code, message))
 
     async def _write(
