@@ -287,18 +287,20 @@ async def test_the_configured_limits_are_the_ones_applied() -> None:
 async def test_one_log_line_per_connect_and_disconnect_none_per_message_and_errors_throttled(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with worker(fixed_clock_hub(), Settings(rate=0)) as (app, state):
-        async with open_chat(app, state) as ann:
-            for n in range(3):
-                await ann.send_json({"sender": "ann", "message": f"secret-{n}"})
-            for _ in range(3):
-                await ann.receive_json()
-            for _ in range(50):
-                await ann.send_text("not json")
-            for _ in range(50):
-                assert (await ann.receive_json())["code"] == "invalid_json"
-            await ann.disconnect()
-            await ann.wait_returned()
+    async with (
+        worker(fixed_clock_hub(), Settings(rate=0)) as (app, state),
+        open_chat(app, state) as ann,
+    ):
+        for n in range(3):
+            await ann.send_json({"sender": "ann", "message": f"secret-{n}"})
+        for _ in range(3):
+            await ann.receive_json()
+        for _ in range(50):
+            await ann.send_text("not json")
+        for _ in range(50):
+            assert (await ann.receive_json())["code"] == "invalid_json"
+        await ann.disconnect()
+        await ann.wait_returned()
     lines = [record.getMessage() for record in caplog.records if record.name == "trio_chat"]
     sessions = [line for line in lines if "conn=" in line]
     assert [line.split()[0] for line in sessions] == [

@@ -57,6 +57,7 @@ MAX_FRAME_CHARS = Limits(MAX_SENDER_CHARS, MAX_MESSAGE_BYTES).max_frame_chars
 #: isolates (Unicode TR9), which would let one name pass for another.
 NOT_IN_NAMES = frozenset(
     "\u2028\u2029\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    "\u200b\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e"
 )
 ERROR_CODES = frozenset(code.value for code in ErrorCode)
 #: So small that a bucket never refills during a test: exactly ``burst`` frames get through.
@@ -430,12 +431,16 @@ async def test_any_handshake_is_accepted_or_refused_and_never_crashes(
         nursery.start_soon(client.run_app)
         await client.connect()
         first = await client.receive()
+        own = (host or b"").strip().lower()
         if first["type"] == "websocket.close":
             assert origin is not None, "a handshake without Origin is allowed by default"
+            assert not own or origin.strip().lower() not in (b"http://" + own, b"https://" + own)
             assert first == {"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION}
             await client.wait_returned()
             return
         assert first == {"type": "websocket.accept"}
+        # Only the page's own site gets in (cross-site WebSocket hijacking).
+        assert origin is None or (own and b"://" + own in origin.strip().lower())
         opening = await client.read_opening()
         assert [frame["type"] for frame in opening[:1] + opening[-2:]] == [
             "welcome",

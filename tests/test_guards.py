@@ -23,6 +23,26 @@ HOST = (b"host", b"chat.example:8000")
         ([(b"origin", b"http://chat.example:8000")], frozenset(), False, False),  # No Host.
         ([HOST], frozenset(), False, True),  # No Origin: not a browser page.
         ([HOST], frozenset(), True, False),
+        # Two Origin or Host headers: which one would the browser have meant? Refused.
+        (
+            [HOST, (b"origin", b"http://chat.example:8000"), (b"origin", b"http://evil.example")],
+            frozenset(),
+            False,
+            False,
+        ),
+        (
+            [HOST, (b"origin", b"http://evil.example"), (b"origin", b"http://chat.example:8000")],
+            frozenset(),
+            False,
+            False,
+        ),
+        (
+            [HOST, (b"host", b"evil.example"), (b"origin", b"http://evil.example")],
+            frozenset(),
+            False,
+            False,
+        ),
+        ([HOST, (b"Origin", b"http://chat.example:8000")], frozenset(), False, True),
     ],
 )
 def test_origin_check(

@@ -24,16 +24,22 @@ def origin_allowed(
     """Whether a handshake with these headers may open a session.
 
     The page's own origin (the ``Host`` the browser asked for) is always allowed; ``allowed``
-    adds others, as ``scheme://host[:port]``.
+    adds others, as ``scheme://host[:port]``. The scheme of the page's own origin is not
+    compared with the connection's: behind a proxy that ends TLS, an ``https`` page reaches us
+    over plain ``ws``, and a page on ``http`` at the very same host and port is our own server.
+    A handshake with two ``Origin`` (or ``Host``) headers is ambiguous, and refused.
     """
     found = _headers(headers)
-    origin = found.get(b"origin")
-    if origin is None:
+    origins = found.get(b"origin", [])
+    if not origins:
         return not require_origin
-    text = origin.decode("latin-1").strip().lower()
+    hosts = found.get(b"host", [])
+    if len(origins) > 1 or len(hosts) > 1:
+        return False
+    text = origins[0].decode("latin-1").strip().lower()
     if text in allowed:
         return True
-    host = found.get(b"host", b"").decode("latin-1").strip().lower()
+    host = hosts[0].decode("latin-1").strip().lower() if hosts else ""
     try:
         parts = urlsplit(text)
     except ValueError:  # Not a URL at all (e.g. an unclosed IPv6 bracket): not our origin.
@@ -41,8 +47,11 @@ def origin_allowed(
     return bool(host) and parts.scheme in ("http", "https") and parts.netloc == host
 
 
-def _headers(headers: Iterable[tuple[bytes, bytes]]) -> Mapping[bytes, bytes]:
-    return {name.lower(): value for name, value in headers}
+def _headers(headers: Iterable[tuple[bytes, bytes]]) -> Mapping[bytes, list[bytes]]:
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        found.setdefault(name.lower(), []).append(value)
+    return found
 
 
 class TokenBucket:

@@ -107,10 +107,13 @@ class Rename:
 # Line breaks and tabs are fine in a message; other control characters are not (they only serve
 # to confuse terminals and logs). Names are a single line of printable text.
 _ALLOWED_CONTROLS_IN_MESSAGE = frozenset("\n\t")
-# In names, also no line or paragraph separators, and no bidirectional overrides or isolates,
-# which would let one name pass for another ("evil" shown as "live").
-_FORBIDDEN_IN_NAMES = frozenset("\u2028\u2029\u200e\u200f\u061c") | frozenset(
-    map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+# In names, also no line or paragraph separators, no bidirectional overrides or isolates,
+# which would let one name pass for another ("evil" shown as "live"), and no characters that
+# show as nothing (zero-width space, word joiner and invisible operators, byte order mark, soft
+# hyphen, Mongolian vowel separator), which would let "ann" and "a\u200bnn" look the same. The
+# zero-width joiner and non-joiner stay: emoji sequences and some scripts need them.
+_FORBIDDEN_IN_NAMES = frozenset("\u2028\u2029\u200e\u200f\u061c\u200b\ufeff\u00ad\u180e") | (
+    frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2060, 0x2065), *range(0x2066, 0x206A)]))
 )
 
 
