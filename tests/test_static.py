@@ -116,7 +116,7 @@ async def test_assets_must_be_revalidated_and_carry_validators(static_dir: Path)
 
     assert response.headers["cache-control"] == "no-cache"
     assert response.headers["last-modified"] == "Tue, 14 Nov 2023 22:13:20 GMT"
-    assert re.fullmatch(r'"[0-9a-f]+-[0-9a-f]+"', response.headers["etag"])
+    assert re.fullmatch(r'"[0-9a-f]{32}"', response.headers["etag"])
 
 
 async def test_etag_changes_when_the_file_changes(static_dir: Path) -> None:
@@ -126,6 +126,33 @@ async def test_etag_changes_when_the_file_changes(static_dir: Path) -> None:
 
     assert after.body == b"changed"
     assert after.headers["etag"] != before.headers["etag"]
+
+
+async def test_same_size_edit_that_keeps_the_mtime_is_not_served_stale(static_dir: Path) -> None:
+    # What `rsync -t` or `tar x` leave: new content, same size, the old modification time.
+    page = static_dir / "page.html"
+    before = await fetch("/static/page.html", static_dir=static_dir)
+    page.write_bytes(b"<p>PAGE</p>")
+    os.utime(page, (MTIME, MTIME))
+
+    revalidated = await fetch(
+        "/static/page.html",
+        static_dir=static_dir,
+        headers=[(b"if-none-match", before.headers["etag"].encode())],
+    )
+
+    assert revalidated.status == 200
+    assert revalidated.body == b"<p>PAGE</p>"
+    assert revalidated.headers["etag"] != before.headers["etag"]
+
+
+async def test_etag_follows_the_content_not_the_file(static_dir: Path) -> None:
+    a = await fetch("/static/a.txt", static_dir=static_dir)
+    (static_dir / "copy.txt").write_bytes(b"a")  # same bytes, another name and mtime
+
+    copy = await fetch("/static/copy.txt", static_dir=static_dir)
+
+    assert copy.headers["etag"] == a.headers["etag"]
 
 
 # Conditional requests

@@ -5,10 +5,17 @@ backslash, NUL or absolute path; Hypercorn has already decoded ``%2e%2e`` into `
 resolving the real path and requiring it to stay under the folder (which also defeats symlinks
 pointing out). Responses carry an ETag and Last-Modified and answer a matching conditional
 request with 304; assets are marked ``no-cache`` so that browsers revalidate them every time.
+
+The ETag is a hash of the content, computed on every request: modification time and size are
+not enough, since an edit that keeps the size, copied with its mtime (``rsync -t``, ``tar``),
+would keep them too and be served stale for ever. The files are small, and a request reads the
+whole file anyway for its body, so this costs a hash of a few kilobytes. (A cache keyed on the
+file's stat would be right only with ``st_ctime_ns`` in the key, and saves next to nothing.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -72,11 +79,12 @@ class StaticFiles:
             if path is None:
                 raise FileNotFoundError(name)
             info = await trio.Path(path).stat()
-            body = b"" if head else await trio.Path(path).read_bytes()
+            # Read for HEAD and 304s too: the ETag is the content's.
+            body = await trio.Path(path).read_bytes()
         except OSError:  # Not there, or gone between the check and the read.
             await send_error(send, 404, "Not Found", head=head)
             return
-        etag = f'"{info.st_mtime_ns:x}-{info.st_size:x}"'.encode()
+        etag = content_etag(body)
         headers = [
             (b"etag", etag),
             (b"last-modified", formatdate(info.st_mtime, usegmt=True).encode()),
@@ -85,12 +93,13 @@ class StaticFiles:
         if _not_modified(scope, etag, info.st_mtime):
             await send_response(send, 304, headers=headers, content_type=None, with_length=False)
             return
-        if head:
-            headers.append((b"content-length", str(info.st_size).encode()))
         content_type = CONTENT_TYPES.get(path.suffix.lower(), DEFAULT_CONTENT_TYPE)
-        await send_response(
-            send, 200, body, headers=headers, content_type=content_type, with_length=not head
-        )
+        await send_response(send, 200, body, headers=headers, content_type=content_type, head=head)
+
+
+def content_etag(body: bytes) -> bytes:
+    """A strong ETag naming ``body``: 128 bits of its SHA-256, quoted."""
+    return b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
 
 
 def _not_modified(scope: Scope, etag: bytes, mtime: float) -> bool:
