@@ -20,6 +20,8 @@ import trio.testing
 from trio_chat.config import Settings
 from trio_chat.hub import HubUnavailable
 from trio_chat.hub.bridge import (
+    HUB_CALL_TIMEOUT_SECONDS,
+    HUB_SILENCE_SECONDS,
     READ_AHEAD,
     UPDATE_BURST,
     UPDATES_PER_SECOND,
@@ -46,6 +48,15 @@ class InProcessBackend:
         self.updates_fail = False
         #: The bodies of each ``update`` call that carried any, in call order.
         self.published_batches: list[list[str]] = []
+        #: Cleared, the hub stops answering, as a stopped hub process does (its connections
+        #: stay open, nothing fails): every call waits until it is set again.
+        self.answering = threading.Event()
+        self.answering.set()
+        #: Cleared, fetches stop returning (for at most ``DEADLINE_SECONDS``), heartbeats too;
+        #: ``fetch_held`` is set once one is held.
+        self.fetches_return = threading.Event()
+        self.fetches_return.set()
+        self.fetch_held = threading.Event()
 
     def describe(self) -> str:
         return "in-process"
@@ -53,6 +64,7 @@ class InProcessBackend:
     def join(
         self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
     ) -> _Membership:
+        self.answering.wait()
         return _Membership(self, self.core.join(label, presence, last_id, epoch))
 
 
@@ -66,10 +78,15 @@ class _Membership:
         self.epoch = backend.core.current_epoch()
 
     def fetch(self, max_frames: int) -> Fetched | None:
+        self._backend.answering.wait()
+        if not self._backend.fetches_return.is_set():
+            self._backend.fetch_held.set()
+            self._backend.fetches_return.wait(DEADLINE_SECONDS)
         frames = self._backend.core.fetch(self._mailbox_id, max_frames, HEARTBEAT_SECONDS)
         return None if frames is None else Fetched(frames)
 
     def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+        self._backend.answering.wait()
         self._backend.updates_open.wait()
         if self._backend.updates_fail:
             raise ConnectionError("the hub went away")
@@ -80,9 +97,11 @@ class _Membership:
     def snapshot(
         self, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
+        self._backend.answering.wait()
         return self._backend.core.snapshot(since, epoch, self._mailbox_id, {connection: name})
 
     def leave(self) -> None:
+        self._backend.answering.wait()
         self._backend.core.leave(self._mailbox_id)
 
 
@@ -182,6 +201,65 @@ async def test_a_failing_report_does_not_stop_the_publisher(backend: InProcessBa
         backend.updates_fail = False
         await worker.publish("ann", "still publishing")
         await worker.recorder.wait_for_text("still publishing")
+
+
+async def test_a_hub_that_stops_answering_is_down_until_it_answers_again(
+    backend: InProcessBackend,
+    mock_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The clock jumps once the tasks have waited on the silent hub for a real half second.
+    mock_clock.autojump_threshold = 0.5
+    async with joined_worker(backend) as worker:
+        try:
+            backend.answering.clear()
+            reported = trio.Event()
+            await worker.link.submit(body("ann", "into the silence"), on_failure=reported.set)
+            with trio.fail_after(HUB_CALL_TIMEOUT_SECONDS + 1):
+                await reported.wait()  # The sender hears of it; nothing waits for ever.
+            await trio.sleep(HUB_SILENCE_SECONDS)  # No heartbeat comes for that long.
+            assert not worker.link.connected
+            assert "event=hub_unresponsive" in caplog.text
+            with pytest.raises(HubUnavailable):
+                await worker.link.publish(body("ann", "while down"))
+            with pytest.raises(HubUnavailable):
+                await worker.link.snapshot(None, None, 1, "bob")
+        finally:
+            backend.answering.set()  # Also ends the threads given up on.
+        await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)  # Re-joined.
+        assert worker.link.connected
+        await worker.publish("ann", "back")
+        await worker.recorder.wait_for_text("back")
+
+
+async def test_a_joining_client_does_not_wait_for_ever_on_a_silent_hub(
+    backend: InProcessBackend, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0.5
+    async with joined_worker(backend) as worker:
+        try:
+            backend.answering.clear()
+            with trio.fail_after(HUB_CALL_TIMEOUT_SECONDS + 1), pytest.raises(HubUnavailable):
+                await worker.link.snapshot(None, None, 1, "bob")
+        finally:
+            backend.answering.set()
+
+
+async def test_leaving_does_not_wait_for_a_fetch_that_does_not_return(
+    backend: InProcessBackend,
+) -> None:
+    """A worker shutting down while its reader's thread is in a fetch (the hub waits for
+    frames up to a heartbeat) does not wait for that fetch: it leaves at once."""
+    try:
+        # The held fetch would hold a waiting worker for DEADLINE_SECONDS.
+        with trio.fail_after(DEADLINE_SECONDS / 4):
+            async with joined_worker(backend) as worker:
+                backend.fetches_return.clear()
+                await trio.to_thread.run_sync(backend.fetch_held.wait, DEADLINE_SECONDS)
+                worker.leave()
+    finally:
+        backend.fetches_return.set()
+    assert backend.core.statistics()["mailboxes"] == {}  # It did leave the hub.
 
 
 class _EndlessMembership:

@@ -28,9 +28,10 @@ dropped. That is harmless: the reader is only cancelled or stopped when the work
 hub or re-joins it, and a re-join tells the clients what may be missing. Publishes are
 abandoned too on cancellation, at shutdown, where no sender waits any more.
 
-If the hub goes away (a call fails), the reader reconnects with backoff, re-joins, and tells
-the listener when messages may have been missed meanwhile; while the link is down, publishing
-fails at once with ``HubUnavailable``.
+If the hub goes away (a call fails) or hangs (a call goes unanswered, ``HUB_CALL_TIMEOUT_SECONDS``,
+or no fetch returns for ``HUB_SILENCE_SECONDS``), the reader reconnects with backoff, re-joins,
+and tells the listener when messages may have been missed meanwhile; while the link is down,
+publishing fails at once with ``HubUnavailable``. A worker is never deaf without knowing it.
 """
 
 from __future__ import annotations
@@ -72,6 +73,15 @@ UPDATE_BURST = 4
 RECONNECT_FIRST_DELAY_SECONDS = 0.05
 RECONNECT_MAX_DELAY_SECONDS = 1.0
 LEAVE_TIMEOUT_SECONDS = 2.0
+#: A hub that hangs (stopped, swapping, deadlocked) keeps its connections open, so no call
+#: fails: it just never answers. Every call but ``fetch`` gives up after this long, its thread
+#: abandoned, and counts as a broken link...
+HUB_CALL_TIMEOUT_SECONDS = 10.0
+#: ... and so does a ``fetch`` that brings nothing for this long: it returns at least once per
+#: heartbeat (5 s, with either backend), even when the chat is quiet.
+HUB_SILENCE_SECONDS = 15.0
+#: A join may have to start the hub first (the manager hub's launcher waits up to 30 s for it).
+JOIN_TIMEOUT_SECONDS = 45.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +133,10 @@ class Backend(Protocol):
     def join(self, label: str, presence: Mapping[int, str], last_id: int, epoch: str) -> Membership:
         """Connect and join with the worker's connections; ``last_id`` and ``epoch``: the
         highest id the worker has seen, and the run of ids it was part of."""
+
+
+class _HubSilent(Exception):
+    """The hub has not answered a fetch for ``HUB_SILENCE_SECONDS``."""
 
 
 class _Pending:
@@ -277,7 +291,9 @@ class BridgedHub:
                     # What sessions submitted before they ended goes out before we leave,
                     # after the round trip under way (so a sender's order holds).
                     self._leave_deadline = trio.current_time() + LEAVE_TIMEOUT_SECONDS
-                    self._update_scope.deadline = self._leave_deadline
+                    self._update_scope.deadline = min(
+                        self._update_scope.deadline, self._leave_deadline
+                    )
                     self._publisher_scope.cancel()
                     await publisher_done.wait()
                     await self._send_taken(membership, limit=math.inf)
@@ -309,7 +325,7 @@ class BridgedHub:
         if membership is None:
             raise HubUnavailable("the hub is unreachable right now")
         try:
-            snapshot = await self._in_thread(membership.snapshot, since, epoch, connection, name)
+            snapshot = await self._call(membership.snapshot, since, epoch, connection, name)
         except self.backend.link_errors as error:
             raise HubUnavailable("the hub is unreachable right now") from error
         self._schedule_update(membership)
@@ -344,15 +360,15 @@ class BridgedHub:
     async def _join(self) -> Membership:
         # Whatever changed before this join is in the presence the join sends.
         self._presence_changes.clear()
-        # Abandoned if cancelled (e.g. a shutdown while a hub is being started): a membership
-        # it may still make is dropped by the hub when its lease runs out.
-        return await self._in_thread(
+        # Abandoned if cancelled or unanswered (e.g. a shutdown while a hub is being started):
+        # a membership it may still make is dropped by the hub when its lease runs out.
+        return await self._call(
             self.backend.join,
             self._label,
             dict(self._presence),
             self._last_id,
             self._epoch,
-            abandon_on_cancel=True,
+            give_up_after=JOIN_TIMEOUT_SECONDS,
         )
 
     async def _rejoin(self) -> Membership:
@@ -364,7 +380,7 @@ class BridgedHub:
         while True:
             try:
                 membership = await self._join()
-            except self.backend.link_errors as error:
+            except (*self.backend.link_errors, HubUnavailable) as error:
                 logger.debug("hub reconnect failed: %s", error)
             except Exception:
                 logger.exception("event=hub_reconnect_error")  # Logged, and tried again.
@@ -385,6 +401,13 @@ class BridgedHub:
             )
             try:
                 dropped = await self._deliver_fetched(fetcher, listener)
+            except _HubSilent:
+                # Its thread may never come back from the fetch it is in: abandoned. (Another
+                # membership may read meanwhile: only a hub that hangs comes here, and the
+                # manager hub's new membership is a mailbox of its own.)
+                fetcher.stop()
+                nursery.cancel_scope.cancel()
+                return False
             except BaseException:
                 fetcher.stop()
                 nursery.cancel_scope.cancel()
@@ -397,7 +420,15 @@ class BridgedHub:
     async def _deliver_fetched(self, fetcher: Fetcher, listener: HubListener) -> bool:
         while True:
             try:
-                fetched = await fetcher.next()
+                with trio.move_on_after(HUB_SILENCE_SECONDS) as waiting:
+                    fetched = await fetcher.next()
+                if waiting.cancelled_caught:
+                    logger.warning(
+                        "event=hub_unresponsive hub=%s silent_for=%g",
+                        self.backend.describe(),
+                        HUB_SILENCE_SECONDS,
+                    )
+                    raise _HubSilent
                 if fetched is None:
                     # We did not leave, so the hub dropped us: we fell too far behind.
                     logger.warning("event=membership_lost hub=%s", self.backend.describe())
@@ -409,6 +440,8 @@ class BridgedHub:
                     listener.deliver(fetched.frames)
             except self.backend.link_errors:
                 return False
+            except _HubSilent:
+                raise
             except Exception:
                 # A bug must not leave the worker deaf: log it, re-join, tell the clients.
                 logger.exception("event=hub_reader_error")
@@ -474,10 +507,11 @@ class BridgedHub:
         try:
             # A round trip under way when the worker leaves ends first (``run`` gives it a
             # deadline), so that what is flushed after it cannot overtake it.
-            with trio.CancelScope(shield=True, deadline=self._leave_deadline) as self._update_scope:
+            deadline = min(self._leave_deadline, trio.current_time() + HUB_CALL_TIMEOUT_SECONDS)
+            with trio.CancelScope(shield=True, deadline=deadline) as self._update_scope:
                 await self._in_thread(membership.update, bodies, changes, abandon_on_cancel=True)
             if self._update_scope.cancelled_caught:
-                raise HubUnavailable("the hub did not answer before the worker left")
+                raise HubUnavailable("the hub did not answer")
         except Exception as error:
             # The changes go again with the next update (newer ones for the same connection
             # win), whether the reader re-joins meanwhile or only this call failed (a hub
@@ -496,6 +530,16 @@ class BridgedHub:
             # If the hub is gone already, so is our membership.
             with contextlib.suppress(*self.backend.link_errors):
                 await self._in_thread(membership.leave, abandon_on_cancel=True)
+
+    async def _call(
+        self, fn: Callable[..., T], *args: object, give_up_after: float = HUB_CALL_TIMEOUT_SECONDS
+    ) -> T:
+        """A hub call that gives up, abandoning its thread, when the hub does not answer."""
+        with trio.move_on_after(give_up_after):
+            return await self._in_thread(fn, *args, abandon_on_cancel=True)
+        raise HubUnavailable(
+            f"the hub at {self.backend.describe()} did not answer within {give_up_after:g} s"
+        )
 
     async def _in_thread(
         self, fn: Callable[..., T], *args: object, abandon_on_cancel: bool = False
