@@ -7,11 +7,14 @@ Against ``hypercorn -c hypercorn.toml trio_chat:app`` (4 workers, every setting 
 - readers stay connected and check that they get every message, in order, once;
 - senders chat at a steady rate (within the default per-connection rate limit);
 - stallers connect with a small receive buffer and never read: the server must drop them
-  (1013) once their buffer is full, without anyone else noticing;
+  (1013) once their buffer is full, without anyone else noticing; some at the start, and
+  ``--late-stallers`` more one by one through the first half of the measured window, so that
+  evictions happen while memory is being watched;
 - churners connect, read their opening frames and leave, in a loop.
 
 It reports the server's memory (RSS of every process: master, workers, hub), file descriptors
-and threads after a warm-up and at the end, and what every kind of client saw. It reuses the
+and threads after a warm-up and at the end, each worker's Trio tasks and open connections (from
+``/healthz``), and what every kind of client saw. It reuses the
 test suite's WebSocket client and server fixture (tests/wsclient.py, tests/servers.py), so it
 starts and stops the server the same careful way: loopback, a free port, nothing left behind.
 """
@@ -33,7 +36,12 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import HypercornServer, chat_client, hypercorn_server  # noqa: E402
+from servers import (  # noqa: E402
+    HypercornServer,
+    chat_client,
+    healthz_of_every_worker,
+    hypercorn_server,
+)
 from wsclient import ConnectionClosed, WebSocketClient, open_websocket  # noqa: E402
 
 WARM_UP_SECONDS = 10.0
@@ -73,6 +81,15 @@ def server_snapshot(server: HypercornServer) -> dict[int, dict[str, Any]]:
         except psutil.NoSuchProcess:
             pass
     return seen
+
+
+async def worker_health(server: HypercornServer, pids: set[int]) -> dict[int, dict[str, Any]]:
+    """Each worker's tasks, threads and connections, from its ``/healthz``."""
+    answers = await healthz_of_every_worker(server, pids, 200)
+    return {
+        pid: {key: answer[key] for key in ("tasks", "threads", "connections")}
+        for pid, answer in answers.items()
+    }
 
 
 async def reader(client: WebSocketClient, tally: Tally, stop: trio.Event) -> None:
@@ -117,6 +134,23 @@ async def churner(server: HypercornServer, tally: Tally, stop: trio.Event) -> No
             tally.churn_failures += 1
 
 
+async def late_stallers(
+    server: HypercornServer,
+    stack: AsyncExitStack,
+    stallers: list[WebSocketClient],
+    count: int,
+    within: float,
+) -> None:
+    """Open ``count`` more clients that never read, evenly over ``within`` seconds."""
+    for _ in range(count):
+        await trio.sleep(within / max(count, 1))
+        stallers.append(
+            await stack.enter_async_context(
+                open_websocket(server.port, receive_buffer=STALLER_RECEIVE_BUFFER)
+            )
+        )
+
+
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     tally = Tally()
     stop = trio.Event()
@@ -136,7 +170,9 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         senders = [
             await stack.enter_async_context(chat_client(server)) for _ in range(args.senders)
         ]
+        workers = {client.welcome["worker"] for client in readers}
         started = time.monotonic()
+        measured = args.minutes * 60 - args.warm_up
         async with trio.open_nursery() as nursery:
             for client in readers:
                 nursery.start_soon(reader, client, tally, stop)
@@ -147,8 +183,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 nursery.start_soon(churner, server, tally, stop)
             await trio.sleep(args.warm_up)
             at_start = server_snapshot(server)
-            await trio.sleep(args.minutes * 60 - args.warm_up)
+            health_start = await worker_health(server, workers)
+            nursery.start_soon(
+                late_stallers, server, stack, stallers, args.late_stallers, measured / 2
+            )
+            await trio.sleep(measured)
             at_end = server_snapshot(server)
+            health_end = await worker_health(server, workers)
             stop.set()
             nursery.cancel_scope.cancel()
         duration = time.monotonic() - started
@@ -172,6 +213,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "tally": tally,
         "start": at_start,
         "end": at_end,
+        "health_start": health_start,
+        "health_end": health_end,
         "duration": duration,
         "evicted": evicted,
     }
@@ -208,11 +251,29 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
     lines += [
         f"| **all** | **{total_start:.1f}** | **{total_end:.1f}** | | |",
         "",
+        "| worker (`/healthz`) | connections start → end | Trio tasks start → end "
+        "| threads start → end |",
+        "| --- | --- | --- | --- |",
+    ]
+    for pid, first in sorted(result["health_start"].items()):
+        last = result["health_end"][pid]
+        lines.append(
+            f"| {pid} | {first['connections']} → {last['connections']} "
+            f"| {first['tasks']} → {last['tasks']} | {first['threads']} → {last['threads']} |"
+        )
+    stallers = args.stallers + args.late_stallers
+    lines += [
+        "",
+        "(Trio tasks follow the connections and the churn: besides each open connection's, "
+        "Hypercorn keeps a closed WebSocket connection's handler task until its ping loop "
+        "next wakes, up to `websocket_ping_interval` (15 s) later; they end then.)",
+        "",
         f"- messages sent: {tally.sent:,}; deliveries to readers: {tally.delivered:,}; "
         f"gaps: {tally.gaps}; duplicates: {tally.duplicates}; readers disconnected: "
         f"{tally.readers_closed}; send errors: {tally.send_errors}",
-        f"- clients that never read, closed with 1013: {tally.stallers_closed_1013} of "
-        f"{args.stallers}" + (f" (others: {tally.stallers_other})" if tally.stallers_other else ""),
+        f"- clients that never read ({args.stallers} at the start, {args.late_stallers} during "
+        f"the measured window), closed with 1013: {tally.stallers_closed_1013} of {stallers}"
+        + (f" (others: {tally.stallers_other})" if tally.stallers_other else ""),
         f"- connect/leave cycles: {tally.churn_cycles:,} ({tally.churn_failures} failed)",
         f"- evictions logged by the server (too slow, 1013): {result['evicted']}",
     ]
@@ -233,6 +294,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--senders", type=int, default=20)
     parser.add_argument("--rate", type=float, default=20.0, help="messages a second, in total")
     parser.add_argument("--stallers", type=int, default=20)
+    parser.add_argument(
+        "--late-stallers",
+        type=int,
+        default=10,
+        help="clients that never read, opened one by one in the first half after the warm-up",
+    )
     parser.add_argument("--churners", type=int, default=10)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "soak-results.md")
     args = parser.parse_args(argv)

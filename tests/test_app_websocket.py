@@ -395,6 +395,25 @@ async def test_an_evicted_client_that_never_reads_again_is_released_when_it_goes
 # Leaving
 
 
+async def test_sessions_leave_no_task_behind() -> None:
+    """Clients that come and go, however they go, leave no task behind (``/healthz`` counts
+    the worker's tasks, so that a soak can watch them from outside)."""
+    async with worker(fixed_clock_hub()) as (app, state):
+        before = (await request(app, state, "GET", "/healthz")).json()["tasks"]
+        for _ in range(3):
+            async with open_chat(app, state) as leaving, open_chat(app, state) as cancelled:
+                await leaving.send_json({"sender": "ann", "message": "hi"})
+                await leaving.receive_json()
+                await cancelled.receive_json()
+                await leaving.disconnect()
+                await leaving.wait_returned()
+                await cancelled.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        after = (await request(app, state, "GET", "/healthz")).json()
+    assert after["connections"] == 0
+    assert after["tasks"] == before
+
+
 async def test_disconnect_ends_the_session_and_leaves_the_room() -> None:
     async with (
         worker(fixed_clock_hub()) as (app, state),

@@ -10,6 +10,10 @@ anything else      -> 404 / 405 / refused handshake; unknown scope types are ign
 
 from __future__ import annotations
 
+import threading
+
+import trio
+
 from .asgi_types import Receive, Scope, Send
 from .config import Settings
 from .hub import open_hub
@@ -77,9 +81,26 @@ class ChatApp:
                 "pid": worker.pid if worker else None,
                 "connections": len(worker.room) if worker else 0,
                 "hub": hub_up,
+                # For spotting leaks from outside (bench/soak.py): both stay flat under churn.
+                "tasks": _count_tasks(),
+                "threads": threading.active_count(),
             },
             head=scope["method"] == "HEAD",
         )
+
+
+def _count_tasks() -> int:
+    """Trio tasks in this worker's run: Hypercorn's, this request's and the chat's."""
+    count = 0
+    waiting = [trio.lowlevel.current_root_task()]
+    while waiting:
+        task = waiting.pop()
+        if task is None:
+            continue
+        count += 1
+        for nursery in task.child_nurseries:
+            waiting.extend(nursery.child_tasks)
+    return count
 
 
 def _worker(scope: Scope) -> Worker | None:
