@@ -277,7 +277,7 @@ async def test_an_invalid_name_is_an_error_and_the_client_stays_anonymous() -> N
         assert (c.opening[-1]["online"], c.opening[-1]["users"]) == (1, [])
 
 
-async def test_presence_counts_drop_when_a_worker_stops() -> None:
+async def test_a_worker_shutting_down_with_clients_connected_takes_them_out_of_presence() -> None:
     hub = LocalHub()
     app_one, app_two = chat_app(hub), chat_app(hub)
     async with running_worker(app_one) as one, open_chat(app_one, one, b"name=ann") as ann:
