@@ -13,10 +13,11 @@ never held up by the test unless the test asks for it (``WebSocketClient.stall``
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -218,6 +219,8 @@ class WebSocketClient:
         self._gone = False
         #: Set once the app is blocked in a stalled ``send``.
         self.send_stalled = trio.Event()
+        #: The frames of a batched text frame (one JSON object per line) not read yet.
+        self._batched: collections.deque[str] = collections.deque()
 
     async def run_app(self) -> None:
         try:
@@ -290,10 +293,13 @@ class WebSocketClient:
         Presence frames come whenever someone joins or leaves; they are skipped unless asked for.
         """
         while True:
-            message = await self.receive()
-            assert message["type"] == "websocket.send", message
-            assert message.get("bytes") is None, message
-            frame = json.loads(message["text"])
+            if not self._batched:
+                message = await self.receive()
+                assert message["type"] == "websocket.send", message
+                assert message.get("bytes") is None, message
+                # Batch mode sends several frames in one, a line each; JSON has no raw "\n".
+                self._batched.extend(message["text"].split("\n"))
+            frame = json.loads(self._batched.popleft())
             if presence or frame.get("type") != "presence":
                 return frame
 
@@ -331,9 +337,11 @@ async def connect_websocket(
     path: str = "/chat",
     query_string: bytes = b"",
     headers: list[tuple[bytes, bytes]] | None = None,
+    subprotocols: Sequence[str] = (),
 ) -> AsyncIterator[WebSocketClient]:
     """Start a session and send ``websocket.connect``; the session is cancelled on exit."""
     client = WebSocketClient(app, state, path, query_string, headers)
+    client.scope["subprotocols"] = list(subprotocols)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run_app)
         try:

@@ -17,6 +17,7 @@ import trio.testing
 from trio_chat.hub import HubLink, HubListener, LocalHub, Snapshot
 from trio_chat.hub.core import HubCore
 from trio_chat.protocol import ChatMessage, encode_chat_body
+from trio_chat.session import BATCH_SUBPROTOCOL
 from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import WebSocketClient, chat_app, connect_websocket, open_chat, running_worker
@@ -107,8 +108,11 @@ async def test_history_is_bounded_to_the_last_messages() -> None:
             assert texts(bob.history["messages"]) == ["3", "4", "5"]
 
 
+@pytest.mark.parametrize("subprotocols", [(), (BATCH_SUBPROTOCOL,)], ids=["plain", "batch"])
 @pytest.mark.parametrize("hold", ["before_snapshot", "after_snapshot"])
-async def test_joining_during_a_burst_shows_no_gap_and_no_duplicate(hold: str) -> None:
+async def test_joining_during_a_burst_shows_no_gap_and_no_duplicate(
+    hold: str, subprotocols: tuple[str, ...]
+) -> None:
     hub = GatedHub()
     app = chat_app(hub)
     async with running_worker(app) as state, open_chat(app, state) as ann:
@@ -116,7 +120,7 @@ async def test_joining_during_a_burst_shows_no_gap_and_no_duplicate(hold: str) -
         await receive_messages(ann, 1)
         gate = trio.Event()
         setattr(hub, hold, gate)
-        async with connect_websocket(app, state) as bob:
+        async with connect_websocket(app, state, subprotocols=subprotocols) as bob:
             assert (await bob.receive())["type"] == "websocket.accept"
             await trio.testing.wait_all_tasks_blocked()  # Bob's session waits at the gate.
             await say(ann, "m2", "m3")  # Published while Bob joins.
