@@ -6,6 +6,7 @@ What ``static.py`` does with a file (content types, caching, path safety) is in 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,11 @@ async def test_healthz_reports_pid_connections_and_hub() -> None:
 
     assert response.status == 200
     assert response.headers["cache-control"] == "no-store"
-    assert response.json() == {"status": "ok", "pid": os.getpid(), "connections": 0, "hub": True}
+    health = response.json()
+    tasks, threads = health.pop("tasks"), health.pop("threads")
+    assert health == {"status": "ok", "pid": os.getpid(), "connections": 0, "hub": True}
+    # This run's tasks (the worker's, the lifespan's, this request's), and live threads.
+    assert tasks >= 3 and threads == threading.active_count()
 
 
 async def test_healthz_counts_open_websocket_sessions() -> None:
