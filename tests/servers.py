@@ -8,17 +8,20 @@ and always stop what they started, hub included.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import trio
+from hypercorn.config import Config
 
 from wsclient import WebSocketClient, open_websocket
 
@@ -26,6 +29,22 @@ ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 PRESENCE_TIMEOUT_SECONDS = 10.0
+#: Bounds polling ``/healthz`` until every worker has answered: each request is a new
+#: connection, which lands on whichever worker accepts first.
+HEALTHZ_TIMEOUT_SECONDS = 30.0
+#: Connections opened at most while looking for a client on every worker.
+MAX_CONNECTIONS_TO_REACH_EVERY_WORKER = 200
+#: The promise when the hub dies: workers notice "within a second or two", and chat works
+#: again across all workers within 5 s (of its death, or of a hand-started hub's return).
+HUB_LOSS_NOTICED_SECONDS = 2.0
+CHAT_BACK_SECONDS = 5.0
+#: The settings every e2e server starts from (``-c hypercorn.toml``), as Hypercorn reads them.
+SHIPPED_CONFIG_FILE = ROOT / "hypercorn.toml"
+SHIPPED_CONFIG = Config.from_toml(SHIPPED_CONFIG_FILE)
+
+# A worker's log line names its pid: "2026-01-01 12:00:00,000 [1234] WARNING ...". (The hub's
+# say "[hub 1234]", and do not match.)
+_LOG_LINE_PID = re.compile(r"\[(\d+)\]")
 
 
 def free_port() -> int:
@@ -54,10 +73,26 @@ class OutputCollector:
         self._output_changed.set()
 
     async def wait_for_output(self, text: str, count: int = 1) -> None:
-        while sum(text in line for line in self.output) < count:
+        await self.wait_until(lambda: sum(text in line for line in self.output) >= count)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds, checking it whenever output comes."""
+        while not condition():
             if self.process.returncode is not None:
                 raise AssertionError("the process exited:\n" + "\n".join(self.output))
             await self._output_changed.wait()
+
+    def pids_logging(self, text: str) -> set[int]:
+        """The pids of the processes whose log lines contain ``text``."""
+        return {
+            int(found.group(1))
+            for line in self.output
+            if text in line and (found := _LOG_LINE_PID.search(line))
+        }
+
+    async def wait_for_output_from(self, text: str, pids: set[int]) -> None:
+        """Wait until every process in ``pids`` has logged a line containing ``text``."""
+        await self.wait_until(lambda: pids <= self.pids_logging(text))
 
 
 class HypercornServer(OutputCollector):
@@ -80,20 +115,40 @@ class HypercornServer(OutputCollector):
         marker = "started the hub (pid "
         return [int(line.split(marker)[1].split(")")[0]) for line in self.output if marker in line]
 
-    async def stop(self) -> int:
-        """SIGTERM, as a process manager would; returns hypercorn's exit code."""
+    @property
+    def child_pids(self) -> list[int]:
+        """The master's children: its workers, and multiprocessing's resource tracker."""
+        return [child.pid for child in psutil.Process(self.process.pid).children()]
+
+    def terminate(self) -> None:
+        """SIGTERM to the master, as a process manager would."""
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def interrupt(self) -> None:
+        """Ctrl+C: the terminal sends SIGINT to its whole foreground process group, which is
+        the master and its workers (the server was started in a session of its own)."""
+        if self.process.returncode is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+
+    async def stop(self) -> int:
+        """SIGTERM, as a process manager would; returns hypercorn's exit code."""
+        self.terminate()
+        return await self.wait_stopped()
+
+    async def wait_stopped(self) -> int:
+        """Wait for the master to exit; returns its exit code. If it does not, it and its
+        workers are killed, and the test fails."""
         with trio.move_on_after(STOP_TIMEOUT_SECONDS):
             return await self.process.wait()
         os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
-        raise AssertionError("hypercorn did not stop on SIGTERM:\n" + "\n".join(self.output))
+        raise AssertionError("hypercorn did not stop:\n" + "\n".join(self.output))
 
 
 def hypercorn_command(port: int, workers: int, args: Sequence[str] = ()) -> list[str]:
     return [
-        sys.executable, "-m", "hypercorn", "-c", str(ROOT / "hypercorn.toml"),
+        sys.executable, "-m", "hypercorn", "-c", str(SHIPPED_CONFIG_FILE),
         "-k", "trio", "-w", str(workers), "-b", f"127.0.0.1:{port}", *args, "trio_chat:app",
     ]  # fmt: skip
 
@@ -130,6 +185,57 @@ async def hypercorn_server(
             nursery.cancel_scope.cancel()
 
 
+async def clients_on_every_worker(
+    server: HypercornServer, stack: AsyncExitStack, at_least: int = 8
+) -> list[WebSocketClient]:
+    """At least ``at_least`` clients, and as many more as it takes to have one on every worker
+    (the welcome frame names the worker); they are closed with ``stack``."""
+    clients: list[WebSocketClient] = []
+    with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
+        while len(clients) < at_least or len(workers_of(clients)) < server.workers:
+            assert len(clients) < MAX_CONNECTIONS_TO_REACH_EVERY_WORKER, (
+                f"{len(clients)} connections reached only workers {workers_of(clients)}"
+            )
+            clients.append(await stack.enter_async_context(chat_client(server)))
+    return clients
+
+
+def workers_of(clients: Sequence[WebSocketClient]) -> set[int]:
+    return {client.welcome["worker"] for client in clients}
+
+
+async def healthz_of_every_worker(
+    server: HypercornServer, pids: set[int], status: int
+) -> dict[int, dict[str, Any]]:
+    """Ask ``/healthz`` until each worker in ``pids`` has answered; every answer must have HTTP
+    ``status``. Returns each worker's last answer."""
+    answers: dict[int, dict[str, Any]] = {}
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        with trio.fail_after(HEALTHZ_TIMEOUT_SECONDS):
+            while not pids <= set(answers):
+                # A new connection each time, so that it can land on any worker.
+                response = await http.get("/healthz", headers={"connection": "close"})
+                health = response.json()
+                assert response.status_code == status, (health, server.output[-20:])
+                answers[health["pid"]] = health
+    return answers
+
+
+async def one_message_from_each_worker_reaches_everyone(
+    by_worker: dict[int, WebSocketClient], clients: list[WebSocketClient]
+) -> list[dict[str, Any]]:
+    """A client on each worker sends; every client gets all of them, in one order. Returns
+    the messages as everyone got them."""
+    for pid, sender in by_worker.items():
+        await sender.send(f"worker-{pid}", "after the hub came back")
+    received = [[await client.receive_type("message") for _ in by_worker] for client in clients]
+    assert all(frames == received[0] for frames in received), "clients disagree"
+    assert sorted(frame["sender"] for frame in received[0]) == sorted(
+        f"worker-{pid}" for pid in by_worker
+    )
+    return received[0]
+
+
 async def wait_gone(pid: int, within: float = STOP_TIMEOUT_SECONDS) -> None:
     """Wait until process ``pid`` has exited (a zombie awaiting its reaper counts as gone)."""
     with trio.fail_after(within):
@@ -161,38 +267,70 @@ async def presence_until(client: WebSocketClient, online: int) -> dict[str, Any]
                 return frame
 
 
-@asynccontextmanager
-async def standalone_hub(folder: Path) -> AsyncIterator[dict[str, str]]:
-    """A hub started by hand (``python -m trio_chat.hub``) on a Unix socket in ``folder``.
+class StandaloneHub:
+    """A hub started by hand (``python -m trio_chat.hub``) on a Unix socket in ``folder``;
+    ``env`` points workers at it. It can be killed and started again on the same socket."""
 
-    Yields the environment that points workers at it.
-    """
-    secret_file = folder / "hub.secret"
-    hub_command = [sys.executable, "-m", "trio_chat.hub"]
-    await trio.run_process([*hub_command, "--new-secret-file", str(secret_file)], cwd=ROOT)
-    env = {
-        "TRIO_CHAT_HUB": f"unix:{folder / 'hub.sock'}",
-        "TRIO_CHAT_HUB_SECRET_FILE": str(secret_file),
-    }
-    process = await trio.lowlevel.open_process(
-        hub_command,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    hub = OutputCollector(process)
+    def __init__(self, folder: Path, nursery: trio.Nursery) -> None:
+        self.secret_file = folder / "hub.secret"
+        self.socket = folder / "hub.sock"
+        self.env = {
+            "TRIO_CHAT_HUB": f"unix:{self.socket}",
+            "TRIO_CHAT_HUB_SECRET_FILE": str(self.secret_file),
+        }
+        self.process: trio.Process | None = None
+        self.output: OutputCollector | None = None
+        self._nursery = nursery
+
+    async def make_secret(self) -> None:
+        await trio.run_process(
+            [*self._command, "--new-secret-file", str(self.secret_file)], cwd=ROOT
+        )
+
+    async def start(self) -> None:
+        """Start it, as its operator would, and wait until it listens."""
+        self.process = await trio.lowlevel.open_process(
+            self._command,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.output = OutputCollector(self.process)
+        self._nursery.start_soon(self.output.collect_output)
+        with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
+            await self.output.wait_for_output("hub listening")
+
+    async def kill(self) -> None:
+        """SIGKILL: the hub gets no chance to clean up (its socket file stays behind)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            with trio.fail_after(STOP_TIMEOUT_SECONDS):
+                await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            with trio.fail_after(STOP_TIMEOUT_SECONDS):
+                await self.process.wait()
+
+    @property
+    def _command(self) -> list[str]:
+        return [sys.executable, "-m", "trio_chat.hub"]
+
+
+@asynccontextmanager
+async def standalone_hub(folder: Path) -> AsyncIterator[StandaloneHub]:
+    """A running hub started by hand in ``folder``; stopped at the end, whatever happened."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(hub.collect_output)
+        hub = StandaloneHub(folder, nursery)
         try:
-            with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
-                await hub.wait_for_output("hub listening")
-            yield env
+            await hub.make_secret()
+            await hub.start()
+            yield hub
         finally:
             with trio.CancelScope(shield=True):
-                process.terminate()
-                with trio.fail_after(STOP_TIMEOUT_SECONDS):
-                    await process.wait()
+                await hub.stop()
             nursery.cancel_scope.cancel()
 
 

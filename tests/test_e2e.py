@@ -21,12 +21,18 @@ import trio
 from trio_chat.lifespan import EXIT_GRACE_SECONDS
 
 from servers import (
+    CHAT_BACK_SECONDS,
+    HUB_LOSS_NOTICED_SECONDS,
     ROOT,
+    SHIPPED_CONFIG,
     STARTUP_TIMEOUT_SECONDS,
     chat_client,
+    clients_on_every_worker,
     free_port,
+    healthz_of_every_worker,
     hypercorn_command,
     hypercorn_server,
+    one_message_from_each_worker_reaches_everyone,
     standalone_hub,
     wait_gone,
 )
@@ -34,7 +40,7 @@ from wsclient import HandshakeRefused, WebSocketClient, open_websocket
 
 pytestmark = pytest.mark.e2e
 
-GRACEFUL_TIMEOUT_SECONDS = 5.0  # hypercorn.toml
+GRACEFUL_TIMEOUT_SECONDS = SHIPPED_CONFIG.graceful_timeout
 #: For tests that send faster than a person could (the default is 5 messages a second).
 NO_RATE_LIMIT = {"TRIO_CHAT_RATE": "0"}
 
@@ -166,42 +172,51 @@ async def test_bad_frames_get_error_frames_and_a_huge_one_closes_with_1009() -> 
 
 async def test_chat_carries_on_across_workers_after_the_hub_is_killed() -> None:
     async with hypercorn_server(workers=4) as server, AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(chat_client(server)) for _ in range(16)]
-        by_worker: dict[int, WebSocketClient] = {}
-        for client in clients:
-            by_worker.setdefault(client.welcome["worker"], client)
-        assert len(by_worker) > 1
+        clients = await clients_on_every_worker(server, stack)
+        by_worker = {client.welcome["worker"]: client for client in clients}
+        worker_pids = set(by_worker)
+        old_epoch = clients[0].history["epoch"]
         await clients[0].send("early", "before the hub died")
         for client in clients:
             assert (await client.receive_type("message"))["id"] == 1
         [first_hub] = server.hub_pids
+
         os.kill(first_hub, signal.SIGKILL)
-        with trio.fail_after(5):
+        killed_at = trio.current_time()
+        with trio.fail_after(HUB_LOSS_NOTICED_SECONDS):
+            await server.wait_for_output_from("event=hub_down", worker_pids)
+        with trio.fail_at(killed_at + CHAT_BACK_SECONDS):
+            await server.wait_for_output_from("event=hub_up", worker_pids)
             # Every client is told, once its worker is back on a hub, that it may have missed
-            # messages; none is disconnected.
-            for client in clients:
-                notice = await client.receive_type("notice")
-                assert notice["code"] == "messages_missed"
-            for index, sender in enumerate(by_worker.values()):
-                await sender.send(f"worker-{index}", "after the hub came back")
-            for client in clients:
-                frames = [await client.receive_type("message") for _ in by_worker]
-                senders = sorted(frame["sender"] for frame in frames)
-                assert senders == [f"worker-{i}" for i in range(len(by_worker))]
-                # The new hub went on from the ids the workers had seen: none is given twice.
-                assert sorted(frame["id"] for frame in frames) == list(range(2, 2 + len(frames)))
-        assert len(server.hub_pids) == 2  # Exactly one worker started the new hub.
-        # It took over the run of ids too, so a client can still resume from what it saw.
-        async with chat_client(server, f"/chat?since={clients[0].history['epoch']}:1") as late:
-            assert late.history["resumed"] is True
-            assert not [f for f in late.opening if f["type"] == "error"]
+            # messages, and which run of ids follows; none is disconnected.
+            notices = [await client.receive_type("notice") for client in clients]
+            assert {notice["code"] for notice in notices} == {"messages_missed"}
+            [new_epoch] = {notice["epoch"] for notice in notices}
+            senders = await one_message_from_each_worker_reaches_everyone(by_worker, clients)
+        assert new_epoch != old_epoch
+        # The new hub gave ids above those the workers had seen.
+        assert sorted(frame["id"] for frame in senders) == list(range(2, 2 + len(senders)))
+
+        # Exactly one worker started the new hub, and the old one is gone.
+        assert len(server.hub_pids) == 2
+        assert psutil.pid_exists(server.hub_pids[1])
         await wait_gone(first_hub)
+        answers = await healthz_of_every_worker(server, worker_pids, status=200)
+        assert all(answer["hub"] is True for answer in answers.values())
+        # Every worker joined the new hub with all its clients; and a resume from the old run
+        # is refused, with the whole new history, rather than answered with a silent gap.
+        async with chat_client(server, f"/chat?since={old_epoch}:1") as late:
+            assert late.opening[-1]["online"] == len(clients) + 1
+            assert [f["code"] for f in late.opening if f["type"] == "error"] == ["invalid_resume"]
+            assert late.history["epoch"] == new_epoch
+            assert late.history["resumed"] is False
+            assert late.history["messages"] == senders
 
 
 async def test_workers_use_a_hub_started_by_hand(tmp_path: Path) -> None:
     async with (
-        standalone_hub(tmp_path) as hub_env,
-        hypercorn_server(workers=2, env=hub_env) as server,
+        standalone_hub(tmp_path) as hub,
+        hypercorn_server(workers=2, env=hub.env) as server,
         AsyncExitStack() as stack,
     ):
         assert server.hub_pids == []  # No worker started a hub of its own.
