@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from servers import (
     ROOT,
     SHIPPED_CONFIG,
     STARTUP_TIMEOUT_SECONDS,
+    HypercornServer,
     chat_client,
     clients_on_every_worker,
     free_port,
@@ -35,12 +37,15 @@ from servers import (
     one_message_from_each_worker_reaches_everyone,
     standalone_hub,
     wait_gone,
+    workers_of,
 )
 from wsclient import HandshakeRefused, WebSocketClient, open_websocket
 
 pytestmark = pytest.mark.e2e
 
 GRACEFUL_TIMEOUT_SECONDS = SHIPPED_CONFIG.graceful_timeout
+#: The promise: a server is gone this long after SIGTERM or Ctrl+C, whatever its clients do.
+STOP_DEADLINE_SECONDS = GRACEFUL_TIMEOUT_SECONDS + EXIT_GRACE_SECONDS
 #: For tests that send faster than a person could (the default is 5 messages a second).
 NO_RATE_LIMIT = {"TRIO_CHAT_RATE": "0"}
 
@@ -108,16 +113,27 @@ async def test_healthz_is_answered_by_each_worker_and_counts_its_connections() -
 
 
 async def test_sigterm_closes_every_client_with_1001_and_leaves_no_hub() -> None:
+    await _stop_and_check_everyone_was_told(HypercornServer.terminate)
+
+
+async def test_ctrl_c_closes_every_client_with_1001_and_leaves_no_hub() -> None:
+    await _stop_and_check_everyone_was_told(HypercornServer.interrupt)
+
+
+async def _stop_and_check_everyone_was_told(stop: Callable[[HypercornServer], None]) -> None:
     async with hypercorn_server(workers=4) as server, AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(chat_client(server)) for _ in range(16)]
-        assert len({client.welcome["worker"] for client in clients}) > 1
+        clients = await clients_on_every_worker(server, stack, at_least=16)
         [hub_pid] = server.hub_pids
-        worker_pids = [child.pid for child in psutil.Process(server.process.pid).children()]
-        with trio.fail_after(GRACEFUL_TIMEOUT_SECONDS + 3):  # hypercorn.toml's, plus a little.
-            assert await server.stop() == 0
+        children = server.child_pids
+        assert workers_of(clients) <= set(children)
+        stop(server)
+        with trio.fail_after(STOP_DEADLINE_SECONDS):
+            assert await server.process.wait() == 0
         # Every client was told goodbye (1001, going away), none cut off (1006).
         assert [await client.wait_closed() for client in clients] == [1001] * len(clients)
-        for pid in [hub_pid, *worker_pids]:
+        # The hub served the workers to the end: no worker had to start another one.
+        assert server.hub_pids == [hub_pid]
+        for pid in [hub_pid, *children]:
             await wait_gone(pid, within=5)
 
 
