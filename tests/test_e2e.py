@@ -6,6 +6,7 @@ Localhost only, a free port per server, every wait bounded by ``trio.fail_after`
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -316,17 +317,42 @@ async def test_a_cross_site_handshake_is_refused_with_403() -> None:
             assert client.welcome["type"] == "welcome"
 
 
+#: README's promise: every client is pinged every 15 s, one silent for 45 s is closed.
+SHIPPED_PING_INTERVAL_SECONDS = 15.0
+SHIPPED_READ_TIMEOUT_SECONDS = 45
+#: A chat message is at most 4 KiB; a frame may be 64 KiB, the rest headroom for escapes.
+SHIPPED_MAX_FRAME_BYTES = 64 * 1024
+SHIPPED_GRACEFUL_TIMEOUT_SECONDS = 5.0
+
+
+def test_the_shipped_hypercorn_toml_pings_times_out_silent_peers_and_bounds_frames() -> None:
+    config = SHIPPED_CONFIG  # Read by Hypercorn itself, from the file the e2e servers run with.
+    assert config.websocket_ping_interval == SHIPPED_PING_INTERVAL_SECONDS
+    assert config.read_timeout == SHIPPED_READ_TIMEOUT_SECONDS
+    # A live peer answers several pings within the timeout, so only a dead one is cut off.
+    assert config.read_timeout >= 2 * config.websocket_ping_interval
+    assert config.websocket_max_message_size == SHIPPED_MAX_FRAME_BYTES
+    assert config.graceful_timeout == SHIPPED_GRACEFUL_TIMEOUT_SECONDS
+
+
 async def test_a_peer_that_vanishes_is_detected_and_released() -> None:
-    # Pings every second; a connection silent for 2 s (no pong) is closed. (The command line
-    # takes whole seconds.)
-    args = ["--websocket-ping-interval", "1", "--read-timeout", "2"]
+    # The shipped settings, with time divided by the ping interval: a ping every second, and
+    # a connection closed after as many seconds of silence as the shipped timeout has ping
+    # intervals (3 s). (The command line takes whole seconds.)
+    shipped_ping = SHIPPED_CONFIG.websocket_ping_interval
+    shipped_timeout = SHIPPED_CONFIG.read_timeout
+    assert shipped_ping is not None and shipped_timeout is not None
+    ping = 1
+    timeout = math.ceil(shipped_timeout / shipped_ping)
+    args = ["--websocket-ping-interval", str(ping), "--read-timeout", str(timeout)]
     async with (
         hypercorn_server(workers=1, args=args) as server,
         chat_client(server) as vanished,
         chat_client(server) as alive,
     ):
         # ``vanished`` reads nothing from now on, so it answers no ping, like a peer whose
-        # network is gone; ``alive`` keeps reading, which answers the pings.
+        # network is gone; ``alive`` keeps reading, which answers the pings, and sends nothing
+        # else until it has been silent longer than the timeout.
         received: list[str] = []
         got_message = trio.Event()
 
@@ -339,14 +365,19 @@ async def test_a_peer_that_vanishes_is_detected_and_released() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_reading)
-            with trio.fail_after(10):
+            with trio.fail_after(timeout + 5):
                 await server.wait_for_output("event=disconnect conn=1")
+            # Pings come at once and then every ``ping``: this many span more than ``timeout``.
+            with trio.fail_after(2 * timeout + 5):
+                await alive.wait_pings_answered(timeout // ping + 2)
             await alive.send("alive", "still here")
             with trio.fail_after(5):
                 await got_message.wait()
             nursery.cancel_scope.cancel()
         assert received == ["still here"]
         assert not any("disconnect conn=2" in line for line in server.output)
+        [health] = (await healthz_of_every_worker(server, set(workers_of([alive])), 200)).values()
+        assert health["connections"] == 1  # The vanished peer's session was released.
         del vanished
 
 

@@ -58,6 +58,9 @@ class WebSocketClient:
         self.close_code: int | None = None
         #: The frames the server opened with (welcome, history, presence), once read.
         self.opening: list[dict[str, Any]] = []
+        #: Pings answered so far (they are answered while a task is receiving).
+        self.pings_answered = 0
+        self._ping_answered = trio.Event()
 
     async def _handshake(
         self, host: str, path: str, headers: Sequence[tuple[str, str]], subprotocols: Sequence[str]
@@ -108,6 +111,9 @@ class WebSocketClient:
                         return b"".join(bytes(part) for part in parts)  # type: ignore[arg-type]
                 elif isinstance(event, Ping):
                     await self._send_event(event.response())
+                    self.pings_answered += 1
+                    self._ping_answered.set()
+                    self._ping_answered = trio.Event()
                 elif isinstance(event, CloseConnection):
                     self.close_code = event.code
                     await self._send_event(event.response())
@@ -138,6 +144,11 @@ class WebSocketClient:
         while (frame := await self.receive())["type"] != kind:
             pass
         return frame
+
+    async def wait_pings_answered(self, count: int) -> None:
+        """Wait until ``count`` pings in all have been answered (by another task, receiving)."""
+        while self.pings_answered < count:
+            await self._ping_answered.wait()
 
     async def wait_closed(self) -> int:
         """Read until the server closes; returns its close code."""
