@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trio_chat.hub.address import Endpoint
+from trio_chat.hub.address import Endpoint, automatic_endpoint
 from trio_chat.hub.launcher import connect_or_start
 from trio_chat.hub.manager import HubClient
 from trio_chat.protocol import ChatMessage, encode_chat_body
@@ -49,11 +49,14 @@ def stop_hub(pid: int) -> None:
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Endpoint]:
-    """A running automatic hub owned by this test process; stopped afterwards."""
-    folder = tmp_path / "run"
-    folder.mkdir(mode=0o700)
-    endpoint = auto_endpoint(folder, os.getpid(), os.urandom(32))
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Endpoint]:
+    """A running automatic hub owned by this test process; stopped afterwards.
+
+    Its endpoint is the one a worker would use, in a private folder the hub code made itself
+    under a runtime folder of this test's own.
+    """
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    endpoint = automatic_endpoint()
     client = connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE)
     pid = client.statistics()["pid"]
     yield endpoint
@@ -133,7 +136,9 @@ def test_the_socket_is_private_and_the_secret_is_not_on_the_command_line(hub: En
     socket_mode = os.stat(hub.address).st_mode
     assert stat.S_ISSOCK(socket_mode)
     assert stat.S_IMODE(socket_mode) == 0o600
-    assert stat.S_IMODE(os.stat(Path(hub.address).parent).st_mode) == 0o700
+    folder = Path(hub.address).parent
+    assert folder.parent == Path(os.environ["XDG_RUNTIME_DIR"])
+    assert stat.S_IMODE(folder.lstat().st_mode) == 0o700
     pid = HubClient(hub.address, hub.authkey).statistics()["pid"]
     command_line = " ".join(psutil.Process(pid).cmdline())
     assert hub.authkey.hex() not in command_line
