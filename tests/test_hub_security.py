@@ -1,11 +1,26 @@
-"""The hub's own security: the private folder of the automatic hub, and secret files."""
+"""The hub's own security: private paths and secrets, TCP peers, the handshake deadline, logs.
+
+Hubs here are real processes on the real clock, on loopback ports that were free and in
+``tmp_path``; every wait has a deadline and waits on a condition, and every hub is stopped.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
+import select
+import socket
 import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from trio_chat.hub.address import (
@@ -14,6 +29,27 @@ from trio_chat.hub.address import (
     private_runtime_dir,
     read_secret_file,
 )
+from trio_chat.hub.manager import HubClient
+from trio_chat.protocol import ChatMessage, encode_chat_body
+
+from servers import ROOT, free_port
+
+DEADLINE_SECONDS = 20.0
+# Short, so that tests of the deadline are quick; the hub's default is 5 s.
+SHORT_HANDSHAKE_SECONDS = 1.0
+# psutil cannot wait for a thread count to change, so conditions on one are polled this often.
+POLL_SECONDS = 0.02
+SILENT_PEERS = 20
+DRIBBLE_INTERVAL_SECONDS = 0.2
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still not true after {timeout} s: {condition.__doc__ or condition}")
+        threading.Event().wait(POLL_SECONDS)
+
 
 # --- The private folder of the automatic hub ---------------------------------------------------
 
@@ -112,3 +148,238 @@ def test_a_short_secret_is_refused(tmp_path: Path) -> None:
 def test_a_missing_secret_file_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(HubConfigError, match="cannot read"):
         read_secret_file(tmp_path / "absent")
+
+
+# --- Standalone hubs ----------------------------------------------------------------------------
+
+
+class StandaloneHub:
+    """``python -m trio_chat.hub`` in a child process, its output collected line by line."""
+
+    def __init__(self, listen: str, secret_file: Path, *options: str) -> None:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_CHAT_HUB")}
+        command = [sys.executable, "-m", "trio_chat.hub", "--listen", listen]
+        self.process = subprocess.Popen(
+            [*command, "--secret-file", str(secret_file), *options],
+            cwd=ROOT,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._ended = False
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for_output(self, text: str) -> None:
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._ended or any(text in line for line in self.lines), DEADLINE_SECONDS
+            )
+        assert text in self.output, f"the hub never said {text!r}; it said:\n{self.output}"
+
+    def wait_for_exit(self) -> int:
+        code = self.process.wait(DEADLINE_SECONDS)
+        self._reader.join(DEADLINE_SECONDS)
+        return code
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(DEADLINE_SECONDS)
+        finally:
+            self.process.kill()
+            self.wait_for_exit()
+            assert self.process.stdout is not None
+            self.process.stdout.close()
+
+
+@contextlib.contextmanager
+def standalone_hub(listen: str, secret_file: Path, *options: str) -> Iterator[StandaloneHub]:
+    hub = StandaloneHub(listen, secret_file, *options)
+    try:
+        hub.wait_for_output("hub listening")
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "hub.secret"
+    subprocess.run(
+        [sys.executable, "-m", "trio_chat.hub", "--new-secret-file", str(path)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=DEADLINE_SECONDS,
+    )
+    return path
+
+
+class TcpHub:
+    def __init__(self, process: StandaloneHub, address: tuple[str, int], secret: bytes) -> None:
+        self.process = process
+        self.address = address
+        self.secret = secret
+
+    def client(self) -> HubClient:
+        return HubClient(self.address, self.secret)
+
+
+@pytest.fixture
+def tcp_hub(secret_file: Path) -> Iterator[TcpHub]:
+    """A hub started by hand on loopback TCP, with a short handshake deadline."""
+    address = ("127.0.0.1", free_port())
+    deadline_option = f"--handshake-timeout={SHORT_HANDSHAKE_SECONDS}"
+    with standalone_hub(f"tcp://127.0.0.1:{address[1]}", secret_file, deadline_option) as hub:
+        yield TcpHub(hub, address, read_secret_file(secret_file))
+
+
+def exchange_a_message(client: HubClient, mailbox: str, text: str) -> None:
+    client.publish([encode_chat_body(ChatMessage(sender="tester", message=text))])
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        if any(text in frame for frame in client.fetch(mailbox, 100) or []):
+            return
+    pytest.fail(f"{text!r} never came back from the hub")
+
+
+def read_until_closed(peer: socket.socket, deadline: float) -> None:
+    """Read whatever the hub sends until it ends the connection; fail at ``deadline``."""
+    try:
+        while True:
+            peer.settimeout(max(deadline - time.monotonic(), POLL_SECONDS))
+            if not peer.recv(4096):
+                return
+    except ConnectionResetError:
+        return  # The hub closed with our bytes unread: the kernel resets instead.
+    except TimeoutError:
+        pytest.fail("the hub kept the connection of a peer that never authenticated")
+
+
+def test_a_client_with_the_secret_uses_a_tcp_hub(tcp_hub: TcpHub) -> None:
+    client = tcp_hub.client()
+    mailbox = client.join("tester")
+    exchange_a_message(client, mailbox, "over tcp")
+    assert client.statistics()["pid"] == tcp_hub.process.process.pid
+
+
+def test_a_client_with_the_wrong_secret_is_refused_by_a_tcp_hub(tcp_hub: TcpHub) -> None:
+    with pytest.raises(multiprocessing.AuthenticationError):
+        HubClient(tcp_hub.address, os.urandom(32))
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: hub\r\n\r\n", id="http"),
+        pytest.param(struct.pack("!i", 16) + os.urandom(16), id="wrong-digest"),
+        pytest.param(struct.pack("!i", -1) + os.urandom(64), id="bad-length"),
+        pytest.param(b"", id="nothing"),
+    ],
+)
+def test_a_peer_without_the_secret_is_disconnected_and_the_hub_serves_on(
+    tcp_hub: TcpHub, greeting: bytes
+) -> None:
+    client = tcp_hub.client()
+    mailbox = client.join("tester")
+    with socket.create_connection(tcp_hub.address) as peer:
+        peer.sendall(greeting)
+        read_until_closed(peer, time.monotonic() + SHORT_HANDSHAKE_SECONDS + DEADLINE_SECONDS)
+    exchange_a_message(client, mailbox, "still here")
+    assert list(tcp_hub.client().statistics()["mailboxes"]) == [mailbox]
+
+
+def test_silent_peers_are_disconnected_at_the_deadline_and_their_threads_end(
+    tcp_hub: TcpHub,
+) -> None:
+    client = tcp_hub.client()
+    mailbox = client.join("tester")
+    hub_process = psutil.Process(tcp_hub.process.process.pid)
+    baseline = hub_process.num_threads()
+    started = time.monotonic()
+    peers = [socket.create_connection(tcp_hub.address) for _ in range(SILENT_PEERS)]
+    try:
+        deadline = started + SHORT_HANDSHAKE_SECONDS + DEADLINE_SECONDS
+        read_until_closed(peers[0], deadline)
+        # Not before the deadline: a slow worker gets all of it.
+        assert time.monotonic() - started >= SHORT_HANDSHAKE_SECONDS
+        for peer in peers[1:]:
+            read_until_closed(peer, deadline)
+    finally:
+        for peer in peers:
+            peer.close()
+
+    def threads_back_to_baseline() -> bool:
+        """the hub's threads are back to as many as before the silent peers came"""
+        return bool(hub_process.num_threads() <= baseline)
+
+    wait_until(threads_back_to_baseline)
+    exchange_a_message(client, mailbox, "still here")
+
+
+def test_a_peer_dribbling_its_answer_is_disconnected_at_the_deadline(tcp_hub: TcpHub) -> None:
+    # A byte at a time, each well within the deadline: a time limit per read would never end
+    # this connection (the whole answer takes about 50 s); the deadline is on the handshake.
+    unsent = list(struct.pack("!i", 250) + bytes(250))
+    started = time.monotonic()
+    with socket.create_connection(tcp_hub.address) as peer:
+        while unsent:
+            assert time.monotonic() - started < SHORT_HANDSHAKE_SECONDS + DEADLINE_SECONDS
+            readable, _, _ = select.select([peer], [], [], DRIBBLE_INTERVAL_SECONDS)
+            try:
+                if readable and not peer.recv(4096):
+                    break  # Closed by the hub.
+                if not readable:
+                    peer.sendall(bytes([unsent.pop(0)]))
+            except ConnectionError:
+                break  # Reset: the hub closed with bytes of ours unread.
+        else:
+            pytest.fail("the hub read the whole dribbled answer")
+    assert time.monotonic() - started >= SHORT_HANDSHAKE_SECONDS
+
+
+def test_the_hub_accepts_again_after_running_out_of_descriptors(tcp_hub: TcpHub) -> None:
+    client = tcp_hub.client()
+    mailbox = client.join("tester")
+    hub_process = psutil.Process(tcp_hub.process.process.pid)
+    # Room for a few peers only: the rest wait in the listen queue while accept fails.
+    _, hard_limit = hub_process.rlimit(psutil.RLIMIT_NOFILE)
+    hub_process.rlimit(psutil.RLIMIT_NOFILE, (hub_process.num_fds() + 3, hard_limit))
+    cpu_before = sum(hub_process.cpu_times()[:2])
+    started = time.monotonic()
+    peers = [socket.create_connection(tcp_hub.address) for _ in range(12)]
+    try:
+        for peer in peers:
+            read_until_closed(peer, started + 4 * SHORT_HANDSHAKE_SECONDS + DEADLINE_SECONDS)
+    finally:
+        for peer in peers:
+            peer.close()
+    elapsed = time.monotonic() - started
+    cpu_used = sum(hub_process.cpu_times()[:2]) - cpu_before
+    # Four rounds of three peers, each round ended by the deadline.
+    assert elapsed >= 3 * SHORT_HANDSHAKE_SECONDS
+    # Waiting for descriptors is not spinning: far less than a core for the while.
+    assert cpu_used < elapsed / 4, f"{cpu_used:.2f} s of CPU in {elapsed:.2f} s"
+    hub_process.rlimit(psutil.RLIMIT_NOFILE, (hard_limit, hard_limit))
+    exchange_a_message(tcp_hub.client(), tcp_hub.client().join("newcomer"), "accepted")
+    exchange_a_message(client, mailbox, "still here")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import ConfigError, Settings
 from .address import HubConfigError, parse_address, read_secret_file
-from .server import serve
+from .server import HANDSHAKE_TIMEOUT_SECONDS, serve
 
 SECRET_BYTES = 32
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             mailbox_size=args.mailbox_size or settings.mailbox_size,
             history_size=args.history_size or settings.history_size,
             watch_pid=args.watch_pid,
+            handshake_timeout=args.handshake_timeout,
             on_ready=_announce_ready if args.secret_stdin else lambda: None,
         )
     finally:
@@ -66,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mailbox-size", type=int, help="default: $TRIO_CHAT_MAILBOX_SIZE")
     parser.add_argument("--history-size", type=int, help="default: $TRIO_CHAT_HISTORY_SIZE")
     parser.add_argument(
+        "--handshake-timeout",
+        type=_positive_seconds,
+        default=HANDSHAKE_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="disconnect peers that have not authenticated after this long (default: %(default)s)",
+    )
+    parser.add_argument(
         "--new-secret-file", type=Path, metavar="PATH", help="write a new random secret and exit"
     )
     # Used when a worker starts the automatic hub.
@@ -73,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--watch-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lock-file", type=Path, help=argparse.SUPPRESS)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0")
+    return seconds
 
 
 def _read_secret(args: argparse.Namespace, settings: Settings) -> bytes:

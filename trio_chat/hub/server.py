@@ -3,19 +3,31 @@
 It runs until told to stop (SIGTERM, SIGINT) or, for the automatic hub, until the process it
 watches (the Hypercorn master) exits, so it never outlives the server it belongs to. The
 watch uses a pidfd where the kernel has them: woken by the exit itself, not by polling.
+
+Peers that have not authenticated are held to a deadline. The standard manager server gives
+each connection a thread that waits for the peer's answer to its challenge with no time limit,
+so peers that connect and say nothing would each hold a thread and a descriptor for good, and
+enough of them would exhaust the hub. Here one thread ends every handshake that outlasts
+``HANDSHAKE_TIMEOUT_SECONDS``, and the accept loop survives running out of descriptors.
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
 import os
 import select
 import signal
+import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from multiprocessing.managers import BaseManager
+from multiprocessing.connection import Connection, Listener
+from multiprocessing.managers import Server
 from types import FrameType
+from typing import Any
 
 from .address import Address, describe_address
 from .core import HubCore
@@ -35,6 +47,14 @@ PRESENCE_DELIVERIES_PER_SECOND = 2_000
 #: A worker's fetch waits this long after the first frame for more to join it: one round trip
 #: (and thread hop) for many frames under load, for at most this much latency.
 FETCH_LINGER_SECONDS = 0.005
+#: A peer must pass the challenge-response handshake within this time of being accepted, or it
+#: is disconnected. Workers on this machine need milliseconds; the rest is for a loaded machine.
+HANDSHAKE_TIMEOUT_SECONDS = 5.0
+#: After ``accept`` fails for want of descriptors or memory, wait this long before the next try
+#: (trio's ``serve_listeners`` does the same): retrying at once would spin a core until one
+#: frees up.
+ACCEPT_RETRY_SECONDS = 0.1
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def serve(
@@ -44,6 +64,7 @@ def serve(
     mailbox_size: int,
     history_size: int,
     watch_pid: int | None = None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
     """Serve until stopped; ``on_ready`` runs once the socket accepts connections."""
@@ -55,11 +76,10 @@ def serve(
         fetch_linger=FETCH_LINGER_SECONDS,
     )
 
-    class ServingManager(BaseManager):
-        pass
-
-    ServingManager.register(HUB_TYPEID, callable=lambda: core, exposed=EXPOSED)
-    server = ServingManager(address=address, authkey=authkey).get_server()
+    # The manager's registry entry: (callable, exposed, method_to_typeid, proxy type); the
+    # proxy type only matters to clients.
+    registry: dict[str, Any] = {HUB_TYPEID: (lambda: core, EXPOSED, {}, None)}
+    server = GuardedServer(registry, address, authkey, handshake_timeout=handshake_timeout)
     try:
         if isinstance(address, str):
             os.chmod(address, 0o600)
@@ -76,6 +96,156 @@ def serve(
     finally:
         # The listener unlinks its own Unix socket when the process exits.
         logger.info("hub stopped")
+
+
+class GuardedServer(Server):
+    """The manager server, with a deadline on authentication and a sturdier accept loop."""
+
+    listener: Listener  # Set by ``Server.__init__``; typeshed leaves it out.
+
+    def __init__(
+        self,
+        registry: dict[str, Any],
+        address: Address,
+        authkey: bytes,
+        *,
+        handshake_timeout: float,
+    ) -> None:
+        super().__init__(registry, address, authkey, "pickle")
+        self._deadlines = HandshakeDeadlines(handshake_timeout)
+        self._accept_failing = False
+
+    def accepter(self) -> None:
+        # Replaces the standard loop, which retries a failed accept at once (spinning while
+        # descriptors are exhausted) and dies for good if a thread cannot be started.
+        while True:
+            try:
+                conn = self.listener.accept()
+            except OSError as error:
+                self._accept_failed(error)
+                continue
+            if self._accept_failing:
+                self._accept_failing = False
+                logger.warning("accepting connections again")
+            logger.debug("connection from %s", describe_peer(self.listener.last_accepted))
+            self._start_handler(UnauthenticatedConnection(conn, self._deadlines))
+
+    def _accept_failed(self, error: OSError) -> None:
+        if error.errno not in _OUT_OF_RESOURCES:
+            return  # The peer went before we took it (ECONNABORTED and the like).
+        if not self._accept_failing:
+            self._accept_failing = True
+            logger.warning("cannot accept connections: %s; retrying", error.strerror)
+        time.sleep(ACCEPT_RETRY_SECONDS)
+
+    def _start_handler(self, conn: UnauthenticatedConnection) -> None:
+        try:
+            threading.Thread(target=self.handle_request, args=(conn,), daemon=True).start()
+        except RuntimeError as error:  # No thread to be had: drop this peer, keep accepting.
+            logger.warning("dropped a connection: %s", error)
+            conn.close()
+
+
+class UnauthenticatedConnection:
+    """An accepted connection whose peer has not yet proven that it holds the secret.
+
+    The manager's handshake uses ``send_bytes`` and ``recv_bytes`` only, and its first pickled
+    ``recv`` comes after both challenges passed: that call marks the peer authenticated, lifts
+    the deadline and hands every later call straight to the connection (an authenticated
+    worker's ``fetch`` blocks for as long as the room is quiet). Before it, nothing pickled is
+    sent either: the only thing the manager would send is the traceback of a failed handshake,
+    which is not for strangers.
+    """
+
+    def __init__(self, conn: Connection[Any, Any], deadlines: HandshakeDeadlines) -> None:
+        self._conn = conn
+        self._deadlines = deadlines
+        self._token = deadlines.arm(conn.fileno())
+        self.send_bytes = conn.send_bytes
+        self.recv_bytes = conn.recv_bytes
+
+    def recv(self) -> Any:
+        self._deadlines.disarm(self._token)
+        self.recv = self._conn.recv  # type: ignore[method-assign]
+        self.send = self._conn.send  # type: ignore[method-assign]
+        return self._conn.recv()
+
+    def send(self, obj: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        # Disarmed first: once closed, the descriptor's number may go to another connection.
+        self._deadlines.disarm(self._token)
+        self._conn.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class HandshakeDeadlines:
+    """Shuts down connections still unauthenticated ``timeout`` seconds after they were armed.
+
+    One thread serves every connection (a timer each would double the threads a crowd of
+    silent peers holds). Shutting a socket down wakes the handler thread blocked reading it,
+    which then fails the handshake and closes the connection. A connection is disarmed and
+    shut down under one lock, so a descriptor is never shut down after its owner let it go.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        # token -> (deadline, descriptor); every deadline is ``timeout`` after arming, so the
+        # order of arming is the order of deadlines and the first entry is the next due.
+        self._pending: OrderedDict[int, tuple[float, int]] = OrderedDict()
+        self._changed = threading.Condition()
+        self._tokens = itertools.count()
+        threading.Thread(target=self._enforce, name="handshake-deadlines", daemon=True).start()
+
+    def arm(self, fd: int) -> int:
+        with self._changed:
+            token = next(self._tokens)
+            self._pending[token] = (time.monotonic() + self._timeout, fd)
+            if len(self._pending) == 1:
+                self._changed.notify()
+            return token
+
+    def disarm(self, token: int) -> None:
+        with self._changed:
+            self._pending.pop(token, None)
+
+    def _enforce(self) -> None:
+        with self._changed:
+            while True:
+                if not self._pending:
+                    self._changed.wait()
+                    continue
+                token, (deadline, fd) = next(iter(self._pending.items()))
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._changed.wait(remaining)
+                    continue
+                del self._pending[token]
+                logger.debug("a peer did not authenticate within %.1f s", self._timeout)
+                _shut_down(fd)
+
+
+def _shut_down(fd: int) -> None:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return  # Not a socket any more: nothing to wake (and this thread must not die).
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # The peer already went: the handler is about to find out.
+    finally:
+        sock.detach()  # The handler thread owns the descriptor and closes it.
+
+
+def describe_peer(peer: Any) -> str:
+    """A peer's address as accepted: (host, port) on TCP, nothing useful on a Unix socket."""
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return "a local process"
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
