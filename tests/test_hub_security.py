@@ -25,7 +25,9 @@ import pytest
 
 from trio_chat.hub.address import (
     MIN_SECRET_BYTES,
+    Address,
     HubConfigError,
+    is_loopback,
     private_runtime_dir,
     read_secret_file,
 )
@@ -383,3 +385,42 @@ def test_the_hub_accepts_again_after_running_out_of_descriptors(tcp_hub: TcpHub)
     hub_process.rlimit(psutil.RLIMIT_NOFILE, (hard_limit, hard_limit))
     exchange_a_message(tcp_hub.client(), tcp_hub.client().join("newcomer"), "accepted")
     exchange_a_message(client, mailbox, "still here")
+
+
+# --- Reach: loopback only unless told -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address", ["/run/hub.sock", ("127.0.0.1", 9000), ("127.8.9.10", 9000), ("::1", 9000)]
+)
+def test_unix_sockets_and_loopback_addresses_are_local(address: Address) -> None:
+    assert is_loopback(address)
+
+
+def test_localhost_is_local() -> None:
+    assert is_loopback(("localhost", 9000))
+
+
+@pytest.mark.parametrize(
+    "address", [("0.0.0.0", 9000), ("::", 9000), ("192.0.2.7", 9000), ("2001:db8::7", 9000)]
+)
+def test_other_addresses_are_not_local(address: Address) -> None:
+    assert not is_loopback(address)
+
+
+def test_a_hub_refuses_to_listen_where_other_hosts_reach_it(secret_file: Path) -> None:
+    hub = StandaloneHub(f"tcp://0.0.0.0:{free_port()}", secret_file)
+    try:
+        assert hub.wait_for_exit() == 2
+    finally:
+        hub.stop()
+    assert "--allow-remote" in hub.output
+    assert "run code" in hub.output
+    assert "hub listening" not in hub.output
+
+
+def test_allow_remote_lets_a_hub_listen_on_every_interface(secret_file: Path) -> None:
+    port = free_port()
+    with standalone_hub(f"tcp://0.0.0.0:{port}", secret_file, "--allow-remote"):
+        client = HubClient(("127.0.0.1", port), read_secret_file(secret_file))
+        assert client.statistics()["mailboxes"] == {}

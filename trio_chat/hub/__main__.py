@@ -18,7 +18,14 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, Settings
-from .address import HubConfigError, parse_address, read_secret_file
+from .address import (
+    Address,
+    HubConfigError,
+    describe_address,
+    is_loopback,
+    parse_address,
+    read_secret_file,
+)
 from .server import HANDSHAKE_TIMEOUT_SECONDS, serve
 
 SECRET_BYTES = 32
@@ -37,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         if not listen:
             raise HubConfigError("say where to listen: --listen unix:PATH or tcp://HOST:PORT")
         address = parse_address(listen)
+        if not args.allow_remote:
+            _refuse_remote(address)
         authkey = _read_secret(args, settings)
     except (ConfigError, HubConfigError) as error:
         print(f"trio-chat-hub: {error}", file=sys.stderr)
@@ -67,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mailbox-size", type=int, help="default: $TRIO_CHAT_MAILBOX_SIZE")
     parser.add_argument("--history-size", type=int, help="default: $TRIO_CHAT_HISTORY_SIZE")
     parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="listen on a TCP address other hosts can reach (anyone with the secret can run "
+        "code in the hub: only on a network where every host is trusted)",
+    )
+    parser.add_argument(
         "--handshake-timeout",
         type=_positive_seconds,
         default=HANDSHAKE_TIMEOUT_SECONDS,
@@ -88,6 +103,16 @@ def _positive_seconds(text: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0")
     return seconds
+
+
+def _refuse_remote(address: Address) -> None:
+    if not is_loopback(address):
+        raise HubConfigError(
+            f"{describe_address(address)} is not a loopback address: other hosts could reach "
+            "the hub, and any peer with the secret can run code in it (it unpickles what "
+            "peers send); listen on unix:PATH or a loopback address, or pass --allow-remote "
+            "if every host on that network is trusted"
+        )
 
 
 def _read_secret(args: argparse.Namespace, settings: Settings) -> bytes:

@@ -5,7 +5,8 @@ Two ways to find a hub:
   private folder (mode 0700) named after the server's master process, authenticated with the
   ``authkey`` that all workers of one master share. Two servers on one machine never meet.
 - configured (``unix:PATH`` or ``tcp://HOST:PORT``): a hub started by hand, with a secret read
-  from ``TRIO_CHAT_HUB_SECRET_FILE``.
+  from ``TRIO_CHAT_HUB_SECRET_FILE``; on TCP, a loopback address unless the hub is told that
+  other hosts may reach it (``is_loopback``).
 
 The secret travels by file or by pipe, never on a command line or in a log.
 """
@@ -13,8 +14,10 @@ The secret travels by file or by pipe, never on a command line or in a log.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import multiprocessing
 import os
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -71,6 +74,23 @@ def parse_address(text: str) -> Address:
         f"{text!r}: expected unix:PATH or tcp://HOST:PORT (a manager hub), or "
         "redis://HOST:PORT/DB (the Redis hub)"
     )
+
+
+def is_loopback(address: Address) -> bool:
+    """Whether only this machine can reach ``address``: a Unix socket, or TCP on loopback.
+
+    A host name counts only if every address it resolves to is a loopback one.
+    """
+    if isinstance(address, str):
+        return True
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    # ``sockaddr[0]`` of an IPv6 address may carry a scope ("fe80::1%eth0").
+    hosts = {str(info[4][0]).partition("%")[0] for info in infos}
+    return bool(hosts) and all(ipaddress.ip_address(ip).is_loopback for ip in hosts)
 
 
 def read_secret_file(path: Path) -> bytes:
