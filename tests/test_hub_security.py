@@ -6,7 +6,9 @@ Hubs here are real processes on the real clock, on loopback ports that were free
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import logging
 import multiprocessing
 import os
 import select
@@ -27,11 +29,14 @@ from trio_chat.hub.address import (
     MIN_SECRET_BYTES,
     Address,
     HubConfigError,
+    automatic_endpoint,
     is_loopback,
     private_runtime_dir,
     read_secret_file,
 )
+from trio_chat.hub.launcher import connect_or_start
 from trio_chat.hub.manager import HubClient
+from trio_chat.hub.server import HANDSHAKE_TIMEOUT_SECONDS
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
 from servers import ROOT, free_port
@@ -424,3 +429,82 @@ def test_allow_remote_lets_a_hub_listen_on_every_interface(secret_file: Path) ->
     with standalone_hub(f"tcp://0.0.0.0:{port}", secret_file, "--allow-remote"):
         client = HubClient(("127.0.0.1", port), read_secret_file(secret_file))
         assert client.statistics()["mailboxes"] == {}
+
+
+# --- The secret stays out of logs, command lines and environments -------------------------------
+
+
+def secret_forms(secret: bytes) -> list[bytes]:
+    return [
+        secret,
+        secret.hex().encode(),
+        secret.hex().upper().encode(),
+        base64.b64encode(secret),
+        base64.urlsafe_b64encode(secret),
+        repr(secret).encode(),
+    ]
+
+
+def assert_secret_not_shown(secret: bytes, pid: int) -> None:
+    """Not on the command line of process ``pid``, nor in its environment."""
+    for place in ("cmdline", "environ"):
+        text = Path(f"/proc/{pid}/{place}").read_bytes()
+        assert text, f"/proc/{pid}/{place} is empty: is that the hub?"
+        for form in secret_forms(secret):
+            assert form not in text, f"the secret is in /proc/{pid}/{place}"
+
+
+def assert_not_in_log(secret: bytes, output: str) -> None:
+    assert "hub listening" in output and "DEBUG" in output, f"not the hub's full log:\n{output}"
+    for form in secret_forms(secret):
+        assert form not in output.encode(errors="surrogateescape"), "the secret is in the log"
+
+
+def use_verbosely(address: Address, secret: bytes, handshake_timeout: float) -> None:
+    """Exercise everything the hub logs: clients, a wrong secret, garbage, a silent peer."""
+    client = HubClient(address, secret)
+    mailbox = client.join("tester")
+    exchange_a_message(client, mailbox, "logged")
+    client.leave(mailbox)
+    with pytest.raises(multiprocessing.AuthenticationError):
+        HubClient(address, os.urandom(32))
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    for greeting in (b"GET / HTTP/1.1\r\n\r\n", b""):
+        with socket.socket(family) as peer:
+            peer.connect(address)
+            peer.sendall(greeting)
+            read_until_closed(peer, time.monotonic() + handshake_timeout + DEADLINE_SECONDS)
+
+
+def test_a_hub_started_by_hand_never_shows_its_secret(tmp_path: Path, secret_file: Path) -> None:
+    secret = read_secret_file(secret_file)
+    socket_path = str(tmp_path / "hub.sock")
+    deadline_option = f"--handshake-timeout={SHORT_HANDSHAKE_SECONDS}"
+    with standalone_hub(
+        f"unix:{socket_path}", secret_file, "--log-level=DEBUG", deadline_option
+    ) as hub:
+        use_verbosely(socket_path, secret, SHORT_HANDSHAKE_SECONDS)
+        assert_secret_not_shown(secret, hub.process.pid)
+    # The whole log, to the last line: read after the hub stopped.
+    assert "did not authenticate" in hub.output
+    assert_not_in_log(secret, hub.output)
+
+
+def test_the_automatic_hub_never_shows_its_secret(
+    runtime_base: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The launcher starts the hub as talkative as its own logger, and the hub logs to our
+    # standard error, which capfd collects.
+    caplog.set_level(logging.DEBUG, logger="trio_chat.hub")
+    endpoint = automatic_endpoint()
+    hub_pid = connect_or_start(endpoint, 100, 10).statistics()["pid"]
+    try:
+        use_verbosely(endpoint.address, endpoint.authkey, HANDSHAKE_TIMEOUT_SECONDS)
+        assert_secret_not_shown(endpoint.authkey, hub_pid)
+    finally:
+        hub = psutil.Process(hub_pid)
+        hub.terminate()
+        hub.wait(DEADLINE_SECONDS)
+    output = capfd.readouterr().err
+    assert "did not authenticate" in output
+    assert_not_in_log(endpoint.authkey, output)

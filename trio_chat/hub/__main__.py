@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing.util
 import os
 import secrets
 import sys
@@ -29,13 +30,12 @@ from .address import (
 from .server import HANDSHAKE_TIMEOUT_SECONDS, serve
 
 SECRET_BYTES = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s [hub %(process)d] %(levelname)s %(message)s"
-    )
+    _configure_logging(args.log_level)
     if args.new_secret_file is not None:
         return _write_new_secret(args.new_secret_file)
     try:
@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="disconnect peers that have not authenticated after this long (default: %(default)s)",
     )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="INFO")
     parser.add_argument(
         "--new-secret-file", type=Path, metavar="PATH", help="write a new random secret and exit"
     )
@@ -103,6 +104,16 @@ def _positive_seconds(text: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0")
     return seconds
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s [hub %(process)d] %(levelname)s %(message)s"
+    )
+    if level == "DEBUG":
+        # The manager server's own messages too (connections, objects, errors), which
+        # multiprocessing keeps to itself unless asked.
+        multiprocessing.util.log_to_stderr(logging.DEBUG)
 
 
 def _refuse_remote(address: Address) -> None:

@@ -81,6 +81,9 @@ def _start_hub(endpoint: Endpoint, mailbox_size: int, history_size: int) -> None
         str(history_size),
         "--secret-stdin",
     ]
+    if logger.isEnabledFor(logging.DEBUG):
+        # The hub logs to our stderr; it is as talkative as we are asked to be about it.
+        command += ["--log-level", "DEBUG"]
     environment = dict(os.environ)
     # The hub imports this very package, even when it is run from a source tree.
     environment["PYTHONPATH"] = os.pathsep.join(
