@@ -29,6 +29,7 @@ from playwright.sync_api import (
     Dialog,
     Locator,
     Page,
+    WebError,
     WebSocketRoute,
     expect,
 )
@@ -169,11 +170,13 @@ def wait_gone(pid: int, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
 class ChatPage:
     """One tab of the chat, in its own browser context, and everything it did.
 
-    The locators follow the page's DOM contract (see the module docstring of test_browser.py).
+    What is recorded is recorded on the context, so that whatever else the page might open
+    (a popup, a worker) is covered too. The locators follow the page's DOM contract (see the
+    module docstring of test_browser.py).
     """
 
     context: BrowserContext
-    page: Page
+    page: Page = field(init=False)
     requests: list[str] = field(default_factory=list)
     socket_urls: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
@@ -193,35 +196,46 @@ class ChatPage:
         context = browser.new_context(**context_options)
         context.set_default_timeout(UI_TIMEOUT_MS)
         if name is not None:
-            key, value = json.dumps(NAME_KEY), json.dumps(name)
+            key, value, own = json.dumps(NAME_KEY), json.dumps(name), json.dumps(origin)
+            # Only in the chat's own documents: the first about:blank has no localStorage.
             context.add_init_script(
-                f"if (localStorage.getItem({key}) === null) localStorage.setItem({key}, {value})"
+                f"if (location.origin === {own} && localStorage.getItem({key}) === null) "
+                f"localStorage.setItem({key}, {value})"
             )
-        chat = cls(context, context.new_page())
+        chat = cls(context)
         chat._record()
+        chat.page = context.new_page()
         if before_load is not None:
             before_load(chat.page)
         chat.page.goto(origin + "/")
         return chat
 
     def _record(self) -> None:
-        page = self.page
-        page.on("request", lambda request: self.requests.append(request.url))
-        page.on("websocket", lambda socket: self.socket_urls.append(socket.url))
+        context = self.context
+        context.on("request", lambda request: self.requests.append(request.url))
+        # WebSockets are reported per page only: watch every page the context opens.
+        context.on(
+            "page",
+            lambda page: page.on("websocket", lambda socket: self.socket_urls.append(socket.url)),
+        )
 
         def on_dialog(dialog: Dialog) -> None:
             self.dialogs.append(f"{dialog.type}: {dialog.message}")
             dialog.dismiss()
 
-        page.on("dialog", on_dialog)
-        page.on("pageerror", lambda error: self.errors.append(f"page error: {error}"))
+        context.on("dialog", on_dialog)
+
+        def on_error(error: WebError) -> None:
+            self.errors.append(f"page error: {error.error}")
+
+        context.on("weberror", on_error)
 
         def on_console(message: ConsoleMessage) -> None:
             # Chromium logs each failed WebSocket attempt: that is the network, not the page.
             if message.type == "error" and not message.text.startswith("WebSocket connection"):
                 self.errors.append(message.text)
 
-        page.on("console", on_console)
+        context.on("console", on_console)
 
     def close(self) -> None:
         self.context.close()

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Response, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
 
 from browser_support import (
     CHROMIUM,
@@ -55,10 +55,6 @@ HOSTILE_TEXTS = [
     "<script>alert(1)</script>",
     "W" * 2000,
 ]
-NO_HISTORY = (
-    "the server sends no history frame yet (docs/protocol.md, 'History, resume and "
-    "presence'; issue 3)"
-)
 
 
 def token() -> str:
@@ -119,19 +115,13 @@ def open_chat(browser: Browser, server: ServerProcess) -> Iterator[OpenChat]:
         chat.close()
 
 
-@pytest.fixture(scope="module")
-def history_supported(browser: Browser, server: ServerProcess) -> bool:
-    """Whether the server sends a history frame: the contract puts it before any live message,
-    so once our own probe message is shown, a history frame would have been handled."""
-    chat = ChatPage.open(browser, server.origin, name="probe")
-    try:
-        chat.wait_online()
-        probe = f"probe {token()}"
-        chat.send(probe)
-        expect(chat.message(probe)).to_have_count(1)
-        return chat.page.locator("#messages").get_attribute("data-history") is not None
-    finally:
-        chat.close()
+def routed_through(link: FlakyLink | ScriptedServer) -> Callable[[Page], object]:
+    """A ``before_load`` for ``ChatPage.open``: the page's chat WebSocket goes through ``link``."""
+
+    def route(page: Page) -> None:
+        page.route_web_socket(re.compile(r"/chat"), link.route)
+
+    return route
 
 
 def open_on_another_worker(open_chat: OpenChat, worker: int, **options: Any) -> ChatPage:
@@ -320,7 +310,7 @@ def test_a_new_name_is_used_for_new_messages(open_chat: OpenChat) -> None:
 
 
 def test_page_reconnects_by_itself_after_a_restart_and_carries_on(
-    open_chat: OpenChat, server: ServerProcess, history_supported: bool
+    open_chat: OpenChat, server: ServerProcess
 ) -> None:
     """The module's server is restarted on its port, as a deploy would; later tests carry on
     with the new one."""
@@ -343,11 +333,9 @@ def test_page_reconnects_by_itself_after_a_restart_and_carries_on(
     server.start()
 
     chat.wait_online(timeout=RECONNECT_TIMEOUT_MS)
-    if history_supported:
-        # The new server's hub has a new run of ids (epoch), so our `since` means nothing to
-        # it: it says so, and the page forgets the old ids rather than take new messages for
-        # old ones.
-        expect(chat.page.locator(".system[data-code=invalid_resume]")).to_have_count(1)
+    # The new server's hub has a new run of ids (epoch), so our `since` means nothing to it: it
+    # says so, and the page forgets the old ids rather than take new messages for old ones.
+    expect(chat.page.locator(".system[data-code=invalid_resume]")).to_have_count(1)
     after = f"after the restart {tag}"
     chat.send(after)
     expect(chat.message(after)).to_have_count(1)
@@ -400,11 +388,7 @@ def test_screenshot_of_a_conversation(browser: Browser, fresh_server: ServerProc
 # History, resume and presence (docs/protocol.md; issue 3)
 
 
-def test_newcomer_sees_earlier_messages_once_marked_as_history(
-    open_chat: OpenChat, history_supported: bool
-) -> None:
-    if not history_supported:
-        pytest.skip(NO_HISTORY)
+def test_newcomer_sees_earlier_messages_once_marked_as_history(open_chat: OpenChat) -> None:
     tag = token()
     earlier = [f"earlier {tag} {n}" for n in range(3)]
     author = open_chat()
@@ -428,17 +412,11 @@ def test_newcomer_sees_earlier_messages_once_marked_as_history(
     expect(newcomer.message(live)).not_to_have_class(re.compile(r"\bhistory\b"))
 
 
-def test_dropped_page_resumes_with_exactly_what_it_missed(
-    open_chat: OpenChat, history_supported: bool
-) -> None:
-    if not history_supported:
-        pytest.skip(NO_HISTORY)
+def test_dropped_page_resumes_with_exactly_what_it_missed(open_chat: OpenChat) -> None:
     tag = token()
     link = FlakyLink()
     author = open_chat()
-    reader = open_chat(
-        before_load=lambda page: page.route_web_socket(re.compile(r"/chat"), link.route),
-    )
+    reader = open_chat(before_load=routed_through(link))
     author.wait_online()
     reader.wait_online()
     author.send(f"seen {tag}")
@@ -466,11 +444,7 @@ def test_dropped_page_resumes_with_exactly_what_it_missed(
     assert since.rpartition(":")[2] == seen_id
 
 
-def test_presence_shows_who_is_online_and_who_came_and_went(
-    open_chat: OpenChat, history_supported: bool
-) -> None:
-    if not history_supported:
-        pytest.skip(NO_HISTORY)
+def test_presence_shows_who_is_online_and_who_came_and_went(open_chat: OpenChat) -> None:
     tag = token()
     ann = open_chat(name=f"ann-{tag}")
     ann.wait_online()
@@ -535,12 +509,7 @@ def scripted(browser: Browser, server: ServerProcess) -> Iterator[tuple[ChatPage
     """A page named "ann" whose WebSocket talks to a ScriptedServer (the page itself comes from
     the real one)."""
     script = ScriptedServer()
-    chat = ChatPage.open(
-        browser,
-        server.origin,
-        name="ann",
-        before_load=lambda page: page.route_web_socket(re.compile(r"/chat"), script.route),
-    )
+    chat = ChatPage.open(browser, server.origin, name="ann", before_load=routed_through(script))
     try:
         expect(chat.status).to_have_attribute("data-state", "online")
         yield chat, script
