@@ -2,6 +2,13 @@
 
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 10_000;
+const JITTER = 0.2; // ±20 %
+// A connection resets the backoff only once it has stayed open this long. An open alone
+// proves nothing: a server (or proxy) that accepts and closes at once would otherwise be
+// retried every 0.5 s forever. A timer from the open rather than the welcome frame, because
+// a server that greets and then fails is just as broken; 5 s is past the first few steps
+// of the backoff, so a crash loop keeps backing off.
+const STABLE_AFTER_MS = 5_000;
 // A socket stuck in CONNECTING (e.g. a black-holed proxy) never fires close
 // on its own; give up after this long so the backoff loop keeps going.
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -63,12 +70,16 @@ export class ChatConnection {
     this.attempt = 0;
     this.retryTimer = null;
     this.connectTimer = null;
+    this.stableTimer = null;
     // Browsers fail the handshake of a server that answers without any of
-    // the subprotocols asked for, and say no more than 1006. So after such a
-    // failure we try once more at once without (`probing`): if that opens,
-    // this server does not know batch mode and we stop asking for it.
+    // the subprotocols asked for, and say no more than 1006, which looks just
+    // like a server that is down. So while attempts fail before opening, they
+    // alternate between asking for batch mode and not (each after its normal
+    // backoff delay), and reach a server that does not know batch mode too.
+    // Once a connection has been open, the next cycle asks for batch mode
+    // again: a server that came back between two attempts is not taken for
+    // an old one for the rest of the page's life.
     this.askBatch = true;
-    this.probing = false;
   }
 
   get isOpen() {
@@ -114,8 +125,7 @@ export class ChatConnection {
     ws.addEventListener('open', () => {
       clearTimeout(this.connectTimer);
       wasOpen = true;
-      this.probing = false;
-      this.attempt = 0; // a successful open resets the backoff
+      this.stableTimer = setTimeout(() => { this.attempt = 0; }, STABLE_AFTER_MS);
       this.onState('online');
     });
 
@@ -136,17 +146,9 @@ export class ChatConnection {
       clearTimeout(this.connectTimer);
       if (this.ws !== ws) return;
       this.ws = null;
-      if (!wasOpen && askedBatch) {
-        this.askBatch = false;
-        this.probing = true;
-        this.connect();
-        return;
-      }
-      if (!wasOpen && this.probing) {
-        // Without batch mode it failed too: the server is just unreachable.
-        this.askBatch = true;
-        this.probing = false;
-      }
+      clearTimeout(this.stableTimer);
+      // A new cycle asks for batch mode; a failed handshake swaps (see constructor).
+      this.askBatch = wasOpen || !askedBatch;
       this.scheduleRetry({ code: event.code, reason: event.reason, wasOpen });
     });
   }
@@ -157,13 +159,21 @@ export class ChatConnection {
     this.retryTimer = setTimeout(() => this.connect(), retryInMs);
   }
 
-  // Exponential backoff (0.5 s, 1 s, 2 s … capped at 10 s) with ±20 % jitter
-  // so that clients dropped together (e.g. a 1012 restart) don't all
-  // reconnect in the same instant. The jitter is applied after the cap on
-  // purpose: clamping afterwards would line everyone up at exactly 10 s.
   nextDelay() {
-    const exp = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempt);
+    const delay = backoffDelay(this.attempt);
     this.attempt = Math.min(this.attempt + 1, 16);
-    return Math.round(exp * (0.8 + Math.random() * 0.4));
+    return delay;
   }
+}
+
+/**
+ * The wait before retry number `attempt` (0, 1, 2 …): exponential backoff
+ * (0.5 s, 1 s, 2 s … capped at 10 s) with ±20 % jitter so that clients
+ * dropped together (e.g. a 1012 restart) don't all reconnect in the same
+ * instant. The jitter is applied after the cap on purpose: clamping
+ * afterwards would line everyone up at exactly 10 s. `random` is in [0, 1).
+ */
+export function backoffDelay(attempt, random = Math.random()) {
+  const exp = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** attempt);
+  return Math.round(exp * (1 - JITTER + random * 2 * JITTER));
 }

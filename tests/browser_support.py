@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
@@ -283,35 +283,54 @@ class ChatPage:
         return parse_qs(urlsplit(self.socket_urls[-1]).query)
 
 
+#: How a FlakyLink that is down fails an attempt: during the handshake, as an unreachable
+#: server would, or once open, as a server that accepts and drops at once would.
+Failure = Literal["refuse", "accept_and_drop"]
+
+
 class FlakyLink:
     """A page's chat WebSocket, routed through Playwright so that a test can cut it.
 
     Use ``page.route_web_socket(pattern, link.route)`` before the page loads. While the link is
-    down, every attempt to reconnect is refused at once, so the page goes through its real
-    backoff; once it is restored, the page's next attempt reaches the server.
+    down, every attempt to reconnect fails at once (see ``Failure``), so the page goes through
+    its real backoff; once it is restored, the page's next attempt reaches the server.
+    A route runs when Playwright's sync API gets control, so ``times`` are accurate while the
+    test waits in a Playwright call (``expect``), not while it does anything else.
     """
 
     def __init__(self) -> None:
         self.urls: list[str] = []  # every connection attempt, in order
-        self._down = False
+        self.times: list[float] = []  # time.monotonic() of each attempt
+        self.dropped_at: float | None = None
+        self._failure: Failure | None = None
         self._live: list[WebSocketRoute] = []
 
     def route(self, socket: WebSocketRoute) -> None:
         self.urls.append(socket.url)
-        if self._down:
+        self.times.append(time.monotonic())
+        if self._failure == "refuse":
             socket.close(code=GOING_AWAY, reason="link down (test)")
             return
-        socket.connect_to_server()
+        server = socket.connect_to_server()
+        if self._failure == "accept_and_drop":
+            # The page has seen the socket open once the server speaks: hang up then.
+            def hang_up(_message: str | bytes) -> None:
+                socket.close(code=GOING_AWAY, reason="link down (test)")
+                server.close()
+
+            server.on_message(hang_up)
+            return
         self._live.append(socket)
 
-    def drop(self) -> None:
-        self._down = True
+    def drop(self, failure: Failure = "refuse") -> None:
+        self._failure = failure
+        self.dropped_at = time.monotonic()
         for socket in self._live:
             socket.close(code=GOING_AWAY, reason="link dropped (test)")
         self._live.clear()
 
     def restore(self) -> None:
-        self._down = False
+        self._failure = None
 
 
 class ScriptedServer:

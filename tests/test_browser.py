@@ -8,7 +8,8 @@ Playwright's ``expect`` waits for what the page shows, with a timeout. Synchrono
 The page's DOM contract, which these tests rely on:
 
 - ``#status[data-state]``: ``connecting``, ``online`` or ``offline``; ``data-worker``: the pid
-  of the worker holding the connection, while online; ``#retry-button`` while offline.
+  of the worker holding the connection, while online; while offline, ``#status-detail`` counts
+  down to the next attempt ("retrying in N s") and ``#retry-button`` skips the wait.
 - ``#messages`` (``role=log``); ``data-history``: ``fresh`` or ``resumed``, the kind of the
   last history frame the page got (absent if none).
 - ``.message[data-id][data-sender]`` holding ``.sender``, ``time.time`` and ``.text``; class
@@ -23,6 +24,7 @@ The page's DOM contract, which these tests rely on:
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import uuid
@@ -55,6 +57,14 @@ HOSTILE_TEXTS = [
     "<script>alert(1)</script>",
     "W" * 2000,
 ]
+BATCH = "trio-chat.batch"
+# The page's reconnect schedule (static/chat-connection.js): 0.5 s doubling to 10 s, ±20 %.
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 10.0
+BACKOFF_JITTER = 0.2
+STABLE_AFTER_SECONDS = 5.0  # open this long, a connection resets the backoff
+#: Failed attempts watched in the backoff test (the last wait is 4 s).
+BACKOFF_STEPS = 4
 
 
 def token() -> str:
@@ -94,6 +104,19 @@ def server(browser: Browser) -> Iterator[ServerProcess]:
 def fresh_server(browser: Browser) -> Iterator[ServerProcess]:
     """A server of the test's own, for a conversation with nothing before it."""
     yield from running_server()
+
+
+@pytest.fixture
+def module_page(browser: Browser, server: ServerProcess) -> Iterator[Page]:
+    """A document of the page's origin (under its Content-Security-Policy) without the app in
+    it, for a test to import the page's modules into."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(server.origin + "/static/texts.js")
+        yield page
+    finally:
+        context.close()
 
 
 OpenChat = Callable[..., ChatPage]
@@ -307,6 +330,49 @@ def test_a_new_name_is_used_for_new_messages(open_chat: OpenChat) -> None:
     expect(me.page.locator("#name-input")).to_have_value(f"erin-{tag}")
     me.wait_online()
     assert me.last_socket_query()["name"] == [f"erin-{tag}"]
+
+
+def test_reconnects_back_off_while_every_connection_is_dropped_at_once(
+    open_chat: OpenChat,
+) -> None:
+    """A server (or proxy) that accepts and hangs up at once: an open alone must not reset the
+    backoff. While down the page says so and offers Retry; once the link is back, Retry
+    reconnects at once, and the page resumes and carries on."""
+    link = FlakyLink()
+    chat = open_chat(before_load=routed_through(link))
+    chat.wait_online()
+
+    link.drop("accept_and_drop")
+    # The drop, then a "Disconnected" line for each attempt that opened and was hung up on.
+    expect(chat.system("disconnect")).to_have_count(1 + BACKOFF_STEPS, timeout=RECONNECT_TIMEOUT_MS)
+
+    assert link.dropped_at is not None
+    attempts = link.times[1 : 1 + BACKOFF_STEPS]
+    gaps = [later - earlier for earlier, later in itertools.pairwise([link.dropped_at, *attempts])]
+    for step, gap in enumerate(gaps):
+        # At least the wait's lower bound, less a quarter for when the route was recorded.
+        lowest = (1 - BACKOFF_JITTER) * BACKOFF_BASE_SECONDS * 2**step
+        assert gap >= 0.75 * lowest, f"wait {step} too short: {gaps}"
+    assert gaps[-1] >= 2.5, gaps
+
+    expect(chat.status).to_have_attribute("data-state", "offline")
+    expect(chat.page.locator("#status-detail")).to_have_text(re.compile(r"retrying in \d+ s"))
+    retry = chat.page.locator("#retry-button")
+    expect(retry).to_be_visible()
+    link.restore()
+    retry.click()
+
+    chat.wait_online()
+    assert len(link.times) == 2 + BACKOFF_STEPS, "one attempt, the one Retry made"
+    # Made before the backoff's timer could have fired (its next wait is 8 s less 20 %).
+    next_wait = (1 - BACKOFF_JITTER) * BACKOFF_BASE_SECONDS * 2**BACKOFF_STEPS
+    assert link.times[-1] - link.times[-2] < next_wait
+    expect(retry).to_be_hidden()
+    expect(chat.page.locator("#messages")).to_have_attribute("data-history", "resumed")
+    text = f"after the flaky link {token()}"
+    chat.send(text)
+    expect(chat.message(text)).to_have_count(1)
+    expect(chat.page.locator("#error")).to_be_empty()
 
 
 def test_page_reconnects_by_itself_after_a_restart_and_carries_on(
@@ -633,3 +699,99 @@ def test_scripted_errors_go_to_the_sender_and_bad_lines_are_skipped(
     expect(chat.message("still shown")).to_have_count(1)
     expect(chat.page.locator("#error")).to_have_text("Longer than 4096 bytes.")
     expect(chat.page.locator("#error")).to_have_attribute("data-code", "message_too_long")
+
+
+# The page's modules alone, in a document of its origin (module_page)
+
+CONNECTION_SCENARIO = """async (outcomes) => {
+  const { ChatConnection } = await import('/static/chat-connection.js');
+  const attempts = [];  // {protocols, at, closedAt}
+  const delays = [];  // the wait announced after each failure
+  const attemptAtOpen = [];  // the backoff step when a connection opened
+  let stayed;
+  const stayedOpen = new Promise((resolve) => { stayed = resolve; });
+
+  // Stands in for the browser's WebSocket: attempt n plays outcomes[n]: "refuse" (closes
+  // during the handshake, as a failed one does), "accept_and_drop" or "stay" (opens).
+  globalThis.WebSocket = class extends EventTarget {
+    static OPEN = 1;
+    constructor(url, protocols) {
+      super();
+      const attempt = { protocols: [...protocols], at: performance.now() };
+      attempts.push(attempt);
+      const outcome = outcomes[attempts.length - 1];
+      this.readyState = 0;
+      setTimeout(() => {
+        if (outcome !== 'refuse') {
+          this.readyState = 1;
+          this.dispatchEvent(new Event('open'));
+        }
+        if (outcome === 'stay') return stayed(performance.now());
+        this.readyState = 3;
+        attempt.closedAt = performance.now();
+        this.dispatchEvent(new CloseEvent('close', { code: 1006 }));
+      }, 0);
+    }
+    send() {}
+    close() {}
+  };
+
+  const conn = new ChatConnection(() => 'ws://stand-in/chat', {
+    onState(state, info) {
+      if (state === 'online') attemptAtOpen.push(conn.attempt);
+      if (state !== 'offline') return;
+      delays.push(info.retryInMs);
+      // The first wait is waited out; the others are skipped, as the Retry button does.
+      if (delays.length > 1) queueMicrotask(() => conn.retryNow());
+    },
+  });
+  const deadline = (ms, what) => new Promise((_, reject) => {
+    setTimeout(() => reject(new Error(`${what} after ${ms} ms`)), ms);
+  });
+  conn.start();
+  const openedAt = await Promise.race([stayedOpen, deadline(20000, 'no lasting connection')]);
+  // The backoff is reset once the connection has lasted: wait for it, with a deadline.
+  while (conn.attempt !== 0) {
+    if (performance.now() - openedAt > 20000) throw new Error('the backoff was never reset');
+    await new Promise((resolve) => { setTimeout(resolve, 50); });
+  }
+  return { attempts, delays, attemptAtOpen, resetAfterMs: performance.now() - openedAt };
+}"""
+
+
+def test_failed_handshakes_back_off_and_alternate_batch_mode(module_page: Page) -> None:
+    """A failed handshake looks the same whether the server is down or refuses batch mode: the
+    page waits its normal backoff, then tries without batch mode, and so on by turns; once a
+    connection has opened, the next cycle asks for batch mode again."""
+    result = module_page.evaluate(
+        CONNECTION_SCENARIO, ["refuse", "refuse", "refuse", "accept_and_drop", "stay"]
+    )
+
+    attempts = result["attempts"]
+    assert [attempt["protocols"] for attempt in attempts] == [[BATCH], [], [BATCH], [], [BATCH]]
+    # No immediate retry without batch mode: the first wait was waited out.
+    first_wait = attempts[1]["at"] - attempts[0]["closedAt"]
+    assert first_wait >= result["delays"][0] - 2  # timers are rounded to the millisecond
+    # One backoff across failed handshakes and the connection that opened and dropped at once.
+    delays = result["delays"]
+    for step, delay in enumerate(delays):
+        nominal = 1000 * BACKOFF_BASE_SECONDS * 2**step
+        assert (1 - BACKOFF_JITTER) * nominal <= delay <= (1 + BACKOFF_JITTER) * nominal, delays
+    assert result["attemptAtOpen"] == [3, 4], "an open alone must not reset the backoff"
+    assert result["resetAfterMs"] >= 1000 * STABLE_AFTER_SECONDS - 100
+
+
+def test_backoff_doubles_to_its_cap_with_jitter_around_it(module_page: Page) -> None:
+    rows = module_page.evaluate(
+        """async (steps) => {
+          const { backoffDelay } = await import('/static/chat-connection.js');
+          return Array.from({ length: steps }, (_, attempt) =>
+            [0, 0.5, 0.999999].map((random) => backoffDelay(attempt, random)));
+        }""",
+        20,
+    )
+
+    for attempt, (lowest, middle, highest) in enumerate(rows):
+        nominal = 1000 * min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+        assert (lowest, middle) == ((1 - BACKOFF_JITTER) * nominal, nominal), attempt
+        assert (1 + BACKOFF_JITTER) * nominal - 1 <= highest <= (1 + BACKOFF_JITTER) * nominal
