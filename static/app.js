@@ -7,6 +7,9 @@ import { SeenIds } from './seen-ids.js';
 import { readPresence, describeChange } from './presence.js';
 import { CLOSE_REASONS, ERROR_FALLBACKS, INVALID_RESUME_TEXT, NOTICE_TEXTS } from './texts.js';
 
+// The server's default TRIO_CHAT_MAX_MESSAGE_BYTES. Its welcome frame does not say what it
+// is configured with, so this is only a first check (nothing is sent that the default would
+// refuse); a server set lower answers with a message_too_long error, which gives the text back.
 const MAX_MESSAGE_BYTES = 4096;
 // A rejection only refers to what we just sent; after this long an error is
 // about something else and must not resurrect old text into the input.

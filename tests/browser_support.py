@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,12 +67,14 @@ class ServerProcess:
     """``hypercorn -c hypercorn.toml -k trio -w N trio_chat:app`` on one loopback port.
 
     It can be stopped and started again on the same port, as a deploy would. A reader thread
-    keeps draining the output, so the server never blocks on a full pipe.
+    keeps draining the output, so the server never blocks on a full pipe. ``env`` adds to the
+    environment it runs in (``TRIO_CHAT_*`` settings).
     """
 
-    def __init__(self, port: int, workers: int = 4) -> None:
+    def __init__(self, port: int, workers: int = 4, env: Mapping[str, str] | None = None) -> None:
         self.port = port
         self.workers = workers
+        self.env = dict(env or {})
         self.output: list[str] = []
         self._changed = threading.Condition()
         self._process: subprocess.Popen[bytes] | None = None
@@ -94,6 +96,7 @@ class ServerProcess:
         self._process = subprocess.Popen(
             hypercorn_command(self.port, self.workers),
             cwd=ROOT,
+            env={**os.environ, **self.env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,

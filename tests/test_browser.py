@@ -65,6 +65,10 @@ BACKOFF_JITTER = 0.2
 STABLE_AFTER_SECONDS = 5.0  # open this long, a connection resets the backoff
 #: Failed attempts watched in the backoff test (the last wait is 4 s).
 BACKOFF_STEPS = 4
+#: The page's own check of a message's size: the server's default TRIO_CHAT_MAX_MESSAGE_BYTES.
+MAX_MESSAGE_BYTES = 4096
+#: The limit of small_limit_server, well under the page's own check.
+SMALL_LIMIT_BYTES = 100
 
 
 def token() -> str:
@@ -85,8 +89,8 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def running_server() -> Iterator[ServerProcess]:
-    server = ServerProcess(free_port())
+def running_server(**options: Any) -> Iterator[ServerProcess]:
+    server = ServerProcess(free_port(), **options)
     try:
         server.start()
         yield server
@@ -104,6 +108,14 @@ def server(browser: Browser) -> Iterator[ServerProcess]:
 def fresh_server(browser: Browser) -> Iterator[ServerProcess]:
     """A server of the test's own, for a conversation with nothing before it."""
     yield from running_server()
+
+
+@pytest.fixture
+def small_limit_server(browser: Browser) -> Iterator[ServerProcess]:
+    """A server that refuses messages over SMALL_LIMIT_BYTES, which the page cannot know."""
+    yield from running_server(
+        workers=1, env={"TRIO_CHAT_MAX_MESSAGE_BYTES": str(SMALL_LIMIT_BYTES)}
+    )
 
 
 @pytest.fixture
@@ -330,6 +342,63 @@ def test_a_new_name_is_used_for_new_messages(open_chat: OpenChat) -> None:
     expect(me.page.locator("#name-input")).to_have_value(f"erin-{tag}")
     me.wait_online()
     assert me.last_socket_query()["name"] == [f"erin-{tag}"]
+
+
+@pytest.mark.parametrize(
+    "text", ["x" * (MAX_MESSAGE_BYTES + 4), "é" * 5000], ids=["ascii", "two-byte"]
+)
+def test_over_long_message_is_refused_by_the_page_and_kept_in_the_box(
+    open_chat: OpenChat, text: str
+) -> None:
+    sender = open_chat()
+    other = open_chat()
+    sender.wait_online()
+    other.wait_online()
+    box = sender.page.locator("#message-input")
+
+    box.fill(text)  # as a paste would: the box takes all of it, nothing is cut
+    box.press("Enter")
+
+    error = sender.page.locator("#error")
+    expect(error).to_have_attribute("data-code", "message_too_long")
+    expect(error).to_contain_text(f"{len(text.encode())} bytes")  # the page's own check
+    expect(box).to_have_value(text)
+    expect(other.page.locator("#error")).to_be_empty()
+    # Nothing went out: what the sender says next is the next thing the other sees.
+    after = f"after the long one {token()}"
+    sender.send(after)
+    expect(other.message(after)).to_have_count(1)
+    assert other.message(text).count() == 0
+    assert sender.message(text).count() == 0
+
+
+def test_server_refusing_a_long_message_is_shown_and_the_text_kept(
+    browser: Browser, small_limit_server: ServerProcess
+) -> None:
+    """The page checks the default limit; a server set lower says so itself."""
+    origin = small_limit_server.origin
+    sender = ChatPage.open(browser, origin)
+    other = ChatPage.open(browser, origin)
+    try:
+        sender.wait_online()
+        other.wait_online()
+        text = "y" * (SMALL_LIMIT_BYTES + 1)
+
+        sender.send(text)
+
+        error = sender.page.locator("#error")
+        expect(error).to_have_attribute("data-code", "message_too_long")
+        expect(error).to_contain_text(str(SMALL_LIMIT_BYTES))  # the server's words
+        expect(sender.page.locator("#message-input")).to_have_value(text)  # given back
+        expect(other.page.locator("#error")).to_be_empty()
+        fine = "short enough"
+        sender.send(fine)
+        expect(other.message(fine)).to_have_count(1)
+        assert other.message(text).count() == 0
+        assert sender.message(text).count() == 0
+    finally:
+        sender.close()
+        other.close()
 
 
 def test_reconnects_back_off_while_every_connection_is_dropped_at_once(
