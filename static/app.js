@@ -172,9 +172,11 @@ function main() {
     }
   }
 
-  // Every attempt asks under the current name and, once we have seen
-  // messages, for those after the last one (a resume).
-  const conn = new ChatConnection(() => chatUrl({ name, since: seen.highest, epoch }), {
+  // Every attempt asks under the current name and, once we have joined, for
+  // what came after the last message seen (a resume). In a room that was
+  // empty that is everything since the start of the run of ids (0).
+  const since = () => seen.highest ?? (epoch ? 0 : null);
+  const conn = new ChatConnection(() => chatUrl({ name, since: since(), epoch }), {
     onState,
     onFrame(frame) {
       const handler = Object.prototype.hasOwnProperty.call(handlers, frame.type) ? handlers[frame.type] : null;

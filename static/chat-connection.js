@@ -20,7 +20,8 @@ export const SUBPROTOCOLS = ['trio-chat.batch'];
 /**
  * The chat endpoint on the page's own host (ws: or wss: following the page).
  * `name` is who this connection shows up as in presence; `since` is the last
- * message id seen, so the server replays what we missed (docs/protocol.md).
+ * message id seen (0: none, in a room that had none), so the server replays
+ * what we missed (docs/protocol.md).
  */
 export function chatUrl({ name = '', since = null, epoch = '' } = {}, loc = location) {
   const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';

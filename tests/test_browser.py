@@ -622,8 +622,11 @@ def welcome(worker: int = 7) -> dict[str, Any]:
     return {"type": "welcome", "sender": "server", "message": "You are connected", "worker": worker}
 
 
-def history(*messages: dict[str, Any], resumed: bool = False) -> dict[str, Any]:
-    return {"type": "history", "resumed": resumed, "messages": list(messages)}
+def history(
+    *messages: dict[str, Any], resumed: bool = False, epoch: str | None = None
+) -> dict[str, Any]:
+    frame = {"type": "history", "resumed": resumed, "messages": list(messages)}
+    return frame if epoch is None else {**frame, "epoch": epoch}
 
 
 def presence(
@@ -768,6 +771,20 @@ def test_scripted_errors_go_to_the_sender_and_bad_lines_are_skipped(
     expect(chat.message("still shown")).to_have_count(1)
     expect(chat.page.locator("#error")).to_have_text("Longer than 4096 bytes.")
     expect(chat.page.locator("#error")).to_have_attribute("data-code", "message_too_long")
+
+
+def test_scripted_reconnect_from_an_empty_room_asks_for_everything_since_its_start(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    """A page that has seen no message still resumes: since=<epoch>:0, so that what was said
+    while it was away reaches it (a fresh join would leave it to the history's size)."""
+    chat, script = scripted
+    script.send(welcome(), history(epoch="e1"), presence(["ann"]))
+    expect(chat.page.locator("#messages")).to_have_attribute("data-history", "fresh")
+
+    reconnect(chat, script)
+
+    assert script.query() == {"name": ["ann"], "since": ["e1:0"]}
 
 
 # The page's modules alone, in a document of its origin (module_page)
