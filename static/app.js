@@ -33,7 +33,10 @@ function main() {
   const seen = new SeenIds();
   // The server's run of ids (from its history frame), sent back with `since`.
   let epoch = '';
-  // The last text we sent, so a server rejection can put it back.
+  // Connections opened so far, to tell which one a pending message went out on.
+  let connections = 0;
+  // The last message we sent and have not seen come back ({text, sender, at,
+  // connection}), so a server rejection or a lost connection can give it back.
   let pending = null;
   let countdown = null;
 
@@ -42,6 +45,24 @@ function main() {
       els.messageInput.value = pending.text;
     }
     pending = null;
+  }
+
+  // After a reconnect's history frame: a message sent on an earlier connection
+  // that is not in it (nor came live before the drop) may never have reached
+  // the server. Give it back, or say so if the box already holds something new.
+  function settleLostPending() {
+    if (!pending || pending.connection === connections) return;
+    const { text } = pending;
+    pending = null;
+    const lost = 'The connection dropped before your message came back: it may not have been sent.';
+    if (els.messageInput.value === '') {
+      els.messageInput.value = text;
+      view.showError(`${lost} It is back in the box.`, 'unsent');
+    } else {
+      const chars = Array.from(text);
+      const preview = chars.length > 40 ? `${chars.slice(0, 40).join('')}…` : text;
+      view.showError(`${lost} It was: “${preview}”`, 'unsent');
+    }
   }
 
   function commitName() {
@@ -77,7 +98,8 @@ function main() {
 
   function render(message, history) {
     const own = message.sender === name;
-    if (own && !history && pending && pending.text === message.message) pending = null;
+    // Our own message back (live, or in the history of a resume): it was sent.
+    if (pending && message.sender === pending.sender && message.message === pending.text) pending = null;
     view.addMessage(message, { own, history });
   }
 
@@ -105,11 +127,14 @@ function main() {
       view.markHistory(resumed ? 'resumed' : 'fresh');
       const entries = Array.isArray(frame.messages) ? frame.messages : [];
       const unseen = entries.map(acceptMessage).filter(Boolean);
-      if (!unseen.length) return;
-      view.batch(() => {
-        view.addSystem(resumed ? 'While you were away' : 'Earlier messages', 'history');
-        for (const message of unseen) render(message, true);
-      });
+      if (unseen.length) {
+        view.batch(() => {
+          view.addSystem(resumed ? 'While you were away' : 'Earlier messages', 'history');
+          for (const message of unseen) render(message, true);
+        });
+      }
+      // Live messages follow the history with no gap: if ours is not in it, it is lost.
+      settleLostPending();
     },
     message(frame) {
       const message = acceptMessage(frame);
@@ -154,6 +179,7 @@ function main() {
     if (state === 'connecting') {
       view.setStatus('connecting', 'connecting…');
     } else if (state === 'online') {
+      connections += 1;
       view.setStatus('online', 'online');
       // A stale "not connected" hint would be confusing once we're back.
       if (els.error.dataset.code === 'offline') view.clearError();
@@ -168,7 +194,7 @@ function main() {
         // 1009 means the server refused what we just sent: give it back.
         if (info.code === 1009) restorePending();
       }
-      pending = null;
+      // Otherwise a message in flight is kept: the next history frame tells whether it arrived.
     }
   }
 
@@ -213,7 +239,7 @@ function main() {
       return;
     }
     view.clearError();
-    pending = { text, at: Date.now() };
+    pending = { text, sender, at: Date.now(), connection: connections };
     els.messageInput.value = '';
   });
 

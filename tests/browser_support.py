@@ -346,9 +346,11 @@ class ScriptedServer:
 
     def __init__(self) -> None:
         self.sockets: list[WebSocketRoute] = []  # one per connection the page made
+        self.received: list[dict[str, Any]] = []  # what the page sent, on any connection
 
     def route(self, socket: WebSocketRoute) -> None:
         self.sockets.append(socket)
+        socket.on_message(lambda text: self.received.append(json.loads(text)))
 
     def send(self, *frames: dict[str, Any] | str) -> None:
         """Send ``frames`` on the latest connection in one message, "\\n"-separated, as the

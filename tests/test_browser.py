@@ -19,7 +19,12 @@ The page's DOM contract, which these tests rely on:
   server's ``data-code``), ``disconnect``.
 - ``#online-count`` ("N online"; "—" and hidden while unknown), ``#online-users li`` (class
   ``own`` for our name).
-- ``#error[data-code]``: the last error for the sender; ``#name-input``, ``#message-input``.
+- ``#error[data-code]``: the last error for the sender: the server's error code, ``offline``
+  (sent while not connected), ``unsent`` (the connection dropped before a message came back);
+  ``#name-input``, ``#message-input``.
+
+Some tests import the page's modules into a document of their own (``module_page``) to drive
+one module alone, with a stand-in for what it talks to.
 """
 
 from __future__ import annotations
@@ -785,6 +790,57 @@ def test_scripted_reconnect_from_an_empty_room_asks_for_everything_since_its_sta
     reconnect(chat, script)
 
     assert script.query() == {"name": ["ann"], "since": ["e1:0"]}
+
+
+def test_scripted_message_lost_with_the_connection_is_given_back(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    script.send(welcome(), history(message(1, "bob", "one"), epoch="e1"))
+    expect(chat.message("one")).to_have_count(1)
+    box = chat.page.locator("#message-input")
+    error = chat.page.locator("#error")
+    chat.send("lost on the way")
+    expect(box).to_have_value("")
+
+    # The connection drops before the message comes back, and the resume does not have it.
+    reconnect(chat, script)
+    script.send(welcome(), history(resumed=True, epoch="e1"))
+
+    expect(box).to_have_value("lost on the way")
+    expect(error).to_have_attribute("data-code", "unsent")
+    assert chat.message("lost on the way").count() == 0
+
+    # Again, with something new in the box by then: that stays, and the page says what was lost.
+    chat.send("lost again")
+    expect(box).to_have_value("")
+    reconnect(chat, script)
+    box.fill("a new draft")
+    script.send(welcome(), history(resumed=True, epoch="e1"))
+
+    expect(error).to_contain_text("lost again")
+    expect(error).to_have_attribute("data-code", "unsent")
+    expect(box).to_have_value("a new draft")
+    sent = [frame["message"] for frame in script.received if "message" in frame]
+    assert sent == ["lost on the way", "lost again"]
+
+
+def test_scripted_message_that_came_back_in_the_resume_is_not_given_back(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    script.send(welcome(), history(message(1, "bob", "one"), epoch="e1"))
+    expect(chat.message("one")).to_have_count(1)
+    box = chat.page.locator("#message-input")
+    chat.send("made it")
+    expect(box).to_have_value("")
+
+    reconnect(chat, script)
+    script.send(welcome(), history(message(2, "ann", "made it"), resumed=True, epoch="e1"))
+
+    expect(chat.message("made it")).to_have_count(1)
+    expect(box).to_have_value("")
+    expect(chat.page.locator("#error")).to_be_empty()
 
 
 # The page's modules alone, in a document of its origin (module_page)
