@@ -431,6 +431,33 @@ def test_allow_remote_lets_a_hub_listen_on_every_interface(secret_file: Path) ->
         assert client.statistics()["mailboxes"] == {}
 
 
+def test_a_second_hub_refuses_the_socket_of_a_live_one(tmp_path: Path, secret_file: Path) -> None:
+    listen = f"unix:{tmp_path / 'hub.sock'}"
+    with standalone_hub(listen, secret_file) as first:
+        second = StandaloneHub(listen, secret_file)
+        try:
+            assert second.wait_for_exit() == 2
+        finally:
+            second.stop()
+        assert "already listening" in second.output
+        client = HubClient(str(tmp_path / "hub.sock"), read_secret_file(secret_file))
+        assert client.statistics()["pid"] == first.process.pid  # The first one serves on.
+
+
+def test_a_hub_does_not_take_the_place_of_a_file_that_is_not_a_socket(
+    tmp_path: Path, secret_file: Path
+) -> None:
+    path = tmp_path / "hub.sock"
+    path.write_text("precious")
+    hub = StandaloneHub(f"unix:{path}", secret_file)
+    try:
+        assert hub.wait_for_exit() == 2
+    finally:
+        hub.stop()
+    assert "is not a socket" in hub.output
+    assert path.read_text() == "precious"
+
+
 # --- The secret stays out of logs, command lines and environments -------------------------------
 
 

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             handshake_timeout=args.handshake_timeout,
             on_ready=_announce_ready if args.secret_stdin else lambda: None,
         )
+    except HubConfigError as error:
+        print(f"trio-chat-hub: {error}", file=sys.stderr)
+        return 2
     finally:
         if args.lock_file is not None:
             # The automatic hub ends after its server: nobody can be waiting on the lock.

@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -29,7 +30,7 @@ from multiprocessing.managers import Server
 from types import FrameType
 from typing import Any
 
-from .address import Address, describe_address
+from .address import Address, HubConfigError, describe_address
 from .core import HubCore
 from .manager import EXPOSED, HUB_TYPEID
 
@@ -79,6 +80,8 @@ def serve(
     # The manager's registry entry: (callable, exposed, method_to_typeid, proxy type); the
     # proxy type only matters to clients.
     registry: dict[str, Any] = {HUB_TYPEID: (lambda: core, EXPOSED, {}, None)}
+    if isinstance(address, str):
+        claim_socket_path(address)
     server = GuardedServer(registry, address, authkey, handshake_timeout=handshake_timeout)
     try:
         if isinstance(address, str):
@@ -246,6 +249,29 @@ def describe_peer(peer: Any) -> str:
     if isinstance(peer, tuple):
         return f"{peer[0]}:{peer[1]}"
     return "a local process"
+
+
+def claim_socket_path(path: str) -> None:
+    """Make way for our Unix socket at ``path``.
+
+    A hub that was killed (SIGKILL, a crash) leaves its socket file behind, and binding it
+    again fails: a supervisor restarting a hand-started hub could never bring it back. So a
+    socket nobody listens on any more is removed. A live hub's is not (two hubs on one
+    address would split the workers), nor is anything that is not a socket.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise HubConfigError(f"{path} exists and is not a socket: remove it, or listen elsewhere")
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # Left by a hub that died.
+            return
+    raise HubConfigError(f"a hub is already listening on {path}")
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> None:
