@@ -380,7 +380,9 @@ class BridgedHub:
         while True:
             try:
                 membership = await self._join()
-            except (*self.backend.link_errors, HubUnavailable) as error:
+            except self.backend.link_errors as error:
+                logger.debug("hub reconnect failed: %s", error)
+            except HubUnavailable as error:  # Our own deadline: the hub did not answer.
                 logger.debug("hub reconnect failed: %s", error)
             except Exception:
                 logger.exception("event=hub_reconnect_error")  # Logged, and tried again.
