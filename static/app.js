@@ -28,7 +28,7 @@ function main() {
   let name = loadName();
   els.nameInput.value = name;
   // Names this tab went by before a rename: the server reports them as
-  // "left" once we send under the new one, which is not news to us.
+  // "left" once it has the new one, which is not news to us.
   const formerNames = new Set();
   const seen = new SeenIds();
   // The server's run of ids (from its history frame), sent back with `since`.
@@ -103,12 +103,13 @@ function main() {
     view.addMessage(message, { own, history });
   }
 
-  function announcePresence(joined, left) {
+  function announcePresence({ users, truncated, joined, left }) {
     const newcomers = joined.filter((who) => who !== name);
-    const leavers = [];
-    for (const who of left) {
-      if (!formerNames.delete(who)) leavers.push(who);
-    }
+    const leavers = left.filter((who) => !formerNames.has(who));
+    // A frame that lists our current name has our rename in it: a leave of an old name that
+    // did not come with it never will (another tab holds that name), and any later one is
+    // someone else's, who took the name, so stop hiding them.
+    if (!truncated && users.includes(name)) formerNames.clear();
     for (const line of [describeChange(newcomers, 'joined'), describeChange(leavers, 'left')]) {
       if (line) view.addSystem(line, 'presence');
     }
@@ -157,9 +158,9 @@ function main() {
       view.addSystem(NOTICE_TEXTS[code] || str(frame.message) || code || 'notice', 'notice', code);
     },
     presence(frame) {
-      const { online, users, truncated, joined, left } = readPresence(frame);
-      view.setPresence(online, users, name, truncated);
-      announcePresence(joined, left);
+      const presence = readPresence(frame);
+      view.setPresence(presence.online, presence.users, name, presence.truncated);
+      announcePresence(presence);
     },
   };
 

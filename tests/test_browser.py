@@ -843,6 +843,23 @@ def test_scripted_message_that_came_back_in_the_resume_is_not_given_back(
     expect(chat.page.locator("#error")).to_be_empty()
 
 
+def test_scripted_someone_leaving_under_our_old_name_is_shown(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    script.send(welcome(), history(), presence(["ann", "bob"]))
+    expect(chat.page.locator("#online-users li.own")).to_have_text("ann")
+
+    chat.rename("cleo")
+    # Another tab is called ann too, so our rename is no leave of "ann": we only join as cleo.
+    script.send(presence(["ann", "bob", "cleo"], joined=("cleo",)))
+    expect(chat.page.locator("#online-users li.own")).to_have_text("cleo")
+    # Then that other ann leaves: news to us.
+    script.send(presence(["bob", "cleo"], left=("ann",)))
+
+    expect(chat.system("presence")).to_have_text(["ann left"])
+
+
 # The page's modules alone, in a document of its origin (module_page)
 
 CONNECTION_SCENARIO = """async (outcomes) => {
