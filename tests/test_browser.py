@@ -74,6 +74,7 @@ BACKOFF_STEPS = 4
 MAX_MESSAGE_BYTES = 4096
 #: The limit of small_limit_server, well under the page's own check.
 SMALL_LIMIT_BYTES = 100
+MAX_ENTRIES = 1000  # static/view.js
 
 
 def token() -> str:
@@ -231,6 +232,31 @@ def test_enter_sends_and_focus_stays_in_the_message_box(open_chat: OpenChat) -> 
     expect(box).to_be_focused()
     expect(box).to_have_value("")
     expect(chat.message(text).locator("time")).to_have_text(re.compile(r"^\d\d:\d\d$"))
+
+
+def test_on_a_phone_the_composer_fits_and_enter_sends(open_chat: OpenChat) -> None:
+    width, height = 360, 740
+    chat = open_chat(viewport={"width": width, "height": height}, is_mobile=True, has_touch=True)
+    chat.wait_online()
+
+    # A mobile browser widens its layout viewport (and zooms out) to fit content that is wider.
+    assert chat.page.evaluate("() => window.innerWidth") == width
+    for selector in ("#message-input", "#send-button"):
+        box = chat.page.locator(selector).bounding_box()
+        assert box is not None, selector
+        inside = (
+            box["x"] >= 0
+            and box["y"] >= 0
+            and box["x"] + box["width"] <= width
+            and box["y"] + box["height"] <= height
+        )
+        assert inside, f"{selector} is not all on screen: {box}"
+    no_horizontal_overflow(chat)
+    text = f"from a phone {token()}"
+    chat.send(text)
+    expect(chat.message(text)).to_have_count(1)
+    expect(chat.message(text)).to_be_in_viewport()
+    no_horizontal_overflow(chat)
 
 
 def test_hostile_text_renders_as_text_and_runs_nothing(open_chat: OpenChat) -> None:
@@ -843,6 +869,24 @@ def test_scripted_message_that_came_back_in_the_resume_is_not_given_back(
     expect(chat.page.locator("#error")).to_be_empty()
 
 
+def test_scripted_long_session_keeps_the_page_bounded(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    script.send(welcome())
+    total, per_frame = 1100, 275
+    for first in range(1, total + 1, per_frame):
+        script.send(*(message(id, "bob", f"m {id}") for id in range(first, first + per_frame)))
+
+    expect(chat.message(f"m {total}")).to_be_in_viewport()  # the newest, scrolled to
+    expect(chat.page.locator("#messages > *")).to_have_count(MAX_ENTRIES)
+    expect(chat.message("m 1")).to_have_count(0)  # the oldest made room
+    # A repeat of a recent id is still known as one.
+    script.send(message(total - 50, "bob", f"m {total - 50}"), message(total + 1, "bob", "next"))
+    expect(chat.message("next")).to_have_count(1)
+    expect(chat.message(f"m {total - 50}")).to_have_count(1)
+
+
 def test_scripted_someone_leaving_under_our_old_name_is_shown(
     scripted: tuple[ChatPage, ScriptedServer],
 ) -> None:
@@ -954,3 +998,22 @@ def test_backoff_doubles_to_its_cap_with_jitter_around_it(module_page: Page) -> 
         nominal = 1000 * min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
         assert (lowest, middle) == ((1 - BACKOFF_JITTER) * nominal, nominal), attempt
         assert (1 + BACKOFF_JITTER) * nominal - 1 <= highest <= (1 + BACKOFF_JITTER) * nominal
+
+
+def test_seen_ids_are_bounded_and_still_know_recent_repeats(module_page: Page) -> None:
+    result = module_page.evaluate(
+        """async (count) => {
+          const { SeenIds } = await import('/static/seen-ids.js');
+          const seen = new SeenIds();
+          for (let id = 1; id <= count; id += 1) seen.accept(id, id);
+          return {
+            remembered: seen.tsById.size,
+            oldest: Math.min(...seen.tsById.keys()),
+            recentRepeat: seen.accept(count - 10, count - 10),
+            next: seen.accept(count + 1, count + 1),
+          };
+        }""",
+        6000,
+    )
+
+    assert result == {"remembered": 5000, "oldest": 1001, "recentRepeat": False, "next": True}
