@@ -23,6 +23,9 @@ import psutil
 import trio
 from hypercorn.config import Config
 
+from trio_chat.hub.address import read_secret_file
+from trio_chat.hub.manager import HubClient
+
 from wsclient import WebSocketClient, open_websocket
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,20 +149,29 @@ class HypercornServer(OutputCollector):
         raise AssertionError("hypercorn did not stop:\n" + "\n".join(self.output))
 
 
-def hypercorn_command(port: int, workers: int, args: Sequence[str] = ()) -> list[str]:
+def hypercorn_command(
+    port: int, workers: int, args: Sequence[str] = (), *, shipped_config: bool = True
+) -> list[str]:
+    """``hypercorn [-c hypercorn.toml] -k trio -w N -b 127.0.0.1:PORT trio_chat:app``."""
+    config = ["-c", str(SHIPPED_CONFIG_FILE)] if shipped_config else []
     return [
-        sys.executable, "-m", "hypercorn", "-c", str(SHIPPED_CONFIG_FILE),
+        sys.executable, "-m", "hypercorn", *config,
         "-k", "trio", "-w", str(workers), "-b", f"127.0.0.1:{port}", *args, "trio_chat:app",
     ]  # fmt: skip
 
 
 @asynccontextmanager
 async def hypercorn_server(
-    workers: int = 4, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+    workers: int = 4,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+    *,
+    shipped_config: bool = True,
 ) -> AsyncIterator[HypercornServer]:
-    """``hypercorn -c hypercorn.toml -k trio -w N trio_chat:app`` on a free loopback port."""
+    """``hypercorn -c hypercorn.toml -k trio -w N trio_chat:app`` on a free loopback port
+    (without ``-c hypercorn.toml`` if not ``shipped_config``: Hypercorn's defaults)."""
     port = free_port()
-    command = hypercorn_command(port, workers, args)
+    command = hypercorn_command(port, workers, args, shipped_config=shipped_config)
     environment = {**os.environ, **(env or {})}
     process = await trio.lowlevel.open_process(
         command,
@@ -313,6 +325,10 @@ class StandaloneHub:
             self.process.terminate()
             with trio.fail_after(STOP_TIMEOUT_SECONDS):
                 await self.process.wait()
+
+    def client(self) -> HubClient:
+        """A client of the hub (as a worker has), for its statistics."""
+        return HubClient(str(self.socket), read_secret_file(self.secret_file))
 
     @property
     def _command(self) -> list[str]:

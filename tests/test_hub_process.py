@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from trio_chat.hub.address import Endpoint, automatic_endpoint
 from trio_chat.hub.launcher import connect_or_start
 from trio_chat.hub.manager import HubClient
+from trio_chat.hub.server import has_exited
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
 DEADLINE_SECONDS = 20.0
@@ -193,3 +195,25 @@ def test_the_automatic_hub_ends_when_its_owner_exits(tmp_path: Path) -> None:
     assert not Path(str(endpoint.address)).exists()
     assert endpoint.lock_path is not None
     assert not endpoint.lock_path.exists()
+
+
+def test_a_process_counts_as_exited_even_before_it_is_reaped() -> None:
+    """A Hypercorn master killed with SIGKILL may stay a zombie for a while: no hub may be
+    started for it meanwhile (its workers are on their way out)."""
+    process = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
+    try:
+        assert not has_exited(process.pid)
+        process.kill()
+        wait_until_zombie(process.pid)
+        assert has_exited(process.pid)  # Not reaped yet: its pid still answers a kill(0).
+    finally:
+        process.kill()
+        process.wait(DEADLINE_SECONDS)
+    assert has_exited(process.pid)
+
+
+def wait_until_zombie(pid: int) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"process {pid} did not exit"
+        time.sleep(0.01)

@@ -458,6 +458,25 @@ def test_a_hub_does_not_take_the_place_of_a_file_that_is_not_a_socket(
     assert path.read_text() == "precious"
 
 
+@pytest.mark.parametrize("given", [b"", b"\n", b"00" * 15 + b"\n", b"not hex\n"])
+def test_a_hub_given_no_usable_secret_on_its_input_does_not_serve(
+    tmp_path: Path, given: bytes
+) -> None:
+    """The automatic hub reads its secret from its starter; should the starter die first, it
+    must not serve with an empty key (which anyone can answer)."""
+    command = [sys.executable, "-m", "trio_chat.hub", "--listen", f"unix:{tmp_path / 'h.sock'}"]
+    done = subprocess.run(
+        [*command, "--secret-stdin"],
+        cwd=ROOT,
+        input=given,
+        capture_output=True,
+        timeout=DEADLINE_SECONDS,
+    )
+    assert done.returncode == 2
+    assert b"secret" in done.stderr
+    assert not (tmp_path / "h.sock").exists()
+
+
 # --- The secret stays out of logs, command lines and environments -------------------------------
 
 

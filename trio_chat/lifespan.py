@@ -32,6 +32,7 @@ from .asgi_types import Receive, Scope, Send
 from .config import ConfigError, Settings
 from .hub import Hub, HubUnavailable, open_hub
 from .hub.address import HubConfigError
+from .hub.server import wait_for_exit
 from .logs import log_event
 from .worker import STATE_KEY, Worker
 
@@ -87,6 +88,9 @@ async def run_lifespan(
             return
         nursery.start_soon(_close_sessions_on_sigterm, worker)
         nursery.start_soon(_exit_if_stuck, worker)
+        master = multiprocessing.parent_process()
+        if master is not None and master.pid is not None:
+            nursery.start_soon(_shut_down_when_orphaned, worker, master.pid)
         if "state" in scope:
             scope["state"][STATE_KEY] = worker
         if multiprocessing.parent_process() is not None:
@@ -140,15 +144,26 @@ async def _close_sessions_on_sigterm(worker: Worker) -> None:
         return  # Not in the main thread (an embedding server): termination is its business.
 
 
+async def _shut_down_when_orphaned(worker: Worker, master_pid: int) -> None:
+    """Hypercorn's workers outlive a master that was killed (SIGKILL): they would serve on with
+    no hub (it ends with the master, and no new one may start for a server that is gone) and
+    nobody to stop them. So a worker whose master has gone says goodbye to its clients (1001)
+    and ends (``_exit_if_stuck`` sees to it)."""
+    # The thread blocks until the exit itself (a pidfd); it is abandoned at shutdown.
+    await trio.to_thread.run_sync(wait_for_exit, master_pid, abandon_on_cancel=True)
+    log_event("master_gone", logging.WARNING, pid=worker.pid, master=master_pid)
+    worker.close_all_sessions()
+    worker.shutting_down.set()
+
+
 async def _exit_if_stuck(worker: Worker) -> None:
     """Once shutdown has begun (SIGTERM, or Hypercorn cancelling sessions at the end of its
     graceful period), make sure the worker process does end."""
     await worker.shutting_down.wait()
     await trio.sleep(EXIT_GRACE_SECONDS)
-    # Still here: sessions are stuck sending to clients that stopped reading.
-    log_event(
-        "forced_exit", logging.WARNING, pid=worker.pid, stuck_connections=worker.open_sessions
-    )
+    # Still here: sessions are stuck sending to clients that stopped reading, or nobody is
+    # left to end the process (an orphaned worker).
+    log_event("forced_exit", logging.WARNING, pid=worker.pid, open_sessions=worker.open_sessions)
     if multiprocessing.parent_process() is not None:
         # A worker of a multi-process server, whose master is waiting for it to exit. (In any
         # other process, e.g. a test run, ending the process is not ours to do.)

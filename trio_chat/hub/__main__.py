@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..config import ConfigError, Settings
 from .address import (
+    MIN_SECRET_BYTES,
     Address,
     HubConfigError,
     describe_address,
@@ -131,7 +132,14 @@ def _refuse_remote(address: Address) -> None:
 
 def _read_secret(args: argparse.Namespace, settings: Settings) -> bytes:
     if args.secret_stdin:
-        return bytes.fromhex(sys.stdin.readline().strip())
+        try:
+            secret = bytes.fromhex(sys.stdin.readline().strip())
+        except ValueError:
+            secret = b""
+        if len(secret) < MIN_SECRET_BYTES:
+            # Its starter died before handing it over, say: never serve with a weak key.
+            raise HubConfigError("no secret (or too short a one) came on standard input")
+        return secret
     path = args.secret_file or settings.hub_secret_file
     if path is None:
         raise HubConfigError("give the secret: --secret-file PATH or TRIO_CHAT_HUB_SECRET_FILE")

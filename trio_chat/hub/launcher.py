@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .address import Endpoint
 from .manager import HubClient
+from .server import has_exited
 
 logger = logging.getLogger("trio_chat.hub")
 
@@ -47,6 +48,10 @@ def connect_or_start(endpoint: Endpoint, mailbox_size: int, history_size: int) -
         except (FileNotFoundError, ConnectionRefusedError):
             pass  # No hub yet, or a dead one's socket: ours to start. Other errors (too many
             # open files, say) say nothing about the hub: they go up, and the caller retries.
+        if has_exited(endpoint.owner_pid):
+            # The server it would belong to is gone (its master was killed): such a hub would
+            # end at once, and this worker is on its way out too (``lifespan``).
+            raise HubStartError(f"the server's master process {endpoint.owner_pid} has exited")
         _start_hub(endpoint, mailbox_size, history_size)
     return HubClient(endpoint.address, endpoint.authkey)
 

@@ -300,6 +300,21 @@ def wait_for_exit(pid: int) -> None:
         os.close(pidfd)
 
 
+def has_exited(pid: int) -> bool:
+    """Whether process ``pid`` has exited, a zombie its parent has not reaped yet included."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (AttributeError, OSError):
+        return not _alive(pid)
+    try:
+        readable, _, _ = select.select([pidfd], [], [], 0)  # Readable once it has exited.
+        return bool(readable)
+    finally:
+        os.close(pidfd)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
