@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,6 +57,8 @@ from servers import ROOT, free_port
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = ROOT / "test-artifacts"
+#: The README's picture, retaken by test_screenshot_of_a_conversation.
+README_SCREENSHOT = ROOT / "docs" / "screenshot.png"
 WORKER_ATTEMPTS = 16  # contexts to open, at most, to find a second worker
 HOSTILE_TEXTS = [
     "<img src=x onerror=alert(1)>",
@@ -517,8 +520,9 @@ def test_page_reconnects_by_itself_after_a_restart_and_carries_on(
 
 
 def test_screenshot_of_a_conversation(browser: Browser, fresh_server: ServerProcess) -> None:
-    """Saved for people to look at: test-artifacts/conversation.png (docs/screenshot.png is a
-    copy) and conversation-phone.png."""
+    """Saved for people to look at: test-artifacts/conversation.png and conversation-phone.png,
+    and the first again as docs/screenshot.png, the README's picture, so that it always shows
+    the page as it is."""
     origin = fresh_server.origin
     bob = ChatPage.open(browser, origin, name="bob", viewport={"width": 390, "height": 720})
     try:
@@ -546,6 +550,7 @@ def test_screenshot_of_a_conversation(browser: Browser, fresh_server: ServerProc
             path = ARTIFACTS / name
             chat.page.screenshot(path=path, animations="disabled", caret="initial")
             assert path.stat().st_size > 0
+        shutil.copyfile(ARTIFACTS / "conversation.png", README_SCREENSHOT)
     finally:
         ann.close()
         bob.close()
