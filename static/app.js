@@ -155,6 +155,12 @@ function main() {
     },
     notice(frame) {
       const code = str(frame.code);
+      if (code === 'messages_missed' && typeof frame.epoch === 'string' && frame.epoch !== epoch) {
+        // A new hub took over with a run of ids of its own, which may repeat ours: forget
+        // them, and resume from its run next time.
+        epoch = frame.epoch;
+        seen.clear();
+      }
       view.addSystem(NOTICE_TEXTS[code] || str(frame.message) || code || 'notice', 'notice', code);
     },
     presence(frame) {

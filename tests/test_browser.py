@@ -789,6 +789,25 @@ def test_scripted_restarted_server_starts_its_ids_again(
     assert chat.texts() == ["old one", "old two", "new four", "new five", "newest one"]
 
 
+def test_scripted_new_hub_under_a_live_connection_brings_its_own_run_of_ids(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    script.send(welcome(), history(message(5, "bob", "old five"), epoch="e1"))
+    expect(chat.messages).to_have_count(1)
+
+    # The hub was replaced: the notice names the new run, whose ids may repeat ours, even
+    # with the same timestamp.
+    new_hub = {"type": "notice", "code": "messages_missed", "message": "...", "epoch": "e2"}
+    script.send(new_hub, message(5, "dan", "new five", ts=T0 + 5))
+    expect(chat.message("new five")).to_have_count(1)
+    expect(chat.page.locator(".system[data-code=messages_missed]")).to_have_count(1)
+
+    reconnect(chat, script)
+    assert script.query()["since"] == ["e2:5"]
+    assert chat.texts() == ["old five", "new five"]
+
+
 def test_scripted_errors_go_to_the_sender_and_bad_lines_are_skipped(
     scripted: tuple[ChatPage, ScriptedServer],
 ) -> None:
