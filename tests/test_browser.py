@@ -1041,3 +1041,51 @@ def test_seen_ids_are_bounded_and_still_know_recent_repeats(module_page: Page) -
     )
 
     assert result == {"remembered": 5000, "oldest": 1001, "recentRepeat": False, "next": True}
+
+
+def test_the_chat_url_follows_the_page_scheme_and_host(module_page: Page) -> None:
+    urls = module_page.evaluate(
+        """async () => {
+          const { chatUrl } = await import('/static/chat-connection.js');
+          const secure = { protocol: 'https:', host: 'chat.example:8443' };
+          const plain = { protocol: 'http:', host: '127.0.0.1:8000' };
+          return [
+            chatUrl({}, plain),
+            chatUrl({ name: 'ann b&c', since: 5, epoch: 'e1' }, secure),
+            chatUrl({ name: 'ann', since: 0 }, plain),
+          ];
+        }"""
+    )
+    assert urls == [
+        "ws://127.0.0.1:8000/chat",
+        "wss://chat.example:8443/chat?name=ann%20b%26c&since=e1:5",
+        "ws://127.0.0.1:8000/chat?name=ann&since=0",
+    ]
+
+
+def test_a_newcomer_gets_a_random_name_that_it_keeps(module_page: Page) -> None:
+    result = module_page.evaluate(
+        """async () => {
+          const { loadName, randomName } = await import('/static/names.js');
+          localStorage.clear();
+          const first = loadName();
+          return {
+            first,
+            again: loadName(),
+            stored: localStorage.getItem('trio_chat.name'),
+            others: Array.from({ length: 20 }, randomName),
+          };
+        }"""
+    )
+    names = [result["first"], *result["others"]]
+    assert all(re.fullmatch(r"[a-z]+-[a-z]+-\d\d", name) for name in names), names
+    assert len(set(names)) > 10  # Random, not one default for everyone.
+    assert result["again"] == result["stored"] == result["first"]
+
+
+def test_a_new_message_fades_in(scripted: tuple[ChatPage, ScriptedServer]) -> None:
+    chat, script = scripted
+    script.send(welcome(), history(), message(1, "bob", "hello"))
+    expect(chat.message("hello")).to_have_count(1)
+    animation = chat.message("hello").evaluate("(el) => getComputedStyle(el).animationName")
+    assert animation == "fade-in"
