@@ -7,10 +7,10 @@ import { SeenIds } from './seen-ids.js';
 import { readPresence, describeChange } from './presence.js';
 import { CLOSE_REASONS, ERROR_FALLBACKS, INVALID_RESUME_TEXT, NOTICE_TEXTS } from './texts.js';
 
-// The server's default TRIO_CHAT_MAX_MESSAGE_BYTES. Its welcome frame does not say what it
-// is configured with, so this is only a first check (nothing is sent that the default would
-// refuse); a server set lower answers with a message_too_long error, which gives the text back.
-const MAX_MESSAGE_BYTES = 4096;
+// The server's default TRIO_CHAT_MAX_MESSAGE_BYTES, until its welcome frame says what it is
+// configured with (an older server's does not: then one set lower answers with a
+// message_too_long error, which gives the text back).
+const DEFAULT_MAX_MESSAGE_BYTES = 4096;
 // A rejection only refers to what we just sent; after this long an error is
 // about something else and must not resurrect old text into the input.
 const PENDING_TTL_MS = 10_000;
@@ -33,6 +33,8 @@ function main() {
   const seen = new SeenIds();
   // The server's run of ids (from its history frame), sent back with `since`.
   let epoch = '';
+  // What the server refuses, as its welcome frame says.
+  let maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
   // Connections opened so far, to tell which one a pending message went out on.
   let connections = 0;
   // The last message we sent and have not seen come back ({text, sender, at,
@@ -117,6 +119,9 @@ function main() {
 
   const handlers = {
     welcome(frame) {
+      if (Number.isSafeInteger(frame.max_message_bytes) && frame.max_message_bytes > 0) {
+        maxMessageBytes = frame.max_message_bytes;
+      }
       const worker = frame.worker;
       if (Number.isSafeInteger(worker)) view.setWorker(worker);
       view.addSystem(Number.isSafeInteger(worker)
@@ -237,8 +242,8 @@ function main() {
     els.messageInput.focus();
     if (!text) return; // silently: Enter on an empty box is not an error
     const bytes = utf8.encode(text).length;
-    if (bytes > MAX_MESSAGE_BYTES) {
-      view.showError(`Message is too long (${bytes} bytes, max ${MAX_MESSAGE_BYTES}).`, 'message_too_long');
+    if (bytes > maxMessageBytes) {
+      view.showError(`Message is too long (${bytes} bytes, max ${maxMessageBytes}).`, 'message_too_long');
       return;
     }
     if (!conn.send({ sender, message: text })) {

@@ -104,6 +104,8 @@ async def test_first_frame_after_accept_is_the_welcome() -> None:
         "sender": "server",
         "message": "You are connected",
         "worker": os.getpid(),
+        "max_message_bytes": 4096,
+        "max_sender_chars": 64,
     }
 
 

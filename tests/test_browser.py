@@ -121,7 +121,7 @@ def fresh_server(browser: Browser) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def small_limit_server(browser: Browser) -> Iterator[ServerProcess]:
-    """A server that refuses messages over SMALL_LIMIT_BYTES, which the page cannot know."""
+    """A server that refuses messages over SMALL_LIMIT_BYTES (its welcome frame says so)."""
     yield from running_server(
         workers=1, env={"TRIO_CHAT_MAX_MESSAGE_BYTES": str(SMALL_LIMIT_BYTES)}
     )
@@ -406,10 +406,12 @@ def test_over_long_message_is_refused_by_the_page_and_kept_in_the_box(
     assert sender.message(text).count() == 0
 
 
-def test_server_refusing_a_long_message_is_shown_and_the_text_kept(
+def test_a_server_set_to_a_lower_limit_has_the_page_keep_to_it(
     browser: Browser, small_limit_server: ServerProcess
 ) -> None:
-    """The page checks the default limit; a server set lower says so itself."""
+    """The page learns the server's limit from its welcome frame: past it, the sender is told
+    and keeps the text, and nothing goes out. (A server that does not say is answered by its
+    message_too_long error: the scripted tests.)"""
     origin = small_limit_server.origin
     sender = ChatPage.open(browser, origin)
     other = ChatPage.open(browser, origin)
@@ -422,7 +424,7 @@ def test_server_refusing_a_long_message_is_shown_and_the_text_kept(
 
         error = sender.page.locator("#error")
         expect(error).to_have_attribute("data-code", "message_too_long")
-        expect(error).to_contain_text(str(SMALL_LIMIT_BYTES))  # the server's words
+        expect(error).to_contain_text(f"max {SMALL_LIMIT_BYTES}")
         expect(sender.page.locator("#message-input")).to_have_value(text)  # given back
         expect(other.page.locator("#error")).to_be_empty()
         fine = "short enough"

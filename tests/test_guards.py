@@ -43,6 +43,14 @@ HOST = (b"host", b"chat.example:8000")
             False,
         ),
         ([HOST, (b"Origin", b"http://chat.example:8000")], frozenset(), False, True),
+        # Not a browser's origin: controls that URL parsing would drop before comparing.
+        ([HOST, (b"origin", b"http://chat.exa\tmple:8000")], frozenset(), False, False),
+        (
+            [(b"host", b"chat\r.example"), (b"origin", b"http://chat\r.example")],
+            frozenset(),
+            False,
+            False,
+        ),
     ],
 )
 def test_origin_check(

@@ -207,11 +207,14 @@ def test_stamped_frame_puts_type_id_and_ts_before_the_body() -> None:
 
 
 def test_welcome_frame() -> None:
-    assert json.loads(welcome_frame(4242)) == {
+    limits = Limits(max_sender_chars=32, max_message_bytes=1000)
+    assert json.loads(welcome_frame(4242, limits)) == {
         "type": "welcome",
         "sender": "server",
         "message": "You are connected",
         "worker": 4242,
+        "max_message_bytes": 1000,
+        "max_sender_chars": 32,
     }
 
 

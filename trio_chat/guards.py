@@ -40,11 +40,19 @@ def origin_allowed(
     if text in allowed:
         return True
     host = hosts[0].decode("latin-1").strip().lower() if hosts else ""
+    # A browser's origin and host are plain ASCII with no spaces or controls; anything else is
+    # not one (and ``urlsplit`` would drop tabs and line breaks before comparing).
+    if not (_is_token(text) and _is_token(host)):
+        return False
     try:
         parts = urlsplit(text)
     except ValueError:  # Not a URL at all (e.g. an unclosed IPv6 bracket): not our origin.
         return False
-    return bool(host) and parts.scheme in ("http", "https") and parts.netloc == host
+    return parts.scheme in ("http", "https") and parts.netloc == host
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all("!" <= char <= "~" for char in text)
 
 
 def _headers(headers: Iterable[tuple[bytes, bytes]]) -> Mapping[bytes, list[bytes]]:

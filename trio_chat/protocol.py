@@ -227,13 +227,16 @@ def stamp_chat_frame(message_id: int, ts_ms: int, body: str) -> str:
     return f'{{"type":"message","id":{message_id},"ts":{ts_ms},{body[1:]}'
 
 
-def welcome_frame(worker_pid: int) -> str:
+def welcome_frame(worker_pid: int, limits: Limits) -> str:
+    """The first frame; ``limits`` tell a client what will be refused before it sends it."""
     return _dumps(
         {
             "type": "welcome",
             "sender": "server",
             "message": "You are connected",
             "worker": worker_pid,
+            "max_message_bytes": limits.max_message_bytes,
+            "max_sender_chars": limits.max_sender_chars,
         }
     )
 

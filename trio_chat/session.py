@@ -192,7 +192,7 @@ class Session:
 
     async def _opening(self) -> tuple[list[str], Snapshot | None]:
         """The frames a client gets first: welcome, history (or what it missed), presence."""
-        frames = [welcome_frame(self._worker.pid)]
+        frames = [welcome_frame(self._worker.pid, self._worker.limits)]
         frames.extend(error_frame(error.code, error.message) for error in self._request.errors)
         since = self._request.since
         try:
