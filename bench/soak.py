@@ -134,6 +134,16 @@ async def churner(server: HypercornServer, tally: Tally, stop: trio.Event) -> No
             tally.churn_failures += 1
 
 
+async def sample_worker_rss(
+    server: HypercornServer, workers: set[int], every: float, samples: list[float]
+) -> None:
+    """The workers' RSS in all (MiB), every ``every`` seconds: a trend, not two points."""
+    processes = [psutil.Process(pid) for pid in workers]
+    while True:
+        samples.append(sum(process.memory_info().rss for process in processes) / 2**20)
+        await trio.sleep(every)
+
+
 async def late_stallers(
     server: HypercornServer,
     stack: AsyncExitStack,
@@ -184,6 +194,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             await trio.sleep(args.warm_up)
             at_start = server_snapshot(server)
             health_start = await worker_health(server, workers)
+            rss_samples: list[float] = []
+            nursery.start_soon(sample_worker_rss, server, workers, args.sample_every, rss_samples)
             nursery.start_soon(
                 late_stallers, server, stack, stallers, args.late_stallers, measured / 2
             )
@@ -214,6 +226,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "start": at_start,
         "end": at_end,
         "health_start": health_start,
+        "rss_samples": rss_samples,
         "health_end": health_end,
         "duration": duration,
         "evicted": evicted,
@@ -261,6 +274,16 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
             f"| {pid} | {first['connections']} → {last['connections']} "
             f"| {first['tasks']} → {last['tasks']} | {first['threads']} → {last['threads']} |"
         )
+    samples = result["rss_samples"]
+    third = max(1, len(samples) // 3)
+    first, last = samples[:third], samples[-third:]
+    lines += [
+        "",
+        f"Workers' RSS in all, every {args.sample_every:g} s after the warm-up (MiB): "
+        + ", ".join(f"{sample:.0f}" for sample in samples),
+        f"(first third's mean {sum(first) / len(first):.1f}, last third's "
+        f"{sum(last) / len(last):.1f}).",
+    ]
     stallers = args.stallers + args.late_stallers
     lines += [
         "",
@@ -301,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         help="clients that never read, opened one by one in the first half after the warm-up",
     )
     parser.add_argument("--churners", type=int, default=10)
+    parser.add_argument(
+        "--sample-every", type=float, default=10.0, help="seconds between RSS samples"
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "soak-results.md")
     args = parser.parse_args(argv)
     if args.rate / args.senders > 5:
