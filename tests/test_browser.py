@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Response, expect, sync_playwright
 
 from browser_support import (
     CHROMIUM,
@@ -844,16 +844,23 @@ def test_scripted_reconnect_from_an_empty_room_asks_for_everything_since_its_sta
     assert script.query() == {"name": ["ann"], "since": ["e1:0"]}
 
 
+def send_in_a_room_with_history(chat: ChatPage, script: ScriptedServer, text: str) -> Locator:
+    """Join a room of run "e1" with one message, then send ``text``; returns the message box,
+    which the send emptied."""
+    script.send(welcome(), history(message(1, "bob", "one"), epoch="e1"))
+    expect(chat.message("one")).to_have_count(1)
+    box = chat.page.locator("#message-input")
+    chat.send(text)
+    expect(box).to_have_value("")
+    return box
+
+
 def test_scripted_message_lost_with_the_connection_is_given_back(
     scripted: tuple[ChatPage, ScriptedServer],
 ) -> None:
     chat, script = scripted
-    script.send(welcome(), history(message(1, "bob", "one"), epoch="e1"))
-    expect(chat.message("one")).to_have_count(1)
-    box = chat.page.locator("#message-input")
+    box = send_in_a_room_with_history(chat, script, "lost on the way")
     error = chat.page.locator("#error")
-    chat.send("lost on the way")
-    expect(box).to_have_value("")
 
     # The connection drops before the message comes back, and the resume does not have it.
     reconnect(chat, script)
@@ -881,11 +888,7 @@ def test_scripted_message_that_came_back_in_the_resume_is_not_given_back(
     scripted: tuple[ChatPage, ScriptedServer],
 ) -> None:
     chat, script = scripted
-    script.send(welcome(), history(message(1, "bob", "one"), epoch="e1"))
-    expect(chat.message("one")).to_have_count(1)
-    box = chat.page.locator("#message-input")
-    chat.send("made it")
-    expect(box).to_have_value("")
+    box = send_in_a_room_with_history(chat, script, "made it")
 
     reconnect(chat, script)
     script.send(welcome(), history(message(2, "ann", "made it"), resumed=True, epoch="e1"))

@@ -413,15 +413,21 @@ def test_other_addresses_are_not_local(address: Address) -> None:
     assert not is_loopback(address)
 
 
-def test_a_hub_refuses_to_listen_where_other_hosts_reach_it(secret_file: Path) -> None:
-    hub = StandaloneHub(f"tcp://0.0.0.0:{free_port()}", secret_file)
+def refused_start(listen: str, secret_file: Path) -> str:
+    """Start a hub that must refuse to serve (exit code 2); returns what it said."""
+    hub = StandaloneHub(listen, secret_file)
     try:
         assert hub.wait_for_exit() == 2
     finally:
         hub.stop()
-    assert "--allow-remote" in hub.output
-    assert "run code" in hub.output
     assert "hub listening" not in hub.output
+    return hub.output
+
+
+def test_a_hub_refuses_to_listen_where_other_hosts_reach_it(secret_file: Path) -> None:
+    output = refused_start(f"tcp://0.0.0.0:{free_port()}", secret_file)
+    assert "--allow-remote" in output
+    assert "run code" in output
 
 
 def test_allow_remote_lets_a_hub_listen_on_every_interface(secret_file: Path) -> None:
@@ -434,12 +440,7 @@ def test_allow_remote_lets_a_hub_listen_on_every_interface(secret_file: Path) ->
 def test_a_second_hub_refuses_the_socket_of_a_live_one(tmp_path: Path, secret_file: Path) -> None:
     listen = f"unix:{tmp_path / 'hub.sock'}"
     with standalone_hub(listen, secret_file) as first:
-        second = StandaloneHub(listen, secret_file)
-        try:
-            assert second.wait_for_exit() == 2
-        finally:
-            second.stop()
-        assert "already listening" in second.output
+        assert "already listening" in refused_start(listen, secret_file)
         client = HubClient(str(tmp_path / "hub.sock"), read_secret_file(secret_file))
         assert client.statistics()["pid"] == first.process.pid  # The first one serves on.
 
@@ -449,12 +450,7 @@ def test_a_hub_does_not_take_the_place_of_a_file_that_is_not_a_socket(
 ) -> None:
     path = tmp_path / "hub.sock"
     path.write_text("precious")
-    hub = StandaloneHub(f"unix:{path}", secret_file)
-    try:
-        assert hub.wait_for_exit() == 2
-    finally:
-        hub.stop()
-    assert "is not a socket" in hub.output
+    assert "is not a socket" in refused_start(f"unix:{path}", secret_file)
     assert path.read_text() == "precious"
 
 
