@@ -366,12 +366,10 @@ class _FreshFrames:
 def _covered_by(frame: str, snapshot: Snapshot) -> bool | None:
     """Whether the snapshot already covers this frame; None for frames outside the hub's order
     (error frames, other notices), which neither repeat nor end the catching up."""
-    if is_messages_missed(frame):
-        return False
     message = message_id(frame)
     if message is not None:
         return message <= snapshot.last_id
     version = presence_version(frame)
     if version is not None:
         return version <= snapshot.presence_version
-    return None
+    return False if is_messages_missed(frame) else None
