@@ -58,6 +58,7 @@ UI_TIMEOUT_MS = 10_000
 #: while the server is away, plus a server start.
 RECONNECT_TIMEOUT_MS = 30_000
 GOING_AWAY = 1001
+EXTENSIONS_HEADER = "sec-websocket-extensions"
 HUB_STARTED = re.compile(r"started the hub \(pid (\d+)\)")
 
 expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -284,6 +285,33 @@ class ChatPage:
     def last_socket_query(self) -> dict[str, list[str]]:
         assert self.socket_urls, "the page opened no WebSocket"
         return parse_qs(urlsplit(self.socket_urls[-1]).query)
+
+
+@dataclass
+class HandshakeLog:
+    """What the browser itself put in its WebSocket handshakes' ``Sec-WebSocket-Extensions``
+    and what it got back (None: no such header), read from Chromium's network events (CDP)."""
+
+    offered: list[str | None] = field(default_factory=list)
+    answered: list[str | None] = field(default_factory=list)
+
+    def record(self, page: Page) -> None:
+        """A ``before_load`` for ``ChatPage.open``."""
+        session = page.context.new_cdp_session(page)
+        session.send("Network.enable")
+        session.on(
+            "Network.webSocketWillSendHandshakeRequest",
+            lambda event: self.offered.append(_extensions(event["request"]["headers"])),
+        )
+        session.on(
+            "Network.webSocketHandshakeResponseReceived",
+            lambda event: self.answered.append(_extensions(event["response"]["headers"])),
+        )
+
+
+def _extensions(headers: Mapping[str, str]) -> str | None:
+    values = [value for name, value in headers.items() if name.lower() == EXTENSIONS_HEADER]
+    return ", ".join(values) or None
 
 
 #: How a FlakyLink that is down fails an attempt: during the handshake, as an unreachable

@@ -198,17 +198,18 @@ async def hypercorn_server(
 
 
 async def clients_on_every_worker(
-    server: HypercornServer, stack: AsyncExitStack, at_least: int = 8
+    server: HypercornServer, stack: AsyncExitStack, at_least: int = 8, **options: Any
 ) -> list[WebSocketClient]:
     """At least ``at_least`` clients, and as many more as it takes to have one on every worker
-    (the welcome frame names the worker); they are closed with ``stack``."""
+    (the welcome frame names the worker); they are closed with ``stack``. ``options`` are
+    ``open_websocket``'s."""
     clients: list[WebSocketClient] = []
     with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
         while len(clients) < at_least or len(workers_of(clients)) < server.workers:
             assert len(clients) < MAX_CONNECTIONS_TO_REACH_EVERY_WORKER, (
                 f"{len(clients)} connections reached only workers {workers_of(clients)}"
             )
-            clients.append(await stack.enter_async_context(chat_client(server)))
+            clients.append(await stack.enter_async_context(chat_client(server, **options)))
     return clients
 
 

@@ -49,6 +49,7 @@ from browser_support import (
     RECONNECT_TIMEOUT_MS,
     ChatPage,
     FlakyLink,
+    HandshakeLog,
     ScriptedServer,
     ServerProcess,
 )
@@ -125,6 +126,12 @@ def small_limit_server(browser: Browser) -> Iterator[ServerProcess]:
     yield from running_server(
         workers=1, env={"TRIO_CHAT_MAX_MESSAGE_BYTES": str(SMALL_LIMIT_BYTES)}
     )
+
+
+@pytest.fixture
+def compression_server(browser: Browser) -> Iterator[ServerProcess]:
+    """A server that accepts the permessage-deflate browsers offer."""
+    yield from running_server(env={"TRIO_CHAT_WEBSOCKET_COMPRESSION": "on"})
 
 
 @pytest.fixture
@@ -435,6 +442,59 @@ def test_a_server_set_to_a_lower_limit_has_the_page_keep_to_it(
     finally:
         sender.close()
         other.close()
+
+
+def chat_both_ways_recording_handshakes(
+    browser: Browser, server: ServerProcess
+) -> tuple[HandshakeLog, ChatPage]:
+    """Two people chat on ``server``; returns the first one's handshakes, and its page."""
+    handshakes = HandshakeLog()
+    ann = ChatPage.open(browser, server.origin, name="ann", before_load=handshakes.record)
+    bob = ChatPage.open(browser, server.origin, name="bob")
+    try:
+        ann.wait_online()
+        bob.wait_online()
+        tag = token()
+        ann.send(f"from ann {tag}")
+        expect(bob.message(f"from ann {tag}")).to_have_count(1)
+        bob.send(f"from bob {tag}")
+        expect(ann.message(f"from bob {tag}")).to_have_count(1)
+        assert ann.errors == [] and bob.errors == []
+    finally:
+        bob.close()
+    return handshakes, ann
+
+
+def test_by_default_the_browsers_compression_offer_is_answered_with_plain_frames(
+    browser: Browser, server: ServerProcess
+) -> None:
+    handshakes, ann = chat_both_ways_recording_handshakes(browser, server)
+    ann.close()
+
+    assert handshakes.offered[:1] == ["permessage-deflate; client_max_window_bits"]
+    assert handshakes.answered[:1] == [None]
+
+
+def test_with_compression_on_the_browser_compresses_and_the_page_works(
+    browser: Browser, compression_server: ServerProcess
+) -> None:
+    handshakes, ann = chat_both_ways_recording_handshakes(browser, compression_server)
+    extensions = ann.page.evaluate(
+        """url => new Promise((resolve, reject) => {
+            const socket = new WebSocket(url);
+            socket.onopen = () => { resolve(socket.extensions); socket.close(); };
+            socket.onerror = reject;
+        })""",
+        compression_server.origin.replace("http", "ws", 1) + "/chat",
+    )
+    ann.close()
+
+    assert handshakes.offered[:1] == ["permessage-deflate; client_max_window_bits"]
+    [answer] = handshakes.answered[:1]
+    assert answer is not None
+    assert answer.split("; ")[0] == "permessage-deflate"
+    assert "client_no_context_takeover" in answer.split("; ")
+    assert extensions.startswith("permessage-deflate")  # as the page's own script sees it
 
 
 def test_reconnects_back_off_while_every_connection_is_dropped_at_once(

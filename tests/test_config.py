@@ -30,6 +30,7 @@ def test_defaults() -> None:
         require_origin=False,
         max_connections_per_address=0,  # Off: proxies and NAT put many people behind one.
         log_level="INFO",
+        websocket_compression=False,  # Off: browsers' deflate costs memory and CPU per client.
         static_dir=None,
     )
     # Every field is pinned above, not compared with its own default.
@@ -49,6 +50,7 @@ def test_defaults() -> None:
         "require_origin",
         "max_connections_per_address",
         "log_level",
+        "websocket_compression",
         "static_dir",
     }
 
@@ -91,6 +93,8 @@ def test_unrelated_variables_are_ignored() -> None:
         ("TRIO_CHAT_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("TRIO_CHAT_LOG_LEVEL", "WARNING", "log_level", "WARNING"),
         ("TRIO_CHAT_STATIC_DIR", "/srv/chat", "static_dir", Path("/srv/chat")),
+        ("TRIO_CHAT_WEBSOCKET_COMPRESSION", "on", "websocket_compression", True),
+        ("TRIO_CHAT_WEBSOCKET_COMPRESSION", "OFF", "websocket_compression", False),
     ],
 )
 def test_each_variable_is_parsed(variable: str, raw: str, field: str, value: Any) -> None:
@@ -133,6 +137,8 @@ def test_blank_value_means_the_default(raw: str) -> None:
         ("TRIO_CHAT_REDIS_PREFIX", "chat room"),
         ("TRIO_CHAT_REDIS_PREFIX", "x" * 65),
         ("TRIO_CHAT_REDIS_PREFIX", "{chat}"),
+        ("TRIO_CHAT_WEBSOCKET_COMPRESSION", "yes please"),
+        ("TRIO_CHAT_WEBSOCKET_COMPRESSION", "deflate"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(variable: str, raw: str) -> None:

@@ -44,6 +44,23 @@ class ChromiumPerMessageDeflate(PerMessageDeflate):
         return CHROMIUM_EXTENSION_OFFER.partition("; ")[2]
 
 
+def text_frame(
+    payload: bytes, *, compressed: bool = False, fin: bool = True, first: bool = True
+) -> bytes:
+    """A client's text frame built by hand, for frames wsproto would not make: masked with an
+    all-zero key (RFC 6455 allows any key), RSV1 set if ``compressed`` (on a message's first
+    frame only), a continuation frame unless ``first``."""
+    head = (0x80 if fin else 0) | (0x01 if first else 0x00) | (0x40 if compressed and first else 0)
+    length = len(payload)
+    if length < 126:
+        header = bytes([head, 0x80 | length])
+    elif length < 1 << 16:
+        header = bytes([head, 0x80 | 126]) + length.to_bytes(2, "big")
+    else:
+        header = bytes([head, 0x80 | 127]) + length.to_bytes(8, "big")
+    return header + b"\x00\x00\x00\x00" + payload
+
+
 class HandshakeRefused(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"handshake refused with HTTP {status}")
@@ -183,6 +200,11 @@ class WebSocketClient:
 
     async def send_bytes(self, data: bytes) -> None:
         await self._send_event(BytesMessage(data=data))
+
+    async def send_raw(self, data: bytes) -> None:
+        """Bytes straight onto the connection, past wsproto: a hostile client's own frames."""
+        async with self._send_lock:
+            await self._stream.send_all(data)
 
     async def send(self, sender: str, message: str) -> None:
         await self.send_text(json.dumps({"sender": sender, "message": message}))

@@ -59,6 +59,10 @@ class Settings:
     #: and NAT put many people behind one address).
     max_connections_per_address: int = 0
     log_level: str = "INFO"
+    #: Accept the permessage-deflate WebSocket extension that browsers offer (``on``), with
+    #: bounded inflation, or answer the offer with plain frames (``off``, the default): chat
+    #: frames are small, and compression costs memory per connection and CPU per delivery.
+    websocket_compression: bool = False
     #: Folder the page is served from; by default the ``static/`` folder shipped with the app.
     static_dir: Path | None = None
 
@@ -96,6 +100,9 @@ class Settings:
                 defaults.max_connections_per_address,
             ),
             log_level=read("LOG_LEVEL", _log_level, defaults.log_level),
+            websocket_compression=read(
+                "WEBSOCKET_COMPRESSION", _on_off, defaults.websocket_compression
+            ),
             static_dir=read("STATIC_DIR", Path, defaults.static_dir),
         )
 
@@ -133,6 +140,12 @@ def _flag(raw: str) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError("must be 1 or 0")
+
+
+def _on_off(raw: str) -> bool:
+    if raw.lower() not in ("on", "off"):
+        raise ValueError("must be on or off")
+    return raw.lower() == "on"
 
 
 def _origins(raw: str) -> frozenset[str]:

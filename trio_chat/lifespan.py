@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import trio
 
-from . import logs
+from . import hypercorn_hook, logs
 from .asgi_types import Receive, Scope, Send
 from .config import ConfigError, Settings
 from .hub import Hub, HubUnavailable, open_hub
@@ -62,9 +62,17 @@ async def run_lifespan(
     try:
         settings = settings or Settings.from_env()
         logs.configure(settings.log_level)
+        compression = _apply_websocket_compression(settings, receive)
         hub = hub_factory(settings)
     except (ConfigError, HubConfigError) as error:
         await _fail(send, f"trio_chat configuration error: {error}")
+        return
+    except hypercorn_hook.HookError as error:
+        await _fail(
+            send,
+            f"trio_chat cannot set WebSocket compression: {error}. This Hypercorn is not one "
+            "trio_chat was tested with: install the version pyproject.toml asks for.",
+        )
         return
     except Exception as error:
         await _fail_with_traceback(send, error)
@@ -97,13 +105,29 @@ async def run_lifespan(
             # A worker process of its own (Hypercorn's): its interpreter is ours to tune. (In
             # any other process, e.g. a test run, it is not.)
             tune_worker_process()
-        log_event("worker_started", pid=worker.pid, hub=type(hub).__name__)
+        log_event(
+            "worker_started",
+            pid=worker.pid,
+            hub=type(hub).__name__,
+            websocket_compression=compression,
+        )
         await send({"type": "lifespan.startup.complete"})
 
         message = await receive()  # lifespan.shutdown: every connection has ended by now.
         nursery.cancel_scope.cancel()
     log_event("worker_stopped", pid=worker.pid)
     await send({"type": "lifespan.shutdown.complete"})
+
+
+def _apply_websocket_compression(settings: Settings, receive: Receive) -> str:
+    """Hook Hypercorn's handshake as ``TRIO_CHAT_WEBSOCKET_COMPRESSION`` says; returns what the
+    worker's log line says of it."""
+    config = hypercorn_hook.hypercorn_config(receive)
+    if config is None:
+        # Another server (or a test driving the app directly): its own settings decide.
+        return "server"
+    hypercorn_hook.install(settings.websocket_compression, config.websocket_max_message_size)
+    return "on" if settings.websocket_compression else "off"
 
 
 def tune_worker_process() -> None:
