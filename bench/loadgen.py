@@ -32,6 +32,13 @@ the machine) into the message, in units of 10 µs; the receiver subtracts it fro
 chunk carrying the frame was read. Senders follow a fixed schedule (message j is due at
 t0 + j / rate), so a late sender catches up instead of drifting; how late it ran is reported.
 
+Browser mode (``--browser``): every client offers permessage-deflate word for word as Chromium
+does (RFC 7692; ``Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits``) and
+sends the page's ``Origin``. If the server accepts, the client inflates every message whose
+first frame has RSV1 set and runs the same fast path over the inflated text, and it compresses
+what it sends as Chromium does; if the server refuses, it speaks plain frames. The plain mode
+(the default) is untouched by this: its clients are another class.
+
 Usage: ``python bench/loadgen.py --port 8000 -c 200 -s 10 -r 100 -t 10 [--server-pid PID]``.
 """
 
@@ -68,6 +75,12 @@ _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OP_CONT, _OP_TEXT, _OP_BINARY, _OP_CLOSE, _OP_PING, _OP_PONG = 0, 1, 2, 8, 9, 10
 _ZERO_MASK = b"\x00\x00\x00\x00"
 _CLOSE_NORMAL = b"\x88\x82" + _ZERO_MASK + struct.pack("!H", 1000)
+_FIN, _RSV1 = 0x80, 0x40
+#: What Chromium sends in ``Sec-WebSocket-Extensions`` on every handshake.
+CHROMIUM_EXTENSION_OFFER = "permessage-deflate; client_max_window_bits"
+#: The end of a ``Z_SYNC_FLUSH``: stripped from every compressed message, and put back before
+#: inflating one (RFC 7692 section 7.2).
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"
 
 _HANDSHAKING, _WELCOMING, _OPEN, _CLOSED = range(4)
 
@@ -95,6 +108,8 @@ class LoadConfig:
     server_pid: int | None = None
     #: Use uvloop's event loop when it is installed (it halves the cost per received frame).
     uvloop: bool = True
+    #: Speak as a browser: offer permessage-deflate as Chromium does, and send an Origin.
+    browser: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,10 +140,88 @@ def total_messages(config: LoadConfig) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# permessage-deflate (RFC 7692): the server's answer to our offer, without I/O.
+
+
+@dataclasses.dataclass(frozen=True)
+class DeflateParameters:
+    """What the server accepted of a permessage-deflate offer (RFC 7692 section 7.1)."""
+
+    #: The server starts every message with an empty window: inflate each one afresh.
+    server_no_context_takeover: bool = False
+    #: We must start every message we send with an empty window.
+    client_no_context_takeover: bool = False
+    #: The window the server compresses with (at most); 15 if it did not say.
+    server_max_window_bits: int = 15
+    #: The window we may compress with; 15 if the server did not say.
+    client_max_window_bits: int = 15
+
+
+_WINDOW_BITS = range(8, 16)
+
+
+def parse_deflate_answer(header: str | None) -> DeflateParameters | None:
+    """The server's ``Sec-WebSocket-Extensions`` answer to Chromium's offer: the negotiated
+    parameters, or None if it accepted no extension.
+
+    Raises ``ValueError`` for an answer a client must fail the connection on (RFC 7692
+    section 5): an extension that was not offered, a parameter that is unknown, repeated,
+    given a value it must not have, or out of range.
+    """
+    if not header or not header.strip():
+        return None
+    accepted = [part for part in header.split(",") if part.strip()]
+    if len(accepted) != 1:
+        raise ValueError(f"accepted {len(accepted)} extensions, one was offered: {header!r}")
+    name, *parameters = (item.strip() for item in accepted[0].split(";"))
+    if name.lower() != "permessage-deflate":
+        raise ValueError(f"accepted an extension that was not offered: {name!r}")
+    found: dict[str, int | None] = {}
+    for parameter in parameters:
+        key, equals, raw = (item.strip() for item in parameter.partition("="))
+        key = key.lower()
+        if key in found:
+            raise ValueError(f"{key} given twice")
+        value = raw.strip('"')
+        if key in ("server_no_context_takeover", "client_no_context_takeover"):
+            if equals:
+                raise ValueError(f"{key} takes no value")
+            found[key] = None
+        elif key in ("server_max_window_bits", "client_max_window_bits"):
+            # In an answer, both need a value (section 7.1.2): an offer may leave one out.
+            if not value.isdigit() or int(value) not in _WINDOW_BITS:
+                raise ValueError(f"{key}={raw!r}: expected 8 to 15")
+            found[key] = int(value)
+        else:
+            raise ValueError(f"unknown parameter {parameter!r}")
+    return DeflateParameters(
+        server_no_context_takeover="server_no_context_takeover" in found,
+        client_no_context_takeover="client_no_context_takeover" in found,
+        server_max_window_bits=found.get("server_max_window_bits") or 15,
+        client_max_window_bits=found.get("client_max_window_bits") or 15,
+    )
+
+
+def _server_text_frame(payload: bytes) -> bytes:
+    """An unmasked text frame, as the server would have sent ``payload`` uncompressed."""
+    length = len(payload)
+    if length < 126:
+        return bytes((_FIN | _OP_TEXT, length)) + payload
+    if length < 65536:
+        return bytes((_FIN | _OP_TEXT, 126)) + struct.pack("!H", length) + payload
+    return bytes((_FIN | _OP_TEXT, 127)) + struct.pack("!Q", length) + payload
+
+
+# ---------------------------------------------------------------------------------------------
 # One client.
 
 
 class Client(asyncio.Protocol):
+    """A client that offers no extension: every frame it reads or writes is plain."""
+
+    #: What was negotiated of permessage-deflate (only a ``BrowserClient`` offers it).
+    deflate: DeflateParameters | None = None
+
     def __init__(self, proc: Process, index: int) -> None:
         self.proc = proc
         self.index = index
@@ -157,6 +250,10 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports have Transport's methods without being subclasses of it.
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(("\r\n".join(self._request_lines()) + "\r\n\r\n").encode())
+
+    def _request_lines(self) -> list[str]:
+        """The handshake request, line by line."""
         config = self.proc.config
         path = config.path
         if self.index < min(config.senders, config.clients):
@@ -165,15 +262,15 @@ class Client(asyncio.Protocol):
             path += f"?name=s{self.index}"
         lines = [
             f"GET {path} HTTP/1.1",
-            f"Host: {self.proc.config.host}:{self.proc.config.port}",
+            f"Host: {config.host}:{config.port}",
             "Upgrade: websocket",
             "Connection: Upgrade",
             f"Sec-WebSocket-Key: {self.key.decode()}",
             "Sec-WebSocket-Version: 13",
         ]
-        if self.proc.config.batch:
+        if config.batch:
             lines.append(f"Sec-WebSocket-Protocol: {BATCH_SUBPROTOCOL}")
-        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        return lines
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != _CLOSED:
@@ -385,15 +482,28 @@ class Client(asyncio.Protocol):
             headers[name.strip().lower()] = value.strip()
         expected = base64.b64encode(hashlib.sha1(self.key + _WS_GUID).digest()).decode()
         if status.split(" ")[1:2] != ["101"] or headers.get("sec-websocket-accept") != expected:
-            self.state = _CLOSED
-            self.close_code = -1
-            if not self.ready.done():
-                self.ready.set_exception(ConnectionError(f"handshake refused: {status}"))
-            assert self.transport is not None
-            self.transport.close()
+            self._fail_handshake(f"handshake refused: {status}")
+            return
+        try:
+            self._accept_extensions(headers.get("sec-websocket-extensions"))
+        except ValueError as error:
+            self._fail_handshake(f"bad Sec-WebSocket-Extensions: {error}")
             return
         self.batch_selected = headers.get("sec-websocket-protocol") == BATCH_SUBPROTOCOL
         self.state = _WELCOMING
+
+    def _accept_extensions(self, header: str | None) -> None:
+        """Take the server's ``Sec-WebSocket-Extensions``; none may be there, none was offered."""
+        if header and header.strip():
+            raise ValueError(f"accepted {header!r}, which was not offered")
+
+    def _fail_handshake(self, reason: str) -> None:
+        self.state = _CLOSED
+        self.close_code = -1
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+        assert self.transport is not None
+        self.transport.close()
 
     # the send path
 
@@ -411,7 +521,10 @@ class Client(asyncio.Protocol):
         payload = b'%s%d:%d%s"}' % (self._sender_prefix, self._seq, now, self.proc.padding)
         self._seq += 1
         assert self.transport is not None
-        self.transport.write(_masked(_OP_TEXT, payload))
+        self.transport.write(self._text_frame(payload))
+
+    def _text_frame(self, payload: bytes) -> bytes:
+        return _masked(_OP_TEXT, payload)
 
     def close(self) -> None:
         if self.transport is not None and self.state != _CLOSED:
@@ -421,7 +534,8 @@ class Client(asyncio.Protocol):
 
 
 def _masked(opcode: int, payload: bytes) -> bytes:
-    """A client frame with the all-zero mask key: the payload goes out unchanged."""
+    """A client frame with the all-zero mask key: the payload goes out unchanged. ``opcode``
+    may carry RSV1 (``_RSV1 | _OP_TEXT``: a compressed message)."""
     length = len(payload)
     if length < 126:
         header = bytes((0x80 | opcode, 0x80 | length))
@@ -430,6 +544,98 @@ def _masked(opcode: int, payload: bytes) -> bytes:
     else:
         header = bytes((0x80 | opcode, 0x80 | 127)) + struct.pack("!Q", length)
     return header + _ZERO_MASK + payload
+
+
+class BrowserClient(Client):
+    """A client that speaks as Chromium: it offers permessage-deflate with Chromium's header
+    and sends the page's ``Origin``. If the server accepts the offer, it inflates every message
+    whose first frame has RSV1 set and compresses every message it sends (RFC 7692 section 7.2);
+    if not, it speaks plain frames, as a browser does.
+
+    Receiving, a compressed frame is never ``0x81``, so ``_frames`` hands it to
+    ``_other_frame``; once its message is whole and inflated, the text goes through ``_flush``
+    (the same regex fast path and JSON slow path as a plain frame) dressed as the plain text
+    frame the server would have sent without compression.
+    """
+
+    def __init__(self, proc: Process, index: int) -> None:
+        super().__init__(proc, index)
+        self._inflater: Any = None
+        self._deflater: Any = None
+        #: The inflated parts of the compressed message being received, if one is.
+        self._inflated: list[bytes] | None = None
+        self._inflated_binary = False
+
+    def _request_lines(self) -> list[str]:
+        config = self.proc.config
+        return [
+            *super()._request_lines(),
+            f"Origin: http://{config.host}:{config.port}",
+            f"Sec-WebSocket-Extensions: {CHROMIUM_EXTENSION_OFFER}",
+        ]
+
+    def _accept_extensions(self, header: str | None) -> None:
+        self.deflate = parse_deflate_answer(header)
+
+    # receiving
+
+    def _other_frame(self, b0: int, payload: bytes) -> None:
+        opcode = b0 & 0x0F
+        if self.deflate is None or opcode >= _OP_CLOSE:  # plain, or a control frame
+            super()._other_frame(b0, payload)
+        elif b0 & _RSV1 and opcode != _OP_CONT:  # the first frame of a compressed message
+            self._inflated = []
+            self._inflated_binary = opcode == _OP_BINARY
+            self._inflate(b0, payload)
+        elif opcode == _OP_CONT and self._inflated is not None:
+            self._inflate(b0, payload)
+        else:  # a message the server chose not to compress
+            super()._other_frame(b0, payload)
+
+    def _inflate(self, b0: int, payload: bytes) -> None:
+        assert self.deflate is not None and self._inflated is not None
+        proc = self.proc
+        proc.deflated_bytes += len(payload)
+        if self._inflater is None:
+            self._inflater = zlib.decompressobj(-self.deflate.server_max_window_bits)
+        try:
+            self._inflated.append(self._inflater.decompress(payload))
+            if not b0 & _FIN:
+                return
+            self._inflated.append(self._inflater.decompress(_DEFLATE_TAIL))
+        except zlib.error:  # The server broke the stream: a browser would fail the connection.
+            proc.bad_deflate += 1
+            self._inflated = None
+            self.close()
+            return
+        text = b"".join(self._inflated)
+        self._inflated = None
+        if self.deflate.server_no_context_takeover:
+            self._inflater = None
+        proc.deflated_messages += 1
+        proc.inflated_bytes += len(text)
+        if self._inflated_binary:
+            proc.binary_frames += 1
+            return
+        frame = _server_text_frame(text)
+        self._flush(frame, 0, len(frame))
+
+    # sending
+
+    def _text_frame(self, payload: bytes) -> bytes:
+        if self.deflate is None:
+            return _masked(_OP_TEXT, payload)
+        if self._deflater is None:
+            # As Chromium does: zlib's default level and memory, a raw deflate stream, and a
+            # window of at least 9 bits, because zlib cannot compress a raw stream with 8; with
+            # zlib, what it then writes still inflates with a 256-byte window
+            # (https://crbug.com/691074).
+            bits = max(self.deflate.client_max_window_bits, 9)
+            self._deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits)
+        data = self._deflater.compress(payload) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
+        if self.deflate.client_no_context_takeover:
+            self._deflater = None
+        return _masked(_RSV1 | _OP_TEXT, data[: -len(_DEFLATE_TAIL)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,6 +674,13 @@ class Process:
         self.unsent = 0
         self.binary_frames = 0
         self.bad_json = 0
+        self.client_class = BrowserClient if config.browser else Client
+        # Browser mode: compressed messages received, their bytes on the wire and inflated.
+        self.deflated_messages = 0
+        self.deflated_bytes = 0
+        self.inflated_bytes = 0
+        self.deflate_at_go = (0, 0, 0)
+        self.bad_deflate = 0
         self.clients: list[Client] = []
         self.connect_failures: Counter[str] = Counter()
 
@@ -485,7 +698,9 @@ class Process:
                 try:
                     async with asyncio.timeout_at(loop.time() + deadline - time.monotonic()):
                         _, client = await loop.create_connection(
-                            lambda: Client(self, index), self.config.host, self.config.port
+                            lambda: self.client_class(self, index),
+                            self.config.host,
+                            self.config.port,
                         )
                         await client.ready
                 except (OSError, ConnectionError, TimeoutError) as error:
@@ -557,8 +772,13 @@ class Process:
         for client in self.clients:
             if client.tags is not None:
                 tag_duplicates = len(client.tags) - len(set(client.tags))
+        messages, wire, inflated = self.deflate_at_go
         return {
             "clients": clients,
+            "deflate_negotiated": sum(1 for client in self.clients if client.deflate),
+            "deflated_messages_measuring": self.deflated_messages - messages,
+            "deflated_bytes_measuring": self.deflated_bytes - wire,
+            "inflated_bytes_measuring": self.inflated_bytes - inflated,
             "tag_duplicates_reference": tag_duplicates,
             "latency": dict(self.latency),
             "connect_failures": dict(self.connect_failures),
@@ -569,6 +789,7 @@ class Process:
             "frames_measuring": self.frames - self.frames_at_go,
             "binary_frames": self.binary_frames,
             "bad_json": self.bad_json,
+            "bad_deflate": self.bad_deflate,
         }
 
 
@@ -609,6 +830,11 @@ async def _process_async(config: LoadConfig, proc: int, run_tag: str, pipe: Any)
         cpu_before = _cpu_seconds()
         process.presence_at_go = process.presence_frames
         process.frames_at_go = process.frames
+        process.deflate_at_go = (
+            process.deflated_messages,
+            process.deflated_bytes,
+            process.inflated_bytes,
+        )
         sent = await process.send_all(t0_ns)
         end = t0_ns / 1e9 + config.duration
         await process.drain(total, max(end, time.monotonic()) + config.drain)
@@ -855,6 +1081,16 @@ def _merge(config: LoadConfig, **m: Any) -> dict[str, Any]:
             else None
         ),
         "batch_selected": sum(1 for c in clients if c["batch"]),
+        # Browser mode: connections that negotiated permessage-deflate, and while measuring,
+        # the compressed messages received and their bytes on the wire / inflated.
+        "deflate_negotiated": sum(r["deflate_negotiated"] for r in reports),
+        "deflated_messages": sum(r["deflated_messages_measuring"] for r in reports),
+        "deflate_wire_ratio": (
+            sum(r["deflated_bytes_measuring"] for r in reports)
+            / sum(r["inflated_bytes_measuring"] for r in reports)
+            if sum(r["inflated_bytes_measuring"] for r in reports)
+            else None
+        ),
         "clients_per_worker": dict(sorted(workers.items())),
         "foreign_messages": sum(c["foreign"] for c in clients),
         # Frames read while measuring (any frame), and chat messages per frame.
@@ -875,6 +1111,7 @@ def _merge(config: LoadConfig, **m: Any) -> dict[str, Any]:
         "anomalies": {
             "binary_frames": sum(r["binary_frames"] for r in reports),
             "bad_json": sum(r["bad_json"] for r in reports),
+            "bad_deflate": sum(r["bad_deflate"] for r in reports),
         },
     }
     result["order_ok"] = result["ids_increasing"] and result["identical_order"] is not False
@@ -990,6 +1227,7 @@ def one_line(r: dict[str, Any]) -> str:
         + (f"server {cpu:.2f} µs/delivery, " if cpu is not None else "")
         + f"loadgen {r['loadgen_cpu_us_per_delivery'] or 0:.2f} µs/delivery, "
         f"other {r['other_cpu_cores']:.2f} cores, order {_order_text(r)}"
+        + (f", deflate {_deflate_text(r)}" if r["config"]["browser"] else "")
         + (f", clients per worker {spread}" if (spread := worker_spread(r)) else "")
         + ("" if r["held"] else f" [{', '.join(failures(r))}]")
     )
@@ -1021,6 +1259,11 @@ def failures(r: dict[str, Any]) -> list[str]:
     if not r["latency_ms"]["p99"] <= SWEEP_P99_LIMIT_MS:
         reasons.append(f"p99 over {SWEEP_P99_LIMIT_MS:.0f} ms")
     return reasons
+
+
+def _deflate_text(r: dict[str, Any]) -> str:
+    """permessage-deflate negotiated on N of C connections, in short: "200/200"."""
+    return f"{r['deflate_negotiated']}/{r['clients_connected']}"
 
 
 def _order_text(r: dict[str, Any]) -> str:
@@ -1063,6 +1306,20 @@ def summarize(r: dict[str, Any]) -> str:
             )
             + ")"
         )
+    if r["config"]["browser"]:
+        ratio = r["deflate_wire_ratio"]
+        lines.append(
+            f"deflate        permessage-deflate negotiated on {r['deflate_negotiated']} of "
+            f"{r['clients_connected']} connections (browser clients)"
+            + (
+                f"; {r['deflated_messages']:,} compressed messages read while measuring, "
+                f"{ratio:.0%} of their inflated size on the wire"
+                if ratio is not None
+                else ""
+            )
+        )
+    else:
+        lines.append("deflate        not offered (plain clients)")
     if r["server_rss_connected"]:
         lines.append(
             f"server RSS     {r['server_rss_connected'] / 2**20:.1f} MiB connected = "
@@ -1101,12 +1358,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", action="store_true", help="raise -r by x1.5 until it fails")
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     parser.add_argument("--no-uvloop", action="store_true", help="plain asyncio even if uvloop")
+    parser.add_argument(
+        "--browser", action="store_true", help="offer permessage-deflate as Chromium does"
+    )
     args = parser.parse_args(argv)
     config = LoadConfig(
         host=args.host, port=args.port, path=args.path, clients=args.clients,
         senders=args.senders, rate=args.rate, duration=args.duration, drain=args.drain,
         batch=args.batch, procs=args.procs, pad=args.pad, server_pid=args.server_pid,
-        uvloop=not args.no_uvloop,
+        uvloop=not args.no_uvloop, browser=args.browser,
     )  # fmt: skip
     if args.sweep:
         outcome = sweep(config, args.rate, log=lambda line: print(line, flush=True))

@@ -1,7 +1,7 @@
 """Run the whole benchmark: trio_chat against the baseline, side by side, and write the table.
 
-    python bench/run.py                      # every scenario, 3 runs each, about 15 minutes
-    python bench/run.py --scenario fanout    # one scenario (fanout, sweep, batch, scale)
+    python bench/run.py                      # every scenario, 3 runs each, about 20 minutes
+    python bench/run.py --scenario fanout    # one scenario (fanout, sweep, batch, scale, browser)
     python bench/run.py --quick              # short durations: checks that everything works
     python bench/run.py --runs 5             # medians of 5 runs
 
@@ -12,6 +12,10 @@ median of the N runs; every ratio is the median of the N ratios measured in the 
 Servers are started in their own process group and always stopped (with the hub, which lives
 in a session of its own); a server that did not hold a measurement is restarted before the
 next one. Results go to bench/results.md (and the raw figures to bench/results.json).
+
+The browser scenario compares trio_chat with itself instead: default settings and
+``TRIO_CHAT_WEBSOCKET_COMPRESSION=on``, each measured with the plain load generator and with
+its browser mode (clients that offer permessage-deflate as Chromium does).
 """
 
 from __future__ import annotations
@@ -60,12 +64,19 @@ class ServerSpec:
     name: str
     workers: int
     args: tuple[str, ...]
+    #: Environment variables set for this server, over the caller's and TRIO_CHAT_RATE=0.
+    env: tuple[tuple[str, str], ...] = ()
 
     def command(self, port: int) -> list[str]:
         return [sys.executable, "-m", "hypercorn", *self.args, "-b", f"127.0.0.1:{port}"]
 
 
 TRIO_CHAT = ServerSpec("trio_chat", 4, ("-c", str(ROOT / "hypercorn.toml"), "trio_chat:app"))
+TRIO_CHAT_COMPRESSION = dataclasses.replace(
+    TRIO_CHAT,
+    name="trio_chat-compression",
+    env=(("TRIO_CHAT_WEBSOCKET_COMPRESSION", "on"),),
+)
 BASELINE = ServerSpec(
     "baseline",
     1,
@@ -86,7 +97,7 @@ class Server:
         self.spec = spec
         self.port = free_port()
         self.log_path = log_dir / f"{spec.name}-{self.port}.log"
-        environment = {**os.environ, "TRIO_CHAT_RATE": "0"}
+        environment = {**os.environ, "TRIO_CHAT_RATE": "0", **dict(spec.env)}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 spec.command(self.port),
@@ -188,19 +199,36 @@ class Servers:
 class Scenario:
     name: str
     title: str
-    kind: str  # "load" (one measurement) or "sweep"
+    kind: str  # "load" (one measurement), "sweep", or "browser" (see run_browser_scenario)
     load: dict[str, Any]
     quick: dict[str, Any]
     start_rate: float = 0.0
+    #: The browser scenario's second measurement: idle connections, for their memory.
+    idle: dict[str, Any] = dataclasses.field(default_factory=dict)
+    idle_quick: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+
+FANOUT_LOAD = dict(clients=200, senders=10, rate=100.0, duration=10.0, drain=5.0, procs=2)
+FANOUT_QUICK = dict(duration=3.0, drain=3.0)
+#: Connections that send nothing: connected, their RSS read, closed (no message is sent).
+IDLE_LOAD = dict(
+    clients=2_000,
+    senders=0,
+    rate=0.0,
+    duration=0.0,
+    drain=0.0,
+    procs=2,
+    connect_concurrency=500,
+    connect_timeout=60.0,
+)
 
 SCENARIOS = {
     "fanout": Scenario(
         "fanout",
         "(a) fan-out: 200 clients, 10 senders, 100 msg/s in total, 10 s",
         "load",
-        dict(clients=200, senders=10, rate=100.0, duration=10.0, drain=5.0, procs=2),
-        dict(duration=3.0, drain=3.0),
+        FANOUT_LOAD,
+        FANOUT_QUICK,
     ),
     "sweep": Scenario(
         "sweep",
@@ -234,6 +262,16 @@ SCENARIOS = {
         ),
         dict(clients=2_000, duration=3.0, connect_timeout=30.0),
     ),
+    "browser": Scenario(
+        "browser",
+        "(e) browsers: trio_chat with default settings and with compression on, each with plain "
+        "and browser clients: the fan-out load of (a), and 2,000 idle connections",
+        "browser",
+        FANOUT_LOAD,
+        FANOUT_QUICK,
+        idle=IDLE_LOAD,
+        idle_quick=dict(clients=1_000, connect_timeout=30.0),
+    ),
 }
 SWEEP_FACTOR = 1.5
 SWEEP_MAX_STEPS = 25
@@ -245,11 +283,17 @@ def log(line: str) -> None:
     print(line, flush=True)
 
 
-def measure_load(servers: Servers, spec: ServerSpec, config_args: dict[str, Any]) -> dict[str, Any]:
+def measure_load(
+    servers: Servers,
+    spec: ServerSpec,
+    config_args: dict[str, Any],
+    label: str = "",
+    describe: Callable[[dict[str, Any]], str] = loadgen.one_line,
+) -> dict[str, Any]:
     server = servers.get(spec)
     config = loadgen.LoadConfig(port=server.port, server_pid=server.pid, **config_args)
     result = loadgen.run(config)
-    log(f"  {spec.name:9}: " + loadgen.one_line(result))
+    log(f"  {label or spec.name:9}: " + describe(result))
     if not result["complete"]:
         servers.restart(spec)  # not in a known state: it may still be working off a backlog
     return result
@@ -322,6 +366,76 @@ def run_scenario(
                 next_start = max(
                     scenario.start_rate, min(bests) / SWEEP_FACTOR**SWEEP_RESTART_STEPS
                 )
+    finally:
+        servers.stop_all()
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A row of the browser scenario: a server, and the client it is measured with."""
+
+    server: ServerSpec
+    browser: bool
+
+    @property
+    def server_text(self) -> str:
+        return " ".join(f"{name}={value}" for name, value in self.server.env) or "default settings"
+
+    @property
+    def client_text(self) -> str:
+        return "browser (offers permessage-deflate)" if self.browser else "plain (offers nothing)"
+
+    @property
+    def label(self) -> str:
+        return f"{self.server_text}, {'browser' if self.browser else 'plain'} client"
+
+
+#: The first is the reference of every ratio.
+BROWSER_SETUPS = (
+    Setup(TRIO_CHAT, browser=False),
+    Setup(TRIO_CHAT, browser=True),
+    Setup(TRIO_CHAT_COMPRESSION, browser=False),
+    Setup(TRIO_CHAT_COMPRESSION, browser=True),
+)
+
+
+def idle_line(r: dict[str, Any]) -> str:
+    """One idle-connections measurement, in a line."""
+    per = r["rss_delta_per_connection"]
+    return (
+        f"{r['clients_connected']:,}/{r['config']['clients']:,} idle connections, "
+        + (f"{per / 1024:.1f} KiB each above idle" if per is not None else "RSS unknown")
+        + (f", deflate {r['deflate_negotiated']:,}" if r["config"]["browser"] else "")
+    )
+
+
+def run_browser_scenario(
+    scenario: Scenario, runs: int, quick: bool, procs: int | None, log_dir: Path
+) -> dict[str, list[Any]]:
+    """Each run measures every setup (``BROWSER_SETUPS``, in turn, alternating the order) under
+    the fan-out load, then each on a freshly started server with idle connections: what an
+    earlier measurement allocated and freed would otherwise hide part of the growth."""
+    fanout_args = {**scenario.load, **(scenario.quick if quick else {})}
+    idle_args = {**scenario.idle, **(scenario.idle_quick if quick else {})}
+    if procs:
+        fanout_args["procs"] = idle_args["procs"] = procs
+    log(f"\n{scenario.title}" + (" [quick]" if quick else ""))
+    results: dict[str, list[Any]] = {setup.label: [] for setup in BROWSER_SETUPS}
+    servers = Servers(log_dir)
+    try:
+        for run in range(runs):
+            log(f" run {run + 1}/{runs}")
+            order = BROWSER_SETUPS if run % 2 == 0 else BROWSER_SETUPS[::-1]
+            for setup in order:
+                args = {**fanout_args, "browser": setup.browser}
+                result = measure_load(servers, setup.server, args, setup.label)
+                results[setup.label].append({"fanout": result})
+            for setup in order:
+                servers.restart(setup.server)
+                args = {**idle_args, "browser": setup.browser}
+                result = measure_load(servers, setup.server, args, setup.label, idle_line)
+                results[setup.label][-1]["idle"] = result
     finally:
         servers.stop_all()
     return results
@@ -546,6 +660,100 @@ def table(name: str, results: dict[str, list[Any]]) -> list[str]:
     return lines
 
 
+def _fanout(get: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+    """A figure of a browser-scenario run's fan-out measurement."""
+    return lambda run: get(run["fanout"])
+
+
+BROWSER_FIGURES = [
+    Figure(
+        "server CPU per delivery (µs)",
+        _fanout(lambda r: r["server_cpu_us_per_delivery"]),
+        "{:.2f}",
+    ),
+    Figure("latency p50 (ms)", _fanout(_latency("p50")), "{:.1f}"),
+    Figure("latency p99 (ms)", _fanout(_latency("p99")), "{:.1f}"),
+    Figure(
+        "every delivery once, in one order (runs)",
+        _fanout(lambda r: float(r["complete"] and r["order_ok"])),
+        "{:.0%}",
+        show_ratio=False,
+    ),
+    Figure(
+        "memory per idle connection (KiB)",
+        lambda run: (run["idle"]["rss_delta_per_connection"] or math.nan) / 1024,
+        "{:.1f}",
+    ),
+    Figure(
+        "compressed messages' size on the wire",
+        _fanout(lambda r: r["deflate_wire_ratio"] if r["deflate_wire_ratio"] else math.nan),
+        "{:.0%}",
+        show_ratio=False,
+    ),
+    Figure(
+        "load generator CPU per delivery (µs)",
+        _fanout(lambda r: r["loadgen_cpu_us_per_delivery"]),
+        "{:.2f}",
+        show_ratio=False,
+    ),
+    Figure(
+        "other processes on the machine (cores)",
+        _fanout(lambda r: r["other_cpu_cores"]),
+        "{:.2f}",
+        show_ratio=False,
+    ),
+]
+
+
+def _negotiated(runs: list[dict[str, Any]], kind: str) -> str:
+    """permessage-deflate negotiated on "N of C" connections (medians over the runs)."""
+    negotiated = _median([run[kind]["deflate_negotiated"] for run in runs])
+    connected = _median([run[kind]["clients_connected"] for run in runs])
+    return f"{_fmt('{:,.0f}', negotiated)} of {_fmt('{:,.0f}', connected)}"
+
+
+def browser_table(results: dict[str, list[Any]]) -> list[str]:
+    """One row per setup (which server, which client); a figure with a ratio shows it in
+    brackets: the median of the runs' ratios to the first row's figure of the same run."""
+    reference = results[BROWSER_SETUPS[0].label]
+    lines = [
+        "| server | client | permessage-deflate negotiated (fan-out; idle) | "
+        + " | ".join(figure.label for figure in BROWSER_FIGURES)
+        + " |",
+        "| --- | --- | --- |" + " ---: |" * len(BROWSER_FIGURES),
+    ]
+    for setup in BROWSER_SETUPS:
+        runs = results[setup.label]
+        cells = [
+            setup.server_text,
+            setup.client_text,
+            f"{_negotiated(runs, 'fanout')}; {_negotiated(runs, 'idle')}",
+        ]
+        for figure in BROWSER_FIGURES:
+            values = [figure.get(run) for run in runs]
+            cell = _fmt(figure.fmt, _median(values))
+            if figure.show_ratio:
+                bases = [figure.get(run) for run in reference]
+                ratios = [
+                    value / base
+                    for value, base in zip(values, bases, strict=True)
+                    if value is not None and base and not math.isnan(value) and not math.isnan(base)
+                ]
+                cell += f" (x{_fmt('{:.2f}', _median(ratios))})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def browser_per_run_lines(results: dict[str, list[Any]]) -> list[str]:
+    lines = []
+    for label, runs in results.items():
+        for i, run in enumerate(runs, 1):
+            lines.append(f"- {label}, run {i}: {loadgen.one_line(run['fanout'])}")
+            lines.append(f"- {label}, run {i}: {idle_line(run['idle'])}")
+    return lines
+
+
 def per_run_lines(name: str, results: dict[str, list[Any]]) -> list[str]:
     lines = []
     for server, runs in results.items():
@@ -613,9 +821,10 @@ def write_results(
         "# trio_chat benchmark results",
         "",
         f"`python bench/run.py {' '.join(sys.argv[1:])}`: medians of {args.runs} runs; "
-        "each ratio is trio_chat / baseline, the median of the ratios measured side by side in "
-        "the same run. Each row is a median of its own, so rows of one column may come from "
-        f"different runs. Took {elapsed / 60:.1f} minutes.",
+        "each ratio is trio_chat / baseline (in the browser scenario: this row / the default "
+        "server with plain clients), the median of the ratios measured side by side in "
+        "the same run. Each figure is a median of its own, so figures of one server may come "
+        f"from different runs. Took {elapsed / 60:.1f} minutes.",
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
         "",
@@ -626,9 +835,10 @@ def write_results(
     for name, results in all_results.items():
         scenario = SCENARIOS[name]
         lines += ["", f"## {scenario.title}" + (" [quick]" if args.quick else ""), ""]
-        lines += table(name, results)
+        browser = scenario.kind == "browser"
+        lines += browser_table(results) if browser else table(name, results)
         lines += ["", "<details><summary>every run</summary>", ""]
-        lines += per_run_lines(name, results)
+        lines += browser_per_run_lines(results) if browser else per_run_lines(name, results)
         lines += ["", "</details>"]
     path.write_text("\n".join(lines) + "\n")
     raw = {"machine": info, "args": vars(args), "results": all_results}
@@ -647,7 +857,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="short durations, fewer clients")
     parser.add_argument("--procs", type=int, help="load-generator processes (per scenario default)")
-    parser.add_argument("--output", type=Path, default=BENCH / "results.md")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=BENCH / "results.md",
+        help="the table; the raw figures go next to it (same name, .json)",
+    )
     args = parser.parse_args(argv)
     names = list(args.scenario or [])
     if args.sweep and "sweep" not in names:
@@ -657,9 +872,9 @@ def main(argv: list[str] | None = None) -> None:
     all_results: dict[str, dict[str, list[Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="trio-chat-bench-") as log_dir:
         for name in names:
-            all_results[name] = run_scenario(
-                SCENARIOS[name], args.runs, args.quick, args.procs, Path(log_dir)
-            )
+            scenario = SCENARIOS[name]
+            runner = run_browser_scenario if scenario.kind == "browser" else run_scenario
+            all_results[name] = runner(scenario, args.runs, args.quick, args.procs, Path(log_dir))
             write_results(args.output, all_results, args, time.monotonic() - started)
     log(f"\nwrote {args.output} in {(time.monotonic() - started) / 60:.1f} minutes")
     print(args.output.read_text())

@@ -1,9 +1,14 @@
 """Soak: memory stays flat and nothing leaks while clients misbehave for minutes.
 
-    python bench/soak.py              # 4 workers, 300 readers, 3 minutes -> soak-results.md
-    python bench/soak.py --minutes 1  # shorter
+    python bench/soak.py                       # 3 minutes -> soak-results.md
+    python bench/soak.py --minutes 1           # shorter
+    python bench/soak.py --compression on      # with TRIO_CHAT_WEBSOCKET_COMPRESSION=on
+    python bench/soak.py --plain-clients       # clients that offer no extension
 
-Against ``hypercorn -c hypercorn.toml trio_chat:app`` (4 workers, every setting at its default):
+Against ``hypercorn -c hypercorn.toml trio_chat:app`` (4 workers, every setting at its default,
+or ``--compression on|off``). Every client is browser-like by default: it offers
+permessage-deflate word for word as Chromium does, and compresses and inflates if the server
+accepts (``--plain-clients``: none offers it). The clients:
 - readers stay connected and check that they get every message, in order, once;
 - senders chat at a steady rate (within the default per-connection rate limit);
 - stallers connect with a small receive buffer and never read: the server must drop them
@@ -13,8 +18,10 @@ Against ``hypercorn -c hypercorn.toml trio_chat:app`` (4 workers, every setting 
 - churners connect, read their opening frames and leave, in a loop.
 
 It reports the server's memory (RSS of every process: master, workers, hub), file descriptors
-and threads after a warm-up and at the end, each worker's Trio tasks and open connections (from
-``/healthz``), and what every kind of client saw. It reuses the
+and threads after a warm-up and at the end, the workers' RSS every 10 s from the moment the
+clients are connected (to see where it levels off), each worker's Trio tasks and open
+connections (from ``/healthz``), what every kind of client saw, and how many connections of
+each kind negotiated permessage-deflate. It reuses the
 test suite's WebSocket client and server fixture (tests/wsclient.py, tests/servers.py), so it
 starts and stops the server the same careful way: loopback, a free port, nothing left behind.
 """
@@ -24,8 +31,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import random
+import string
 import sys
 import time
+from collections import Counter
 from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
@@ -42,11 +52,24 @@ from servers import (  # noqa: E402
     healthz_of_every_worker,
     hypercorn_server,
 )
-from wsclient import ConnectionClosed, WebSocketClient, open_websocket  # noqa: E402
+from wsclient import (  # noqa: E402
+    CHROMIUM_EXTENSION_OFFER,
+    ConnectionClosed,
+    WebSocketClient,
+    open_websocket,
+)
 
 WARM_UP_SECONDS = 10.0
 STALLER_RECEIVE_BUFFER = 16_384
 MESSAGE_BYTES = 4000  # Large enough that stallers fill their buffers within the soak.
+#: Message text is drawn from these, at random: text that compresses about as little as prose
+#: (to 60 % or so), so that stallers fill their buffers with compression on too (a repeated
+#: character would compress to a few bytes a message, and they never would).
+MESSAGE_ALPHABET = string.ascii_lowercase + " "
+COMPRESSION_VARIABLE = "TRIO_CHAT_WEBSOCKET_COMPRESSION"
+DEFLATE = "permessage-deflate"
+#: The kinds of client, in the order the report lists them.
+CLIENT_KINDS = ("readers", "senders", "stallers", "churners")
 
 
 @dataclasses.dataclass
@@ -61,6 +84,14 @@ class Tally:
     churn_failures: int = 0
     stallers_closed_1013: int = 0
     stallers_other: dict[int, int] = dataclasses.field(default_factory=dict)
+    #: Connections opened, and those that negotiated permessage-deflate, by kind of client.
+    opened: Counter[str] = dataclasses.field(default_factory=Counter)
+    deflated: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def count_connection(self, kind: str, client: WebSocketClient) -> WebSocketClient:
+        self.opened[kind] += 1
+        self.deflated[kind] += DEFLATE in client.extensions
+        return client
 
 
 def server_snapshot(server: HypercornServer) -> dict[int, dict[str, Any]]:
@@ -112,11 +143,10 @@ async def reader(client: WebSocketClient, tally: Tally, stop: trio.Event) -> Non
 
 
 async def sender(client: WebSocketClient, rate: float, tally: Tally, stop: trio.Event) -> None:
-    text = "x" * MESSAGE_BYTES
     next_at = trio.current_time()
     while not stop.is_set():
         try:
-            await client.send("soak", text)
+            await client.send("soak", "".join(random.choices(MESSAGE_ALPHABET, k=MESSAGE_BYTES)))
             tally.sent += 1
         except ConnectionClosed:
             tally.send_errors += 1
@@ -125,23 +155,39 @@ async def sender(client: WebSocketClient, rate: float, tally: Tally, stop: trio.
         await trio.sleep_until(next_at)
 
 
-async def churner(server: HypercornServer, tally: Tally, stop: trio.Event) -> None:
+async def churner(
+    server: HypercornServer, tally: Tally, stop: trio.Event, options: dict[str, Any]
+) -> None:
     while not stop.is_set():
         try:
-            async with chat_client(server):
+            async with chat_client(server, **options) as client:
+                tally.count_connection("churners", client)
                 tally.churn_cycles += 1
         except (ConnectionClosed, OSError, trio.TooSlowError):
             tally.churn_failures += 1
 
 
 async def sample_worker_rss(
-    server: HypercornServer, workers: set[int], every: float, samples: list[float]
+    workers: set[int], every: float, samples: list[tuple[float, float]]
 ) -> None:
-    """The workers' RSS in all (MiB), every ``every`` seconds: a trend, not two points."""
+    """(seconds since the start, the workers' RSS in all in MiB), every ``every`` seconds: a
+    trend, not two points."""
     processes = [psutil.Process(pid) for pid in workers]
+    started = trio.current_time()
     while True:
-        samples.append(sum(process.memory_info().rss for process in processes) / 2**20)
+        rss = sum(process.memory_info().rss for process in processes) / 2**20
+        samples.append((trio.current_time() - started, rss))
         await trio.sleep(every)
+
+
+async def open_staller(
+    server: HypercornServer, stack: AsyncExitStack, tally: Tally, options: dict[str, Any]
+) -> WebSocketClient:
+    """A client that never reads, with a small receive buffer; closed with ``stack``."""
+    client = await stack.enter_async_context(
+        open_websocket(server.port, receive_buffer=STALLER_RECEIVE_BUFFER, **options)
+    )
+    return tally.count_connection("stallers", client)
 
 
 async def late_stallers(
@@ -150,15 +196,13 @@ async def late_stallers(
     stallers: list[WebSocketClient],
     count: int,
     within: float,
+    tally: Tally,
+    options: dict[str, Any],
 ) -> None:
     """Open ``count`` more clients that never read, evenly over ``within`` seconds."""
     for _ in range(count):
         await trio.sleep(within / max(count, 1))
-        stallers.append(
-            await stack.enter_async_context(
-                open_websocket(server.port, receive_buffer=STALLER_RECEIVE_BUFFER)
-            )
-        )
+        stallers.append(await open_staller(server, stack, tally, options))
 
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -167,37 +211,43 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     # The default rate limit is 5 messages a second per connection: stay under it.
     per_sender = args.rate / args.senders
     env = {"TRIO_CHAT_LOG_LEVEL": "WARNING"}
+    if args.compression:
+        env[COMPRESSION_VARIABLE] = args.compression
+    options = {"deflate": not args.plain_clients}
     async with hypercorn_server(workers=4, env=env) as server, AsyncExitStack() as stack:
-        readers = [
-            await stack.enter_async_context(chat_client(server)) for _ in range(args.readers)
-        ]
-        stallers = [
-            await stack.enter_async_context(
-                open_websocket(server.port, receive_buffer=STALLER_RECEIVE_BUFFER)
-            )
-            for _ in range(args.stallers)
-        ]
-        senders = [
-            await stack.enter_async_context(chat_client(server)) for _ in range(args.senders)
-        ]
+
+        async def open_chat_client(kind: str) -> WebSocketClient:
+            client = await stack.enter_async_context(chat_client(server, **options))
+            return tally.count_connection(kind, client)
+
+        readers = [await open_chat_client("readers") for _ in range(args.readers)]
+        stallers = [await open_staller(server, stack, tally, options) for _ in range(args.stallers)]
+        senders = [await open_chat_client("senders") for _ in range(args.senders)]
         workers = {client.welcome["worker"] for client in readers}
         started = time.monotonic()
         measured = args.minutes * 60 - args.warm_up
+        rss_samples: list[tuple[float, float]] = []
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample_worker_rss, workers, args.sample_every, rss_samples)
             for client in readers:
                 nursery.start_soon(reader, client, tally, stop)
             for client in senders:
                 nursery.start_soon(reader, client, Tally(), stop)  # Senders read their echoes.
                 nursery.start_soon(sender, client, per_sender, tally, stop)
             for _ in range(args.churners):
-                nursery.start_soon(churner, server, tally, stop)
+                nursery.start_soon(churner, server, tally, stop, options)
             await trio.sleep(args.warm_up)
             at_start = server_snapshot(server)
             health_start = await worker_health(server, workers)
-            rss_samples: list[float] = []
-            nursery.start_soon(sample_worker_rss, server, workers, args.sample_every, rss_samples)
             nursery.start_soon(
-                late_stallers, server, stack, stallers, args.late_stallers, measured / 2
+                late_stallers,
+                server,
+                stack,
+                stallers,
+                args.late_stallers,
+                measured / 2,
+                tally,
+                options,
             )
             await trio.sleep(measured)
             at_end = server_snapshot(server)
@@ -237,15 +287,27 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
     tally: Tally = result["tally"]
     start, end = result["start"], result["end"]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    setting = (
+        f"{COMPRESSION_VARIABLE}={args.compression}"
+        if args.compression
+        else f"{COMPRESSION_VARIABLE} not set: its default"
+    )
+    clients = (
+        "plain clients (none offers an extension)"
+        if args.plain_clients
+        else "browser-like clients (each offers "
+        f"`Sec-WebSocket-Extensions: {CHROMIUM_EXTENSION_OFFER}`, as Chromium does)"
+    )
     lines = [
         "# Soak results",
         "",
-        f"`python bench/soak.py --minutes {args.minutes:g}` on {when}, "
-        f"{os.cpu_count()} cores: `hypercorn -c hypercorn.toml trio_chat:app` (4 workers), "
-        f"{args.readers} readers, {args.senders} senders at {args.rate:g} msg/s in total "
-        f"({MESSAGE_BYTES}-byte messages), {args.stallers} clients that never read, "
-        f"{args.churners} clients connecting and leaving in a loop, {result['duration']:.0f} s "
-        f"(memory is read after a {args.warm_up:g} s warm-up and at the end).",
+        f"`python bench/soak.py {' '.join(sys.argv[1:])}` on {when}, "
+        f"{os.cpu_count()} cores: `hypercorn -c hypercorn.toml trio_chat:app` (4 workers, "
+        f"{setting}); {clients}: {args.readers} readers, {args.senders} senders at "
+        f"{args.rate:g} msg/s in total ({MESSAGE_BYTES}-byte messages of random letters), "
+        f"{args.stallers} clients that never read, {args.churners} clients connecting and "
+        f"leaving in a loop, {result['duration']:.0f} s (memory is read after a "
+        f"{args.warm_up:g} s warm-up and at the end).",
         "",
         "| process | RSS after warm-up (MiB) | RSS at the end (MiB) | fds start → end "
         "| threads start → end |",
@@ -274,16 +336,7 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
             f"| {pid} | {first['connections']} → {last['connections']} "
             f"| {first['tasks']} → {last['tasks']} | {first['threads']} → {last['threads']} |"
         )
-    samples = result["rss_samples"]
-    third = max(1, len(samples) // 3)
-    first, last = samples[:third], samples[-third:]
-    lines += [
-        "",
-        f"Workers' RSS in all, every {args.sample_every:g} s after the warm-up (MiB): "
-        + ", ".join(f"{sample:.0f}" for sample in samples),
-        f"(first third's mean {sum(first) / len(first):.1f}, last third's "
-        f"{sum(last) / len(last):.1f}).",
-    ]
+    lines += ["", *rss_series(args, result["rss_samples"])]
     stallers = args.stallers + args.late_stallers
     lines += [
         "",
@@ -299,8 +352,47 @@ def report(args: argparse.Namespace, result: dict[str, Any]) -> str:
         + (f" (others: {tally.stallers_other})" if tally.stallers_other else ""),
         f"- connect/leave cycles: {tally.churn_cycles:,} ({tally.churn_failures} failed)",
         f"- evictions logged by the server (too slow, 1013): {result['evicted']}",
+        "- permessage-deflate negotiated: "
+        + ", ".join(
+            f"{kind} {tally.deflated[kind]:,} of {tally.opened[kind]:,}" for kind in CLIENT_KINDS
+        )
+        + " connections",
     ]
     return "\n".join(lines) + "\n"
+
+
+def rss_series(args: argparse.Namespace, samples: list[tuple[float, float]]) -> list[str]:
+    """The workers' RSS samples as a table, a row a minute (at the default ``--sample-every``),
+    so that one sees where it levels off; samples of the warm-up are in italics."""
+    per_row = max(1, round(60 / args.sample_every))
+    lines = [
+        f"Workers' RSS in all (MiB), every {args.sample_every:g} s from the moment the clients "
+        f"were connected (in italics: during the {args.warm_up:g} s warm-up):",
+        "",
+        "| from | "
+        + " | ".join(f"+{i * args.sample_every:g} s" for i in range(per_row))
+        + " | row's mean | change from the row before |",
+        "| ---: |" + " ---: |" * (per_row + 2),
+    ]
+    previous = None
+    for start in range(0, len(samples), per_row):
+        row = samples[start : start + per_row]
+        cells = [f"_{rss:.0f}_" if at < args.warm_up else f"{rss:.0f}" for at, rss in row]
+        cells += [""] * (per_row - len(row))
+        mean = sum(rss for _, rss in row) / len(row)
+        change = "" if previous is None else f"{mean - previous:+.1f}"
+        lines.append(f"| {row[0][0]:.0f} s | " + " | ".join(cells) + f" | {mean:.1f} | {change} |")
+        previous = mean
+    measured = [rss for at, rss in samples if at >= args.warm_up]
+    if measured:
+        third = max(1, len(measured) // 3)
+        first, last = measured[:third], measured[-third:]
+        lines += [
+            "",
+            f"After the warm-up: first third's mean {sum(first) / len(first):.1f} MiB, last "
+            f"third's {sum(last) / len(last):.1f} MiB.",
+        ]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -326,6 +418,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--churners", type=int, default=10)
     parser.add_argument(
         "--sample-every", type=float, default=10.0, help="seconds between RSS samples"
+    )
+    parser.add_argument(
+        "--compression",
+        choices=("on", "off"),
+        help=f"set {COMPRESSION_VARIABLE} for the server (by default: not set)",
+    )
+    parser.add_argument(
+        "--plain-clients",
+        action="store_true",
+        help="clients offer no extension (by default they offer permessage-deflate as Chromium)",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "soak-results.md")
     args = parser.parse_args(argv)
