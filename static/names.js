@@ -1,6 +1,7 @@
 // Display names: a friendly random default, persisted in localStorage.
 
-export const MAX_NAME_CHARS = 64;
+import { DEFAULT_LIMITS } from './limits.js';
+
 const STORAGE_KEY = 'trio_chat.name';
 
 const ADJECTIVES = [
@@ -29,21 +30,22 @@ export function randomName() {
   return `${adj}-${animal}-${10 + randomInt(90)}`;
 }
 
-// Trim and cut to 64 characters. The server counts characters (code points),
-// not UTF-16 units, so slice by code point to never split an emoji in half.
-export function normalizeName(raw) {
+// Trim and cut to the server's limit. The server counts characters (code
+// points), not UTF-16 units, so slice by code point to never split an emoji in half.
+export function normalizeName(raw, maxChars) {
   const chars = Array.from(String(raw ?? '').trim());
-  return chars.slice(0, MAX_NAME_CHARS).join('').trim();
+  return chars.slice(0, maxChars).join('').trim();
 }
 
 // localStorage can throw (disabled storage, private mode quotas): never let
-// that break the chat, just fall back to an unpersisted name.
-export function loadName() {
+// that break the chat, just fall back to an unpersisted name. The page loads
+// the name before any welcome frame, so it is cut to the server's default limit.
+export function loadName(maxChars = DEFAULT_LIMITS.maxSenderChars) {
   let stored = null;
   try {
     stored = localStorage.getItem(STORAGE_KEY);
   } catch { /* storage unavailable */ }
-  const name = normalizeName(stored);
+  const name = normalizeName(stored, maxChars);
   if (name) return name;
   const fresh = randomName();
   saveName(fresh);

@@ -21,7 +21,8 @@ The page's DOM contract, which these tests rely on:
   ``own`` for our name).
 - ``#error[data-code]``: the last error for the sender: the server's error code, ``offline``
   (sent while not connected), ``unsent`` (the connection dropped before a message came back);
-  ``#name-input``, ``#message-input``.
+  ``#name-input`` (``maxlength``: the server's name limit, from its welcome frame),
+  ``#message-input``.
 
 Some tests import the page's modules into a document of their own (``module_page``) to drive
 one module alone, with a stand-in for what it talks to.
@@ -78,6 +79,10 @@ BACKOFF_STEPS = 4
 MAX_MESSAGE_BYTES = 4096
 #: The limit of small_limit_server, well under the page's own check.
 SMALL_LIMIT_BYTES = 100
+#: The server's default TRIO_CHAT_MAX_SENDER_CHARS, which the page keeps to until told.
+MAX_SENDER_CHARS = 64
+#: The name limit of short_name_server.
+SHORT_NAME_CHARS = 10
 MAX_ENTRIES = 1000  # static/view.js
 
 
@@ -126,6 +131,12 @@ def small_limit_server(browser: Browser) -> Iterator[ServerProcess]:
     yield from running_server(
         workers=1, env={"TRIO_CHAT_MAX_MESSAGE_BYTES": str(SMALL_LIMIT_BYTES)}
     )
+
+
+@pytest.fixture
+def short_name_server(browser: Browser) -> Iterator[ServerProcess]:
+    """A server that refuses names over SHORT_NAME_CHARS (its welcome frame says so)."""
+    yield from running_server(workers=1, env={"TRIO_CHAT_MAX_SENDER_CHARS": str(SHORT_NAME_CHARS)})
 
 
 @pytest.fixture
@@ -442,6 +453,47 @@ def test_a_server_set_to_a_lower_limit_has_the_page_keep_to_it(
     finally:
         sender.close()
         other.close()
+
+
+def test_a_server_set_to_a_shorter_name_limit_has_the_page_keep_to_it(
+    browser: Browser, short_name_server: ServerProcess
+) -> None:
+    """The page learns the server's name limit from its welcome frame: the name box takes no
+    more, a longer name is cut as a typed one is, and messages go out under the cut name. A
+    name kept from a visit to a server that allowed more is cut too, and sticks."""
+    origin = short_name_server.origin
+    sender = ChatPage.open(browser, origin, name="ann")
+    other = ChatPage.open(browser, origin)
+    returning = ChatPage.open(browser, origin, name="maximiliana-rose")
+    try:
+        sender.wait_online()
+        other.wait_online()
+        name_box = sender.page.locator("#name-input")
+        expect(name_box).to_have_attribute("maxlength", str(SHORT_NAME_CHARS))
+
+        sender.rename("bartholomew-the-great")
+        expect(name_box).to_have_value("bartholome")
+        text = f"under a short name {token()}"
+        sender.send(text)
+
+        expect(other.message(text).locator(".sender")).to_have_text("bartholome")
+        expect(sender.message(text)).to_have_class(re.compile(r"\bown\b"))
+        expect(sender.page.locator("#error")).to_be_empty()
+
+        # Its first URL carried the long name, which the server refused; the page cut it on
+        # the welcome frame and renamed the connection, and the name sticks.
+        returning.wait_online()
+        expect(returning.page.locator("#name-input")).to_have_value("maximilian")
+        users = other.page.locator("#online-users li")
+        expect(users.filter(has_text=re.compile("^maximilian$"))).to_have_count(1)
+        returning.page.reload()
+        returning.wait_online()
+        assert returning.last_socket_query()["name"] == ["maximilian"]
+        expect(returning.page.locator("#error")).to_be_empty()
+    finally:
+        sender.close()
+        other.close()
+        returning.close()
 
 
 def chat_both_ways_recording_handshakes(
@@ -956,6 +1008,29 @@ def test_scripted_message_that_came_back_in_the_resume_is_not_given_back(
     expect(chat.message("made it")).to_have_count(1)
     expect(box).to_have_value("")
     expect(chat.page.locator("#error")).to_be_empty()
+
+
+def test_scripted_name_limit_comes_from_the_welcome_frame(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    chat, script = scripted
+    name_box = chat.page.locator("#name-input")
+    # Before any welcome frame, the server's default.
+    expect(name_box).to_have_attribute("maxlength", str(MAX_SENDER_CHARS))
+
+    script.send({**welcome(), "max_sender_chars": 2}, history())
+
+    expect(name_box).to_have_attribute("maxlength", "2")
+    expect(name_box).to_have_value("an")  # "ann", cut as a typed name is
+    script.send({"type": "error", "code": "sender_too_long"})  # no message: the page words it
+    expect(chat.page.locator("#error")).to_have_text("Name is too long (max 2 characters).")
+    assert {"type": "rename", "name": "an"} in script.received
+    # A welcome that does not say keeps the limit; the next connection asks under the cut name.
+    reconnect(chat, script)
+    assert script.query()["name"] == ["an"]
+    script.send(welcome())
+    chat.wait_online()
+    expect(name_box).to_have_attribute("maxlength", "2")
 
 
 def test_scripted_long_session_keeps_the_page_bounded(
