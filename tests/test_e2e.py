@@ -20,7 +20,7 @@ import psutil
 import pytest
 import trio
 
-from trio_chat.lifespan import EXIT_GRACE_SECONDS
+from trio_chat.supervision import EXIT_GRACE_SECONDS
 
 from servers import (
     CHAT_BACK_SECONDS,

@@ -23,7 +23,7 @@ import pytest
 from trio_chat.hub.address import Endpoint, automatic_endpoint
 from trio_chat.hub.launcher import connect_or_start
 from trio_chat.hub.manager import HubClient
-from trio_chat.hub.server import has_exited
+from trio_chat.process_watch import has_exited
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
 DEADLINE_SECONDS = 20.0

@@ -154,8 +154,8 @@ async def test_a_client_joining_as_the_hub_is_replaced_gets_the_new_hubs_frames(
             mailbox = replacement.join("this worker", {1: "ann", 2: "bob"})
             replacement.publish([encode_chat_body(ChatMessage("ann", "after"))])
             worker: Worker = state[STATE_KEY]
-            worker.messages_missed(replacement.current_epoch())
-            worker.deliver(replacement.fetch_nowait(mailbox, 100) or [])
+            worker.listener.messages_missed(replacement.current_epoch())
+            worker.listener.deliver(replacement.fetch_nowait(mailbox, 100) or [])
             gate.set()
             await bob.read_opening()
             assert texts(bob.history["messages"]) == ["m1", "m2", "m3"]

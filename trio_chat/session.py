@@ -12,6 +12,7 @@ same bounded channel, so frames never interleave and nothing else waits on this 
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import math
@@ -128,6 +129,21 @@ def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+class Ending(enum.Enum):
+    """How a session ended: the ``by=`` of its disconnect log line."""
+
+    #: Still running; a session that ends while undecided was cancelled from outside.
+    UNDECIDED = "undecided"
+    #: The client closed, or its connection died.
+    CLIENT = "client"
+    #: Evicted: too slow (1013), or the worker is shutting down (1001).
+    SERVER = "server"
+    #: A bug of ours: the client is told 1011.
+    ERROR = "error"
+    #: Cancelled from outside: the server gave up waiting at shutdown.
+    CANCELLED = "cancelled"
+
+
 class Session:
     def __init__(
         self, scope: Scope, receive: Receive, send: Send, worker: Worker, *, batching: bool = False
@@ -151,7 +167,7 @@ class Session:
 
     async def run(self) -> None:
         log_event("connect", conn=self._id, client=self._peer, online=len(self._room) + 1)
-        ended_by: str | None = None
+        ended_by = Ending.UNDECIDED
         code: int = CloseCode.GOING_AWAY
         self._worker.open_sessions += 1
         try:
@@ -163,32 +179,34 @@ class Session:
                     opening, snapshot = await self._opening()
                     nursery.start_soon(self._write, subscriber, opening, snapshot)
                     code = await self._read(subscriber)
-                    ended_by = "client"
+                    ended_by = Ending.CLIENT
                     nursery.cancel_scope.cancel()
-            if ended_by is None and subscriber.close_code is not None:
+            if ended_by is Ending.UNDECIDED and subscriber.close_code is not None:
                 # Evicted: too slow (1013), or the worker is shutting down (1001).
-                ended_by, code = "server", subscriber.close_code
+                ended_by, code = Ending.SERVER, subscriber.close_code
                 with trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
                     await self._close(code)
         except BaseException as error:
             if not _is_cancellation(error):
                 # A bug of ours: the client is told (1011) and Hypercorn logs the traceback.
-                ended_by, code = "error", CloseCode.INTERNAL_ERROR
+                ended_by, code = Ending.ERROR, CloseCode.INTERNAL_ERROR
             raise
         finally:
             self._worker.open_sessions -= 1
             self._link.absent(self._id)
-            if ended_by in (None, "error"):
+            if ended_by in (Ending.UNDECIDED, Ending.ERROR):
                 # Cancelled from outside (the server gave up waiting at shutdown), or failed:
                 # say goodbye before the socket goes.
-                if ended_by is None:
-                    ended_by = "cancelled"
+                if ended_by is Ending.UNDECIDED:
+                    ended_by = Ending.CANCELLED
                     self._worker.shutting_down.set()
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_SECONDS):
                     await self._close(code)
             level = logging.INFO if code in _ORDINARY_CLOSE_CODES else logging.WARNING
             errors = {"errors": self._errors} if self._errors else {}
-            log_event("disconnect", level, conn=self._id, by=ended_by, code=int(code), **errors)
+            log_event(
+                "disconnect", level, conn=self._id, by=ended_by.value, code=int(code), **errors
+            )
 
     async def _opening(self) -> tuple[list[str], Snapshot | None]:
         """The frames a client gets first: welcome, history (or what it missed), presence."""

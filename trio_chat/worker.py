@@ -29,6 +29,8 @@ class Worker:
         #: This worker's side of the hub, set once it has joined (``lifespan``).
         self.link: HubLink = _NotJoined()
         self.room = Room(settings.subscriber_buffer)
+        #: Where the hub link hands the frames it fetches.
+        self.listener = RoomListener(self.room)
         self.limits = Limits(
             max_sender_chars=settings.max_sender_chars,
             max_message_bytes=settings.max_message_bytes,
@@ -45,6 +47,11 @@ class Worker:
         self.open_sessions = 0
         self._connection_ids = itertools.count(1)
 
+    @property
+    def connections(self) -> int:
+        """Sessions in the room."""
+        return len(self.room)
+
     def close_all_sessions(self) -> None:
         self.closing = True
         self.room.evict_all(CloseCode.GOING_AWAY)
@@ -52,13 +59,18 @@ class Worker:
     def next_connection_id(self) -> int:
         return next(self._connection_ids)
 
-    # HubListener: frames from the hub go straight to the room.
+
+class RoomListener:
+    """The worker's ``HubListener``: frames from the hub go straight to its room."""
+
+    def __init__(self, room: Room) -> None:
+        self._room = room
 
     def deliver(self, frames: Sequence[str]) -> None:
-        self.room.broadcast(frames)
+        self._room.broadcast(frames)
 
     def messages_missed(self, epoch: str) -> None:
-        self.room.broadcast(
+        self._room.broadcast(
             [
                 notice_frame(
                     NoticeCode.MESSAGES_MISSED,

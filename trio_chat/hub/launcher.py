@@ -17,9 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..process_watch import has_exited
 from .address import Endpoint
 from .manager import HubClient
-from .server import has_exited
 
 logger = logging.getLogger("trio_chat.hub")
 

@@ -17,7 +17,6 @@ import errno
 import itertools
 import logging
 import os
-import select
 import signal
 import socket
 import stat
@@ -30,14 +29,13 @@ from multiprocessing.managers import Server
 from types import FrameType
 from typing import Any
 
+from ..process_watch import wait_for_exit
 from .address import Address, HubConfigError, describe_address
 from .core import HubCore
 from .manager import EXPOSED, HUB_TYPEID
 
 logger = logging.getLogger("trio_chat.hub")
 
-# Without pidfds (not Linux), how often to check that the watched process is still there.
-_WATCH_POLL_SECONDS = 1.0
 #: At most this many presence frames a second: joins and leaves in between are coalesced.
 PRESENCE_INTERVAL_SECONDS = 0.25
 #: Presence frames sent to clients per second, all clients together, in a large room: one frame
@@ -282,44 +280,3 @@ def _stop_when_gone(pid: int) -> None:
     wait_for_exit(pid)
     logger.info("process %d has exited: stopping the hub", pid)
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-def wait_for_exit(pid: int) -> None:
-    """Block until process ``pid`` has exited (it need not be our child)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except (AttributeError, OSError):
-        while _alive(pid):
-            time.sleep(_WATCH_POLL_SECONDS)
-        return
-    try:
-        select.select([pidfd], [], [])
-    finally:
-        os.close(pidfd)
-
-
-def has_exited(pid: int) -> bool:
-    """Whether process ``pid`` has exited, a zombie its parent has not reaped yet included."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    except (AttributeError, OSError):
-        return not _alive(pid)
-    try:
-        readable, _, _ = select.select([pidfd], [], [], 0)  # Readable once it has exited.
-        return bool(readable)
-    finally:
-        os.close(pidfd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
