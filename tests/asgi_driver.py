@@ -26,7 +26,7 @@ import trio
 from trio_chat import ChatApp
 from trio_chat.asgi_types import Message, Receive, Scope, Send
 from trio_chat.config import Settings
-from trio_chat.hub import Hub
+from trio_chat.hub import Hub, LocalHub
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -40,6 +40,16 @@ def chat_app(hub: Hub, settings: Settings | None = None) -> ChatApp:
 
 
 # Lifespan
+
+
+@dataclasses.dataclass(frozen=True)
+class StartedWorker:
+    """One worker of the app, started in-process on a ``LocalHub`` of its own."""
+
+    app: ChatApp
+    #: Its lifespan state, which every request's scope carries.
+    state: dict[str, Any]
+    hub: LocalHub
 
 
 @dataclasses.dataclass

@@ -34,7 +34,13 @@ from playwright.sync_api import (
     expect,
 )
 
-from servers import ROOT, STARTUP_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, hypercorn_command
+from servers import (
+    ROOT,
+    STARTUP_TIMEOUT_SECONDS,
+    STOP_TIMEOUT_SECONDS,
+    assert_nothing_left_behind,
+    hypercorn_command,
+)
 
 CHROMIUM = Path(os.environ.get("TRIO_CHAT_CHROMIUM", "/usr/bin/chromium"))
 # Headless Chromium as root in a container needs --no-sandbox; the others keep a test browser
@@ -152,6 +158,7 @@ class ServerProcess:
             self._reader.join(STOP_TIMEOUT_SECONDS)
         for pid in hubs:
             wait_gone(pid)
+        assert_nothing_left_behind(process.pid)
 
 
 def wait_gone(pid: int, timeout: float = STOP_TIMEOUT_SECONDS) -> None:

@@ -23,7 +23,7 @@ import psutil
 import trio
 from hypercorn.config import Config
 
-from trio_chat.hub.address import read_secret_file
+from trio_chat.hub.address import private_runtime_dir, read_secret_file
 from trio_chat.hub.manager import HubClient
 
 from wsclient import WebSocketClient, open_websocket
@@ -195,6 +195,14 @@ async def hypercorn_server(
                 for pid in server.hub_pids:
                     await wait_gone(pid)
             nursery.cancel_scope.cancel()
+    assert_nothing_left_behind(process.pid)
+
+
+def assert_nothing_left_behind(master_pid: int) -> None:
+    """A server that has stopped left nothing on the machine: its automatic hub's socket and
+    lock file are named after its master."""
+    leftovers = sorted(path.name for path in private_runtime_dir().glob(f"hub-{master_pid}.*"))
+    assert not leftovers, f"the server left {leftovers} behind"
 
 
 async def clients_on_every_worker(

@@ -21,6 +21,7 @@ from trio_chat.static import default_static_dir
 from asgi_driver import (
     APP_TIMEOUT_SECONDS,
     Response,
+    StartedWorker,
     chat_app,
     open_chat,
     request,
@@ -34,10 +35,9 @@ async def get(app: ChatApp, state: dict[str, Any], path: str, method: str = "GET
     return await request(app, state, method, path)
 
 
-async def test_root_serves_the_page_as_utf8_html() -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, "/")
+async def test_root_serves_the_page_as_utf8_html(started_worker: StartedWorker) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, "/")
 
     page = (STATIC_DIR / "index.html").read_bytes()
     assert response.status == 200
@@ -50,20 +50,20 @@ async def test_root_serves_the_page_as_utf8_html() -> None:
     assert response.headers["cache-control"] == "no-cache"
 
 
-async def test_assets_are_revalidated_on_every_load() -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, "/static/app.js")
+async def test_assets_are_revalidated_on_every_load(started_worker: StartedWorker) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, "/static/app.js")
 
     assert response.status == 200
     assert response.headers["cache-control"] == "no-cache"
 
 
-async def test_head_of_the_page_has_the_get_headers_and_no_body() -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        got = await get(app, state, "/")
-        head = await get(app, state, "/", method="HEAD")
+async def test_head_of_the_page_has_the_get_headers_and_no_body(
+    started_worker: StartedWorker,
+) -> None:
+    app, state = started_worker.app, started_worker.state
+    got = await get(app, state, "/")
+    head = await get(app, state, "/", method="HEAD")
 
     assert head.status == 200
     assert head.headers == got.headers
@@ -105,19 +105,17 @@ async def test_static_dir_from_the_environment_chooses_the_folder(
         "/nope",
     ],
 )
-async def test_unknown_path_is_404(path: str) -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, path)
+async def test_unknown_path_is_404(path: str, started_worker: StartedWorker) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, path)
 
     assert response.status == 404
     assert response.body == b"404 Not Found\n"
 
 
-async def test_head_of_unknown_path_is_404_without_body() -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, "/nope", method="HEAD")
+async def test_head_of_unknown_path_is_404_without_body(started_worker: StartedWorker) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, "/nope", method="HEAD")
 
     assert response.status == 404
     assert response.body == b""
@@ -125,20 +123,22 @@ async def test_head_of_unknown_path_is_404_without_body() -> None:
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
 @pytest.mark.parametrize("path", ["/", "/static/app.js", "/healthz"])
-async def test_other_methods_on_known_paths_are_405_with_allow(method: str, path: str) -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, path, method=method)
+async def test_other_methods_on_known_paths_are_405_with_allow(
+    method: str, path: str, started_worker: StartedWorker
+) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, path, method=method)
 
     assert response.status == 405
     assert response.headers["allow"] == "GET, HEAD"
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE"])
-async def test_other_methods_on_unknown_paths_are_404_not_405(method: str) -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, "/nope", method=method)
+async def test_other_methods_on_unknown_paths_are_404_not_405(
+    method: str, started_worker: StartedWorker
+) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, "/nope", method=method)
 
     assert response.status == 404
     assert "allow" not in response.headers
@@ -178,10 +178,11 @@ async def test_every_response_carries_the_security_headers() -> None:
         assert "content-security-policy" in response.headers, kind
 
 
-async def test_content_security_policy_allows_only_own_files_and_nothing_inline() -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, "/")
+async def test_content_security_policy_allows_only_own_files_and_nothing_inline(
+    started_worker: StartedWorker,
+) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, "/")
 
     directives = [
         directive.split() for directive in response.headers["content-security-policy"].split(";")
@@ -202,10 +203,9 @@ async def test_content_security_policy_allows_only_own_files_and_nothing_inline(
 # /healthz
 
 
-async def test_healthz_reports_pid_connections_and_hub() -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, "/healthz")
+async def test_healthz_reports_pid_connections_and_hub(started_worker: StartedWorker) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, "/healthz")
 
     assert response.status == 200
     assert response.headers["cache-control"] == "no-store"
@@ -216,14 +216,13 @@ async def test_healthz_reports_pid_connections_and_hub() -> None:
     assert tasks >= 3 and threads == threading.active_count()
 
 
-async def test_healthz_counts_open_websocket_sessions() -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        async with open_chat(app, state), open_chat(app, state) as bob:
-            two = (await get(app, state, "/healthz")).json()
-            await bob.disconnect()
-            one = (await get(app, state, "/healthz")).json()
-        none = (await get(app, state, "/healthz")).json()
+async def test_healthz_counts_open_websocket_sessions(started_worker: StartedWorker) -> None:
+    app, state = started_worker.app, started_worker.state
+    async with open_chat(app, state), open_chat(app, state) as bob:
+        two = (await get(app, state, "/healthz")).json()
+        await bob.disconnect()
+        one = (await get(app, state, "/healthz")).json()
+    none = (await get(app, state, "/healthz")).json()
 
     assert (two["connections"], one["connections"], none["connections"]) == (2, 1, 0)
 
@@ -252,10 +251,9 @@ async def test_healthz_is_503_when_the_worker_never_started() -> None:
     assert response.json()["hub"] is False
 
 
-async def test_head_of_healthz_has_status_and_no_body() -> None:
-    app = chat_app(LocalHub())
-    async with running_worker(app) as state:
-        response = await get(app, state, "/healthz", method="HEAD")
+async def test_head_of_healthz_has_status_and_no_body(started_worker: StartedWorker) -> None:
+    app, state = started_worker.app, started_worker.state
+    response = await get(app, state, "/healthz", method="HEAD")
 
     assert response.status == 200
     assert response.body == b""

@@ -42,7 +42,7 @@ from servers import (
 )
 from wsclient import HandshakeRefused, WebSocketClient, open_websocket
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 GRACEFUL_TIMEOUT_SECONDS = SHIPPED_CONFIG.graceful_timeout
 #: The promise: a server is gone this long after SIGTERM or Ctrl+C, whatever its clients do.

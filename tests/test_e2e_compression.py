@@ -27,7 +27,7 @@ from servers import (
 )
 from wsclient import text_frame
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 COMPRESSION_ON = {"TRIO_CHAT_WEBSOCKET_COMPRESSION": "on"}
 #: What the hostile frame inflates to: far past any limit (about 200 KiB on the wire).

@@ -10,7 +10,7 @@ import pytest
 from servers import chat_client, hypercorn_server, presence_until
 from wsclient import WebSocketClient
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 
 async def on_another_worker(

@@ -25,7 +25,7 @@ from servers import (
 )
 from wsclient import WebSocketClient
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 SERVER_WORKERS = 2
 RECOVERY_TIMEOUT_SECONDS = 20.0

@@ -35,7 +35,7 @@ from servers import (
     workers_of,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 #: A sender whose worker has no hub is answered "at once" (README): well within this.
 HUB_UNAVAILABLE_ANSWER_SECONDS = 2.0

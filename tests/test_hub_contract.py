@@ -31,7 +31,13 @@ HISTORY_SIZE = 5
 HubFactory = Callable[[], Hub]
 
 
-@pytest.fixture(params=["local", "manager", "redis"])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("manager", marks=pytest.mark.process),
+        pytest.param("redis", marks=pytest.mark.process),
+    ]
+)
 async def make_hub(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubFactory]:
     """Makes each worker's hub client; all of them reach the same hub."""
     backend = request.param

@@ -26,6 +26,8 @@ from trio_chat.hub.manager import HubClient
 from trio_chat.process_watch import has_exited
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
+pytestmark = pytest.mark.process
+
 DEADLINE_SECONDS = 20.0
 MAILBOX_SIZE = 10_000
 HISTORY_SIZE = 100

@@ -41,6 +41,8 @@ from trio_chat.protocol import ChatMessage, encode_chat_body
 
 from servers import ROOT, free_port
 
+pytestmark = pytest.mark.process
+
 DEADLINE_SECONDS = 20.0
 # Short, so that tests of the deadline are quick; the hub's default is 5 s.
 SHORT_HANDSHAKE_SECONDS = 1.0

@@ -26,6 +26,8 @@ from trio_chat.protocol import message_id
 from hub_support import DEADLINE_SECONDS, JoinedWorker, Recorder, body, joined
 from servers import RedisServer, redis_server
 
+pytestmark = pytest.mark.process
+
 POLL_SECONDS = 0.02
 
 

@@ -49,8 +49,10 @@ def connect_or_start(endpoint: Endpoint, mailbox_size: int, history_size: int) -
             pass  # No hub yet, or a dead one's socket: ours to start. Other errors (too many
             # open files, say) say nothing about the hub: they go up, and the caller retries.
         if has_exited(endpoint.owner_pid):
-            # The server it would belong to is gone (its master was killed): such a hub would
-            # end at once, and this worker is on its way out too (``lifespan``).
+            # The server it would belong to is gone (its master was killed, or it is ending and
+            # its hub went first): such a hub would end at once, and this worker is on its way
+            # out too (``supervision``). Nobody will start a hub under this lock again.
+            endpoint.lock_path.unlink(missing_ok=True)
             raise HubStartError(f"the server's master process {endpoint.owner_pid} has exited")
         _start_hub(endpoint, mailbox_size, history_size)
     return HubClient(endpoint.address, endpoint.authkey)
