@@ -1,19 +1,25 @@
-"""An in-process hub: the hub's state (``HubCore``) in the same Trio run, no process, no thread.
+"""An in-process hub: the hub's state (``HubState``) in the same Trio run, no process, no thread.
 
 Several workers may join one ``LocalHub`` (tests do, to show cross-worker order); frames are
 handed to every worker's listener synchronously after each change. With one worker it also
 serves deployments that need no hub process (``TRIO_CHAT_HUB=local``, ``hypercorn -w 1``).
+
+Nothing ever waits on the state here, so what its calls say to wake is not needed: every
+mailbox is emptied after every change. Nor is housekeeping: a worker leaves when its ``run``
+ends, and presence frames are never held back (no presence interval).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 
 import trio
 
-from .core import HubCore, Snapshot, wall_clock_ms
+from .core import new_epoch, wall_clock_ms
 from .interface import HubLink, HubListener, HubUnavailable
+from .state import HubState, Snapshot
 
 # Frames are delivered synchronously after every change, so mailboxes never fill.
 _UNBOUNDED = 1 << 30
@@ -21,7 +27,15 @@ _UNBOUNDED = 1 << 30
 
 class LocalHub:
     def __init__(self, history_size: int = 100, clock_ms: Callable[[], int] = wall_clock_ms):
-        self.core = HubCore(mailbox_size=_UNBOUNDED, history_size=history_size, clock_ms=clock_ms)
+        #: The hub's state (tests publish through it, then call ``deliver_all``). With no
+        #: housekeeping, its monotonic clock only keeps the books.
+        self.core = HubState(
+            mailbox_size=_UNBOUNDED,
+            history_size=history_size,
+            epoch=new_epoch(),
+            monotonic=time.monotonic,
+            clock_ms=clock_ms,
+        )
         self._listeners: dict[str, HubListener] = {}
         self._labels = itertools.count(1)
         #: Tests set this to False to play a hub that cannot be reached.
@@ -33,7 +47,7 @@ class LocalHub:
         *,
         task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        mailbox_id = self.core.join(f"local-{next(self._labels)}")
+        mailbox_id, _ = self.core.join(f"local-{next(self._labels)}")
         self._listeners[mailbox_id] = listener
         try:
             self.deliver_all()
@@ -52,7 +66,7 @@ class LocalHub:
 
     def deliver_all(self) -> None:
         for mailbox_id, listener in list(self._listeners.items()):
-            frames = self.core.fetch_nowait(mailbox_id, _UNBOUNDED)
+            frames = self.core.take(mailbox_id, _UNBOUNDED)
             if frames:
                 listener.deliver(frames)
 
@@ -80,7 +94,7 @@ class _LocalLink:
     ) -> Snapshot:
         await trio.lowlevel.checkpoint()
         self._check_connected()
-        snapshot = self._hub.core.snapshot(since, epoch, self._mailbox_id, {connection: name})
+        snapshot, _ = self._hub.core.snapshot(since, epoch, self._mailbox_id, {connection: name})
         self._hub.deliver_all()
         return snapshot
 
