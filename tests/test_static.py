@@ -262,7 +262,7 @@ async def test_paths_that_do_not_name_a_file_inside_the_folder_are_404(
     "path",
     [
         "/static/../pyproject.toml",
-        "/static/../trio_chat/app.py",
+        "/static/../trio_chat/asgi.py",
         "/static/%2e%2e/pyproject.toml",
         "/static/..\\pyproject.toml",
         "/static/../static/index.html",

@@ -75,7 +75,7 @@ async def run_lifespan(
             # here makes it carry on "without lifespan support", a worker with no hub, deaf.
             await _fail_with_traceback(send, error)
             return
-        nursery.start_soon(supervise, worker)
+        await nursery.start(supervise, worker)
         if "state" in scope:
             scope["state"][STATE_KEY] = worker
         if in_worker_process():

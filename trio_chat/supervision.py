@@ -66,14 +66,18 @@ class Supervised(Protocol):
     def close_all_sessions(self) -> None: ...
 
 
-async def supervise(worker: Supervised) -> None:
-    """Watch over ``worker`` until cancelled (at the end of the lifespan)."""
+async def supervise(
+    worker: Supervised, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Watch over ``worker`` until cancelled (at the end of the lifespan); started once every
+    watch is in place."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(close_sessions_on_sigterm, worker)
         nursery.start_soon(exit_if_stuck, worker)
         master = multiprocessing.parent_process()
         if master is not None and master.pid is not None:
             nursery.start_soon(shut_down_when_orphaned, worker, master.pid)
+        task_status.started()
 
 
 def in_worker_process() -> bool:
