@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 BATCH_SUBPROTOCOL = "trio-chat.batch"
-#: Frames waiting for one client before it is dropped (trio_chat's default).
+#: Frames waiting for one client before it is dropped (trio_chat's default is larger: 1024).
 BUFFER = 256
 TRY_AGAIN_LATER = 1013
 

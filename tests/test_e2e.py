@@ -317,7 +317,8 @@ async def test_a_cross_site_handshake_is_refused_with_403() -> None:
             assert client.welcome["type"] == "welcome"
 
 
-#: README's promise: every client is pinged every 15 s, one silent for 45 s is closed.
+#: The promise (docs/architecture.md): every client is pinged every 15 s, one silent for 45 s is
+#: closed.
 SHIPPED_PING_INTERVAL_SECONDS = 15.0
 SHIPPED_READ_TIMEOUT_SECONDS = 45
 #: A chat message is at most 4 KiB; a frame may be 64 KiB, the rest headroom for escapes.

@@ -37,7 +37,7 @@ from servers import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
-#: A sender whose worker has no hub is answered "at once" (README): well within this.
+#: A sender whose worker has no hub is answered "at once" (docs/architecture.md): well within this.
 HUB_UNAVAILABLE_ANSWER_SECONDS = 2.0
 
 

@@ -1,4 +1,4 @@
-"""The interpreter tuning a worker process applies once started (lifespan.py)."""
+"""The interpreter tuning a worker process applies once started (supervision.py)."""
 
 from __future__ import annotations
 
