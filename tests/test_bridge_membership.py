@@ -1,14 +1,17 @@
-"""The Trio bridge to a blocking hub client (``hub/bridge.py``), over an in-process backend.
+"""The assembled bridge: ``BridgedHub`` (``hub/bridge/membership.py``), which joins, re-joins
+and leaves, and runs the publisher and the reader in between.
 
-The backend is a real ``HubCore`` behind blocking calls, as the hub process has it, with two
-handles for the tests: a gate that holds ``update`` calls in their thread, and a switch that
-makes them fail as a broken link does.
+Two backends: a real ``HubCore`` behind blocking calls, as the hub process has it, with
+handles for the tests (a gate that holds ``update`` calls in their thread, a switch that makes
+them fail as a broken link does, a hub that stops answering); and a scripted one, whose
+memberships fetch what the test queues and whose joins the test can refuse. Threads are real,
+so the clock is too (each wait under a deadline), or jumps only after a real pause.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import queue
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -18,20 +21,16 @@ import trio
 import trio.testing
 
 from trio_chat.config import Settings
-from trio_chat.hub import HubUnavailable
-from trio_chat.hub.bridge import (
-    HUB_CALL_TIMEOUT_SECONDS,
-    HUB_SILENCE_SECONDS,
-    READ_AHEAD,
-    UPDATE_BURST,
-    UPDATES_PER_SECOND,
-    BridgedHub,
-    Fetched,
-    Fetcher,
-)
-from trio_chat.hub.core import HubCore, Snapshot
+from trio_chat.hub import HubUnavailable, Snapshot
+from trio_chat.hub.bridge import BridgedHub, Fetched
+from trio_chat.hub.bridge.membership import JOIN_TIMEOUT_SECONDS
+from trio_chat.hub.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND
+from trio_chat.hub.bridge.reader import HUB_SILENCE_SECONDS
+from trio_chat.hub.bridge.threads import HUB_CALL_TIMEOUT_SECONDS
+from trio_chat.hub.core import HubCore
+from trio_chat.protocol import presence_frame, stamp_chat_frame
 
-from hub_support import DEADLINE_SECONDS, JoinedWorker, body, joined
+from hub_support import DEADLINE_SECONDS, JoinedWorker, Recorder, body, joined
 
 HEARTBEAT_SECONDS = 0.2
 
@@ -262,81 +261,226 @@ async def test_leaving_does_not_wait_for_a_fetch_that_does_not_return(
     assert backend.core.statistics()["mailboxes"] == {}  # It did leave the hub.
 
 
-class _EndlessMembership:
-    """Always has a batch ready, and counts how far the fetching runs ahead of the reader."""
+class ScriptedBackend:
+    """Joins the test can refuse (or hold, as a hub being started does), recorded; each makes a
+    ``ScriptedMembership``."""
 
-    def __init__(self) -> None:
+    link_errors: tuple[type[BaseException], ...] = (ConnectionError,)
+
+    def __init__(self, *, continuous: bool = False, rejoin_replaces: bool = False) -> None:
+        self.continuous = continuous
+        self.rejoin_replaces = rejoin_replaces
+        #: Set, joins fail as with no hub there.
+        self.refusing = False
+        #: Cleared, joins wait until it is set again (for at most ``DEADLINE_SECONDS``).
+        self.answering = threading.Event()
+        self.answering.set()
+        #: Every join attempt: the presence, last id and epoch it carried.
+        self.joins: list[tuple[dict[int, str], int, str]] = []
+        self.memberships: list[ScriptedMembership] = []
         self._changed = threading.Condition()
-        self.fetches = 0
-        #: Batches the reader has started to take.
-        self.taken = 0
-        self.most_ahead = 0
 
-    def fetch(self, max_frames: int) -> Fetched:
+    def describe(self) -> str:
+        return "scripted"
+
+    def join(
+        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+    ) -> ScriptedMembership:
+        self.answering.wait(DEADLINE_SECONDS)
         with self._changed:
-            self.fetches += 1
-            self.most_ahead = max(self.most_ahead, self.fetches - self.taken)
+            self.joins.append((dict(presence), last_id, epoch))
             self._changed.notify_all()
-            return Fetched([body("ann", str(self.fetches))])
+            if self.refusing:
+                raise ConnectionError("no hub there")
+            membership = ScriptedMembership(self.continuous)
+            self.memberships.append(membership)
+            return membership
 
-    def wait_for_fetches(self, count: int) -> None:
+    def wait_for_joins(self, count: int) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: self.fetches >= count, DEADLINE_SECONDS)
+            self._changed.wait_for(lambda: len(self.joins) >= count, DEADLINE_SECONDS)
 
-    def take_one(self) -> None:
+
+class ScriptedMembership:
+    """Fetches return what the test queued (raising an exception), or a heartbeat; ``leave``
+    ends a fetch under way, as the hub does."""
+
+    epoch = "run 1"
+
+    def __init__(self, continuous: bool) -> None:
+        self.continuous = continuous
+        self.update_due_in: float | None = None
+        self.left = False
+        self.updates = 0
+        self._results: queue.Queue[Fetched | Exception | None] = queue.Queue()
+        self._changed = threading.Condition()
+
+    def put(self, result: Fetched | Exception | None) -> None:
+        self._results.put(result)
+
+    def fetch(self, max_frames: int) -> Fetched | None:
+        try:
+            result = self._results.get(timeout=HEARTBEAT_SECONDS)
+        except queue.Empty:
+            return Fetched([])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
         with self._changed:
-            self.taken += 1
+            self.updates += 1
+            self.update_due_in = None
+            self._changed.notify_all()
 
+    def wait_for_updates(self, count: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self.updates >= count, DEADLINE_SECONDS)
 
-async def test_the_fetching_thread_stays_a_few_batches_ahead_of_the_reader() -> None:
-    membership = _EndlessMembership()
-    fetcher = Fetcher(membership, max_frames=10)  # type: ignore[arg-type]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(
-            functools.partial(trio.to_thread.run_sync, fetcher.run, abandon_on_cancel=True)
+    def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
+        self.update_due_in = 0.0  # As Redis does when a presence frame falls due.
+        return Snapshot(
+            messages=[],
+            last_id=0,
+            first_available=1,
+            presence=presence_frame(1, 1, [name], [name], []),
+            presence_version=1,
+            epoch=self.epoch,
         )
-        for n in range(1, 11):
-            # The thread gets as far ahead as it may, then waits for the reader.
-            await trio.to_thread.run_sync(
-                membership.wait_for_fetches, membership.taken + READ_AHEAD
-            )
-            membership.take_one()
-            fetched = await fetcher.next()
-            assert fetched is not None
-            assert fetched.frames == [body("ann", str(n))]
-        fetcher.stop()
-    assert membership.most_ahead == READ_AHEAD
+
+    def leave(self) -> None:
+        self.left = True
+        self.put(None)
 
 
-class _GatedMembership:
-    """Each fetch waits for the test to let it return."""
-
-    def __init__(self) -> None:
-        self.fetches = 0
-        self.fetching = threading.Event()
-        self.let_return = threading.Event()
-
-    def fetch(self, max_frames: int) -> Fetched:
-        self.fetches += 1
-        self.fetching.set()
-        if not self.let_return.wait(DEADLINE_SECONDS):
-            raise AssertionError("the test never let the fetch return")
-        self.let_return.clear()
-        return Fetched([])
+def scripted_hub(backend: ScriptedBackend) -> BridgedHub:
+    return BridgedHub(backend, Settings(outbox_size=64, subscriber_buffer=256), label="test")
 
 
-async def test_a_stopped_fetching_thread_ends_after_its_fetch() -> None:
-    """As when a re-join replaces a membership that is still there (Redis): nobody leaves it."""
-    membership = _GatedMembership()
-    fetcher = Fetcher(membership, max_frames=10)  # type: ignore[arg-type]
-    with trio.fail_after(DEADLINE_SECONDS):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, fetcher.run)
-            await trio.to_thread.run_sync(membership.fetching.wait)
-            fetcher.stop()
-            membership.let_return.set()
-        # ``run`` returned: the thread is not fetching again.
-    assert membership.fetches == 1
+def message(message_id: int) -> str:
+    return stamp_chat_frame(message_id, 0, body("ann", str(message_id)))
+
+
+async def wait_for_joins(backend: ScriptedBackend, count: int) -> None:
+    await trio.to_thread.run_sync(backend.wait_for_joins, count)
+    assert len(backend.joins) >= count
+
+
+async def test_a_worker_that_cannot_reach_the_hub_does_not_start() -> None:
+    backend = ScriptedBackend()
+    backend.refusing = True
+    with pytest.raises(HubUnavailable, match="cannot reach the hub at scripted: no hub there"):
+        await scripted_hub(backend).run(Recorder())
+
+
+async def test_a_join_the_hub_does_not_answer_is_given_up_after_the_join_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    backend = ScriptedBackend()
+    backend.answering.clear()
+    try:
+        start = trio.current_time()
+        given_up = f"did not answer within {JOIN_TIMEOUT_SECONDS:g} s"
+        with pytest.raises(HubUnavailable, match=given_up):
+            await scripted_hub(backend).run(Recorder())
+        assert trio.current_time() == start + JOIN_TIMEOUT_SECONDS
+    finally:
+        backend.answering.set()  # Ends the thread given up on.
+
+
+async def test_a_dropped_worker_rejoins_with_its_connections_and_place_and_tells_its_clients(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = ScriptedBackend()
+    async with joined(scripted_hub(backend)) as worker:
+        worker.link.present(1, "ann")
+        worker.link.present(2, "bob")
+        worker.link.absent(2)
+        first = backend.memberships[0]
+        first.put(Fetched([message(4)]))
+        await worker.recorder.wait_for_text("4")
+
+        first.put(None)  # The hub dropped the worker.
+        await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)
+        assert worker.link.connected
+        assert first.left  # Left before re-joining: a join makes a new membership.
+        assert backend.joins[1] == ({1: "ann"}, 4, "run 1")
+        assert worker.recorder.epochs == ["run 1"]
+        assert "event=hub_down hub=scripted" in caplog.text
+        assert "event=hub_up hub=scripted" in caplog.text
+    assert backend.memberships[1].left
+
+
+async def test_a_rejoin_that_continues_the_log_tells_the_clients_nothing() -> None:
+    backend = ScriptedBackend(continuous=True)
+    async with joined(scripted_hub(backend)) as worker:
+        backend.memberships[0].put(ConnectionError("the link broke"))
+        await wait_for_joins(backend, 2)
+        backend.memberships[1].put(Fetched([message(1)]))
+        await worker.recorder.wait_for_text("1")
+        assert worker.recorder.missed == 0
+
+
+async def test_frames_a_bug_dropped_are_reported_even_when_the_rejoin_continues_the_log() -> None:
+    class BrokenOnce(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.broken = True
+
+        def deliver(self, frames: Sequence[str]) -> None:
+            if self.broken:
+                self.broken = False
+                raise RuntimeError("a bug in the room")
+            super().deliver(frames)
+
+    backend = ScriptedBackend(continuous=True)
+    listener = BrokenOnce()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(DEADLINE_SECONDS):
+            await nursery.start(scripted_hub(backend).run, listener)
+        backend.memberships[0].put(Fetched([message(1)]))
+        await listener.wait_until(lambda: listener.missed == 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_backend_whose_join_replaces_the_membership_is_not_left_before_rejoining() -> None:
+    backend = ScriptedBackend(rejoin_replaces=True)
+    async with joined(scripted_hub(backend)) as worker:
+        backend.memberships[0].put(ConnectionError("the link broke"))
+        await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)
+        assert not backend.memberships[0].left
+    assert backend.memberships[1].left
+
+
+async def test_rejoining_goes_on_until_the_hub_answers_and_the_link_is_down_meanwhile() -> None:
+    backend = ScriptedBackend()
+    async with joined(scripted_hub(backend)) as worker:
+        backend.refusing = True
+        backend.memberships[0].put(None)
+        await wait_for_joins(backend, 3)  # Two attempts failed.
+        assert not worker.link.connected
+        with pytest.raises(HubUnavailable):
+            await worker.link.snapshot(None, None, 5, "dee")
+        with pytest.raises(HubUnavailable):
+            await worker.publish("ann", "while down")
+
+        backend.refusing = False
+        await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)
+        # The client that could not join meanwhile is in the presence the join carried.
+        assert backend.joins[-1][0] == {5: "dee"}
+
+
+async def test_a_snapshot_may_bring_the_next_update_forward() -> None:
+    backend = ScriptedBackend()
+    async with joined(scripted_hub(backend)) as worker:
+        membership = backend.memberships[0]
+        snapshot = await worker.link.snapshot(None, None, 1, "ann")
+        assert snapshot.epoch == "run 1"
+        # Nothing to send, but the membership wants an update now: it gets one.
+        await trio.to_thread.run_sync(membership.wait_for_updates, 1)
+        assert membership.updates == 1
 
 
 def _unexpected_failure() -> None:

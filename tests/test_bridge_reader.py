@@ -1,0 +1,188 @@
+"""The bridge's reader (``hub/bridge/reader.py``) on its own, with fake memberships.
+
+A fake membership's fetches return what the test queued for them. The fetching thread is a
+real one, so most tests use the real clock, each wait under a deadline; the hub that goes
+silent is played on the autojump clock (nothing ever comes, so only the clock moves).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Mapping, Sequence
+
+import pytest
+import trio
+import trio.testing
+
+from trio_chat.hub import Snapshot
+from trio_chat.hub.bridge.backend import Fetched, Membership
+from trio_chat.hub.bridge.reader import HUB_SILENCE_SECONDS, Reader
+from trio_chat.hub.bridge.threads import HubThreads
+from trio_chat.protocol import presence_frame, stamp_chat_frame
+
+from hub_support import DEADLINE_SECONDS, body
+
+
+class FakeBackend:
+    link_errors: tuple[type[BaseException], ...] = (ConnectionError,)
+    rejoin_replaces = False
+
+    def describe(self) -> str:
+        return "fake"
+
+    def join(self, label: str, presence: Mapping[int, str], last_id: int, epoch: str) -> Membership:
+        raise AssertionError("the reader never joins")
+
+
+class QueuedMembership:
+    """Each fetch returns the next result queued (raises it, if an exception)."""
+
+    continuous = False
+    update_due_in = None
+
+    def __init__(self, *results: Fetched | Exception | None, epoch: str = "epoch") -> None:
+        self.epoch = epoch
+        self._results: queue.Queue[Fetched | Exception | None] = queue.Queue()
+        for result in results:
+            self.put(result)
+        #: Set once a fetch has started.
+        self.fetching = threading.Event()
+
+    def put(self, result: Fetched | Exception | None) -> None:
+        self._results.put(result)
+
+    def fetch(self, max_frames: int) -> Fetched | None:
+        self.fetching.set()
+        result = self._results.get(timeout=DEADLINE_SECONDS)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+        raise AssertionError("the reader never publishes")
+
+    def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
+        raise AssertionError("the reader never takes snapshots")
+
+    def leave(self) -> None:
+        raise AssertionError("the reader never leaves")
+
+
+class Listener:
+    """Records what the reader tells it, in order; ``broken``: delivering raises."""
+
+    def __init__(self, *, broken: bool = False) -> None:
+        self.broken = broken
+        self.told: list[tuple[str, object]] = []
+
+    def deliver(self, frames: Sequence[str]) -> None:
+        if self.broken:
+            raise RuntimeError("a bug in the room")
+        self.told.append(("deliver", list(frames)))
+
+    def messages_missed(self, epoch: str) -> None:
+        self.told.append(("missed", epoch))
+
+
+def new_reader() -> Reader:
+    backend = FakeBackend()
+    return Reader(backend, HubThreads(backend), batch=10)
+
+
+def message(message_id: int) -> str:
+    return stamp_chat_frame(message_id, 0, body("ann", str(message_id)))
+
+
+PRESENCE = presence_frame(1, 1, ["ann"], ["ann"], [])
+
+
+async def read(reader: Reader, membership: QueuedMembership, listener: Listener) -> bool:
+    with trio.fail_after(DEADLINE_SECONDS):
+        return await reader.read_until_lost(membership, listener)
+
+
+async def test_fetched_frames_are_delivered_in_order_and_heartbeats_are_not() -> None:
+    reader, listener = new_reader(), Listener()
+    membership = QueuedMembership(
+        Fetched([message(1), message(2)]), Fetched([]), Fetched([message(3), PRESENCE]), None
+    )
+    assert not await read(reader, membership, listener)
+    assert listener.told == [
+        ("deliver", [message(1), message(2)]),
+        ("deliver", [message(3), PRESENCE]),
+    ]
+    assert reader.last_id == 3
+
+
+async def test_a_membership_the_hub_dropped_ends_the_read(caplog: pytest.LogCaptureFixture) -> None:
+    reader, listener = new_reader(), Listener()
+    assert not await read(reader, QueuedMembership(None), listener)
+    assert "event=membership_lost hub=fake" in caplog.text
+    assert listener.told == []
+
+
+async def test_a_broken_link_ends_the_read(caplog: pytest.LogCaptureFixture) -> None:
+    reader, listener = new_reader(), Listener()
+    membership = QueuedMembership(ConnectionError("the hub went away"))
+    assert not await read(reader, membership, listener)
+    assert "event=hub_reader_error" not in caplog.text  # A broken link is no bug.
+
+
+async def test_a_bug_while_delivering_ends_the_read_and_says_frames_were_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    reader, listener = new_reader(), Listener(broken=True)
+    membership = QueuedMembership(Fetched([message(1)]), None)
+    assert await read(reader, membership, listener)
+    assert "event=hub_reader_error" in caplog.text
+
+
+async def test_a_gap_the_hub_reports_is_passed_on_before_the_frames_after_it() -> None:
+    reader, listener = new_reader(), Listener()
+    membership = QueuedMembership(Fetched([message(9)], missed=True), None, epoch="run 2")
+    assert not await read(reader, membership, listener)
+    assert listener.told == [("missed", "run 2"), ("deliver", [message(9)])]
+
+
+async def test_the_place_in_the_order_is_kept_within_an_epoch_and_reset_by_another() -> None:
+    reader, listener = new_reader(), Listener()
+    await read(reader, QueuedMembership(Fetched([message(7)]), None, epoch="a"), listener)
+    assert (reader.epoch, reader.last_id) == ("a", 7)
+
+    await read(reader, QueuedMembership(None, epoch="a"), listener)
+    assert (reader.epoch, reader.last_id) == ("a", 7)
+
+    await read(reader, QueuedMembership(None, epoch="b"), listener)
+    assert (reader.epoch, reader.last_id) == ("b", 0)
+
+
+async def test_a_hub_silent_for_the_silence_timeout_ends_the_read(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    reader, listener = new_reader(), Listener()
+    membership = QueuedMembership()  # No fetch ever returns, not even a heartbeat.
+    try:
+        start = trio.current_time()
+        with trio.fail_after(HUB_SILENCE_SECONDS + 1):
+            assert not await reader.read_until_lost(membership, listener)
+        assert trio.current_time() == start + HUB_SILENCE_SECONDS
+        assert f"event=hub_unresponsive hub=fake silent_for={HUB_SILENCE_SECONDS:g}" in caplog.text
+    finally:
+        membership.put(None)  # Ends the thread given up on.
+
+
+async def test_a_cancelled_reader_does_not_wait_for_the_fetch_under_way() -> None:
+    reader, listener = new_reader(), Listener()
+    membership = QueuedMembership()
+    try:
+        # The held fetch would hold a waiting reader for DEADLINE_SECONDS.
+        with trio.fail_after(DEADLINE_SECONDS / 4):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader.read_until_lost, membership, listener)
+                await trio.to_thread.run_sync(membership.fetching.wait, DEADLINE_SECONDS)
+                nursery.cancel_scope.cancel()
+    finally:
+        membership.put(None)

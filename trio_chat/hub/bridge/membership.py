@@ -1,0 +1,168 @@
+"""The worker's membership of the hub: joining, re-joining after a break, and leaving.
+
+``BridgedHub`` joins through the backend, then runs a ``Publisher`` for as long as the worker
+is joined and a ``Reader`` on one membership after another: when the reader loses one (the
+hub dropped the worker, the link broke, the hub hangs), the worker re-joins with backoff, with
+the names of all its connections, and tells the listener when messages may have been missed
+meanwhile. While the link is down, publishing and snapshots fail at once with
+``HubUnavailable``.
+
+Cancellation: a join is abandoned if cancelled or unanswered (``JOIN_TIMEOUT_SECONDS``; e.g. a
+shutdown while a hub is being started): a membership it may still make is dropped by the hub
+when its lease runs out. Leaving (``run`` cancelled) closes the publisher, whose round trip
+under way and flush get ``LEAVE_TIMEOUT_SECONDS``, then leaves within as long again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import trio
+
+from ...config import Settings
+from ..interface import HubLink, HubListener, HubUnavailable, Snapshot
+from .backend import MAX_BATCH, Backend, Membership
+from .publisher import Publisher
+from .reader import Reader
+from .threads import HubThreads
+
+logger = logging.getLogger("trio_chat.hub")
+
+RECONNECT_FIRST_DELAY_SECONDS = 0.05
+RECONNECT_MAX_DELAY_SECONDS = 1.0
+LEAVE_TIMEOUT_SECONDS = 2.0
+#: A join may have to start the hub first (the manager hub's launcher waits up to 30 s for it).
+JOIN_TIMEOUT_SECONDS = 45.0
+
+
+class BridgedHub:
+    """A backend's client in one worker: both the ``Hub`` and the worker's ``HubLink``."""
+
+    def __init__(self, backend: Backend, settings: Settings, *, label: str):
+        self.backend = backend
+        self._label = label
+        self._threads = HubThreads(backend)
+        self._publisher = Publisher(backend, self._threads, outbox_size=settings.outbox_size)
+        fetch_batch = max(1, min(MAX_BATCH, settings.subscriber_buffer // 4))
+        self._reader = Reader(backend, self._threads, batch=fetch_batch)
+        #: The membership in use; None while the link is down.
+        self._membership: Membership | None = None
+        #: Every connection's name: what a join sends.
+        self._presence: dict[int, str] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._membership is not None
+
+    async def run(
+        self,
+        listener: HubListener,
+        *,
+        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            membership = await self._join()
+        except self.backend.link_errors as error:
+            raise HubUnavailable(
+                f"cannot reach the hub at {self.backend.describe()}: {error}"
+            ) from error
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publisher.run)
+            task_status.started(self)
+            try:
+                rejoined = dropped = False
+                while True:
+                    self._link_up(membership)
+                    if rejoined and (dropped or not membership.continuous):
+                        listener.messages_missed(membership.epoch)
+                    dropped = await self._reader.read_until_lost(membership, listener)
+                    self._link_down()
+                    if not self.backend.rejoin_replaces:
+                        # If the hub is still there (only our link failed), leave it properly.
+                        await self._leave(membership)
+                    membership, rejoined = await self._rejoin(), True
+            finally:
+                self._link_down()  # No more submits: they are told the hub is down.
+                with trio.CancelScope(shield=True):
+                    # What sessions submitted before they ended goes out before we leave.
+                    deadline = trio.current_time() + LEAVE_TIMEOUT_SECONDS
+                    await self._publisher.close(membership, deadline=deadline)
+                    await self._leave(membership)
+
+    async def publish(self, body: str) -> None:
+        await self._publisher.publish(body)
+
+    async def submit(self, body: str, on_failure: Callable[[], None]) -> None:
+        await self._publisher.submit(body, on_failure)
+
+    async def snapshot(
+        self, since: int | None, epoch: str | None, connection: int, name: str
+    ) -> Snapshot:
+        # Recorded here first: if the call fails, the next join carries it.
+        self._presence[connection] = name
+        membership = self._membership
+        if membership is None:
+            raise HubUnavailable("the hub is unreachable right now")
+        try:
+            snapshot = await self._threads.call(membership.snapshot, since, epoch, connection, name)
+        except self.backend.link_errors as error:
+            raise HubUnavailable("the hub is unreachable right now") from error
+        self._publisher.reschedule(membership)
+        return snapshot
+
+    def present(self, connection: int, name: str) -> None:
+        self._presence[connection] = name
+        self._publisher.change_presence(connection, name)
+
+    def absent(self, connection: int) -> None:
+        self._presence.pop(connection, None)
+        self._publisher.change_presence(connection, None)
+
+    def _link_up(self, membership: Membership) -> None:
+        self._membership = membership
+        self._publisher.link_up(membership)
+
+    def _link_down(self) -> None:
+        self._membership = None
+        self._publisher.link_down()
+
+    async def _join(self) -> Membership:
+        # Whatever changed before this join is in the presence the join sends.
+        self._publisher.forget_presence_changes()
+        return await self._threads.call(
+            self.backend.join,
+            self._label,
+            dict(self._presence),
+            self._reader.last_id,
+            self._reader.epoch,
+            give_up_after=JOIN_TIMEOUT_SECONDS,
+        )
+
+    async def _rejoin(self) -> Membership:
+        logger.warning("event=hub_down hub=%s", self.backend.describe())
+        delay = RECONNECT_FIRST_DELAY_SECONDS
+        # Even the first attempt waits: a link that breaks right after every join must not
+        # spin.
+        await trio.sleep(delay)
+        while True:
+            try:
+                membership = await self._join()
+            except self.backend.link_errors as error:
+                logger.debug("hub reconnect failed: %s", error)
+            except HubUnavailable as error:  # Our own deadline: the hub did not answer.
+                logger.debug("hub reconnect failed: %s", error)
+            except Exception:
+                logger.exception("event=hub_reconnect_error")  # Logged, and tried again.
+            else:
+                logger.warning("event=hub_up hub=%s", self.backend.describe())
+                return membership
+            await trio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
+
+    async def _leave(self, membership: Membership) -> None:
+        with trio.move_on_after(LEAVE_TIMEOUT_SECONDS):
+            # If the hub is gone already, so is our membership.
+            with contextlib.suppress(*self.backend.link_errors):
+                await self._threads.run_sync(membership.leave)
