@@ -26,7 +26,8 @@ import trio
 from trio_chat import ChatApp
 from trio_chat.asgi_types import Message, Receive, Scope, Send
 from trio_chat.config import Settings
-from trio_chat.hub import Hub, LocalHub
+from trio_chat.hub_link import Hub
+from trio_chat.hub_link.local import LocalHub
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from trio_chat.hub import LocalHub
+from trio_chat.hub_link.local import LocalHub
 
 from asgi_driver import StartedWorker, chat_app, running_worker
 

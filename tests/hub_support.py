@@ -7,13 +7,14 @@ tests wait on conditions over them (under a deadline, on the real clock: the hub
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
-from trio_chat.hub import Hub, HubLink
+from trio_chat.hub_link import Hub, HubLink
+from trio_chat.hub_link.bridge import Membership
 from trio_chat.protocol import ChatMessage, encode_chat_body, message_id, presence_version
 
 DEADLINE_SECONDS = 20.0
@@ -102,3 +103,17 @@ async def joined(hub: Hub) -> AsyncIterator[JoinedWorker]:
 
 def body(sender: str, text: str) -> str:
     return encode_chat_body(ChatMessage(sender=sender, message=text))
+
+
+class UnjoinableBackend:
+    """A backend for a bridge part that never joins (the publisher, the reader): only what
+    they read of their backend."""
+
+    link_errors: tuple[type[BaseException], ...] = (ConnectionError,)
+    rejoin_replaces = False
+
+    def describe(self) -> str:
+        return "fake"
+
+    def join(self, label: str, presence: Mapping[int, str], last_id: int, epoch: str) -> Membership:
+        raise AssertionError("this part of the bridge never joins")

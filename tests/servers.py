@@ -23,8 +23,8 @@ import psutil
 import trio
 from hypercorn.config import Config
 
-from trio_chat.hub.address import private_runtime_dir, read_secret_file
-from trio_chat.hub.manager import HubClient
+from trio_chat.hub_address import private_runtime_dir, read_secret_file
+from trio_chat.hub_link.manager.client import HubClient
 
 from wsclient import WebSocketClient, open_websocket
 

@@ -15,7 +15,7 @@ import trio
 
 from trio_chat import ChatApp
 from trio_chat.config import Settings
-from trio_chat.hub import LocalHub
+from trio_chat.hub_link.local import LocalHub
 from trio_chat.static import default_static_dir
 
 from asgi_driver import (

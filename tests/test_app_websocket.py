@@ -22,7 +22,7 @@ import trio.testing
 from trio_chat import ChatApp
 from trio_chat.asgi_types import Message
 from trio_chat.config import Settings
-from trio_chat.hub import LocalHub
+from trio_chat.hub_link.local import LocalHub
 from trio_chat.protocol import CloseCode, ErrorCode
 from trio_chat.session import BATCH_BURST_FRAMES, BATCH_FRAMES_PER_SECOND
 from trio_chat.worker import STATE_KEY, Worker

@@ -1,4 +1,4 @@
-"""The reader's fetching thread (``hub/bridge/fetcher.py``), with fake memberships.
+"""The reader's fetching thread (``hub_link/bridge/fetcher.py``), with fake memberships.
 
 The thread is a real one, so these tests use the real clock, each wait under a deadline.
 """
@@ -11,8 +11,8 @@ import threading
 import pytest
 import trio
 
-from trio_chat.hub.bridge.backend import Fetched
-from trio_chat.hub.bridge.fetcher import READ_AHEAD, Fetcher
+from trio_chat.hub_link.bridge.backend import Fetched
+from trio_chat.hub_link.bridge.fetcher import READ_AHEAD, Fetcher
 
 from hub_support import DEADLINE_SECONDS, body
 

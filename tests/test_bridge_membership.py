@@ -1,4 +1,4 @@
-"""The assembled bridge: ``BridgedHub`` (``hub/bridge/membership.py``), which joins, re-joins
+"""The assembled bridge: ``BridgedHub`` (``hub_link/bridge/membership.py``), which joins, re-joins
 and leaves, and runs the publisher and the reader in between.
 
 Two backends: a real ``HubCore`` behind blocking calls, as the hub process has it, with
@@ -21,13 +21,13 @@ import trio
 import trio.testing
 
 from trio_chat.config import Settings
-from trio_chat.hub import HubUnavailable, Snapshot
-from trio_chat.hub.bridge import BridgedHub, Fetched
-from trio_chat.hub.bridge.membership import JOIN_TIMEOUT_SECONDS
-from trio_chat.hub.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND
-from trio_chat.hub.bridge.reader import HUB_SILENCE_SECONDS
-from trio_chat.hub.bridge.threads import HUB_CALL_TIMEOUT_SECONDS
 from trio_chat.hub.core import HubCore
+from trio_chat.hub_link import HubUnavailable, Snapshot
+from trio_chat.hub_link.bridge import BridgedHub, Fetched
+from trio_chat.hub_link.bridge.membership import JOIN_TIMEOUT_SECONDS
+from trio_chat.hub_link.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND
+from trio_chat.hub_link.bridge.reader import HUB_SILENCE_SECONDS
+from trio_chat.hub_link.bridge.threads import HUB_CALL_TIMEOUT_SECONDS
 from trio_chat.protocol import presence_frame, stamp_chat_frame
 
 from hub_support import DEADLINE_SECONDS, JoinedWorker, Recorder, body, joined

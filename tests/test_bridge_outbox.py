@@ -1,4 +1,4 @@
-"""The publisher's outbox (``hub/bridge/outbox.py``), on the autojump clock."""
+"""The publisher's outbox (``hub_link/bridge/outbox.py``), on the autojump clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_chat.hub.bridge.outbox import Outbox, Pending, Wake
+from trio_chat.hub_link.bridge.outbox import Outbox, Pending, Wake
 
 
 async def test_a_wake_up_that_finds_the_outbox_full_is_dropped(

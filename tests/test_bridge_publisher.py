@@ -1,4 +1,4 @@
-"""The bridge's publisher (``hub/bridge/publisher.py``) on its own.
+"""The bridge's publisher (``hub_link/bridge/publisher.py``) on its own.
 
 A fake membership records every ``update``; its calls are made right in the Trio thread, not
 in worker threads (the fake never blocks), so the autojump clock is exact: a test can hold the
@@ -16,10 +16,12 @@ import pytest
 import trio
 import trio.testing
 
-from trio_chat.hub import HubUnavailable, Snapshot
-from trio_chat.hub.bridge.backend import Fetched, Membership
-from trio_chat.hub.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND, Publisher
-from trio_chat.hub.bridge.threads import HUB_CALL_TIMEOUT_SECONDS, HubThreads
+from trio_chat.hub_link import HubUnavailable, Snapshot
+from trio_chat.hub_link.bridge.backend import Fetched
+from trio_chat.hub_link.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND, Publisher
+from trio_chat.hub_link.bridge.threads import HUB_CALL_TIMEOUT_SECONDS, HubThreads
+
+from hub_support import UnjoinableBackend
 
 T = TypeVar("T")
 
@@ -27,23 +29,12 @@ OUTBOX_SIZE = 64
 LEAVE_SECONDS = 2.0
 
 
-class FakeBackend:
-    link_errors: tuple[type[BaseException], ...] = (ConnectionError,)
-    rejoin_replaces = False
-
-    def describe(self) -> str:
-        return "fake"
-
-    def join(self, label: str, presence: Mapping[int, str], last_id: int, epoch: str) -> Membership:
-        raise AssertionError("the publisher never joins")
-
-
 class CallsInTrio(HubThreads):
     """Makes each call in the Trio thread, after a checkpoint; ``hold`` makes calls wait (as
     for a hub that does not answer) until ``release``."""
 
     def __init__(self) -> None:
-        super().__init__(FakeBackend())
+        super().__init__(UnjoinableBackend())
         self._open: trio.Event | None = None
 
     def hold(self) -> None:
@@ -109,7 +100,7 @@ async def publishing(
     membership: RecordingMembership, calls: CallsInTrio
 ) -> AsyncIterator[Publisher]:
     """A running publisher, linked to ``membership``; closed at the end."""
-    publisher = Publisher(FakeBackend(), calls, outbox_size=OUTBOX_SIZE)
+    publisher = Publisher(UnjoinableBackend(), calls, outbox_size=OUTBOX_SIZE)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(publisher.run)
         publisher.link_up(membership)

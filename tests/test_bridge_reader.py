@@ -1,4 +1,4 @@
-"""The bridge's reader (``hub/bridge/reader.py``) on its own, with fake memberships.
+"""The bridge's reader (``hub_link/bridge/reader.py``) on its own, with fake memberships.
 
 A fake membership's fetches return what the test queued for them. The fetching thread is a
 real one, so most tests use the real clock, each wait under a deadline; the hub that goes
@@ -15,24 +15,13 @@ import pytest
 import trio
 import trio.testing
 
-from trio_chat.hub import Snapshot
-from trio_chat.hub.bridge.backend import Fetched, Membership
-from trio_chat.hub.bridge.reader import HUB_SILENCE_SECONDS, Reader
-from trio_chat.hub.bridge.threads import HubThreads
+from trio_chat.hub_link import Snapshot
+from trio_chat.hub_link.bridge.backend import Fetched
+from trio_chat.hub_link.bridge.reader import HUB_SILENCE_SECONDS, Reader
+from trio_chat.hub_link.bridge.threads import HubThreads
 from trio_chat.protocol import presence_frame, stamp_chat_frame
 
-from hub_support import DEADLINE_SECONDS, body
-
-
-class FakeBackend:
-    link_errors: tuple[type[BaseException], ...] = (ConnectionError,)
-    rejoin_replaces = False
-
-    def describe(self) -> str:
-        return "fake"
-
-    def join(self, label: str, presence: Mapping[int, str], last_id: int, epoch: str) -> Membership:
-        raise AssertionError("the reader never joins")
+from hub_support import DEADLINE_SECONDS, UnjoinableBackend, body
 
 
 class QueuedMembership:
@@ -88,7 +77,7 @@ class Listener:
 
 
 def new_reader() -> Reader:
-    backend = FakeBackend()
+    backend = UnjoinableBackend()
     return Reader(backend, HubThreads(backend), batch=10)
 
 

@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 
 from trio_chat.asgi_types import Message
 from trio_chat.config import Settings
-from trio_chat.hub import LocalHub
+from trio_chat.hub_link.local import LocalHub
 from trio_chat.protocol import CloseCode, ErrorCode, Limits
 from trio_chat.worker import STATE_KEY, Worker
 

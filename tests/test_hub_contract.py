@@ -18,9 +18,12 @@ import pytest
 import trio
 
 from trio_chat.config import Settings
-from trio_chat.hub import Hub, LocalHub, ManagerHub, RedisHub
-from trio_chat.hub.address import Endpoint
-from trio_chat.hub.manager import HubClient
+from trio_chat.hub_address import Endpoint
+from trio_chat.hub_link import Hub
+from trio_chat.hub_link.local import LocalHub
+from trio_chat.hub_link.manager.client import HubClient
+from trio_chat.hub_link.manager.hub import ManagerHub
+from trio_chat.hub_link.redis.hub import RedisHub
 from trio_chat.protocol import message_id
 
 from hub_support import DEADLINE_SECONDS, joined

@@ -10,6 +10,7 @@ does once the fetching thread has read the clock finds the fetch waiting.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import threading
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from trio_chat.hub.core import LEASE_SECONDS, HubCore
+from trio_chat.hub.core import HubCore
+from trio_chat.hub_link.interface import LEASE_SECONDS
+from trio_chat.hub_link.manager.client import EXPOSED, HubClient
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
 JOIN_TIMEOUT_SECONDS = 5.0
@@ -292,3 +295,15 @@ def test_a_hub_starts_a_run_of_ids_of_its_own() -> None:
 def test_statistics_name_the_hub_process() -> None:
     stats = hub_core(FakeClock()).statistics()
     assert (stats["pid"], stats["mailboxes"]) == (os.getpid(), {})
+
+
+def test_the_manager_exposes_what_workers_call_and_the_core_serves() -> None:
+    """The remote interface is written once (``HubClient``): each name the manager exposes is
+    a method of the hub's core, taking the same arguments."""
+    assert EXPOSED == (
+        "join", "current_epoch", "leave", "update", "publish", "snapshot", "fetch", "statistics",
+    )  # fmt: skip
+    for name in EXPOSED:
+        client_parameters = list(inspect.signature(getattr(HubClient, name)).parameters)
+        core_parameters = list(inspect.signature(getattr(HubCore, name)).parameters)
+        assert client_parameters == core_parameters[: len(client_parameters)], name

@@ -20,9 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trio_chat.hub.address import Endpoint, automatic_endpoint
-from trio_chat.hub.launcher import connect_or_start
-from trio_chat.hub.manager import HubClient
+from trio_chat.hub_address import Endpoint, automatic_endpoint
+from trio_chat.hub_link.manager.client import HubClient
+from trio_chat.hub_link.manager.launcher import connect_or_start
 from trio_chat.process_watch import has_exited
 from trio_chat.protocol import ChatMessage, encode_chat_body
 

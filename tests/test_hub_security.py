@@ -25,7 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trio_chat.hub.address import (
+from trio_chat.hub.server import HANDSHAKE_TIMEOUT_SECONDS
+from trio_chat.hub_address import (
     MIN_SECRET_BYTES,
     Address,
     HubConfigError,
@@ -34,9 +35,8 @@ from trio_chat.hub.address import (
     private_runtime_dir,
     read_secret_file,
 )
-from trio_chat.hub.launcher import connect_or_start
-from trio_chat.hub.manager import HubClient
-from trio_chat.hub.server import HANDSHAKE_TIMEOUT_SECONDS
+from trio_chat.hub_link.manager.client import HubClient
+from trio_chat.hub_link.manager.launcher import connect_or_start
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
 from servers import ROOT, free_port

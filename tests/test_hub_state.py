@@ -14,12 +14,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_chat.hub.state import (
-    LEASE_SECONDS,
     MAX_PRESENCE_INTERVAL_SECONDS,
     HubState,
     Sequencer,
     Wake,
 )
+from trio_chat.hub_link.interface import LEASE_SECONDS
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
 EPOCH = "this-run"

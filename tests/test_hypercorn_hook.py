@@ -23,7 +23,7 @@ from wsproto.handshake import server_extensions_handshake
 
 from trio_chat import ChatApp
 from trio_chat.config import Settings
-from trio_chat.hub import LocalHub
+from trio_chat.hub_link.local import LocalHub
 from trio_chat.hypercorn_hook import (
     BROWSER_OFFER,
     HOOKED_NAME,

@@ -14,8 +14,9 @@ import trio
 
 from trio_chat import ChatApp
 from trio_chat.config import Settings
-from trio_chat.hub import Hub, HubLink, HubListener, HubUnavailable, LocalHub
-from trio_chat.hub.address import HubConfigError
+from trio_chat.hub_address import HubConfigError
+from trio_chat.hub_link import Hub, HubLink, HubListener, HubUnavailable
+from trio_chat.hub_link.local import LocalHub
 from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import chat_app, open_lifespan, running_worker

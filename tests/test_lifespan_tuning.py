@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trio_chat.hub import LocalHub
+from trio_chat.hub_link.local import LocalHub
 from trio_chat.supervision import GC_THRESHOLDS, SWITCH_INTERVAL_SECONDS, tune_worker_process
 
 from asgi_driver import chat_app, running_worker

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trio_chat.hub.presence import MAX_LISTED_USERS, PresenceBook
+from trio_chat.hub.presence import PresenceBook
+from trio_chat.hub_link.interface import MAX_LISTED_USERS
 
 
 def published(book: PresenceBook) -> dict[str, Any]:

@@ -17,10 +17,10 @@ import redis
 import trio
 
 from trio_chat.config import Settings
-from trio_chat.hub import HubUnavailable, RedisHub, open_hub
-from trio_chat.hub.address import HubConfigError
-from trio_chat.hub.bridge import Fetched
-from trio_chat.hub.redis_hub import RedisBackend
+from trio_chat.hub_address import HubConfigError
+from trio_chat.hub_link import HubUnavailable, open_hub
+from trio_chat.hub_link.bridge import Fetched
+from trio_chat.hub_link.redis.hub import RedisBackend, RedisHub
 from trio_chat.protocol import message_id
 
 from hub_support import DEADLINE_SECONDS, JoinedWorker, Recorder, body, joined

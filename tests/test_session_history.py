@@ -14,8 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_chat.hub import HubLink, HubListener, LocalHub, Snapshot
 from trio_chat.hub.core import HubCore
+from trio_chat.hub_link import HubLink, HubListener, Snapshot
+from trio_chat.hub_link.local import LocalHub
 from trio_chat.protocol import ChatMessage, encode_chat_body
 from trio_chat.session import BATCH_SUBPROTOCOL
 from trio_chat.worker import STATE_KEY, Worker

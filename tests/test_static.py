@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from trio_chat.config import Settings
-from trio_chat.hub import LocalHub
+from trio_chat.hub_link.local import LocalHub
 from trio_chat.static import default_static_dir, is_safe_relative_path
 
 from asgi_driver import Response, chat_app, request

@@ -16,7 +16,7 @@ import trio
 
 from .asgi_types import Receive, Scope, Send
 from .config import Settings
-from .hub import open_hub
+from .hub_link import open_hub
 from .lifespan import HubFactory, run_lifespan
 from .responses import send_error, send_json
 from .session import serve_websocket

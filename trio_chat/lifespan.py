@@ -17,8 +17,8 @@ import trio
 from . import hypercorn_hook, logs
 from .asgi_types import Receive, Scope, Send
 from .config import ConfigError, Settings
-from .hub import Hub, HubUnavailable, open_hub
-from .hub.address import HubConfigError
+from .hub_address import HubConfigError
+from .hub_link import Hub, HubUnavailable, open_hub
 from .logs import log_event
 from .supervision import (
     in_worker_process,

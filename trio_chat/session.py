@@ -22,7 +22,7 @@ import trio
 
 from .asgi_types import Receive, Scope, Send
 from .guards import TokenBucket, origin_allowed
-from .hub import HubUnavailable, Snapshot
+from .hub_link import HubUnavailable, Snapshot
 from .logs import log_event
 from .protocol import (
     CloseCode,

@@ -15,7 +15,7 @@ import trio
 
 from .config import Settings
 from .guards import AddressCounter
-from .hub import HubLink, HubUnavailable, Snapshot
+from .hub_link import HubLink, HubUnavailable, Snapshot
 from .protocol import CloseCode, Limits, NoticeCode, notice_frame
 from .room import Room
 from .static import StaticFiles, default_static_dir

@@ -1,32 +1,9 @@
-"""The cross-process hub: one total order of chat messages, delivered to every worker.
+"""The hub process: ``python -m trio_chat.hub`` (or ``trio-chat-hub``).
 
-Backends share the ``Hub`` protocol of ``interface``; ``open_hub`` picks one from settings.
+One process per server (started by the first worker, or by hand) that gives every chat message
+its place in one total order and hands the frames to every worker's mailbox. It runs a
+multiprocessing manager server (``server``) around ``core.HubCore`` (the state behind a lock,
+with blocking fetches), whose state is ``state.HubState`` (pure: no lock, no thread, no clock
+of its own) with ``presence``. It loads neither the ASGI app, nor Trio, nor redis; what it
+shares with the workers is in ``trio_chat.hub_link.interface`` and ``trio_chat.hub_address``.
 """
-
-from __future__ import annotations
-
-from ..config import Settings
-from .interface import Hub, HubLink, HubListener, HubUnavailable, Snapshot
-from .local import LocalHub
-from .manager_hub import ManagerHub
-from .redis_hub import RedisHub, is_redis_url
-
-__all__ = [
-    "Hub",
-    "HubLink",
-    "HubListener",
-    "HubUnavailable",
-    "LocalHub",
-    "ManagerHub",
-    "RedisHub",
-    "Snapshot",
-    "open_hub",
-]
-
-
-def open_hub(settings: Settings) -> Hub:
-    if settings.hub == "local":
-        return LocalHub(settings.history_size)
-    if is_redis_url(settings.hub):
-        return RedisHub(settings)
-    return ManagerHub(settings)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, Settings
-from .address import (
+from ..hub_address import (
     MIN_SECRET_BYTES,
     Address,
     HubConfigError,

@@ -18,25 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from .state import (
-    FETCH_HEARTBEAT_SECONDS,
-    LEASE_SECONDS,
-    MAX_PRESENCE_INTERVAL_SECONDS,
-    HubState,
-    Snapshot,
-    Wake,
-)
-
-# The constants and ``Snapshot`` belong to ``state``; other modules still import them from here.
-__all__ = [
-    "FETCH_HEARTBEAT_SECONDS",
-    "LEASE_SECONDS",
-    "MAX_PRESENCE_INTERVAL_SECONDS",
-    "HubCore",
-    "Snapshot",
-    "new_epoch",
-    "wall_clock_ms",
-]
+from ..hub_link.interface import FETCH_HEARTBEAT_SECONDS, Snapshot
+from .state import HubState, Wake
 
 
 def wall_clock_ms() -> int:

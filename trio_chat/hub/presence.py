@@ -15,10 +15,8 @@ import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 
+from ..hub_link.interface import MAX_LISTED_USERS
 from ..protocol import presence_frame
-
-#: Names listed in a presence frame at most; past this the frame says it is truncated.
-MAX_LISTED_USERS = 1000
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,10 +29,10 @@ from multiprocessing.managers import Server
 from types import FrameType
 from typing import Any
 
+from ..hub_address import Address, HubConfigError, describe_address
+from ..hub_link.manager.client import EXPOSED, HUB_TYPEID
 from ..process_watch import wait_for_exit
-from .address import Address, HubConfigError, describe_address
 from .core import HubCore
-from .manager import EXPOSED, HUB_TYPEID
 
 logger = logging.getLogger("trio_chat.hub")
 

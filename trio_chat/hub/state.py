@@ -31,34 +31,12 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+from ..hub_link.interface import LEASE_SECONDS, Snapshot
 from ..protocol import stamp_chat_frame
 from .presence import PresenceBook
 
-#: The longest a fetch waits before returning empty: the worker's heartbeat.
-FETCH_HEARTBEAT_SECONDS = 5.0
-LEASE_SECONDS = 3 * FETCH_HEARTBEAT_SECONDS
 #: However large the room, a presence frame at least this often while presence changes.
 MAX_PRESENCE_INTERVAL_SECONDS = 10.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """What a joining client is sent before live frames, and where live frames take over."""
-
-    #: Message frames after ``since`` (or the whole history), oldest first.
-    messages: list[str]
-    #: The highest id given so far: live messages with an id up to this one are in the past.
-    last_id: int
-    #: The oldest id still kept (``last_id + 1`` when none is).
-    first_available: int
-    #: The presence frame as of now, and its version: older presence frames are in the past.
-    presence: str
-    presence_version: int
-    #: Which run of ids this hub's are (it changes when a new server starts from scratch).
-    epoch: str = ""
-    #: False when ``since`` was ahead of ``last_id`` or from another epoch (the messages are
-    #: then the whole history).
-    since_valid: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

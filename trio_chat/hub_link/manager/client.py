@@ -12,20 +12,10 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, cast
 
-from .address import Address
-from .core import Snapshot
+from ...hub_address import Address
+from ..interface import Snapshot
 
 HUB_TYPEID = "hub"
-EXPOSED = (
-    "join",
-    "current_epoch",
-    "leave",
-    "update",
-    "publish",
-    "snapshot",
-    "fetch",
-    "statistics",
-)
 
 #: What a broken or absent hub raises in a client: refused or reset sockets, EOF mid-call, a
 #: failed authentication, and a call that reached a restarted hub that does not know the proxy.
@@ -38,10 +28,7 @@ HUB_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class HubManager(BaseManager):
-    """Client side: knows the hub's typeid, not how to make one."""
-
-
-HubManager.register(HUB_TYPEID, exposed=EXPOSED)
+    """Client side: knows the hub's typeid, not how to make one (registered below)."""
 
 
 class HubClient:
@@ -94,3 +81,11 @@ class HubClient:
 
     def statistics(self) -> dict[str, Any]:
         return cast("dict[str, Any]", self._hub.statistics())
+
+
+#: The hub's remote interface: what a worker calls (``HubClient``'s methods) is what the hub
+#: process exposes of its ``HubCore``, by name; written out once, here.
+EXPOSED = tuple(
+    name for name, value in vars(HubClient).items() if callable(value) and not name.startswith("_")
+)
+HubManager.register(HUB_TYPEID, exposed=EXPOSED)

@@ -22,7 +22,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ..config import Settings
+from .config import Settings
 
 #: A shorter secret is refused: the HMAC challenge is only as strong as the key.
 MIN_SECRET_BYTES = 16

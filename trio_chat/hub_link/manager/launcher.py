@@ -17,16 +17,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..process_watch import has_exited
-from .address import Endpoint
-from .manager import HubClient
+from ...hub_address import Endpoint
+from ...process_watch import has_exited
+from .client import HubClient
 
 logger = logging.getLogger("trio_chat.hub")
 
 #: How long a new hub process may take to listen (a Python start-up and two imports).
 HUB_START_TIMEOUT_SECONDS = 30.0
 
-_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
 
 # Hubs this process started. The hub outlives us as a rule (it ends with the Hypercorn master),
 # but one that dies first is reaped here rather than left a zombie.

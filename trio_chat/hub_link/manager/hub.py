@@ -10,12 +10,12 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 
-from ..config import Settings
-from .address import Endpoint, resolve_endpoint
-from .bridge import BridgedHub, Fetched
-from .core import Snapshot
+from ...config import Settings
+from ...hub_address import Endpoint, resolve_endpoint
+from ..bridge import BridgedHub, Fetched
+from ..interface import Snapshot
+from .client import HUB_ERRORS, HubClient
 from .launcher import HubStartError, connect_or_start
-from .manager import HUB_ERRORS, HubClient
 
 
 class ManagerHub(BridgedHub):

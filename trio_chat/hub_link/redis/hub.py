@@ -38,16 +38,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..config import Settings
-from ..protocol import presence_frame, stamp_chat_frame
-from .address import HubConfigError, read_secret_file
-from .bridge import BridgedHub, Fetched
-from .core import LEASE_SECONDS, Snapshot
-from .presence import MAX_LISTED_USERS
+from ...config import Settings
+from ...hub_address import HubConfigError, read_secret_file
+from ...protocol import presence_frame, stamp_chat_frame
+from ..bridge import BridgedHub, Fetched
+from ..interface import LEASE_SECONDS, MAX_LISTED_USERS, Snapshot
 
 logger = logging.getLogger("trio_chat.hub")
 
-REDIS_SCHEMES = ("redis://", "rediss://")
 #: How long a read waits for new entries before returning empty (and being made again).
 READ_BLOCK_SECONDS = 5.0
 #: Presence frames are coalesced to one per interval, across all workers.
@@ -62,10 +60,6 @@ _GONE = "\0"
 
 class HubStateLost(Exception):
     """Redis no longer knows this worker (its lease ran out, or Redis lost its data)."""
-
-
-def is_redis_url(hub: str) -> bool:
-    return hub.startswith(REDIS_SCHEMES)
 
 
 class RedisHub(BridgedHub):

@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import trio
 
-from .core import new_epoch, wall_clock_ms
-from .interface import HubLink, HubListener, HubUnavailable
-from .state import HubState, Snapshot
+from ..hub.core import new_epoch, wall_clock_ms
+from ..hub.state import HubState
+from .interface import HubLink, HubListener, HubUnavailable, Snapshot
 
 # Frames are delivered synchronously after every change, so mailboxes never fill.
 _UNBOUNDED = 1 << 30

@@ -9,14 +9,50 @@ Backends: ``ManagerHub`` (a multiprocessing manager process; the default) and ``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import trio
+if TYPE_CHECKING:
+    import trio
 
-from .core import Snapshot
+__all__ = [
+    "FETCH_HEARTBEAT_SECONDS",
+    "LEASE_SECONDS",
+    "MAX_LISTED_USERS",
+    "Hub",
+    "HubLink",
+    "HubListener",
+    "HubUnavailable",
+    "Snapshot",
+]
 
-__all__ = ["Hub", "HubLink", "HubListener", "HubUnavailable", "Snapshot"]
+#: The longest a hub's fetch waits before returning empty: the worker's heartbeat.
+FETCH_HEARTBEAT_SECONDS = 5.0
+#: A worker not heard from for this long has died without leaving: its users leave presence.
+LEASE_SECONDS = 3 * FETCH_HEARTBEAT_SECONDS
+#: Names listed in a presence frame at most; past this the frame says it is truncated.
+MAX_LISTED_USERS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What a joining client is sent before live frames, and where live frames take over."""
+
+    #: Message frames after ``since`` (or the whole history), oldest first.
+    messages: list[str]
+    #: The highest id given so far: live messages with an id up to this one are in the past.
+    last_id: int
+    #: The oldest id still kept (``last_id + 1`` when none is).
+    first_available: int
+    #: The presence frame as of now, and its version: older presence frames are in the past.
+    presence: str
+    presence_version: int
+    #: Which run of ids this hub's are (it changes when a new server starts from scratch).
+    epoch: str = ""
+    #: False when ``since`` was ahead of ``last_id`` or from another epoch (the messages are
+    #: then the whole history).
+    since_valid: bool = True
 
 
 class HubUnavailable(Exception):
@@ -77,7 +113,7 @@ class Hub(Protocol):
         self,
         listener: HubListener,
         *,
-        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[HubLink] = ...,
     ) -> None:
         """Join the hub and feed ``listener`` until cancelled; then leave.
 
