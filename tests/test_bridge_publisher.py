@@ -289,6 +289,38 @@ async def test_an_update_due_sooner_wakes_the_waiting_publisher(
     assert membership.update_times == pytest.approx([rescheduled + 1])
 
 
+async def test_an_update_due_later_is_waited_for_without_a_wake(
+    calls: CallsInTrio, autojump_clock: trio.testing.MockClock
+) -> None:
+    membership = RecordingMembership()
+    membership.update_due_in = 1.0
+    async with publishing(membership, calls) as publisher:
+        await trio.testing.wait_all_tasks_blocked()
+        membership.update_due_in = 30.0
+        publisher.reschedule(membership)
+        rescheduled = trio.current_time()
+        membership.update_due_in = None
+        await trio.sleep(60)
+    assert membership.update_times == pytest.approx([rescheduled + 30])
+
+
+async def test_rescheduling_to_no_earlier_time_takes_no_room_from_senders(
+    membership: RecordingMembership, calls: CallsInTrio, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every join reschedules; with the manager hub no update is ever due. While a round trip
+    is under way, those must not fill the bounded outbox that senders wait for."""
+    async with publishing(membership, calls) as publisher:
+        calls.hold()
+        await publisher.submit("under way", _unexpected_failure)
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in range(2 * OUTBOX_SIZE):
+            publisher.reschedule(membership)
+        with trio.fail_after(1):  # Virtual time: a sender held back would never get in.
+            for index in range(OUTBOX_SIZE):
+                await publisher.submit(f"waiting {index}", _unexpected_failure)
+    assert sum(len(bodies) for bodies in membership.bodies()) == OUTBOX_SIZE + 1
+
+
 async def test_a_round_trip_the_hub_does_not_answer_is_given_up_after_the_call_timeout(
     membership: RecordingMembership, calls: CallsInTrio, autojump_clock: trio.testing.MockClock
 ) -> None:

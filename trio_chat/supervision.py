@@ -21,6 +21,7 @@ Run by the lifespan for the worker's whole life, beside the hub link:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import multiprocessing
@@ -72,11 +73,13 @@ async def supervise(
     """Watch over ``worker`` until cancelled (at the end of the lifespan); started once every
     watch is in place."""
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(close_sessions_on_sigterm, worker)
+        # Each watch is started once it is in place (the signal handler installed, the
+        # master's pidfd open): a SIGTERM right after startup must not find the default action.
+        await nursery.start(close_sessions_on_sigterm, worker)
         nursery.start_soon(exit_if_stuck, worker)
         master = multiprocessing.parent_process()
         if master is not None and master.pid is not None:
-            nursery.start_soon(shut_down_when_orphaned, worker, master.pid)
+            await nursery.start(shut_down_when_orphaned, worker, master.pid)
         task_status.started()
 
 
@@ -86,20 +89,31 @@ def in_worker_process() -> bool:
     return multiprocessing.parent_process() is not None
 
 
-async def close_sessions_on_sigterm(worker: Supervised) -> None:
-    try:
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                if worker.closing:
-                    continue  # The master's second SIGTERM: already on our way out.
-                log_event("terminating", pid=worker.pid, connections=worker.connections)
-                _begin_shutdown(worker)
-    except RuntimeError:
-        return  # Not in the main thread (an embedding server): termination is its business.
+async def close_sessions_on_sigterm(
+    worker: Supervised, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with contextlib.ExitStack() as stack:
+        try:
+            signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM))
+        except RuntimeError:
+            # Not in the main thread (an embedding server): termination is its business.
+            task_status.started()
+            return
+        task_status.started()
+        async for _ in signals:
+            if worker.closing:
+                continue  # The master's second SIGTERM: already on our way out.
+            log_event("terminating", pid=worker.pid, connections=worker.connections)
+            _begin_shutdown(worker)
 
 
-async def shut_down_when_orphaned(worker: Supervised, master_pid: int) -> None:
-    await wait_for_exit(master_pid)
+async def shut_down_when_orphaned(
+    worker: Supervised,
+    master_pid: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await wait_for_exit(master_pid, task_status=task_status)
     log_event("master_gone", logging.WARNING, pid=worker.pid, master=master_pid)
     _begin_shutdown(worker)
 
@@ -117,16 +131,20 @@ async def exit_if_stuck(worker: Supervised) -> None:
         os._exit(0)
 
 
-async def wait_for_exit(pid: int) -> None:
+async def wait_for_exit(
+    pid: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Until process ``pid`` has exited: its pidfd becomes readable (polled where the system
-    has no pidfds)."""
+    has no pidfds). Started once the pidfd is open."""
     try:
         pidfd = process_watch.open_pidfd(pid)
     except process_watch.NoPidfd:
+        task_status.started()
         # Nothing to wait on where the system has no pidfds: polling is all there is.
         while process_watch.is_alive(pid):  # noqa: ASYNC110
             await trio.sleep(process_watch.POLL_SECONDS)
         return
+    task_status.started()
     if pidfd is None:
         return
     try:

@@ -72,12 +72,14 @@ class Outbox:
         """Until a body comes, or a presence change, or the time ``due()`` (which may change,
         with a ``Wake.DUE_TIME``)."""
         while True:
-            with trio.move_on_at(due()):
+            with trio.move_on_at(due()) as timer:
                 first = await self._receive.receive()
                 if first is Wake.DUE_TIME:
                     continue
                 if isinstance(first, Pending):
                     self._taken.append(first)
+            if timer.cancelled_caught and due() > trio.current_time():
+                continue  # The due time moved later meanwhile: no wake is sent for that.
             return
 
     def take(self, limit: float) -> list[Pending]:

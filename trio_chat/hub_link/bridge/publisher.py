@@ -115,9 +115,14 @@ class Publisher:
         self._presence_changes.clear()
 
     def reschedule(self, membership: Membership) -> None:
-        """``membership`` may want its next update at another time (a snapshot changed it)."""
+        """``membership`` may want its next update at another time (a snapshot changed it).
+        The publisher is woken only for an earlier one (a later one is noticed when the earlier
+        comes): a wake takes a slot of the bounded outbox, which senders wait for, and every
+        join reschedules."""
+        due_before = self._update_due
         self._set_due(membership)
-        self._outbox.wake(Wake.DUE_TIME)
+        if self._update_due < due_before:
+            self._outbox.wake(Wake.DUE_TIME)
 
     def _set_due(self, membership: Membership | None) -> None:
         due_in = None if membership is None else membership.update_due_in

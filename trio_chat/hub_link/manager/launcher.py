@@ -16,6 +16,7 @@ import select
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from ...hub_address import Endpoint
 from ...process_watch import has_exited
@@ -42,6 +43,9 @@ def connect_or_start(endpoint: Endpoint, mailbox_size: int, history_size: int) -
     if not endpoint.autostart:
         return HubClient(endpoint.address, endpoint.authkey)
     assert endpoint.lock_path is not None and endpoint.owner_pid is not None
+    if has_exited(endpoint.owner_pid):
+        # Checked before the lock too, which would create its file again for nobody.
+        _refuse_for_a_server_gone(endpoint)
     with _exclusive_lock(endpoint.lock_path):
         try:
             return HubClient(endpoint.address, endpoint.authkey)
@@ -49,13 +53,18 @@ def connect_or_start(endpoint: Endpoint, mailbox_size: int, history_size: int) -
             pass  # No hub yet, or a dead one's socket: ours to start. Other errors (too many
             # open files, say) say nothing about the hub: they go up, and the caller retries.
         if has_exited(endpoint.owner_pid):
-            # The server it would belong to is gone (its master was killed, or it is ending and
-            # its hub went first): such a hub would end at once, and this worker is on its way
-            # out too (``supervision``). Nobody will start a hub under this lock again.
-            endpoint.lock_path.unlink(missing_ok=True)
-            raise HubStartError(f"the server's master process {endpoint.owner_pid} has exited")
+            _refuse_for_a_server_gone(endpoint)
         _start_hub(endpoint, mailbox_size, history_size)
     return HubClient(endpoint.address, endpoint.authkey)
+
+
+def _refuse_for_a_server_gone(endpoint: Endpoint) -> NoReturn:
+    """The server the hub would belong to is gone (its master was killed, or it is ending and
+    its hub went first): such a hub would end at once, and this worker is on its way out too
+    (``supervision``). Nobody will start a hub under the lock again: its file goes."""
+    assert endpoint.lock_path is not None
+    endpoint.lock_path.unlink(missing_ok=True)
+    raise HubStartError(f"the server's master process {endpoint.owner_pid} has exited")
 
 
 @contextlib.contextmanager
