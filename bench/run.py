@@ -629,6 +629,17 @@ def _median(values: Sequence[float | None]) -> float:
     return statistics.median(clean) if clean else math.nan
 
 
+def _median_ratio(values: Sequence[float | None], bases: Sequence[float | None]) -> float:
+    """The median of the runs' ratios, each value to the base measured in the same run."""
+    return _median(
+        [
+            value / base
+            for value, base in zip(values, bases, strict=True)
+            if value is not None and base and not math.isnan(value) and not math.isnan(base)
+        ]
+    )
+
+
 def _fmt(fmt: str, value: float) -> str:
     return "-" if value is None or math.isnan(value) else fmt.format(value)
 
@@ -642,13 +653,8 @@ def table(name: str, results: dict[str, list[Any]]) -> list[str]:
     for figure in figures_for(name):
         a = [figure.get(r) for r in ours]
         b = [figure.get(r) for r in base]
-        ratios = [
-            x / y
-            for x, y in zip(a, b, strict=True)
-            if x is not None and y is not None and not math.isnan(x) and not math.isnan(y) and y
-        ]
         med_a, med_b = _median(a), _median(b)
-        ratio = _median(ratios) if ratios else math.nan
+        ratio = _median_ratio(a, b)
         met = ""
         if figure.check and not math.isnan(med_a):
             met = "yes" if figure.check(med_a, ratio) else "**no**"
@@ -734,12 +740,7 @@ def browser_table(results: dict[str, list[Any]]) -> list[str]:
             cell = _fmt(figure.fmt, _median(values))
             if figure.show_ratio:
                 bases = [figure.get(run) for run in reference]
-                ratios = [
-                    value / base
-                    for value, base in zip(values, bases, strict=True)
-                    if value is not None and base and not math.isnan(value) and not math.isnan(base)
-                ]
-                cell += f" (x{_fmt('{:.2f}', _median(ratios))})"
+                cell += f" (x{_fmt('{:.2f}', _median_ratio(values, bases))})"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -528,7 +528,7 @@ async def test_batch_subprotocol_joins_waiting_frames_into_one_and_others_keep_o
             assert accept == {"type": "websocket.accept", "subprotocol": "trio-chat.batch"}
             await batched.read_opening()
             bodies = [f'{{"sender":"ann","message":"m{n}"}}' for n in range(3)]
-            hub.core.publish(bodies)  # One hub batch of three messages...
+            hub.state.publish(bodies)  # One hub batch of three messages...
             hub.deliver_all()
             sent = await batched.receive()
             lines = sent["text"].split("\n")  # ...goes out to the batch client as one frame,
@@ -558,7 +558,7 @@ async def open_batch_chat(app: ChatApp, state: dict[str, Any]) -> AsyncIterator[
 
 
 def publish(hub: LocalHub, *messages: str) -> None:
-    hub.core.publish([f'{{"sender":"ann","message":"{m}"}}' for m in messages])
+    hub.state.publish([f'{{"sender":"ann","message":"{m}"}}' for m in messages])
     hub.deliver_all()
 
 

@@ -63,6 +63,7 @@ class RecordingMembership:
         #: Each update made: its bodies, its presence changes, and when.
         self.updates: list[tuple[list[str], dict[int, str | None]]] = []
         self.update_times: list[float] = []
+        self._updated = trio.Event()
 
     def bodies(self) -> list[list[str]]:
         return [bodies for bodies, _ in self.updates if bodies]
@@ -75,6 +76,13 @@ class RecordingMembership:
             raise self.failure
         self.updates.append((list(bodies), dict(presence)))
         self.update_times.append(trio.current_time())
+        self._updated.set()
+        self._updated = trio.Event()
+
+    async def wait_for_updates(self, count: int) -> None:
+        """Until ``count`` updates in all have been made."""
+        while len(self.updates) < count:
+            await self._updated.wait()
 
     def snapshot(
         self, since: int | None, epoch: str | None, connection: int, name: str
@@ -107,6 +115,12 @@ async def publishing(
         yield publisher
         calls.release()
         await publisher.close(membership, deadline=trio.current_time() + LEAVE_SECONDS)
+
+
+async def quiet_minute(clock: trio.testing.MockClock) -> None:
+    """A minute of virtual time goes by, and whatever falls due in it happens."""
+    clock.jump(60)
+    await trio.testing.wait_all_tasks_blocked()
 
 
 class Reports:
@@ -149,8 +163,7 @@ async def test_round_trips_beyond_the_burst_are_paced_and_carry_what_waited(
             await publisher.submit(f"paced {n}", _unexpected_failure)
         await trio.testing.wait_all_tasks_blocked()
         assert len(membership.updates) == UPDATE_BURST  # The burst is spent: they wait.
-        await trio.sleep(1 / UPDATES_PER_SECOND)
-        await trio.testing.wait_all_tasks_blocked()
+        await membership.wait_for_updates(UPDATE_BURST + 1)
         await publisher.publish("paced again")
 
         assert membership.bodies() == [
@@ -267,9 +280,10 @@ async def test_an_update_the_backend_wants_is_made_when_due_even_with_nothing_to
     membership.update_due_in = 5.0
     start = trio.current_time()
     async with publishing(membership, calls):
-        await trio.sleep(7)  # Virtual: the clock jumps.
-        membership.update_due_in = None  # After this update, none is due.
-        await trio.sleep(60)
+        await membership.wait_for_updates(1)  # The next one is due 5 s after it.
+        membership.update_due_in = None  # After the next one, none is due.
+        await membership.wait_for_updates(2)
+        await quiet_minute(autojump_clock)
     assert membership.updates == [([], {}), ([], {})]
     assert membership.update_times == pytest.approx([start + 5, start + 10])
 
@@ -285,7 +299,8 @@ async def test_an_update_due_sooner_wakes_the_waiting_publisher(
         publisher.reschedule(membership)
         rescheduled = trio.current_time()
         membership.update_due_in = None
-        await trio.sleep(60)
+        await membership.wait_for_updates(1)
+        await quiet_minute(autojump_clock)
     assert membership.update_times == pytest.approx([rescheduled + 1])
 
 
@@ -300,7 +315,8 @@ async def test_an_update_due_later_is_waited_for_without_a_wake(
         publisher.reschedule(membership)
         rescheduled = trio.current_time()
         membership.update_due_in = None
-        await trio.sleep(60)
+        await membership.wait_for_updates(1)
+        await quiet_minute(autojump_clock)
     assert membership.update_times == pytest.approx([rescheduled + 30])
 
 

@@ -55,6 +55,7 @@ from browser_support import (
     ServerProcess,
 )
 from servers import ROOT, free_port
+from wsclient import CHROMIUM_EXTENSION_OFFER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
@@ -524,7 +525,7 @@ def test_by_default_the_browsers_compression_offer_is_answered_with_plain_frames
     handshakes, ann = chat_both_ways_recording_handshakes(browser, server)
     ann.close()
 
-    assert handshakes.offered[:1] == ["permessage-deflate; client_max_window_bits"]
+    assert handshakes.offered[:1] == [CHROMIUM_EXTENSION_OFFER]
     assert handshakes.answered[:1] == [None]
 
 
@@ -542,7 +543,7 @@ def test_with_compression_on_the_browser_compresses_and_the_page_works(
     )
     ann.close()
 
-    assert handshakes.offered[:1] == ["permessage-deflate; client_max_window_bits"]
+    assert handshakes.offered[:1] == [CHROMIUM_EXTENSION_OFFER]
     [answer] = handshakes.answered[:1]
     assert answer is not None
     assert answer.split("; ")[0] == "permessage-deflate"

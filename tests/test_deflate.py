@@ -24,8 +24,14 @@ from trio_chat.deflate import (
     DeclinedPerMessageDeflate,
 )
 
-from wsclient import CHROMIUM_EXTENSION_OFFER, ChromiumPerMessageDeflate, text_frame
+from wsclient import (
+    CHROMIUM_EXTENSION_OFFER,
+    ChromiumPerMessageDeflate,
+    deflated_message,
+    text_frame,
+)
 
+MIB = 1 << 20
 LIMIT = 1000  # characters: the server's websocket_max_message_size in these tests
 
 
@@ -72,11 +78,6 @@ def texts(events: Sequence[Event]) -> list[str]:
                 messages.append("".join(parts))
                 parts = []
     return messages
-
-
-def deflated(text: str, window_bits: int = 15) -> bytes:
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -window_bits)
-    return (compressor.compress(text.encode()) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
 
 
 def test_declined_extension_answers_a_browser_offer_with_nothing_and_frames_stay_plain() -> None:
@@ -137,7 +138,7 @@ def test_a_message_over_the_limit_is_inflated_no_further_than_its_bound(
     more than LIMIT characters, and nothing past the extension's bound is ever inflated."""
     extension = BoundedPerMessageDeflate(LIMIT)
     link = negotiate(extension)
-    bomb = deflated(" " * (inflated_mib << 20))  # about a thousandth of that on the wire
+    bomb = deflated_message(*[b" " * MIB] * inflated_mib)  # a thousandth of that on the wire
 
     link.server.receive_data(text_frame(bomb, compressed=True))
     handed = "".join(event.data for event in link.server.events() if isinstance(event, TextMessage))
@@ -148,10 +149,10 @@ def test_a_message_over_the_limit_is_inflated_no_further_than_its_bound(
 
 def test_the_rest_of_a_message_over_the_limit_is_not_inflated_and_the_next_one_is() -> None:
     link = negotiate(BoundedPerMessageDeflate(LIMIT))
-    head = deflated("x" * (2 * UTF8_MAX_BYTES_PER_CHAR * LIMIT))
+    head = deflated_message(b"x" * (2 * UTF8_MAX_BYTES_PER_CHAR * LIMIT))
 
     link.server.receive_data(text_frame(head, compressed=True, fin=False))
-    link.server.receive_data(text_frame(deflated("y" * 10_000), first=False))
+    link.server.receive_data(text_frame(deflated_message(b"y" * 10_000), first=False))
     handed = [event for event in link.server.events() if isinstance(event, TextMessage)]
 
     assert "y" not in "".join(event.data for event in handed)

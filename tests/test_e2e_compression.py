@@ -9,7 +9,6 @@ wait bounded.
 
 from __future__ import annotations
 
-import zlib
 from contextlib import AsyncExitStack
 
 import psutil
@@ -25,7 +24,7 @@ from servers import (
     hypercorn_server,
     one_message_from_each_worker_reaches_everyone,
 )
-from wsclient import text_frame
+from wsclient import deflated_message, text_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
@@ -38,15 +37,6 @@ BOMB_INFLATED_BYTES = 200 << 20
 MAX_RSS_GROWTH_BYTES = 4 << 20
 RSS_SAMPLE_SECONDS = 0.002
 CLOSE_TIMEOUT_SECONDS = 20.0
-
-
-def compressed_spaces(count: int) -> bytes:
-    """``count`` spaces as one deflate message (RFC 7692), compressed a MiB at a time."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    chunk = b" " * (1 << 20)
-    parts = [compressor.compress(chunk) for _ in range(count >> 20)]
-    parts.append(compressor.flush(zlib.Z_SYNC_FLUSH))
-    return b"".join(parts)[:-4]
 
 
 @pytest.mark.parametrize(
@@ -71,7 +61,8 @@ async def test_a_browser_offer_gets_what_the_setting_says_and_chat_flows_on_ever
 async def test_a_frame_inflating_past_the_limit_closes_with_1009_and_the_worker_stays_small() -> (
     None
 ):
-    bomb = text_frame(compressed_spaces(BOMB_INFLATED_BYTES), compressed=True)
+    mib = b" " * (1 << 20)
+    bomb = text_frame(deflated_message(*[mib] * (BOMB_INFLATED_BYTES >> 20)), compressed=True)
     limit = SHIPPED_CONFIG.websocket_max_message_size
     assert len(bomb) < limit * UTF8_MAX_BYTES_PER_CHAR < BOMB_INFLATED_BYTES
     async with (

@@ -8,6 +8,7 @@ closes its socket on the way out.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -30,10 +31,13 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError
 
+from trio_chat.hypercorn_hook import BROWSER_OFFER
+
 RECEIVE_TIMEOUT_SECONDS = 10.0
 RECEIVE_BYTES = 65536
-#: What Chromium sends in ``Sec-WebSocket-Extensions`` on every handshake.
-CHROMIUM_EXTENSION_OFFER = "permessage-deflate; client_max_window_bits"
+#: What Chromium sends in ``Sec-WebSocket-Extensions`` on every handshake (the hook's own check
+#: answers it too; test_browser.py checks it against Chromium's handshake).
+CHROMIUM_EXTENSION_OFFER = BROWSER_OFFER.decode()
 
 
 class ChromiumPerMessageDeflate(PerMessageDeflate):
@@ -42,6 +46,16 @@ class ChromiumPerMessageDeflate(PerMessageDeflate):
 
     def offer(self) -> str:
         return CHROMIUM_EXTENSION_OFFER.partition("; ")[2]
+
+
+def deflated_message(*chunks: bytes) -> bytes:
+    """``chunks`` as the payload of one compressed message (RFC 7692: raw deflate, its closing
+    ``00 00 ff ff`` left out), compressed a chunk at a time: a message that inflates to
+    hundreds of MiB is never whole in memory."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    parts = [compressor.compress(chunk) for chunk in chunks]
+    parts.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+    return b"".join(parts)[: -len(b"\x00\x00\xff\xff")]
 
 
 def text_frame(

@@ -7,7 +7,6 @@ starts. The ASGI app behind it (``asgi.ChatApp``) is imported at its first call:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,16 +24,16 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     module's namespace."""
     global _app
     if _app is None:
-        _app = _asgi().ChatApp()
+        from .asgi import ChatApp
+
+        _app = ChatApp()
     await _app(scope, receive, send)
 
 
 def __getattr__(name: str) -> Any:
     # PEP 562: ``from trio_chat import ChatApp`` imports the ASGI app's module then.
     if name == "ChatApp":
-        return _asgi().ChatApp
+        from .asgi import ChatApp
+
+        return ChatApp
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _asgi() -> Any:
-    return importlib.import_module(".asgi", __name__)

@@ -83,7 +83,6 @@ class BoundedPerMessageDeflate(PerMessageDeflate):
         super().__init__(client_no_context_takeover=True)
         #: Inflating stops one byte past this; see ``_over_limit_payload``.
         self.max_inflated_bytes = UTF8_MAX_BYTES_PER_CHAR * (max_message_chars + 2)
-        self._max_message_chars = max_message_chars
         self._inflated = 0
         self._over_limit = False
 

@@ -29,7 +29,7 @@ class LocalHub:
     def __init__(self, history_size: int = 100, clock_ms: Callable[[], int] = wall_clock_ms):
         #: The hub's state (tests publish through it, then call ``deliver_all``). With no
         #: housekeeping, its monotonic clock only keeps the books.
-        self.core = HubState(
+        self.state = HubState(
             mailbox_size=_UNBOUNDED,
             history_size=history_size,
             epoch=new_epoch(),
@@ -47,7 +47,7 @@ class LocalHub:
         *,
         task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        mailbox_id, _ = self.core.join(f"local-{next(self._labels)}")
+        mailbox_id, _ = self.state.join(f"local-{next(self._labels)}")
         self._listeners[mailbox_id] = listener
         try:
             self.deliver_all()
@@ -55,18 +55,18 @@ class LocalHub:
             await trio.sleep_forever()
         finally:
             del self._listeners[mailbox_id]
-            self.core.leave(mailbox_id)
+            self.state.leave(mailbox_id)
             self.deliver_all()
 
     async def publish(self, body: str) -> None:
         """Publish from outside any worker, as a tool would (tests use it)."""
         await trio.lowlevel.checkpoint()
-        self.core.publish([body])
+        self.state.publish([body])
         self.deliver_all()
 
     def deliver_all(self) -> None:
         for mailbox_id, listener in list(self._listeners.items()):
-            frames = self.core.take(mailbox_id, _UNBOUNDED)
+            frames = self.state.take(mailbox_id, _UNBOUNDED)
             if frames:
                 listener.deliver(frames)
 
@@ -83,7 +83,7 @@ class _LocalLink:
     async def publish(self, body: str) -> None:
         await trio.lowlevel.checkpoint()
         self._check_connected()
-        self._hub.core.update(self._mailbox_id, [body])
+        self._hub.state.update(self._mailbox_id, [body])
         self._hub.deliver_all()
 
     async def submit(self, body: str, on_failure: Callable[[], None]) -> None:
@@ -94,7 +94,7 @@ class _LocalLink:
     ) -> Snapshot:
         await trio.lowlevel.checkpoint()
         self._check_connected()
-        snapshot, _ = self._hub.core.snapshot(since, epoch, self._mailbox_id, {connection: name})
+        snapshot, _ = self._hub.state.snapshot(since, epoch, self._mailbox_id, {connection: name})
         self._hub.deliver_all()
         return snapshot
 
@@ -105,7 +105,7 @@ class _LocalLink:
         self._change_presence(connection, None)
 
     def _change_presence(self, connection: int, name: str | None) -> None:
-        self._hub.core.update(self._mailbox_id, presence={connection: name})
+        self._hub.state.update(self._mailbox_id, presence={connection: name})
         self._hub.deliver_all()
 
     def _check_connected(self) -> None:

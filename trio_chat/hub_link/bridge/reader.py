@@ -61,22 +61,20 @@ class Reader:
             fetcher = Fetcher(membership, self._batch)
             fetching.start_soon(self._threads.run_sync, fetcher.run)
             try:
-                dropped = await self._deliver_fetched(fetcher, listener)
+                # Lost: the thread's last fetch (at most a heartbeat) ends before the next
+                # membership reads, so the two never read at once.
+                return await self._deliver_fetched(fetcher, listener)
             except _HubSilent:
                 # Its thread may never come back from the fetch it is in: abandoned. (Another
                 # membership may read meanwhile: only a hub that hangs comes here, and the
                 # manager hub's new membership is a mailbox of its own.)
-                fetcher.stop()
                 fetching.cancel_scope.cancel()
                 return False
             except BaseException:
-                fetcher.stop()
                 fetching.cancel_scope.cancel()
                 raise
-            # Not shutting down: the thread's last fetch (at most a heartbeat) ends before the
-            # next membership reads, so the two never read at once.
-            fetcher.stop()
-            return dropped
+            finally:
+                fetcher.stop()
 
     async def _deliver_fetched(self, fetcher: Fetcher, listener: HubListener) -> bool:
         while True:
