@@ -26,7 +26,7 @@ import trio
 from trio_chat import ChatApp
 from trio_chat.asgi_types import Message, Receive, Scope, Send
 from trio_chat.config import Settings
-from trio_chat.hub_link import Hub
+from trio_chat.hub_link import Hub, HubLink, HubListener, HubUnavailable, Snapshot
 from trio_chat.hub_link.local import LocalHub
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -38,6 +38,53 @@ APP_TIMEOUT_SECONDS = 5.0
 def chat_app(hub: Hub, settings: Settings | None = None) -> ChatApp:
     """An app (one "worker") whose lifespan joins ``hub`` instead of opening its own."""
     return ChatApp(settings or Settings(), hub_factory=lambda _settings: hub)
+
+
+class GatedHub(LocalHub):
+    """A LocalHub whose snapshots (a client joining a room) can be held before or after they
+    are taken, or have their answer lost."""
+
+    def __init__(self, history_size: int = 100) -> None:
+        super().__init__(history_size, clock_ms=lambda: 1)
+        self.before_snapshot: trio.Event | None = None
+        self.after_snapshot: trio.Event | None = None
+        #: If set, called once a snapshot is taken, which then fails with ``HubUnavailable``
+        #: as if the hub's answer had been lost on the way.
+        self.lose_answer: Callable[[], None] | None = None
+
+    async def run(
+        self,
+        listener: HubListener,
+        *,
+        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        hub = self
+
+        class GatedLink:
+            def __init__(self, link: HubLink) -> None:
+                self._link = link
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._link, name)
+
+            async def snapshot(
+                self, room: str, since: int | None, epoch: str | None, connection: int, name: str
+            ) -> Snapshot:
+                if hub.before_snapshot is not None:
+                    await hub.before_snapshot.wait()
+                snapshot = await self._link.snapshot(room, since, epoch, connection, name)
+                if hub.after_snapshot is not None:
+                    await hub.after_snapshot.wait()
+                if hub.lose_answer is not None:
+                    hub.lose_answer()
+                    raise HubUnavailable("the answer was lost")
+                return snapshot
+
+        class Status:
+            def started(self, link: HubLink) -> None:
+                task_status.started(GatedLink(link))
+
+        await super().run(listener, task_status=Status())  # type: ignore[arg-type]
 
 
 # Lifespan
@@ -336,6 +383,33 @@ class WebSocketClient:
             if not message.get("text", "").startswith('{"type":"presence"'):
                 messages.append(message)
 
+    def frames_nowait(self) -> list[dict[str, Any]]:
+        """Every frame the app has sent and the test has not read yet, presence frames
+        included, decoded (the lines of a batched frame one by one)."""
+        frames = [json.loads(line) for line in self._batched]
+        self._batched.clear()
+        while True:
+            try:
+                message = self._from_app.receive_nowait()
+            except trio.WouldBlock:
+                return frames
+            assert message["type"] == "websocket.send", message
+            assert message.get("bytes") is None, message
+            frames.extend(json.loads(line) for line in message["text"].split("\n"))
+
+    async def join(self, room: str, **fields: Any) -> list[dict[str, Any]]:
+        """Send a ``join`` frame (with ``fields``: ``since``) and read its answer up to the
+        room's presence frame."""
+        await self.send_json({"type": "join", "room": room, **fields})
+        return await self.read_join(room)
+
+    async def read_join(self, room: str) -> list[dict[str, Any]]:
+        """The frames up to and including the next presence frame of ``room``."""
+        frames = [await self.receive_json(presence=True)]
+        while frames[-1]["type"] != "presence" or frames[-1]["room"] != room:
+            frames.append(await self.receive_json(presence=True))
+        return frames
+
     async def wait_returned(self) -> None:
         with trio.fail_after(APP_TIMEOUT_SECONDS):
             await self.returned.wait()
@@ -365,13 +439,21 @@ async def connect_websocket(
 
 @asynccontextmanager
 async def open_chat(
-    app: ASGIApp, state: dict[str, Any], query_string: bytes = b""
+    app: ASGIApp,
+    state: dict[str, Any],
+    query_string: bytes = b"",
+    subprotocols: Sequence[str] = (),
 ) -> AsyncIterator[WebSocketClient]:
     """A session on ``/chat`` that has been accepted and has read its opening frames
-    (welcome, history, presence)."""
-    async with connect_websocket(app, state, query_string=query_string) as client:
+    (welcome, history, presence); in batch mode if ``subprotocols`` asks for it."""
+    async with connect_websocket(
+        app, state, query_string=query_string, subprotocols=subprotocols
+    ) as client:
         accept = await client.receive()
-        assert accept == {"type": "websocket.accept"}, accept
+        expected: Message = {"type": "websocket.accept"}
+        if subprotocols:
+            expected["subprotocol"] = subprotocols[0]
+        assert accept == expected, accept
         opening = await client.read_opening()
         assert opening[0]["type"] == "welcome", opening
         yield client

@@ -13,11 +13,21 @@ from typing import Any
 
 import trio
 
+from trio_chat.config import Settings
 from trio_chat.hub_link import Hub, HubLink
 from trio_chat.hub_link.bridge import Membership
-from trio_chat.protocol import ChatMessage, encode_chat_body, message_id, presence_version
+from trio_chat.hub_link.interface import Member
+from trio_chat.protocol import (
+    ChatMessage,
+    encode_chat_body,
+    frame_room,
+    message_id,
+    presence_version,
+)
 
 DEADLINE_SECONDS = 20.0
+#: The room of the helpers that take no room: what a connection starts in.
+ROOM = Settings().default_room
 
 
 class Recorder:
@@ -47,32 +57,50 @@ class Recorder:
             while not condition():
                 await self._changed.wait()
 
-    def messages(self) -> list[dict[str, Any]]:
-        return [json.loads(frame) for frame in self.frames if message_id(frame) is not None]
+    def messages(self, room: str | None = None) -> list[dict[str, Any]]:
+        """The message frames delivered (of ``room`` only, if given), in order."""
+        return [
+            json.loads(frame)
+            for frame in self.frames
+            if message_id(frame) is not None and (room is None or frame_room(frame) == room)
+        ]
 
-    def message_texts(self) -> list[str]:
-        return [message["message"] for message in self.messages()]
+    def message_texts(self, room: str | None = None) -> list[str]:
+        return [message["message"] for message in self.messages(room)]
 
-    def presences(self) -> list[dict[str, Any]]:
-        return [json.loads(f) for f in self.frames if presence_version(f) is not None]
+    def presences(self, room: str | None = None) -> list[dict[str, Any]]:
+        return [
+            json.loads(frame)
+            for frame in self.frames
+            if presence_version(frame) is not None and (room is None or frame_room(frame) == room)
+        ]
 
-    def presence(self) -> dict[str, Any] | None:
-        presences = self.presences()
+    def presence(self, room: str | None = None) -> dict[str, Any] | None:
+        presences = self.presences(room)
         return presences[-1] if presences else None
 
-    async def wait_for_messages(self, count: int) -> None:
-        await self.wait_until(lambda: len(self.messages()) >= count)
+    def rooms_seen(self) -> set[str | None]:
+        """The rooms of the frames delivered (``None``: a frame of no room)."""
+        return {frame_room(frame) for frame in self.frames}
 
-    async def wait_for_text(self, text: str) -> None:
-        await self.wait_until(lambda: text in self.message_texts())
+    async def wait_for_messages(self, count: int, room: str | None = None) -> None:
+        await self.wait_until(lambda: len(self.messages(room)) >= count)
 
-    async def wait_for_presence(self, online: int, users: list[str]) -> dict[str, Any]:
+    async def wait_for_text(self, text: str, room: str | None = None) -> None:
+        await self.wait_until(lambda: text in self.message_texts(room))
+
+    async def wait_for_presence(
+        self, online: int, users: list[str], room: str | None = None
+    ) -> dict[str, Any]:
+        """Until the latest presence frame (of ``room``, if given) shows ``online`` and
+        ``users``; returns it."""
+
         def shown() -> bool:
-            latest = self.presence()
+            latest = self.presence(room)
             return latest is not None and (latest["online"], latest["users"]) == (online, users)
 
         await self.wait_until(shown)
-        latest = self.presence()
+        latest = self.presence(room)
         assert latest is not None
         return latest
 
@@ -83,8 +111,8 @@ class JoinedWorker:
         self.recorder = recorder
         self._cancel_scope = cancel_scope
 
-    async def publish(self, sender: str, text: str) -> None:
-        await self.link.publish(encode_chat_body(ChatMessage(sender=sender, message=text)))
+    async def publish(self, sender: str, text: str, room: str = ROOM) -> None:
+        await self.link.publish(body(sender, text, room))
 
     def leave(self) -> None:
         self._cancel_scope.cancel()
@@ -101,8 +129,8 @@ async def joined(hub: Hub) -> AsyncIterator[JoinedWorker]:
         nursery.cancel_scope.cancel()
 
 
-def body(sender: str, text: str) -> str:
-    return encode_chat_body(ChatMessage(sender=sender, message=text))
+def body(sender: str, text: str, room: str = ROOM) -> str:
+    return encode_chat_body(room, ChatMessage(sender=sender, message=text))
 
 
 class UnjoinableBackend:
@@ -115,5 +143,7 @@ class UnjoinableBackend:
     def describe(self) -> str:
         return "fake"
 
-    def join(self, label: str, presence: Mapping[int, str], last_id: int, epoch: str) -> Membership:
+    def join(
+        self, label: str, presence: Mapping[Member, str], last_id: int, epoch: str
+    ) -> Membership:
         raise AssertionError("this part of the bridge never joins")

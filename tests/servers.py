@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 PRESENCE_TIMEOUT_SECONDS = 10.0
+#: The room a connection starts in when its URL names none (``TRIO_CHAT_DEFAULT_ROOM`` unset).
+DEFAULT_ROOM = "general"
 #: Bounds polling ``/healthz`` until every worker has answered: each request is a new
 #: connection, which lands on whichever worker accepts first.
 HEALTHZ_TIMEOUT_SECONDS = 30.0
@@ -243,10 +245,11 @@ async def healthz_of_every_worker(
 
 
 async def one_message_from_each_worker_reaches_everyone(
-    by_worker: dict[int, WebSocketClient], clients: list[WebSocketClient]
+    by_worker: dict[int, WebSocketClient], clients: list[WebSocketClient], room: str = DEFAULT_ROOM
 ) -> list[dict[str, Any]]:
-    """A client on each worker sends; every client gets all of them, in one order. Returns
-    the messages as everyone got them."""
+    """A client on each worker sends (a classic frame, to its first room: all are in
+    ``room``); every client gets all of them, in one order. Returns the messages as everyone
+    got them."""
     for pid, sender in by_worker.items():
         await sender.send(f"worker-{pid}", "after the hub came back")
     received = [[await client.receive_type("message") for _ in by_worker] for client in clients]
@@ -254,6 +257,7 @@ async def one_message_from_each_worker_reaches_everyone(
     assert sorted(frame["sender"] for frame in received[0]) == sorted(
         f"worker-{pid}" for pid in by_worker
     )
+    assert {frame["room"] for frame in received[0]} == {room}
     return received[0]
 
 
@@ -279,12 +283,17 @@ async def chat_client(
         yield client
 
 
-async def presence_until(client: WebSocketClient, online: int) -> dict[str, Any]:
-    """Read until a presence frame counts ``online`` connections; returns it."""
+async def presence_until(
+    client: WebSocketClient, online: int, room: str | None = None
+) -> dict[str, Any]:
+    """Read until a presence frame (of ``room``, if given) counts ``online`` connections;
+    returns it."""
     with trio.fail_after(PRESENCE_TIMEOUT_SECONDS):
         while True:
             frame = await client.receive()
-            if frame["type"] == "presence" and frame["online"] == online:
+            if frame["type"] != "presence" or room not in (None, frame["room"]):
+                continue
+            if frame["online"] == online:
                 return frame
 
 

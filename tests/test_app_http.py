@@ -1,6 +1,7 @@
 """The app's HTTP routes, driven in-process: the page, /healthz, 404 and 405, security headers.
 
-What ``static.py`` does with a file (content types, caching, path safety) is in test_static.py.
+What ``static.py`` does with a file (content types, caching, path safety) is in test_static.py;
+what ``GET /rooms`` lists is in test_app_rooms.py.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ async def test_static_dir_from_the_environment_chooses_the_folder(
         "/staticx/app.js",
         "/chat",  # the WebSocket endpoint is not a page
         "/healthz/",
+        "/rooms/",
+        "/room",
         "/favicon.ico",
         "/nope",
     ],
@@ -122,7 +125,7 @@ async def test_head_of_unknown_path_is_404_without_body(started_worker: StartedW
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
-@pytest.mark.parametrize("path", ["/", "/static/app.js", "/healthz"])
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/healthz", "/rooms"])
 async def test_other_methods_on_known_paths_are_405_with_allow(
     method: str, path: str, started_worker: StartedWorker
 ) -> None:
@@ -164,6 +167,9 @@ async def _responses_of_every_kind() -> dict[str, Response]:
         }
         hub.connected = False
         responses["health_degraded"] = await get(app, state, "/healthz")
+        responses["rooms_unavailable"] = await get(app, state, "/rooms")
+        hub.connected = True
+        responses["rooms"] = await get(app, state, "/rooms")
     return responses
 
 
@@ -171,7 +177,7 @@ async def test_every_response_carries_the_security_headers() -> None:
     responses = await _responses_of_every_kind()
 
     statuses = sorted(response.status for response in responses.values())
-    assert statuses == [200, 200, 200, 304, 404, 405, 503]
+    assert statuses == [200, 200, 200, 200, 304, 404, 405, 503, 503]
     for kind, response in responses.items():
         assert response.headers["x-content-type-options"] == "nosniff", kind
         assert response.headers["referrer-policy"] == "no-referrer", kind

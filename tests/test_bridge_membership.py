@@ -28,11 +28,14 @@ from trio_chat.hub_link.bridge.membership import JOIN_TIMEOUT_SECONDS
 from trio_chat.hub_link.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND
 from trio_chat.hub_link.bridge.reader import HUB_SILENCE_SECONDS
 from trio_chat.hub_link.bridge.threads import HUB_CALL_TIMEOUT_SECONDS
+from trio_chat.hub_link.interface import Member, RoomCount
 from trio_chat.protocol import presence_frame, stamp_chat_frame
 
-from hub_support import DEADLINE_SECONDS, JoinedWorker, Recorder, body, joined
+from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, Recorder, body, joined
 
 HEARTBEAT_SECONDS = 0.2
+#: The connection a test worker has in ``ROOM`` so that the hub sends it the room's frames.
+OBSERVER = 1000
 
 
 class InProcessBackend:
@@ -61,7 +64,7 @@ class InProcessBackend:
         return "in-process"
 
     def join(
-        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+        self, label: str, presence: Mapping[Member, str], last_id: int, epoch: str
     ) -> _Membership:
         self.answering.wait()
         return _Membership(self, self.core.join(label, presence, last_id, epoch))
@@ -84,7 +87,7 @@ class _Membership:
         frames = self._backend.core.fetch(self._mailbox_id, max_frames, HEARTBEAT_SECONDS)
         return None if frames is None else Fetched(frames)
 
-    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
         self._backend.answering.wait()
         self._backend.updates_open.wait()
         if self._backend.updates_fail:
@@ -94,10 +97,14 @@ class _Membership:
         self._backend.core.update(self._mailbox_id, bodies, presence)
 
     def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
         self._backend.answering.wait()
-        return self._backend.core.snapshot(since, epoch, self._mailbox_id, {connection: name})
+        return self._backend.core.snapshot(room, since, epoch, self._mailbox_id, {connection: name})
+
+    def rooms(self) -> list[RoomCount]:
+        self._backend.answering.wait()
+        return self._backend.core.rooms()
 
     def leave(self) -> None:
         self._backend.answering.wait()
@@ -111,8 +118,11 @@ def backend() -> InProcessBackend:
 
 @asynccontextmanager
 async def joined_worker(backend: InProcessBackend) -> AsyncIterator[JoinedWorker]:
+    """A worker with a member in ``ROOM``: the hub sends it the room's frames."""
     hub = BridgedHub(backend, Settings(outbox_size=64, subscriber_buffer=256), label="test")
     async with joined(hub) as worker:
+        with trio.fail_after(DEADLINE_SECONDS):
+            await worker.link.snapshot(ROOM, None, None, OBSERVER, "")
         yield worker
 
 
@@ -185,7 +195,7 @@ async def test_what_waits_to_be_published_goes_out_when_the_worker_leaves(
         await worker.link.submit(body("ann", "waiting"), on_failure=_unexpected_failure)
         worker.leave()  # The session that sent them may be gone already: nobody awaits them.
         backend.updates_open.set()
-    history = backend.core.snapshot(None).messages
+    history = backend.core.snapshot(ROOM, None).messages
     assert [json.loads(frame)["message"] for frame in history] == ["under way", "waiting"]
 
 
@@ -222,7 +232,9 @@ async def test_a_hub_that_stops_answering_is_down_until_it_answers_again(
             with pytest.raises(HubUnavailable):
                 await worker.link.publish(body("ann", "while down"))
             with pytest.raises(HubUnavailable):
-                await worker.link.snapshot(None, None, 1, "bob")
+                await worker.link.snapshot(ROOM, None, None, 1, "bob")
+            with pytest.raises(HubUnavailable):
+                await worker.link.rooms()
         finally:
             backend.answering.set()  # Also ends the threads given up on.
         await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)  # Re-joined.
@@ -239,7 +251,7 @@ async def test_a_joining_client_does_not_wait_for_ever_on_a_silent_hub(
         try:
             backend.answering.clear()
             with trio.fail_after(HUB_CALL_TIMEOUT_SECONDS + 1), pytest.raises(HubUnavailable):
-                await worker.link.snapshot(None, None, 1, "bob")
+                await worker.link.snapshot(ROOM, None, None, 1, "bob")
         finally:
             backend.answering.set()
 
@@ -276,7 +288,7 @@ class ScriptedBackend:
         self.answering = threading.Event()
         self.answering.set()
         #: Every join attempt: the presence, last id and epoch it carried.
-        self.joins: list[tuple[dict[int, str], int, str]] = []
+        self.joins: list[tuple[dict[Member, str], int, str]] = []
         self.memberships: list[ScriptedMembership] = []
         self._changed = threading.Condition()
 
@@ -284,7 +296,7 @@ class ScriptedBackend:
         return "scripted"
 
     def join(
-        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+        self, label: str, presence: Mapping[Member, str], last_id: int, epoch: str
     ) -> ScriptedMembership:
         self.answering.wait(DEADLINE_SECONDS)
         with self._changed:
@@ -312,6 +324,11 @@ class ScriptedMembership:
         self.update_due_in: float | None = None
         self.left = False
         self.updates = 0
+        #: Rooms whose snapshot says ``refused`` (the hub holds its limit of rooms).
+        self.full_rooms: set[str] = set()
+        #: Raised by ``snapshot`` and ``rooms`` while set.
+        self.failure: Exception | None = None
+        self.listing: list[RoomCount] = [("general", 2), ("lobby", 1)]
         self._results: queue.Queue[Fetched | Exception | None] = queue.Queue()
         self._changed = threading.Condition()
 
@@ -327,7 +344,7 @@ class ScriptedMembership:
             raise result
         return result
 
-    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
         with self._changed:
             self.updates += 1
             self.update_due_in = None
@@ -338,17 +355,26 @@ class ScriptedMembership:
             self._changed.wait_for(lambda: self.updates >= count, DEADLINE_SECONDS)
 
     def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
+        if self.failure is not None:
+            raise self.failure
         self.update_due_in = 0.0  # As Redis does when a presence frame falls due.
         return Snapshot(
+            room=room,
             messages=[],
             last_id=0,
             first_available=1,
-            presence=presence_frame(1, 1, [name], [name], []),
+            presence=presence_frame(room, 1, 1, [name], [name], []),
             presence_version=1,
             epoch=self.epoch,
+            refused=room in self.full_rooms,
         )
+
+    def rooms(self) -> list[RoomCount]:
+        if self.failure is not None:
+            raise self.failure
+        return self.listing
 
     def leave(self) -> None:
         self.left = True
@@ -395,9 +421,12 @@ async def test_a_dropped_worker_rejoins_with_its_connections_and_place_and_tells
 ) -> None:
     backend = ScriptedBackend()
     async with joined(scripted_hub(backend)) as worker:
-        worker.link.present(1, "ann")
-        worker.link.present(2, "bob")
-        worker.link.absent(2)
+        worker.link.present(1, ROOM, "ann")
+        worker.link.present(1, "lobby", "ann")  # One connection, two rooms.
+        worker.link.present(2, ROOM, "bob")
+        worker.link.present(2, "lobby", "bob")
+        worker.link.absent(2, ROOM)  # bob leaves one of his rooms...
+        worker.link.absent(1, "lobby")  # ...ann the other.
         first = backend.memberships[0]
         first.put(Fetched([message(4)]))
         await worker.recorder.wait_for_text("4")
@@ -406,7 +435,7 @@ async def test_a_dropped_worker_rejoins_with_its_connections_and_place_and_tells
         await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)
         assert worker.link.connected
         assert first.left  # Left before re-joining: a join makes a new membership.
-        assert backend.joins[1] == ({1: "ann"}, 4, "run 1")
+        assert backend.joins[1] == ({(1, ROOM): "ann", (2, "lobby"): "bob"}, 4, "run 1")
         assert worker.recorder.epochs == ["run 1"]
         assert "event=hub_down hub=scripted" in caplog.text
         assert "event=hub_up hub=scripted" in caplog.text
@@ -462,25 +491,93 @@ async def test_rejoining_goes_on_until_the_hub_answers_and_the_link_is_down_mean
         await wait_for_joins(backend, 3)  # Two attempts failed.
         assert not worker.link.connected
         with pytest.raises(HubUnavailable):
-            await worker.link.snapshot(None, None, 5, "dee")
+            await worker.link.snapshot(ROOM, None, None, 5, "dee")
+        with pytest.raises(HubUnavailable):
+            await worker.link.snapshot("lobby", None, None, 6, "eve")
+        with pytest.raises(HubUnavailable):
+            await worker.link.rooms()
         with pytest.raises(HubUnavailable):
             await worker.publish("ann", "while down")
+        # A client whose first room could not be joined stays in it (the session says so).
+        worker.link.present(5, ROOM, "dee")
 
         backend.refusing = False
         await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)
-        # The client that could not join meanwhile is in the presence the join carried.
-        assert backend.joins[-1][0] == {5: "dee"}
+        # The client that stayed in its room meanwhile is in the presence the join carried;
+        # the one whose join failed (not its first room) is not in that room.
+        assert backend.joins[-1][0] == {(5, ROOM): "dee"}
 
 
 async def test_a_snapshot_may_bring_the_next_update_forward() -> None:
     backend = ScriptedBackend()
     async with joined(scripted_hub(backend)) as worker:
         membership = backend.memberships[0]
-        snapshot = await worker.link.snapshot(None, None, 1, "ann")
+        snapshot = await worker.link.snapshot(ROOM, None, None, 1, "ann")
         assert snapshot.epoch == "run 1"
         # Nothing to send, but the membership wants an update now: it gets one.
         await trio.to_thread.run_sync(membership.wait_for_updates, 1)
         assert membership.updates == 1
+
+
+async def test_the_rooms_joined_are_carried_by_the_next_join_and_a_refused_one_is_not() -> None:
+    backend = ScriptedBackend()
+    async with joined(scripted_hub(backend)) as worker:
+        first = backend.memberships[0]
+        first.full_rooms.add("full")
+        assert not (await worker.link.snapshot(ROOM, None, None, 1, "ann")).refused
+        assert not (await worker.link.snapshot("lobby", 3, "run 1", 1, "ann")).refused
+        refused = await worker.link.snapshot("full", None, None, 1, "ann")
+        assert refused.refused
+        assert refused.room == "full"
+
+        first.put(None)  # The hub dropped the worker: it re-joins with its members.
+        await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)
+        assert backend.joins[-1][0] == {(1, ROOM): "ann", (1, "lobby"): "ann"}
+
+
+async def test_a_snapshot_the_link_failed_is_carried_until_the_session_takes_it_out() -> None:
+    """The hub may have taken the client in before the link failed: the next join says so,
+    unless the session (told that the join failed) has taken it out."""
+    backend = ScriptedBackend()
+    async with joined(scripted_hub(backend)) as worker:
+        first = backend.memberships[0]
+        first.failure = ConnectionError("the link broke mid-call")
+        with pytest.raises(HubUnavailable):
+            await worker.link.snapshot("lobby", None, None, 1, "ann")
+        with pytest.raises(HubUnavailable):
+            await worker.link.snapshot("kept", None, None, 2, "bob")
+        worker.link.absent(1, "lobby")
+
+        first.put(None)
+        await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)
+        assert backend.joins[-1][0] == {(2, "kept"): "bob"}
+
+
+async def test_rooms_are_listed_through_the_membership() -> None:
+    backend = ScriptedBackend()
+    async with joined(scripted_hub(backend)) as worker:
+        assert await worker.link.rooms() == [("general", 2), ("lobby", 1)]
+        backend.memberships[0].failure = ConnectionError("the link broke mid-call")
+        with pytest.raises(HubUnavailable):
+            await worker.link.rooms()
+
+
+async def test_a_worker_gets_the_frames_of_the_rooms_its_members_are_in(
+    backend: InProcessBackend,
+) -> None:
+    async with joined_worker(backend) as worker:  # A member in ROOM only.
+        await worker.publish("ann", "elsewhere", room="lobby")
+        await worker.publish("ann", "here")
+        await worker.recorder.wait_for_text("here")
+        assert worker.recorder.rooms_seen() == {ROOM}
+
+        await worker.link.snapshot("lobby", None, None, 7, "cy")
+        assert await worker.link.rooms() == [(ROOM, 1), ("lobby", 1)]
+        await worker.publish("ann", "now here too", room="lobby")
+        await worker.recorder.wait_for_text("now here too")
+        assert worker.recorder.message_texts() == ["here", "now here too"]
+        presence = await worker.recorder.wait_for_presence(1, ["cy"], room="lobby")
+        assert presence["room"] == "lobby"
 
 
 def _unexpected_failure() -> None:

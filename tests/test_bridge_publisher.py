@@ -20,8 +20,9 @@ from trio_chat.hub_link import HubUnavailable, Snapshot
 from trio_chat.hub_link.bridge.backend import Fetched
 from trio_chat.hub_link.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND, Publisher
 from trio_chat.hub_link.bridge.threads import HUB_CALL_TIMEOUT_SECONDS, HubThreads
+from trio_chat.hub_link.interface import Member, RoomCount
 
-from hub_support import UnjoinableBackend
+from hub_support import ROOM, UnjoinableBackend
 
 T = TypeVar("T")
 
@@ -61,7 +62,7 @@ class RecordingMembership:
         #: Raised by ``update`` while set.
         self.failure: Exception | None = None
         #: Each update made: its bodies, its presence changes, and when.
-        self.updates: list[tuple[list[str], dict[int, str | None]]] = []
+        self.updates: list[tuple[list[str], dict[Member, str | None]]] = []
         self.update_times: list[float] = []
         self._updated = trio.Event()
 
@@ -71,7 +72,7 @@ class RecordingMembership:
     def fetch(self, max_frames: int) -> Fetched | None:
         raise AssertionError("the publisher never fetches")
 
-    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
         if self.failure is not None:
             raise self.failure
         self.updates.append((list(bodies), dict(presence)))
@@ -85,9 +86,12 @@ class RecordingMembership:
             await self._updated.wait()
 
     def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
         raise AssertionError("the publisher never takes snapshots")
+
+    def rooms(self) -> list[RoomCount]:
+        raise AssertionError("the publisher never lists rooms")
 
     def leave(self) -> None:
         raise AssertionError("the publisher never leaves")
@@ -240,20 +244,40 @@ async def test_presence_changes_go_out_as_the_latest_name_of_each_connection(
     membership: RecordingMembership, calls: CallsInTrio, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with publishing(membership, calls) as publisher:
-        publisher.change_presence(1, "ann")  # A change alone makes a round trip.
+        publisher.change_presence((1, ROOM), "ann")  # A change alone makes a round trip.
         await trio.testing.wait_all_tasks_blocked()
         calls.hold()
         await publisher.submit("held", _unexpected_failure)
         await trio.testing.wait_all_tasks_blocked()
         for connection, name in [(1, "bob"), (2, "cy"), (1, "dee"), (2, None), (3, "eve")]:
-            publisher.change_presence(connection, name)
+            publisher.change_presence((connection, ROOM), name)
         calls.release()
         await trio.testing.wait_all_tasks_blocked()
 
         assert membership.updates == [
-            ([], {1: "ann"}),
+            ([], {(1, ROOM): "ann"}),
             (["held"], {}),
-            ([], {1: "dee", 2: None, 3: "eve"}),
+            ([], {(1, ROOM): "dee", (2, ROOM): None, (3, ROOM): "eve"}),
+        ]
+
+
+async def test_a_connections_presence_in_each_room_is_a_change_of_its_own(
+    membership: RecordingMembership, calls: CallsInTrio, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with publishing(membership, calls) as publisher:
+        calls.hold()
+        await publisher.submit("held", _unexpected_failure)
+        await trio.testing.wait_all_tasks_blocked()
+        publisher.change_presence((1, ROOM), "ann")
+        publisher.change_presence((1, "lobby"), "ann")
+        publisher.change_presence((1, "games"), "ann")
+        publisher.change_presence((1, ROOM), None)  # Left one room: the others stay.
+        calls.release()
+        await trio.testing.wait_all_tasks_blocked()
+
+        assert membership.updates == [
+            (["held"], {}),
+            ([], {(1, ROOM): None, (1, "lobby"): "ann", (1, "games"): "ann"}),
         ]
 
 
@@ -262,15 +286,15 @@ async def test_presence_changes_of_a_failed_update_go_again_and_newer_ones_win(
 ) -> None:
     async with publishing(membership, calls) as publisher:
         membership.failure = ConnectionError("the hub went away")
-        publisher.change_presence(1, "ann")
-        publisher.change_presence(2, "bob")
+        publisher.change_presence((1, ROOM), "ann")
+        publisher.change_presence((2, ROOM), "bob")
         await trio.testing.wait_all_tasks_blocked()
         assert membership.updates == []
 
         membership.failure = None
-        publisher.change_presence(1, "cy")
+        publisher.change_presence((1, ROOM), "cy")
         await trio.testing.wait_all_tasks_blocked()
-        assert membership.updates == [([], {1: "cy", 2: "bob"})]
+        assert membership.updates == [([], {(1, ROOM): "cy", (2, ROOM): "bob"})]
 
 
 async def test_an_update_the_backend_wants_is_made_when_due_even_with_nothing_to_send(
@@ -378,13 +402,13 @@ async def test_presence_changed_while_the_link_is_down_goes_through_the_next_mem
 ) -> None:
     async with publishing(membership, calls) as publisher:
         publisher.link_down()
-        publisher.change_presence(1, "ann")
+        publisher.change_presence((1, ROOM), "ann")
         await trio.testing.wait_all_tasks_blocked()
         next_membership = RecordingMembership()
         publisher.link_up(next_membership)
         await publisher.publish("back")
     assert membership.updates == []
-    assert next_membership.updates == [(["back"], {1: "ann"})]
+    assert next_membership.updates == [(["back"], {(1, ROOM): "ann"})]
 
 
 async def test_presence_changes_a_join_carries_are_not_sent_again(
@@ -392,13 +416,13 @@ async def test_presence_changes_a_join_carries_are_not_sent_again(
 ) -> None:
     async with publishing(membership, calls) as publisher:
         publisher.link_down()
-        publisher.change_presence(1, "ann")
+        publisher.change_presence((1, ROOM), "ann")
         publisher.forget_presence_changes()  # The join sends every connection's presence.
-        publisher.change_presence(2, "bob")  # Changed while the join was under way.
+        publisher.change_presence((2, ROOM), "bob")  # Changed while the join was under way.
         next_membership = RecordingMembership()
         publisher.link_up(next_membership)
         await publisher.publish("back")
-    assert next_membership.updates == [(["back"], {2: "bob"})]
+    assert next_membership.updates == [(["back"], {(2, ROOM): "bob"})]
 
 
 async def test_closing_sends_what_waits_after_the_round_trip_under_way(
@@ -409,14 +433,14 @@ async def test_closing_sends_what_waits_after_the_round_trip_under_way(
         await publisher.submit("under way", _unexpected_failure)
         await trio.testing.wait_all_tasks_blocked()
         await publisher.submit("waiting", _unexpected_failure)
-        publisher.change_presence(1, "ann")
+        publisher.change_presence((1, ROOM), "ann")
         async with trio.open_nursery() as nursery:
             deadline = trio.current_time() + LEAVE_SECONDS
             nursery.start_soon(functools.partial(publisher.close, membership, deadline=deadline))
             await trio.testing.wait_all_tasks_blocked()
             assert membership.updates == []  # The round trip under way is still held.
             calls.release()
-    assert membership.updates == [(["under way"], {}), (["waiting"], {1: "ann"})]
+    assert membership.updates == [(["under way"], {}), (["waiting"], {(1, ROOM): "ann"})]
 
 
 async def test_closing_gives_the_round_trip_under_way_no_more_than_the_deadline(

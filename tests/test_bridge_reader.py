@@ -19,9 +19,10 @@ from trio_chat.hub_link import Snapshot
 from trio_chat.hub_link.bridge.backend import Fetched
 from trio_chat.hub_link.bridge.reader import HUB_SILENCE_SECONDS, Reader
 from trio_chat.hub_link.bridge.threads import HubThreads
+from trio_chat.hub_link.interface import Member, RoomCount
 from trio_chat.protocol import presence_frame, stamp_chat_frame
 
-from hub_support import DEADLINE_SECONDS, UnjoinableBackend, body
+from hub_support import DEADLINE_SECONDS, ROOM, UnjoinableBackend, body
 
 
 class QueuedMembership:
@@ -48,13 +49,16 @@ class QueuedMembership:
             raise result
         return result
 
-    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
         raise AssertionError("the reader never publishes")
 
     def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
         raise AssertionError("the reader never takes snapshots")
+
+    def rooms(self) -> list[RoomCount]:
+        raise AssertionError("the reader never lists rooms")
 
     def leave(self) -> None:
         raise AssertionError("the reader never leaves")
@@ -81,11 +85,11 @@ def new_reader() -> Reader:
     return Reader(backend, HubThreads(backend), batch=10)
 
 
-def message(message_id: int) -> str:
-    return stamp_chat_frame(message_id, 0, body("ann", str(message_id)))
+def message(message_id: int, room: str = ROOM) -> str:
+    return stamp_chat_frame(message_id, 0, body("ann", str(message_id), room))
 
 
-PRESENCE = presence_frame(1, 1, ["ann"], ["ann"], [])
+PRESENCE = presence_frame(ROOM, 1, 1, ["ann"], ["ann"], [])
 
 
 async def read(reader: Reader, membership: QueuedMembership, listener: Listener) -> bool:
@@ -104,6 +108,16 @@ async def test_fetched_frames_are_delivered_in_order_and_heartbeats_are_not() ->
         ("deliver", [message(3), PRESENCE]),
     ]
     assert reader.last_id == 3
+
+
+async def test_the_place_in_the_order_is_the_highest_id_of_any_room() -> None:
+    reader, listener = new_reader(), Listener()
+    lobby_presence = presence_frame("lobby", 99, 1, ["bob"], ["bob"], [])
+    frames = [message(4, "lobby"), message(5), lobby_presence, message(7, "games")]
+    membership = QueuedMembership(Fetched(frames), Fetched([PRESENCE]), None)
+    assert not await read(reader, membership, listener)
+    assert listener.told == [("deliver", frames), ("deliver", [PRESENCE])]
+    assert reader.last_id == 7  # Presence versions are no ids; ids are shared by all rooms.
 
 
 async def test_a_membership_the_hub_dropped_ends_the_read(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from trio_chat.config import ConfigError, Settings
+from trio_chat.hub.state import DEFAULT_MAX_ROOMS
+from trio_chat.protocol import ROOM_NAME_RULE, Limits
 
 
 def test_defaults() -> None:
@@ -23,6 +25,9 @@ def test_defaults() -> None:
         outbox_size=1024,
         mailbox_size=65536,
         history_size=100,
+        default_room="general",
+        max_rooms=1000,
+        max_rooms_per_connection=32,
         redis_prefix="trio_chat",
         rate=5.0,
         burst=10,
@@ -43,6 +48,9 @@ def test_defaults() -> None:
         "subscriber_buffer",
         "outbox_size",
         "history_size",
+        "default_room",
+        "max_rooms",
+        "max_rooms_per_connection",
         "mailbox_size",
         "rate",
         "burst",
@@ -78,6 +86,10 @@ def test_unrelated_variables_are_ignored() -> None:
         ("TRIO_CHAT_OUTBOX_SIZE", "10", "outbox_size", 10),
         ("TRIO_CHAT_MAILBOX_SIZE", "100000", "mailbox_size", 100_000),
         ("TRIO_CHAT_HISTORY_SIZE", "500", "history_size", 500),
+        ("TRIO_CHAT_DEFAULT_ROOM", "lobby", "default_room", "lobby"),
+        ("TRIO_CHAT_DEFAULT_ROOM", " team-a_1 ", "default_room", "team-a_1"),
+        ("TRIO_CHAT_MAX_ROOMS", "5", "max_rooms", 5),
+        ("TRIO_CHAT_MAX_ROOMS_PER_CONNECTION", "1", "max_rooms_per_connection", 1),
         ("TRIO_CHAT_RATE", "0", "rate", 0.0),
         ("TRIO_CHAT_RATE", "2.5", "rate", 2.5),
         ("TRIO_CHAT_BURST", "3", "burst", 3),
@@ -124,6 +136,14 @@ def test_blank_value_means_the_default(raw: str) -> None:
         ("TRIO_CHAT_OUTBOX_SIZE", "none"),
         ("TRIO_CHAT_MAILBOX_SIZE", "-5"),
         ("TRIO_CHAT_HISTORY_SIZE", "0"),
+        ("TRIO_CHAT_DEFAULT_ROOM", "Lobby"),
+        ("TRIO_CHAT_DEFAULT_ROOM", "-lobby"),
+        ("TRIO_CHAT_DEFAULT_ROOM", "x" * 65),
+        ("TRIO_CHAT_DEFAULT_ROOM", "café"),
+        ("TRIO_CHAT_MAX_ROOMS", "0"),
+        ("TRIO_CHAT_MAX_ROOMS", "many"),
+        ("TRIO_CHAT_MAX_ROOMS_PER_CONNECTION", "0"),
+        ("TRIO_CHAT_MAX_ROOMS_PER_CONNECTION", "-3"),
         ("TRIO_CHAT_RATE", "-1"),
         ("TRIO_CHAT_RATE", "inf"),
         ("TRIO_CHAT_RATE", "nan"),
@@ -147,6 +167,20 @@ def test_bad_value_raises_config_error_naming_the_variable(variable: str, raw: s
 
     assert variable in str(caught.value)
     assert repr(raw) in str(caught.value)
+
+
+def test_room_limits_agree_with_the_defaults_of_the_parts_that_enforce_them() -> None:
+    # The hub and the protocol have defaults of their own for when no Settings are at hand.
+    assert Settings().max_rooms == DEFAULT_MAX_ROOMS
+    assert Settings().max_rooms_per_connection == Limits().max_rooms
+
+
+def test_an_invalid_default_room_is_refused_with_the_rule() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TRIO_CHAT_DEFAULT_ROOM": "Main Hall"})
+
+    assert "TRIO_CHAT_DEFAULT_ROOM='Main Hall'" in str(caught.value)
+    assert ROOM_NAME_RULE in str(caught.value)
 
 
 def test_without_a_mapping_the_process_environment_is_read(

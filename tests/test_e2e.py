@@ -24,6 +24,7 @@ from trio_chat.supervision import EXIT_GRACE_SECONDS
 
 from servers import (
     CHAT_BACK_SECONDS,
+    DEFAULT_ROOM,
     HUB_LOSS_NOTICED_SECONDS,
     ROOT,
     SHIPPED_CONFIG,
@@ -50,6 +51,9 @@ STOP_DEADLINE_SECONDS = GRACEFUL_TIMEOUT_SECONDS + EXIT_GRACE_SECONDS
 #: For tests that send faster than a person could (the default is 5 messages a second).
 NO_RATE_LIMIT = {"TRIO_CHAT_RATE": "0"}
 
+ROOM = DEFAULT_ROOM
+MESSAGE_KEYS = ["type", "id", "ts", "room", "sender", "message"]
+
 CLIENTS = 40
 SENDERS = 8
 MESSAGES_PER_SENDER = 10
@@ -62,6 +66,9 @@ async def test_every_client_on_every_worker_gets_every_message_in_one_order() ->
             clients.append(await stack.enter_async_context(chat_client(server)))
         welcomes = [client.welcome for client in clients]
         assert all(w["type"] == "welcome" and w["message"] == "You are connected" for w in welcomes)
+        assert {welcome["max_rooms"] for welcome in welcomes} == {32}
+        # Without ?room=, everyone is in the default room.
+        assert {(c.history["room"], c.opening[-1]["room"]) for c in clients} == {(ROOM, ROOM)}
         workers = {welcome["worker"] for welcome in welcomes}
         assert len(workers) > 1, "all clients landed on one worker"
 
@@ -90,6 +97,7 @@ async def test_every_client_on_every_worker_gets_every_message_in_one_order() ->
             texts = [f["message"] for f in first if f["sender"] == f"sender-{index}"]
             assert texts == [f"message {n}" for n in range(MESSAGES_PER_SENDER)]
         assert all(isinstance(frame["ts"], int) for frame in first)
+        assert all(list(frame) == MESSAGE_KEYS and frame["room"] == ROOM for frame in first)
 
 
 async def test_healthz_is_answered_by_each_worker_and_counts_its_connections() -> None:
@@ -165,6 +173,7 @@ async def test_two_servers_on_one_machine_each_get_their_own_hub() -> None:
             frame = await bob.receive_type("message")
             assert frame["message"] == "only for server two"
             assert frame["id"] == 1  # Server two's hub never saw server one's message.
+            assert frame["room"] == ROOM
 
 
 async def test_bad_frames_get_error_frames_and_a_huge_one_closes_with_1009() -> None:
@@ -177,6 +186,7 @@ async def test_bad_frames_get_error_frames_and_a_huge_one_closes_with_1009() -> 
         error = await client.receive_type("error")
         assert error["type"] == "error"
         assert error["code"] == "invalid_json"
+        assert "room" not in error  # About no room.
         await client.send("ann", "still here")
         assert (await client.receive_type("message"))["message"] == "still here"
         assert (await other.receive_type("message"))["message"] == "still here"
@@ -208,6 +218,7 @@ async def test_chat_carries_on_across_workers_after_the_hub_is_killed() -> None:
             # messages, and which run of ids follows; none is disconnected.
             notices = [await client.receive_type("notice") for client in clients]
             assert {notice["code"] for notice in notices} == {"messages_missed"}
+            assert not [notice for notice in notices if "room" in notice]  # For every room.
             [new_epoch] = {notice["epoch"] for notice in notices}
             senders = await one_message_from_each_worker_reaches_everyone(by_worker, clients)
         assert new_epoch != old_epoch
@@ -224,8 +235,10 @@ async def test_chat_carries_on_across_workers_after_the_hub_is_killed() -> None:
         # is refused, with the whole new history, rather than answered with a silent gap.
         async with chat_client(server, f"/chat?since={old_epoch}:1") as late:
             assert late.opening[-1]["online"] == len(clients) + 1
-            assert [f["code"] for f in late.opening if f["type"] == "error"] == ["invalid_resume"]
-            assert late.history["epoch"] == new_epoch
+            assert [(f["code"], f["room"]) for f in late.opening if f["type"] == "error"] == [
+                ("invalid_resume", ROOM)
+            ]
+            assert (late.history["room"], late.history["epoch"]) == (ROOM, new_epoch)
             assert late.history["resumed"] is False
             assert late.history["messages"] == senders
 
@@ -398,6 +411,7 @@ async def test_a_batch_client_gets_every_message_and_plain_clients_one_per_frame
                 for line in str(await batched.receive_raw()).split("\n"):
                     frame = json.loads(line)
                     if frame["type"] == "message":
+                        assert frame["room"] == ROOM
                         received.append(frame["message"])
             plain_received = [
                 (await plain.receive_type("message"))["message"] for _ in range(count)

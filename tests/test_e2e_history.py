@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from servers import chat_client, hypercorn_server, presence_until
+from servers import DEFAULT_ROOM, chat_client, hypercorn_server, presence_until
 from wsclient import WebSocketClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
@@ -38,7 +38,8 @@ async def test_a_client_that_reconnects_gets_exactly_what_it_missed() -> None:
                                                    for _ in range(9)]]  # fmt: skip
         async with chat_client(server, f"/chat?since={last_seen}") as back:
             history = back.history
-            assert history["resumed"] is True
+            assert (history["room"], history["resumed"]) == (DEFAULT_ROOM, True)
+            assert {m["room"] for m in history["messages"]} == {DEFAULT_ROOM}
             assert [m["id"] for m in history["messages"]] == everyone_saw
             assert [m["id"] for m in history["messages"]] == list(
                 range(last_seen + 1, last_seen + 10)
@@ -46,7 +47,11 @@ async def test_a_client_that_reconnects_gets_exactly_what_it_missed() -> None:
             # And live messages carry on after them, without a gap.
             await others[1].send("other-1", "live")
             live = await back.receive_type("message")
-            assert (live["id"], live["message"]) == (last_seen + 10, "live")
+            assert (live["id"], live["room"], live["message"]) == (
+                last_seen + 10,
+                DEFAULT_ROOM,
+                "live",
+            )
 
 
 async def test_presence_counts_every_client_on_every_worker_up_and_down() -> None:
@@ -58,7 +63,7 @@ async def test_presence_counts_every_client_on_every_worker_up_and_down() -> Non
                 for n in range(20)
             ]
             assert len({client.welcome["worker"] for client in [watcher, *clients]}) > 1
-            frame = await presence_until(watcher, online=21)
+            frame = await presence_until(watcher, online=21, room=DEFAULT_ROOM)
             assert frame["users"] == ["user0", "user1", "user2", "user3", "user4", "watcher"]
-        frame = await presence_until(watcher, online=1)
+        frame = await presence_until(watcher, online=1, room=DEFAULT_ROOM)
         assert frame["users"] == ["watcher"]

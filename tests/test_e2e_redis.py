@@ -1,4 +1,4 @@
-"""Several servers, one chat: two ``hypercorn -k trio -w 2`` servers sharing one Redis.
+"""Several servers, one chat and its rooms: two ``hypercorn -k trio -w 2`` servers, one Redis.
 
 As behind a load balancer: each server is its own Hypercorn master with its own workers, on its
 own port; the only thing they share is ``TRIO_CHAT_HUB=redis://...``.
@@ -7,9 +7,11 @@ own port; the only thing they share is ``TRIO_CHAT_HUB=redis://...``.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -103,6 +105,75 @@ async def test_a_client_moving_to_the_other_server_resumes_without_a_gap(tmp_pat
             await stayer.send("stayer", "live")
             live = await moved.receive_type("message")
             assert (live["id"], live["message"]) == (missed[-1]["id"] + 1, "live")
+
+
+async def send_frame(client: WebSocketClient, **frame: str) -> None:
+    await client.send_text(json.dumps(frame))
+
+
+async def receive_of_room(client: WebSocketClient, kind: str, room: str) -> dict[str, Any]:
+    """The next frame of type ``kind`` about ``room``, skipping others."""
+    while (frame := await client.receive_type(kind)).get("room") != room:
+        pass
+    return frame
+
+
+async def test_rooms_are_shared_by_the_servers_and_each_client_gets_only_its_own(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        two_servers(redis) as (first, second),
+        chat_client(first, "/chat?room=red&name=rae") as rae,
+        chat_client(second, "/chat?room=red&name=ron") as ron,
+        chat_client(second, "/chat?room=blue&name=bo") as bo,
+        httpx.AsyncClient() as http,
+    ):
+        assert (rae.history["room"], bo.history["room"]) == ("red", "blue")
+        # Presence is per room, across the servers.
+        red = await presence_until(ron, 2)
+        assert (red["room"], red["users"]) == ("red", ["rae", "ron"])
+
+        await send_frame(bo, type="message", room="blue", sender="bo", message="blue 0")
+        blue_0 = await bo.receive_type("message")
+        await send_frame(rae, type="message", room="red", sender="rae", message="red 0")
+        red_0 = await rae.receive_type("message")
+        assert await ron.receive_type("message") == red_0  # One chat across the servers.
+        assert red_0["room"] == "red" and red_0["id"] > blue_0["id"]  # One sequence of ids.
+        await send_frame(bo, type="message", room="blue", sender="bo", message="blue 1")
+        blue_1 = await bo.receive_type("message")
+        assert blue_1["message"] == "blue 1"  # Not red's message, though it came first.
+
+        # A client of the other server joins blue: its history, its presence.
+        await send_frame(rae, type="join", room="blue")
+        history = await receive_of_room(rae, "history", "blue")
+        assert history["messages"] == [blue_0, blue_1]
+        presence = await receive_of_room(rae, "presence", "blue")
+        assert (presence["online"], presence["users"]) == (2, ["bo", "rae"])
+
+        # Leaving, then resuming in the room after the last id seen there.
+        await send_frame(rae, type="leave", room="blue")
+        assert await receive_of_room(rae, "left", "blue") == {"type": "left", "room": "blue"}
+        # The room's other member sees it leave (so it has reached Redis).
+        while (presence := await receive_of_room(bo, "presence", "blue"))["online"] != 1:
+            pass
+        assert presence["users"] == ["bo"]
+        await send_frame(bo, type="message", room="blue", sender="bo", message="blue 2")
+        blue_2 = await bo.receive_type("message")
+        since = f"{history['epoch']}:{blue_1['id']}"
+        await send_frame(rae, type="join", room="blue", since=since)
+        resumed = await receive_of_room(rae, "history", "blue")
+        assert resumed["resumed"] is True and resumed["messages"] == [blue_2]
+
+        # Every presence change of rae's has reached Redis once its message has.
+        await send_frame(rae, type="message", room="blue", sender="rae", message="back")
+        assert (await bo.receive_type("message"))["message"] == "back"
+        await send_frame(ron, type="rooms")
+        listing = await ron.receive_type("rooms")
+        assert listing["rooms"] == [{"room": "blue", "online": 2}, {"room": "red", "online": 2}]
+        for server in (first, second):
+            response = await http.get(f"{server.url}/rooms")
+            assert response.json() == {"rooms": listing["rooms"]}
 
 
 async def test_servers_keep_their_clients_while_redis_restarts(tmp_path: Path) -> None:

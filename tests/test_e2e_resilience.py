@@ -24,6 +24,7 @@ from trio_chat.supervision import EXIT_GRACE_SECONDS
 
 from servers import (
     CHAT_BACK_SECONDS,
+    DEFAULT_ROOM,
     HUB_LOSS_NOTICED_SECONDS,
     STOP_TIMEOUT_SECONDS,
     clients_on_every_worker,
@@ -64,7 +65,7 @@ async def test_workers_say_the_hand_started_hub_is_down_and_rejoin_it_when_it_is
             await sender.send(f"worker-{pid}", "while the hub is down")
             with trio.fail_after(HUB_UNAVAILABLE_ANSWER_SECONDS):
                 error = await sender.receive_type("error")
-            assert error["code"] == "hub_unavailable"
+            assert (error["code"], error["room"]) == ("hub_unavailable", DEFAULT_ROOM)
         # ... and every worker says it has no hub.
         answers = await healthz_of_every_worker(server, worker_pids, status=503)
         assert all(answer["hub"] is False for answer in answers.values())
@@ -74,7 +75,9 @@ async def test_workers_say_the_hand_started_hub_is_down_and_rejoin_it_when_it_is
         with trio.fail_after(CHAT_BACK_SECONDS):
             await server.wait_for_output_from("event=hub_up", worker_pids)
             for client in clients:
-                assert (await client.receive_type("notice"))["code"] == "messages_missed"
+                notice = await client.receive_type("notice")
+                assert notice["code"] == "messages_missed"
+                assert "room" not in notice  # It concerns every room of the connection.
             # Every sender is still connected; what was refused is not delivered late.
             received = await one_message_from_each_worker_reaches_everyone(by_worker, clients)
         assert {frame["message"] for frame in received} == {"after the hub came back"}

@@ -1,11 +1,13 @@
 """Hostile clients, fuzzed in-process with hypothesis: whatever arrives, the app holds.
 
 - WebSocket frames from one client: arbitrary text and binary, random JSON, shapes close to a
-  chat message, huge and deeply nested frames, odd Unicode, control characters, JSON-escaped
-  lone surrogates, with valid messages among them. Every invalid frame gets exactly one error
+  chat message (with and without a room, valid or not, joined or not), huge and deeply nested
+  frames, odd Unicode, control characters, JSON-escaped lone surrogates, with valid messages
+  among them. Every invalid frame gets exactly one error
   frame, to its sender alone; every valid one reaches the sender and another client, in order;
   the session never dies, the other client keeps working, and the worker shuts down cleanly.
-- The handshake: arbitrary query strings, ``Origin`` and ``Host`` headers. Accepted or refused
+- The handshake: arbitrary query strings (``?room=`` among them), ``Origin`` and ``Host``
+  headers. Accepted or refused
   with 1008, never a crash.
 - HTTP: arbitrary methods, paths (dot segments, percent-encoded or not, backslashes, NUL,
   symlinks out of the folder) and conditional headers, against a temporary static folder with
@@ -60,6 +62,12 @@ NOT_IN_NAMES = frozenset(
     "\u200b\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u180e"
 )
 ERROR_CODES = frozenset(code.value for code in ErrorCode)
+#: The room every connection of these tests is in (the default; they never join another).
+ROOM = "general"
+#: What a room name may hold (docs/protocol.md): up to 64 of these, not starting with - or _.
+ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+#: Frame types that answer with something other than an error or a broadcast message.
+OTHER_TYPES = frozenset({"rename", "join", "leave", "rooms"})
 #: So small that a bucket never refills during a test: exactly ``burst`` frames get through.
 NEGLIGIBLE_RATE = 1e-9
 
@@ -71,14 +79,20 @@ def _is_control(char: str) -> bool:
     return unicodedata.category(char) in ("Cc", "Cs")  # Cs: a lone surrogate
 
 
-def is_rename(frame: str | bytes) -> bool:
-    """Rename frames change presence and answer nothing; they are tested in test_protocol and
-    test_session_history, and kept out of these examples."""
+def is_room_name(room: str) -> bool:
+    return 0 < len(room) <= 64 and ROOM_CHARS.issuperset(room) and room[0] not in "-_"
+
+
+def is_other_type(frame: str | bytes) -> bool:
+    """Rename, join, leave and rooms frames change presence or rooms, and answer otherwise;
+    they are tested in test_protocol, test_session_history and test_app_rooms, and kept out of
+    these examples."""
     try:
         document = json.loads(frame)
     except (ValueError, RecursionError):
         return False
-    return isinstance(document, dict) and document.get("type") == "rename"
+    kind = document.get("type") if isinstance(document, dict) else None
+    return isinstance(kind, str) and kind in OTHER_TYPES
 
 
 def expected_chat(frame: str | bytes) -> tuple[str, str] | None:
@@ -90,6 +104,10 @@ def expected_chat(frame: str | bytes) -> tuple[str, str] | None:
     except (ValueError, RecursionError):
         return None
     if not isinstance(document, dict) or document.get("type", "message") != "message":
+        return None
+    # Without a room, the connection's first room; with one, a valid name of a room it is in.
+    room = document.get("room", ROOM)
+    if not isinstance(room, str) or not is_room_name(room) or room != ROOM:
         return None
     sender, message = document.get("sender"), document.get("message")
     if not isinstance(sender, str) or not isinstance(message, str):
@@ -154,15 +172,35 @@ json_values = st.recursive(
     max_leaves=12,
 )
 field_values = text_fields | json_values
+#: Rooms: the one joined, others (valid names, not joined) and names that break the rule.
+room_values = st.one_of(
+    st.sampled_from([ROOM, ROOM, "random", "a", "0", "x" * 64, "x" * 65, "", "General", "-a"]),
+    st.sampled_from(["_a", "a b", "a/b", "é", "general\n", " general"]),
+    st.text(sorted(ROOM_CHARS), min_size=1, max_size=66),
+    json_values,
+)
 near_valid_documents = st.fixed_dictionaries(
     {"sender": field_values, "message": field_values},
     optional={
         "type": st.sampled_from(["message", "typing", "", "MESSAGE", None]) | json_values,
+        "room": room_values,
         "id": json_values,
         "ts": json_values,
     },
 ) | st.fixed_dictionaries(
-    {}, optional={"sender": field_values, "message": field_values, "type": json_values}
+    {},
+    optional={
+        "sender": field_values,
+        "message": field_values,
+        "room": room_values,
+        "type": json_values,
+    },
+)
+#: Valid messages, to the room joined (implicitly or not) or to one that is not.
+roomed_documents = st.builds(
+    lambda document, room: {**document, "room": room},
+    valid_documents,
+    st.sampled_from([ROOM, "random", "x" * 64]),
 )
 
 
@@ -251,6 +289,7 @@ any_frames: st.SearchStrategy[str | bytes] = st.one_of(
     encoded(near_valid_documents),
     encoded(valid_documents),
     encoded(valid_documents),
+    encoded(roomed_documents),
     st.sampled_from(LONE_SURROGATE_FRAMES),
     with_odd_chars(),
     with_odd_chars(),
@@ -278,16 +317,20 @@ def decode(message: Message) -> dict[str, Any]:
     return frame
 
 
-def outcome(frame: dict[str, Any]) -> Outcome:
-    """An error or message frame, checked for shape and reduced to what the test compares."""
+def outcome(frame: dict[str, Any], room: str = ROOM) -> Outcome:
+    """An error or message frame, checked for shape and reduced to what the test compares;
+    a message must be of ``room``."""
     if frame["type"] == "error":
-        assert set(frame) == {"type", "code", "message"}, frame
+        # "room" only when the refused frame named a valid one.
+        assert set(frame) - {"room"} == {"type", "code", "message"}, frame
+        assert "room" not in frame or is_room_name(frame["room"]), frame
         assert frame["code"] in ERROR_CODES, frame
         assert isinstance(frame["message"], str) and frame["message"], frame
         return ERROR
     assert frame["type"] == "message", frame
-    assert set(frame) == {"type", "id", "ts", "sender", "message"}, frame
+    assert list(frame) == ["type", "id", "ts", "room", "sender", "message"], frame
     assert isinstance(frame["id"], int) and isinstance(frame["ts"], int), frame
+    assert frame["room"] == room, frame
     return ("message", frame["sender"], frame["message"])
 
 
@@ -328,7 +371,7 @@ async def two_clients(settings: Settings) -> AsyncIterator[tuple[WebSocketClient
             assert not ann.returned.is_set() and not bob.returned.is_set()
         worker = state[STATE_KEY]
         assert isinstance(worker, Worker)
-        assert (worker.open_sessions, len(worker.room)) == (0, 0)
+        assert (worker.open_sessions, len(worker.fanout)) == (0, 0)
     # running_worker has checked that the lifespan shut down cleanly.
 
 
@@ -340,7 +383,7 @@ async def two_clients(settings: Settings) -> AsyncIterator[tuple[WebSocketClient
 async def test_any_frame_gets_one_error_or_reaches_everyone_and_others_are_unaffected(
     frames: list[str | bytes], settle_each: bool
 ) -> None:
-    assume(not any(map(is_rename, frames)))
+    assume(not any(map(is_other_type, frames)))
     expected = [expected_outcome(frame) for frame in frames]
     broadcast = [result for result in expected if result != ERROR]
     async with two_clients(Settings(rate=0)) as (ann, bob):
@@ -373,7 +416,7 @@ async def test_any_frame_gets_one_error_or_reaches_everyone_and_others_are_unaff
 async def test_frames_past_the_burst_each_get_one_rate_limited_error(
     frames: list[str | bytes], burst: int
 ) -> None:
-    assume(not any(map(is_rename, frames)))
+    assume(not any(map(is_other_type, frames)))
     async with two_clients(Settings(rate=NEGLIGIBLE_RATE, burst=burst)) as (ann, bob):
         for n, frame in enumerate(frames):
             await send_frame(ann, frame)
@@ -405,8 +448,11 @@ header_values = st.one_of(
 query_strings = st.one_of(
     st.binary(max_size=120),
     st.dictionaries(
-        st.sampled_from(["name", "since", "x"]),
-        st.text(max_size=70) | st.integers().map(str) | st.sampled_from(BOUNDARY_TEXTS),
+        st.sampled_from(["name", "since", "room", "x"]),
+        st.text(max_size=70)
+        | st.integers().map(str)
+        | st.sampled_from(BOUNDARY_TEXTS)
+        | st.sampled_from(["general", "random", "x" * 64, "x" * 65, "Random", "-r"]),
     ).map(lambda fields: urlencode(fields).encode()),
 )
 
@@ -450,9 +496,14 @@ async def test_any_handshake_is_accepted_or_refused_and_never_crashes(
             "presence",
         ]
         for frame in opening[1:-2]:
-            assert frame["type"] == "error" and frame["code"] in ("invalid_name", "invalid_resume")
+            assert frame["type"] == "error"
+            assert frame["code"] in ("invalid_name", "invalid_resume", "invalid_room")
+        # The room asked for (a valid name in the query), else the default room.
+        room = opening[-2]["room"]
+        assert opening[-1]["room"] == room
+        assert room == ROOM or f"room={room}".encode() in query_string
         await client.send_json({"sender": "ann", "message": "hi"})
-        assert outcome(await client.receive_json()) == ("message", "ann", "hi")
+        assert outcome(await client.receive_json(), room) == ("message", "ann", "hi")
         client.cancel_nowait()
 
 

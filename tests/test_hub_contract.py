@@ -1,17 +1,24 @@
 """The hub contract, run against every backend: in-process, the manager hub, Redis Streams.
 
 Each test joins several workers to one real hub (a hub process, or a redis-server of the test's
-own) and checks what the ``Hub``/``HubLink`` interface promises, whatever is behind it: one
-order of messages and presence frames for every worker, history and resume by id, presence
-across workers, and leaving.
+own) and checks what the ``Hub``/``HubLink`` interface promises, whatever is behind it: per
+room, one order of messages and presence frames for every worker, history and resume by id
+(ids are one sequence for all rooms), presence across workers; the rooms listing and the limit
+on rooms; and leaving.
+
+Routing differs: the in-process and manager hubs give a worker only the frames of rooms it has
+a member in, while with Redis every worker reads every room's frames (its room fan-out drops
+the rest), so there the tests check that each frame carries its room instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -20,18 +27,41 @@ import trio
 from trio_chat.config import Settings
 from trio_chat.hub_address import Endpoint
 from trio_chat.hub_link import Hub
+from trio_chat.hub_link.interface import Snapshot
 from trio_chat.hub_link.local import LocalHub
 from trio_chat.hub_link.manager.client import HubClient
 from trio_chat.hub_link.manager.hub import ManagerHub
 from trio_chat.hub_link.redis.hub import RedisHub
-from trio_chat.protocol import message_id
+from trio_chat.protocol import frame_room, message_id
 
-from hub_support import DEADLINE_SECONDS, joined
+from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, joined
 from servers import redis_server
 
 HISTORY_SIZE = 5
+#: The rooms of the limit's test.
+MAX_ROOMS = 3
+#: A connection id the tests' helpers use for a worker's own member of a room (the tests use
+#: small ones).
+OBSERVER = 1000
 
-HubFactory = Callable[[], Hub]
+
+@dataclasses.dataclass(frozen=True)
+class HubMaker:
+    """Makes each worker's hub client; all of them reach the same hub."""
+
+    make: Callable[[], Hub]
+    #: Whether a worker gets only the frames of the rooms it has a member in (else every
+    #: room's, and its room fan-out drops the rest).
+    routes_by_interest: bool
+
+    def __call__(self) -> Hub:
+        return self.make()
+
+
+@pytest.fixture
+def hub_settings() -> Settings:
+    """The hub's settings (a test may parametrize ``hub_settings`` to change them)."""
+    return Settings(history_size=HISTORY_SIZE)
 
 
 @pytest.fixture(
@@ -41,12 +71,13 @@ HubFactory = Callable[[], Hub]
         pytest.param("redis", marks=pytest.mark.process),
     ]
 )
-async def make_hub(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HubFactory]:
-    """Makes each worker's hub client; all of them reach the same hub."""
+async def make_hub(
+    request: pytest.FixtureRequest, tmp_path: Path, hub_settings: Settings
+) -> AsyncIterator[HubMaker]:
     backend = request.param
     if backend == "local":
-        local = LocalHub(HISTORY_SIZE)
-        yield lambda: local
+        local = LocalHub(hub_settings.history_size, max_rooms=hub_settings.max_rooms)
+        yield HubMaker(lambda: local, routes_by_interest=True)
     elif backend == "manager":
         folder = tmp_path / "run"
         folder.mkdir(mode=0o700)
@@ -57,15 +88,14 @@ async def make_hub(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
             owner_pid=owner,
             lock_path=folder / f"hub-{owner}.lock",
         )
-        settings = Settings(history_size=HISTORY_SIZE)
         try:
-            yield lambda: ManagerHub(settings, endpoint)
+            yield HubMaker(lambda: ManagerHub(hub_settings, endpoint), routes_by_interest=True)
         finally:
             _stop_automatic_hub(endpoint)
     else:
         async with redis_server(tmp_path) as server:
-            settings = Settings(hub=server.url, history_size=HISTORY_SIZE)
-            yield lambda: RedisHub(settings)
+            settings = dataclasses.replace(hub_settings, hub=server.url)
+            yield HubMaker(lambda: RedisHub(settings), routes_by_interest=False)
 
 
 def _stop_automatic_hub(endpoint: Endpoint) -> None:
@@ -78,12 +108,40 @@ def _stop_automatic_hub(endpoint: Endpoint) -> None:
     process.wait(DEADLINE_SECONDS)
 
 
+async def enter(
+    worker: JoinedWorker, room: str, connection: int = OBSERVER, name: str = ""
+) -> None:
+    """A connection of the worker's joins ``room`` (the worker gets the room's frames)."""
+    snapshot = await worker.link.snapshot(room, None, None, connection, name)
+    assert not snapshot.refused
+
+
+async def applied(worker: JoinedWorker, room: str) -> None:
+    """Presence changes the worker made before are in the hub once a message it publishes
+    after them is (they go in the same round trip, or an earlier one)."""
+    await worker.publish("sync", "presence applied", room)
+
+
+def texts(snapshot: Snapshot) -> list[str]:
+    return [json.loads(m)["message"] for m in snapshot.messages]
+
+
+def ids(frames: list[dict[str, Any]]) -> list[int]:
+    return [frame["id"] for frame in frames]
+
+
+def room_frames(worker: JoinedWorker, room: str) -> list[str]:
+    return [frame for frame in worker.recorder.frames if frame_room(frame) == room]
+
+
 async def test_every_worker_gets_every_message_and_presence_frame_in_one_order(
-    make_hub: HubFactory,
+    make_hub: HubMaker,
 ) -> None:
     per_worker = 20
     async with joined(make_hub()) as a, joined(make_hub()) as b, joined(make_hub()) as c:
         workers = [a, b, c]
+        for worker in workers:
+            await enter(worker, ROOM)
 
         async def publish_all(index: int) -> None:
             worker = workers[index]
@@ -91,7 +149,7 @@ async def test_every_worker_gets_every_message_and_presence_frame_in_one_order(
                 await worker.publish(f"w{index}", f"{index}:{n}")
                 if n % 5 == 0:
                     # Presence changes interleave with the messages.
-                    worker.link.present(n, f"user{index}-{n}")
+                    worker.link.present(n, ROOM, f"user{index}-{n}")
 
         async with trio.open_nursery() as nursery:
             for index in range(len(workers)):
@@ -100,53 +158,56 @@ async def test_every_worker_gets_every_message_and_presence_frame_in_one_order(
         for worker in workers:
             await worker.recorder.wait_for_messages(total)
 
-        ids = [message["id"] for message in a.recorder.messages()]
-        assert ids == list(range(ids[0], ids[0] + total))  # No gap, no repeat.
+        message_ids = ids(a.recorder.messages())
+        assert message_ids == list(range(message_ids[0], message_ids[0] + total))  # No gap.
         for index in range(len(workers)):  # Each sender's messages in the order it sent them.
             mine = [m for m in a.recorder.message_texts() if m.startswith(f"{index}:")]
             assert mine == [f"{index}:{n}" for n in range(per_worker)]
         # Every worker saw the same frames in the same order, from the first message on.
         users = sorted(f"user{i}-{n}" for i in range(len(workers)) for n in range(0, per_worker, 5))
         for worker in workers:
-            await worker.recorder.wait_for_presence(len(users), users)  # The last frame.
+            # The last frame (the workers' own members have no name: counted, not listed).
+            await worker.recorder.wait_for_presence(len(users) + len(workers), users)
         first = next(f for f in a.recorder.frames if message_id(f) is not None)
         tails = [w.recorder.frames[w.recorder.frames.index(first) :] for w in workers]
         assert tails[0] == tails[1] == tails[2]
 
 
-async def test_a_joining_client_gets_history_after_its_resume_point(make_hub: HubFactory) -> None:
+async def test_a_joining_client_gets_history_after_its_resume_point(make_hub: HubMaker) -> None:
     async with joined(make_hub()) as a, joined(make_hub()) as b:
+        await enter(b, ROOM)
         for n in range(3):
             await a.publish("ann", f"m{n}")
         await b.recorder.wait_for_messages(3)
-        ids = [message["id"] for message in b.recorder.messages()]
+        seen = ids(b.recorder.messages())
 
-        everything = await b.link.snapshot(None, None, 1, "")
-        assert [json.loads(m)["message"] for m in everything.messages] == ["m0", "m1", "m2"]
-        assert everything.last_id == ids[-1]
+        everything = await b.link.snapshot(ROOM, None, None, 1, "")
+        assert texts(everything) == ["m0", "m1", "m2"]
+        assert everything.room == ROOM and not everything.refused
+        assert everything.last_id == seen[-1]
         assert everything.since_valid and everything.epoch
 
-        resumed = await b.link.snapshot(ids[0], everything.epoch, 2, "")
-        assert [json.loads(m)["id"] for m in resumed.messages] == ids[1:]
+        resumed = await b.link.snapshot(ROOM, seen[0], everything.epoch, 2, "")
+        assert [json.loads(m)["id"] for m in resumed.messages] == seen[1:]
         assert resumed.since_valid
-        assert (await b.link.snapshot(ids[-1], None, 3, "")).messages == []
+        assert (await b.link.snapshot(ROOM, seen[-1], None, 3, "")).messages == []
 
         # A resume point from the future, or from another run of ids, is not valid: the
         # client gets the whole history instead.
-        ahead = await b.link.snapshot(ids[-1] + 1, everything.epoch, 4, "")
-        elsewhere = await b.link.snapshot(ids[0], "another-run", 5, "")
+        ahead = await b.link.snapshot(ROOM, seen[-1] + 1, everything.epoch, 4, "")
+        elsewhere = await b.link.snapshot(ROOM, seen[0], "another-run", 5, "")
         for snapshot in (ahead, elsewhere):
             assert not snapshot.since_valid
             assert len(snapshot.messages) == 3
 
 
 async def test_history_keeps_the_last_messages_and_says_where_it_starts(
-    make_hub: HubFactory,
+    make_hub: HubMaker,
 ) -> None:
     async with joined(make_hub()) as a:
         for n in range(HISTORY_SIZE + 3):
             await a.publish("ann", f"m{n}")
-        snapshot = await a.link.snapshot(None, None, 1, "")
+        snapshot = await a.link.snapshot(ROOM, None, None, 1, "")
         kept = [json.loads(m) for m in snapshot.messages]
         assert [m["message"] for m in kept] == [f"m{n}" for n in range(3, HISTORY_SIZE + 3)]
         assert snapshot.first_available == kept[0]["id"]
@@ -154,25 +215,26 @@ async def test_history_keeps_the_last_messages_and_says_where_it_starts(
 
 
 async def test_presence_counts_every_workers_connections_and_a_joiner_sees_itself(
-    make_hub: HubFactory,
+    make_hub: HubMaker,
 ) -> None:
     async with joined(make_hub()) as a, joined(make_hub()) as b:
-        await a.link.snapshot(None, None, 1, "ann")
-        await b.link.snapshot(None, None, 1, "bob")
-        b.link.present(2, "")  # A connection without a name counts, unlisted.
+        await a.link.snapshot(ROOM, None, None, 1, "ann")
+        await b.link.snapshot(ROOM, None, None, 1, "bob")
+        b.link.present(2, ROOM, "")  # A connection without a name counts, unlisted.
         for worker in (a, b):
             await worker.recorder.wait_for_presence(3, ["ann", "bob"])
 
-        snapshot = await a.link.snapshot(None, None, 2, "cat")
+        snapshot = await a.link.snapshot(ROOM, None, None, 2, "cat")
         presence = json.loads(snapshot.presence)
-        assert (presence["online"], presence["users"]) == (4, ["ann", "bob", "cat"])
+        assert (presence["room"], presence["online"]) == (ROOM, 4)
+        assert presence["users"] == ["ann", "bob", "cat"]
         assert presence["version"] == snapshot.presence_version
         # Presence frames (this state's included) are no older than the snapshot's version.
         latest = await b.recorder.wait_for_presence(4, ["ann", "bob", "cat"])
         assert latest["version"] >= snapshot.presence_version
 
-        a.link.present(1, "ann2")  # A rename.
-        b.link.absent(1)
+        a.link.present(1, ROOM, "ann2")  # A rename.
+        b.link.absent(1, ROOM)
         for worker in (a, b):
             await worker.recorder.wait_for_presence(3, ["ann2", "cat"])
             # Frames say who came and went since the previous one (one frame or several).
@@ -181,14 +243,229 @@ async def test_presence_counts_every_workers_connections_and_a_joiner_sees_itsel
             assert sorted(name for p in since for name in p["left"]) == ["ann", "bob"]
 
 
-async def test_a_worker_that_leaves_takes_its_users_out_of_presence(make_hub: HubFactory) -> None:
+async def test_a_worker_that_leaves_takes_its_users_out_of_presence(make_hub: HubMaker) -> None:
     async with joined(make_hub()) as a:
         async with joined(make_hub()) as b:
-            await a.link.snapshot(None, None, 1, "ann")
-            await b.link.snapshot(None, None, 1, "bob")
-            await b.link.snapshot(None, None, 2, "bea")
+            await a.link.snapshot(ROOM, None, None, 1, "ann")
+            await b.link.snapshot(ROOM, None, None, 1, "bob")
+            await b.link.snapshot(ROOM, None, None, 2, "bea")
             await a.recorder.wait_for_presence(3, ["ann", "bea", "bob"])
             b.leave()
         await a.recorder.wait_for_presence(1, ["ann"])
         await a.publish("ann", "still here")
         await a.recorder.wait_until(lambda: a.recorder.message_texts() == ["still here"])
+
+
+# Rooms
+
+
+async def test_a_worker_gets_the_frames_of_its_rooms_and_each_frame_names_its_room(
+    make_hub: HubMaker,
+) -> None:
+    async with joined(make_hub()) as red, joined(make_hub()) as blue, joined(make_hub()) as both:
+        await red.link.snapshot("red", None, None, 1, "rae")
+        await blue.link.snapshot("blue", None, None, 1, "bo")
+        await enter(both, "red")
+        await enter(both, "blue")
+        for n in range(3):
+            await red.publish("rae", f"red {n}", "red")
+            await blue.publish("bo", f"blue {n}", "blue")
+        # Published last: a worker's frames come in the one order, so had any frame of a room
+        # it is not in come its way, it would have come before these.
+        await red.publish("rae", "red done", "red")
+        await blue.publish("bo", "blue done", "blue")
+        await red.recorder.wait_for_text("red done", "red")
+        await blue.recorder.wait_for_text("blue done", "blue")
+        await both.recorder.wait_for_messages(8)
+
+        names = {"red": {"rae"}, "blue": {"bo"}}
+        for worker in (red, blue, both):
+            # Every frame names its room, and is of that room.
+            assert None not in worker.recorder.rooms_seen()
+            for message in worker.recorder.messages():
+                assert message["message"].split()[0] == message["room"]
+            for presence in worker.recorder.presences():
+                assert set(presence["users"]) <= names[presence["room"]]
+        for worker in (red, both):
+            assert worker.recorder.message_texts("red") == ["red 0", "red 1", "red 2", "red done"]
+        for worker in (blue, both):
+            assert worker.recorder.message_texts("blue") == [
+                "blue 0", "blue 1", "blue 2", "blue done"
+            ]  # fmt: skip
+        if make_hub.routes_by_interest:
+            # No leakage: a worker gets nothing of a room it has no member in.
+            assert red.recorder.rooms_seen() == {"red"}
+            assert blue.recorder.rooms_seen() == {"blue"}
+
+
+async def test_each_room_has_one_order_for_every_worker_and_ids_are_shared_by_all_rooms(
+    make_hub: HubMaker,
+) -> None:
+    per_sender = 10
+    async with joined(make_hub()) as a, joined(make_hub()) as b, joined(make_hub()) as c:
+        # a is in red, c in blue, b in both.
+        rooms_of = {"a": ["red"], "b": ["red", "blue"], "c": ["blue"]}
+        workers = {"a": a, "b": b, "c": c}
+        for label, rooms in rooms_of.items():
+            for room in rooms:
+                await enter(workers[label], room)
+
+        async def publish_all(label: str, room: str) -> None:
+            worker = workers[label]
+            for n in range(per_sender):
+                await worker.publish(label, f"{room} {label}{n}", room)
+                if n % 4 == 0:
+                    # Presence changes interleave with the messages.
+                    worker.link.present(n, room, f"{label}{n}")
+
+        async with trio.open_nursery() as nursery:
+            for label, rooms in rooms_of.items():
+                for room in rooms:
+                    nursery.start_soon(publish_all, label, room)
+        for room, labels in (("red", "ab"), ("blue", "bc")):
+            names = sorted(f"{label}{n}" for label in labels for n in range(0, per_sender, 4))
+            for label in labels:
+                recorder = workers[label].recorder
+                await recorder.wait_for_messages(2 * per_sender, room)
+                # The last frame: every name, and the two members that have none.
+                await recorder.wait_for_presence(len(names) + 2, names, room)
+
+        red_ids = ids(a.recorder.messages("red"))
+        blue_ids = ids(c.recorder.messages("blue"))
+        everything = sorted(red_ids + blue_ids)
+        # One sequence for all rooms: no id given twice, none skipped; a room's ids only grow.
+        assert everything == list(range(everything[0], everything[0] + 4 * per_sender))
+        assert red_ids == sorted(red_ids) and blue_ids == sorted(blue_ids)
+        # A room's frames, messages and presence, in one order for every worker in it.
+        for room, labels in (("red", "ab"), ("blue", "bc")):
+            first, second = (room_frames(workers[label], room) for label in labels)
+            start = next(f for f in first if message_id(f) is not None)
+            assert first[first.index(start) :] == second[second.index(start) :]
+
+
+async def test_history_and_resume_are_per_room(make_hub: HubMaker) -> None:
+    async with joined(make_hub()) as a:
+        await enter(a, "red")
+        await enter(a, "blue")
+        for n in range(HISTORY_SIZE + 2):
+            await a.publish("ann", f"red {n}", "red")
+            if n < 2:
+                await a.publish("ann", f"blue {n}", "blue")
+        await a.recorder.wait_for_messages(HISTORY_SIZE + 4)
+        red = a.recorder.messages("red")
+        blue = a.recorder.messages("blue")
+
+        # Each room keeps its own last messages, and says where they start: one past the
+        # newest it dropped (ids of other rooms lie between).
+        snapshot = await a.link.snapshot("red", None, None, 1, "")
+        assert texts(snapshot) == [f"red {n}" for n in range(2, HISTORY_SIZE + 2)]
+        assert snapshot.first_available == red[1]["id"] + 1
+        assert snapshot.last_id == red[-1]["id"]
+        snapshot = await a.link.snapshot("blue", None, None, 1, "")
+        assert texts(snapshot) == ["blue 0", "blue 1"]  # Nothing dropped.
+        assert snapshot.first_available <= blue[0]["id"]
+
+        # Resuming in a room after an id gives that room's messages after it.
+        resumed = await a.link.snapshot("blue", red[0]["id"], snapshot.epoch, 2, "")
+        assert resumed.since_valid
+        assert [json.loads(m)["id"] for m in resumed.messages] == [
+            m["id"] for m in blue if m["id"] > red[0]["id"]
+        ]
+        resumed = await a.link.snapshot("red", blue[-1]["id"], snapshot.epoch, 2, "")
+        assert [json.loads(m)["id"] for m in resumed.messages] == [
+            m["id"] for m in red if m["id"] > blue[-1]["id"]
+        ]
+
+        # A room made now keeps nothing older: its first available id is the next one.
+        fresh = await a.link.snapshot("green", None, None, 1, "")
+        assert fresh.messages == []
+        assert fresh.first_available == fresh.last_id + 1 == red[-1]["id"] + 1
+
+
+async def test_presence_is_per_room_and_a_connection_in_two_rooms_counts_in_both(
+    make_hub: HubMaker,
+) -> None:
+    async with joined(make_hub()) as a, joined(make_hub()) as b:
+        await a.link.snapshot("red", None, None, 1, "ann")
+        await a.link.snapshot("blue", None, None, 1, "ann")  # One connection, two rooms.
+        await b.link.snapshot("red", None, None, 1, "bob")
+        snapshot = await b.link.snapshot("blue", None, None, 2, "")
+        presence = json.loads(snapshot.presence)
+        assert (presence["room"], presence["online"], presence["users"]) == ("blue", 2, ["ann"])
+        for worker in (a, b):
+            await worker.recorder.wait_for_presence(2, ["ann", "bob"], "red")
+            await worker.recorder.wait_for_presence(2, ["ann"], "blue")
+
+        a.link.absent(1, "red")  # Leaves one of its rooms: still in the other.
+        await b.recorder.wait_for_presence(1, ["bob"], "red")
+        presence = json.loads((await b.link.snapshot("blue", None, None, 3, "")).presence)
+        assert (presence["online"], presence["users"]) == (3, ["ann"])
+        # The frames of each room count only its own members.
+        for worker in (a, b):
+            assert all(p["online"] <= 2 for p in worker.recorder.presences("red"))
+            assert all(p["users"] in ([], ["ann"]) for p in worker.recorder.presences("blue"))
+
+
+async def test_rooms_lists_the_busiest_first_then_by_name(make_hub: HubMaker) -> None:
+    async with joined(make_hub()) as a, joined(make_hub()) as b:
+        online = {"crowded": 3, "duo": 2, "alpha": 1, "beta": 1}
+        for room, count in online.items():
+            for connection in range(count):
+                await enter(a if connection % 2 else b, room, connection)
+        await enter(a, "empty")
+        a.link.absent(OBSERVER, "empty")  # It stays, with nobody in it.
+        await applied(a, "alpha")
+
+        listed = await a.link.rooms()
+        assert listed == [("crowded", 3), ("duo", 2), ("alpha", 1), ("beta", 1), ("empty", 0)]
+        assert await b.link.rooms() == listed  # Whichever worker asks.
+
+
+@pytest.mark.parametrize(
+    "hub_settings",
+    [Settings(history_size=HISTORY_SIZE, max_rooms=MAX_ROOMS)],
+    ids=[f"max_rooms={MAX_ROOMS}"],
+)
+async def test_a_new_room_past_the_limit_is_refused_unless_an_empty_room_makes_way(
+    make_hub: HubMaker,
+) -> None:
+    async with joined(make_hub()) as a, joined(make_hub()) as b:
+        for n in range(MAX_ROOMS):
+            await enter(a if n % 2 else b, f"r{n}", name=f"user{n}")
+        await b.publish("bea", "soon forgotten", "r0")
+
+        refused = await a.link.snapshot("one-too-many", None, None, 1, "ann")
+        assert refused.refused and refused.room == "one-too-many"
+        assert refused.messages == [] and refused.last_id >= 1
+        assert [room for room, _ in await a.link.rooms()] == ["r0", "r1", "r2"]
+
+        # An empty room makes way for a new one, and is forgotten with its history.
+        b.link.absent(OBSERVER, "r0")
+        await applied(b, "r2")
+        made = await a.link.snapshot("one-too-many", None, None, 1, "ann")
+        assert not made.refused
+        assert json.loads(made.presence)["users"] == ["ann"]
+        assert sorted(room for room, _ in await a.link.rooms()) == ["one-too-many", "r1", "r2"]
+        assert (await a.link.snapshot("r0", None, None, 2, "")).refused  # None is empty now.
+
+        a.link.absent(1, "one-too-many")
+        await applied(a, "r1")
+        again = await b.link.snapshot("r0", None, None, 1, "bea")
+        assert not again.refused
+        assert again.messages == [] and again.first_available == again.last_id + 1
+
+
+async def test_a_worker_that_leaves_takes_its_members_out_of_all_their_rooms(
+    make_hub: HubMaker,
+) -> None:
+    async with joined(make_hub()) as a:
+        async with joined(make_hub()) as b:
+            for room in ("red", "blue"):
+                await a.link.snapshot(room, None, None, 1, "ann")
+                await b.link.snapshot(room, None, None, 1, "bob")
+                await b.link.snapshot(room, None, None, 2, f"bob-{room}")
+                await a.recorder.wait_for_presence(3, sorted(["ann", "bob", f"bob-{room}"]), room)
+            b.leave()
+        await a.recorder.wait_for_presence(1, ["ann"], "red")
+        await a.recorder.wait_for_presence(1, ["ann"], "blue")
+        assert sorted(await a.link.rooms()) == [("blue", 1), ("red", 1)]

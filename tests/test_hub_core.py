@@ -23,6 +23,8 @@ from trio_chat.hub_link.interface import LEASE_SECONDS
 from trio_chat.hub_link.manager.client import EXPOSED, HubClient
 from trio_chat.protocol import ChatMessage, encode_chat_body
 
+ROOM = "general"
+
 JOIN_TIMEOUT_SECONDS = 5.0
 #: For fetches that must be woken: a wake-up that never comes fails the test, not a heartbeat.
 LONG_FETCH_SECONDS = 10 * JOIN_TIMEOUT_SECONDS
@@ -46,8 +48,16 @@ def hub_core(clock: FakeClock, *, mailbox_size: int = 10, **options: Any) -> Hub
     return HubCore(history_size=10, mailbox_size=mailbox_size, monotonic=clock, **options)
 
 
-def body(text: str, sender: str = "ann") -> str:
-    return encode_chat_body(ChatMessage(sender=sender, message=text))
+def body(text: str, sender: str = "ann", room: str = ROOM) -> str:
+    return encode_chat_body(room, ChatMessage(sender=sender, message=text))
+
+
+def join_member(core: HubCore, label: str, room: str = ROOM) -> str:
+    """A worker with one member in ``room`` (so that it gets the room's frames), its mailbox
+    emptied of the presence frame its join made."""
+    mailbox = core.join(label, {(1, room): label})
+    assert presence_frames(core.fetch_nowait(mailbox, 100))
+    return mailbox
 
 
 def ids_and_texts(frames: object) -> list[tuple[int, str]]:
@@ -92,7 +102,8 @@ def finished(thread: threading.Thread) -> bool:
 
 def test_a_fetch_takes_at_most_max_frames_of_those_waiting() -> None:
     core = hub_core(FakeClock(), mailbox_size=100)
-    first, second = core.join("w1"), core.join("w2")
+    first, second = join_member(core, "w1"), join_member(core, "w2")
+    core.fetch_nowait(first, 100)  # The presence frame of w2's join.
     assert core.publish([body("a"), body("b")]) == 2
     assert core.publish([body("c")]) == 3
     assert ids_and_texts(core.fetch(first, 2)) == [(1, "a"), (2, "b")]
@@ -102,7 +113,7 @@ def test_a_fetch_takes_at_most_max_frames_of_those_waiting() -> None:
 
 def test_a_fetch_from_a_mailbox_that_is_gone_returns_none() -> None:
     core = hub_core(FakeClock())
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     core.publish([body("x")])
     core.leave(mailbox)
     assert core.fetch(mailbox, 10) is None
@@ -122,7 +133,7 @@ def test_fetch_returns_empty_after_its_heartbeat_timeout() -> None:
 def test_a_blocked_fetch_wakes_on_publish() -> None:
     clock = FakeClock()
     core = hub_core(clock)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     thread, result = fetch_in_thread(core, clock, mailbox)
     core.publish([body("wake")])
     assert finished(thread)
@@ -132,7 +143,7 @@ def test_a_blocked_fetch_wakes_on_publish() -> None:
 def test_a_blocked_fetch_returns_none_when_the_worker_leaves() -> None:
     clock = FakeClock()
     core = hub_core(clock)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     thread, result = fetch_in_thread(core, clock, mailbox)
     core.leave(mailbox)
     assert finished(thread)
@@ -142,7 +153,7 @@ def test_a_blocked_fetch_returns_none_when_the_worker_leaves() -> None:
 def test_a_blocked_fetch_returns_none_when_its_mailbox_is_evicted() -> None:
     clock = FakeClock()
     core = hub_core(clock, mailbox_size=1)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     thread, result = fetch_in_thread(core, clock, mailbox)
     core.publish([body("one"), body("two")])  # More than the mailbox holds, in one go.
     assert finished(thread)
@@ -153,7 +164,7 @@ def test_a_blocked_fetch_returns_none_when_its_mailbox_is_evicted() -> None:
 def test_a_worker_waiting_in_fetch_is_alive() -> None:
     clock = FakeClock()
     core = hub_core(clock)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     clock.now = LEASE_SECONDS
     thread, result = fetch_in_thread(core, clock, mailbox)  # Its lease runs from here.
     clock.now = LEASE_SECONDS + 1
@@ -176,7 +187,7 @@ def frames_come_thick_and_fast(core: HubCore, mailbox: str) -> None:
 def test_a_fetch_lingers_for_more_frames_after_the_first() -> None:
     clock = FakeClock()
     core = hub_core(clock, fetch_linger=JOIN_TIMEOUT_SECONDS)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     frames_come_thick_and_fast(core, mailbox)
     # A frame is there, and the fetch waits for more...
     thread, result = fetch_in_thread(core, clock, mailbox, max_frames=2)
@@ -188,7 +199,7 @@ def test_a_fetch_lingers_for_more_frames_after_the_first() -> None:
 def test_a_fetch_lingers_no_longer_than_the_linger_after_the_oldest_frame() -> None:
     clock = FakeClock()
     core = hub_core(clock, fetch_linger=1.0)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     core.publish([body("earlier")])
     core.fetch_nowait(mailbox, 10)
     core.publish([body("old")])
@@ -199,7 +210,7 @@ def test_a_fetch_lingers_no_longer_than_the_linger_after_the_oldest_frame() -> N
 def test_a_fetch_after_a_quiet_spell_does_not_linger() -> None:
     clock = FakeClock()
     core = hub_core(clock, fetch_linger=1000.0)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     core.publish([body("before")])
     core.fetch_nowait(mailbox, 10)
     clock.now = 2000.0  # Nothing for longer than the linger...
@@ -215,7 +226,7 @@ def test_a_fetch_after_a_quiet_spell_does_not_linger() -> None:
 def test_a_lingering_fetch_returns_none_when_the_worker_leaves() -> None:
     clock = FakeClock()
     core = hub_core(clock, fetch_linger=JOIN_TIMEOUT_SECONDS)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     frames_come_thick_and_fast(core, mailbox)
     thread, result = fetch_in_thread(core, clock, mailbox)
     core.leave(mailbox)
@@ -229,10 +240,10 @@ def test_a_lingering_fetch_returns_none_when_the_worker_leaves() -> None:
 def test_housekeep_returns_how_long_until_it_is_next_due() -> None:
     clock = FakeClock()
     core = hub_core(clock, mailbox_size=100, presence_interval=1.0)
-    watcher = core.join("watcher", {1: "watcher"})
+    watcher = core.join("watcher", {(1, ROOM): "watcher"})
     assert len(presence_frames(core.fetch_nowait(watcher, 100))) == 1  # Sent at once.
     clock.now = 0.25
-    core.update(watcher, presence={2: "ann"})
+    core.update(watcher, presence={(2, ROOM): "ann"})
     assert presence_frames(core.fetch_nowait(watcher, 100)) == []  # Within the interval.
     assert core.housekeep() == pytest.approx(0.75)
     clock.now = 1.0
@@ -244,12 +255,12 @@ def test_housekeep_returns_how_long_until_it_is_next_due() -> None:
 def test_the_housekeeping_thread_is_woken_to_send_a_held_back_presence_frame() -> None:
     clock = FakeClock()
     core = hub_core(clock, presence_interval=0.05)
-    watcher = core.join("watcher", {1: "watcher"})
+    watcher = core.join("watcher", {(1, ROOM): "watcher"})
     core.fetch_nowait(watcher, 10)
     threading.Thread(target=core.run_housekeeping, daemon=True).start()
     # Once it read the clock, it waits half a lease (longer than the fetch below)...
     assert clock.read_elsewhere.wait(JOIN_TIMEOUT_SECONDS), "housekeeping never ran"
-    core.update(watcher, presence={2: "ann"})
+    core.update(watcher, presence={(2, ROOM): "ann"})
     clock.now = 0.05
     # ...unless the held-back frame wakes it.
     [frame] = presence_frames(core.fetch(watcher, 10, timeout=JOIN_TIMEOUT_SECONDS))
@@ -261,7 +272,7 @@ def test_the_housekeeping_thread_is_woken_to_send_a_held_back_presence_frame() -
 
 def test_publishers_in_many_threads_share_one_order_without_gaps() -> None:
     core = hub_core(FakeClock(), mailbox_size=1000)
-    mailbox = core.join("w")
+    mailbox = join_member(core, "w")
     senders = [f"thread{n}" for n in range(4)]
 
     def publish_fifty(sender: str) -> None:
@@ -287,9 +298,38 @@ def test_a_hub_starts_a_run_of_ids_of_its_own() -> None:
     assert core.current_epoch() != "old-run"
     assert core.current_epoch() != hub_core(FakeClock()).current_epoch()
     assert core.publish([body("a")]) == 101
-    assert core.snapshot(None).epoch == core.current_epoch() == core.epoch
-    assert core.snapshot(since=101, epoch=core.current_epoch()).since_valid
-    assert not core.snapshot(since=101, epoch="old-run").since_valid
+    assert core.snapshot(ROOM, None).epoch == core.current_epoch() == core.epoch
+    assert core.snapshot(ROOM, since=101, epoch=core.current_epoch()).since_valid
+    assert not core.snapshot(ROOM, since=101, epoch="old-run").since_valid
+
+
+# Rooms
+
+
+def test_a_blocked_fetch_gets_only_the_frames_of_its_workers_rooms() -> None:
+    clock = FakeClock()
+    core = hub_core(clock)
+    mailbox = join_member(core, "w", room="mine")
+    thread, result = fetch_in_thread(core, clock, mailbox)
+    core.publish([body("not for this worker", room="theirs"), body("for it", room="mine")])
+    assert finished(thread)
+    assert ids_and_texts(result[0]) == [(2, "for it")]
+
+
+def test_rooms_and_snapshots_of_rooms_are_served_under_the_lock() -> None:
+    core = hub_core(FakeClock(), max_rooms=2)
+    worker = core.join("w", {(1, "a"): "ann", (2, "a"): "bob", (3, "b"): "cy"})
+    core.publish([body("hi", room="b")])
+    assert core.rooms() == [("a", 2), ("b", 1)]
+    assert core.rooms(limit=1) == [("a", 2)]
+    joined = core.snapshot("b", None, None, worker, {4: "dee"})
+    assert ids_and_texts(joined.messages) == [(1, "hi")]
+    assert (joined.room, json.loads(joined.presence)["online"]) == ("b", 2)
+    # The limit of rooms reaches the state: both rooms have members, so no third one.
+    refused = core.snapshot("c", None, None, worker, {5: "eve"})
+    assert refused.refused
+    assert core.statistics()["refused_rooms"] == 1
+    assert core.statistics()["rooms"] == 2
 
 
 def test_statistics_name_the_hub_process() -> None:
@@ -301,7 +341,8 @@ def test_the_manager_exposes_what_workers_call_and_the_core_serves() -> None:
     """The remote interface is written once (``HubClient``): each name the manager exposes is
     a method of the hub's core, taking the same arguments."""
     assert EXPOSED == (
-        "join", "current_epoch", "leave", "update", "publish", "snapshot", "fetch", "statistics",
+        "join", "current_epoch", "leave", "update", "publish", "snapshot", "rooms", "fetch",
+        "statistics",
     )  # fmt: skip
     for name in EXPOSED:
         client_parameters = list(inspect.signature(getattr(HubClient, name)).parameters)

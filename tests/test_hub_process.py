@@ -29,6 +29,7 @@ from trio_chat.protocol import ChatMessage, encode_chat_body
 pytestmark = pytest.mark.process
 
 DEADLINE_SECONDS = 20.0
+ROOM = "general"
 MAILBOX_SIZE = 10_000
 HISTORY_SIZE = 100
 SPAWN = multiprocessing.get_context("spawn")
@@ -72,17 +73,18 @@ def worker_process(
 ) -> None:
     """A stand-in worker: join, wait for the start signal, publish, read everything back."""
     client = HubClient(endpoint.address, endpoint.authkey)
-    mailbox = client.join(name)
+    mailbox = client.join(name, {(1, ROOM): name})  # A member in the room: its frames come.
     report.send(("joined", mailbox))  # type: ignore[attr-defined]
     start.wait()  # type: ignore[attr-defined]
     for n in range(count):
-        body = encode_chat_body(ChatMessage(sender=name, message=str(n)))
+        body = encode_chat_body(ROOM, ChatMessage(sender=name, message=str(n)))
         client.publish([body])
     seen: list[tuple[int, str, str]] = []
     while len(seen) < total:
         for frame in client.fetch(mailbox, 100) or []:
             doc = json.loads(frame)
-            seen.append((doc["id"], doc["sender"], doc["message"]))
+            if doc["type"] == "message":  # Presence frames come too.
+                seen.append((doc["id"], doc["sender"], doc["message"]))
     report.send(("seen", seen))  # type: ignore[attr-defined]
     client.leave(mailbox)
 
@@ -147,6 +149,23 @@ def test_the_socket_is_private_and_the_secret_is_not_on_the_command_line(hub: En
     command_line = " ".join(psutil.Process(pid).cmdline())
     assert hub.authkey.hex() not in command_line
     assert "trio_chat.hub" in command_line
+
+
+def test_the_automatic_hub_keeps_the_room_limit_it_was_started_with(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir(mode=0o700)
+    endpoint = auto_endpoint(folder, os.getpid(), os.urandom(32))
+    client = connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE, max_rooms=2)
+    pid = client.statistics()["pid"]
+    try:
+        assert "--max-rooms 2" in " ".join(psutil.Process(pid).cmdline())
+        mailbox = client.join("w", {(1, "a"): "ann", (2, "b"): "bob"})
+        assert client.snapshot("c", None, None, mailbox, {3: "cy"}).refused
+        assert client.rooms() == [("a", 1), ("b", 1)]
+        assert client.rooms(limit=1) == [("a", 1)]
+        client.leave(mailbox)
+    finally:
+        stop_hub(pid)
 
 
 def race_to_start(endpoint: Endpoint, report: multiprocessing.connection.Connection) -> None:

@@ -50,6 +50,9 @@ SHORT_HANDSHAKE_SECONDS = 1.0
 POLL_SECONDS = 0.02
 SILENT_PEERS = 20
 DRIBBLE_INTERVAL_SECONDS = 0.2
+ROOM = "general"
+#: A test worker's one member of ``ROOM``: the hub sends a worker the frames of its members' rooms.
+MEMBER = {(1, ROOM): "tester"}
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE_SECONDS) -> None:
@@ -264,7 +267,7 @@ def tcp_hub(secret_file: Path) -> Iterator[TcpHub]:
 
 
 def exchange_a_message(client: HubClient, mailbox: str, text: str) -> None:
-    client.publish([encode_chat_body(ChatMessage(sender="tester", message=text))])
+    client.publish([encode_chat_body(ROOM, ChatMessage(sender="tester", message=text))])
     deadline = time.monotonic() + DEADLINE_SECONDS
     while time.monotonic() < deadline:
         if any(text in frame for frame in client.fetch(mailbox, 100) or []):
@@ -287,7 +290,7 @@ def read_until_closed(peer: socket.socket, deadline: float) -> None:
 
 def test_a_client_with_the_secret_uses_a_tcp_hub(tcp_hub: TcpHub) -> None:
     client = tcp_hub.client()
-    mailbox = client.join("tester")
+    mailbox = client.join("tester", MEMBER)
     exchange_a_message(client, mailbox, "over tcp")
     assert client.statistics()["pid"] == tcp_hub.process.process.pid
 
@@ -310,7 +313,7 @@ def test_a_peer_without_the_secret_is_disconnected_and_the_hub_serves_on(
     tcp_hub: TcpHub, greeting: bytes
 ) -> None:
     client = tcp_hub.client()
-    mailbox = client.join("tester")
+    mailbox = client.join("tester", MEMBER)
     with socket.create_connection(tcp_hub.address) as peer:
         peer.sendall(greeting)
         read_until_closed(peer, time.monotonic() + SHORT_HANDSHAKE_SECONDS + DEADLINE_SECONDS)
@@ -322,7 +325,7 @@ def test_silent_peers_are_disconnected_at_the_deadline_and_their_threads_end(
     tcp_hub: TcpHub,
 ) -> None:
     client = tcp_hub.client()
-    mailbox = client.join("tester")
+    mailbox = client.join("tester", MEMBER)
     hub_process = psutil.Process(tcp_hub.process.process.pid)
     baseline = hub_process.num_threads()
     started = time.monotonic()
@@ -369,7 +372,7 @@ def test_a_peer_dribbling_its_answer_is_disconnected_at_the_deadline(tcp_hub: Tc
 
 def test_the_hub_accepts_again_after_running_out_of_descriptors(tcp_hub: TcpHub) -> None:
     client = tcp_hub.client()
-    mailbox = client.join("tester")
+    mailbox = client.join("tester", MEMBER)
     hub_process = psutil.Process(tcp_hub.process.process.pid)
     # Room for a few peers only: the rest wait in the listen queue while accept fails.
     _, hard_limit = hub_process.rlimit(psutil.RLIMIT_NOFILE)
@@ -390,7 +393,7 @@ def test_the_hub_accepts_again_after_running_out_of_descriptors(tcp_hub: TcpHub)
     # Waiting for descriptors is not spinning: far less than a core for the while.
     assert cpu_used < elapsed / 4, f"{cpu_used:.2f} s of CPU in {elapsed:.2f} s"
     hub_process.rlimit(psutil.RLIMIT_NOFILE, (hard_limit, hard_limit))
-    exchange_a_message(tcp_hub.client(), tcp_hub.client().join("newcomer"), "accepted")
+    exchange_a_message(tcp_hub.client(), tcp_hub.client().join("newcomer", MEMBER), "accepted")
     exchange_a_message(client, mailbox, "still here")
 
 
@@ -507,7 +510,7 @@ def assert_not_in_log(secret: bytes, output: str) -> None:
 def use_verbosely(address: Address, secret: bytes, handshake_timeout: float) -> None:
     """Exercise everything the hub logs: clients, a wrong secret, garbage, a silent peer."""
     client = HubClient(address, secret)
-    mailbox = client.join("tester")
+    mailbox = client.join("tester", MEMBER)
     exchange_a_message(client, mailbox, "logged")
     client.leave(mailbox)
     with pytest.raises(multiprocessing.AuthenticationError):

@@ -13,7 +13,7 @@ import trio_chat
 
 PACKAGE = Path(trio_chat.__file__).parent
 #: What the hub process must not load: Trio, redis-py, the ASGI app and its sessions.
-WORKER_ONLY_MODULES = ("trio", "redis", "trio_chat.asgi", "trio_chat.session", "trio_chat.room")
+WORKER_ONLY_MODULES = ("trio", "redis", "trio_chat.asgi", "trio_chat.session", "trio_chat.fanout")
 
 
 @pytest.mark.process

@@ -14,9 +14,11 @@ import trio
 
 from trio_chat import ChatApp
 from trio_chat.config import Settings
+from trio_chat.fanout import PendingJoin, Queued
 from trio_chat.hub_address import HubConfigError
 from trio_chat.hub_link import Hub, HubLink, HubListener, HubUnavailable
 from trio_chat.hub_link.local import LocalHub
+from trio_chat.protocol import frame_room
 from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import chat_app, open_lifespan, running_worker
@@ -61,6 +63,20 @@ class UnreachableHub(LocalHub):
         raise self.error
 
 
+ROOM = "general"
+BODY = '{"room":"general","sender":"a","message":"b"}'
+
+
+def drain(channel: trio.MemoryReceiveChannel[Queued]) -> list[Queued]:
+    """What waits in a subscriber's channel."""
+    queued = []
+    while True:
+        try:
+            queued.append(channel.receive_nowait())
+        except trio.WouldBlock:
+            return queued
+
+
 class Frames:
     """A listener that keeps what it is delivered."""
 
@@ -92,11 +108,18 @@ async def test_startup_joins_the_hub_so_published_messages_reach_the_worker() ->
     async with running_worker(chat_app(hub)) as state:
         worker = state[STATE_KEY]
         assert isinstance(worker, Worker)
-        with worker.room.subscribe(lambda code: None) as subscriber:
-            await hub.publish('{"sender":"a","message":"b"}')
-            [frame] = subscriber.receive_channel.receive_nowait()
+        with worker.fanout.subscribe(lambda code: None) as subscriber:
+            # The hub sends a worker the frames of its members' rooms only.
+            pending = worker.fanout.enter(subscriber, ROOM)
+            worker.link.present(1, ROOM, "ann")
+            await hub.publish(BODY)
+            queued = drain(subscriber.receive_channel)
 
-    assert frame == '{"type":"message","id":1,"ts":5,"sender":"a","message":"b"}'
+    assert queued[0] is pending
+    assert len(queued) == 3  # The pending join, then the presence and message batches.
+    presence, message = [f for batch in queued if not isinstance(batch, PendingJoin) for f in batch]
+    assert presence.startswith('{"type":"presence","version":1,"room":"general",')
+    assert message == '{"type":"message","id":1,"ts":5,"room":"general","sender":"a","message":"b"}'
 
 
 async def test_shutdown_completes_and_ends_the_hub_task() -> None:
@@ -117,16 +140,20 @@ async def test_after_shutdown_the_hub_no_longer_delivers_to_the_worker() -> None
     async with running_worker(chat_app(hub)) as state:
         worker = state[STATE_KEY]
         assert isinstance(worker, Worker)
+        worker.link.present(1, ROOM, "ann")  # A member: the hub sent it the room's frames.
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(hub.run, other)
-        with worker.room.subscribe(lambda code: None) as subscriber:
-            await hub.publish('{"sender":"a","message":"b"}')
-            with pytest.raises(trio.WouldBlock):
-                subscriber.receive_channel.receive_nowait()
+        link = await nursery.start(hub.run, other)
+        link.present(1, ROOM, "bob")
+        with worker.fanout.subscribe(lambda code: None) as subscriber:
+            pending = worker.fanout.enter(subscriber, ROOM)
+            await hub.publish(BODY)
+            assert drain(subscriber.receive_channel) == [pending]
         nursery.cancel_scope.cancel()
 
-    assert len(other.frames) == 1  # the hub itself still works
+    # The hub itself still works: the other worker got the message.
+    assert [frame_room(frame) for frame in other.frames] == [ROOM, ROOM]
+    assert other.frames[-1].startswith('{"type":"message","id":1,')
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,18 @@ from typing import Any
 from trio_chat.hub.presence import PresenceBook
 from trio_chat.hub_link.interface import MAX_LISTED_USERS
 
+ROOM = "general"
+
 
 def published(book: PresenceBook) -> dict[str, Any]:
     frame: dict[str, Any] = json.loads(book.publish())
     assert frame["type"] == "presence"
+    assert frame["room"] == book.room
     return frame
 
 
 def test_counts_connections_and_lists_distinct_names_across_workers() -> None:
-    book = PresenceBook()
+    book = PresenceBook(ROOM)
     book.apply("w1", {1: "ann", 2: "bob"})
     book.apply("w2", {1: "ann", 2: ""})  # ann in a second tab; a client without a name.
     frame = published(book)
@@ -27,7 +30,7 @@ def test_counts_connections_and_lists_distinct_names_across_workers() -> None:
 
 
 def test_a_second_tab_under_the_same_name_is_not_a_join_or_a_leave() -> None:
-    book = PresenceBook()
+    book = PresenceBook(ROOM)
     book.apply("w1", {1: "ann"})
     published(book)
     book.apply("w2", {7: "ann"})
@@ -39,7 +42,7 @@ def test_a_second_tab_under_the_same_name_is_not_a_join_or_a_leave() -> None:
 
 
 def test_a_rename_is_a_leave_and_a_join() -> None:
-    book = PresenceBook()
+    book = PresenceBook(ROOM)
     book.apply("w1", {1: "ann"})
     published(book)
     book.apply("w1", {1: "anne"})
@@ -49,7 +52,7 @@ def test_a_rename_is_a_leave_and_a_join() -> None:
 
 
 def test_a_worker_dropping_takes_all_its_connections_and_never_goes_negative() -> None:
-    book = PresenceBook()
+    book = PresenceBook(ROOM)
     book.apply("w1", {1: "ann", 2: "bob", 3: ""})
     book.apply("w2", {1: "cat"})
     published(book)
@@ -62,7 +65,7 @@ def test_a_worker_dropping_takes_all_its_connections_and_never_goes_negative() -
 
 
 def test_rejoining_replaces_a_workers_connections() -> None:
-    book = PresenceBook()
+    book = PresenceBook(ROOM)
     book.apply("w1", {1: "ann", 2: "bob"})
     book.replace_worker("w1", {2: "bob", 3: "cat"})
     assert book.current().online == 2
@@ -70,7 +73,7 @@ def test_rejoining_replaces_a_workers_connections() -> None:
 
 
 def test_dirty_only_when_something_changed_and_versions_increase() -> None:
-    book = PresenceBook()
+    book = PresenceBook(ROOM)
     assert not book.dirty
     book.apply("w1", {1: "ann"})
     assert book.dirty
@@ -83,9 +86,38 @@ def test_dirty_only_when_something_changed_and_versions_increase() -> None:
 
 
 def test_the_list_of_names_is_bounded() -> None:
-    book = PresenceBook()
+    book = PresenceBook(ROOM)
     book.apply("w1", {n: f"user-{n:05}" for n in range(MAX_LISTED_USERS + 5)})
     frame = published(book)
     assert frame["online"] == MAX_LISTED_USERS + 5
     assert len(frame["users"]) == MAX_LISTED_USERS
     assert frame["truncated"] is True
+
+
+def test_frames_and_states_name_the_books_room() -> None:
+    book = PresenceBook("lobby")
+    book.apply("w1", {1: "ann"})
+    assert book.current().room == "lobby"
+    assert json.loads(book.current().frame())["room"] == "lobby"
+    assert published(book)["room"] == "lobby"
+
+
+def test_connections_of_counts_one_workers_connections_in_the_room() -> None:
+    book = PresenceBook(ROOM)
+    book.apply("w1", {1: "ann", 2: ""})
+    book.apply("w2", {1: "bob"})
+    assert (book.connections_of("w1"), book.connections_of("w2")) == (2, 1)
+    assert book.connections_of("w3") == 0
+    book.apply("w1", {1: None, 2: None})
+    assert book.connections_of("w1") == 0
+    assert book.online == 1
+
+
+def test_leaving_a_connection_never_in_the_room_changes_nothing() -> None:
+    book = PresenceBook(ROOM)
+    book.apply("w1", {1: "ann"})
+    published(book)
+    book.apply("w2", {9: None})  # A worker that has no connection in this room.
+    assert not book.dirty
+    assert book.connections_of("w2") == 0
+    assert (book.online, book.current().users) == (1, ("ann",))

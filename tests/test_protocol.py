@@ -15,23 +15,42 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trio_chat.protocol import (
+    ROOM_NAME_RULE,
     ChatMessage,
+    ClientFrame,
     CloseCode,
     ErrorCode,
+    Join,
+    Leave,
     Limits,
+    ListRooms,
     NoticeCode,
     ProtocolError,
     Rename,
+    body_room,
     encode_chat_body,
     error_frame,
+    frame_room,
+    history_frame,
+    invalid_resume_error,
+    is_messages_missed,
+    is_room_name,
+    left_frame,
+    message_id,
     notice_frame,
     parse_chat_frame,
     parse_connect_query,
+    parse_since,
+    presence_frame,
+    presence_version,
+    rooms_frame,
+    rooms_listing,
     stamp_chat_frame,
     welcome_frame,
 )
 
 LIMITS = Limits()
+ROOM = "general"
 
 
 def parse(text: str, limits: Limits = LIMITS) -> ChatMessage:
@@ -42,7 +61,7 @@ def parse(text: str, limits: Limits = LIMITS) -> ChatMessage:
 
 def parse_or_error(
     text: str | None, data: bytes | None = None, limits: Limits = LIMITS
-) -> ChatMessage | Rename | ProtocolError:
+) -> ClientFrame | ProtocolError:
     """What parsing gives: the message, or the error it raised (any other exception escapes)."""
     try:
         return parse_chat_frame(text, data, limits)
@@ -194,16 +213,25 @@ def test_unknown_type_error_shows_a_clipped_value() -> None:
 # Encoding
 
 
-def test_chat_body_is_compact_json_with_unicode_kept() -> None:
-    body = encode_chat_body(ChatMessage("zoë", 'say "hi"\n'))
+def test_chat_body_is_compact_json_with_the_room_first_and_unicode_kept() -> None:
+    body = encode_chat_body("general", ChatMessage("zoë", 'say "hi"\n'))
 
-    assert body == '{"sender":"zoë","message":"say \\"hi\\"\\n"}'
+    assert body == '{"room":"general","sender":"zoë","message":"say \\"hi\\"\\n"}'
+
+
+def test_the_body_takes_the_room_given_not_the_one_the_client_named() -> None:
+    # A message without a room goes to the connection's first room: the session says which.
+    body = encode_chat_body("lobby", ChatMessage("a", "b", room="other"))
+
+    assert json.loads(body) == {"room": "lobby", "sender": "a", "message": "b"}
 
 
 def test_stamped_frame_puts_type_id_and_ts_before_the_body() -> None:
-    stamped = stamp_chat_frame(7, 1_700_000_000_123, encode_chat_body(ChatMessage("a", "b")))
+    stamped = stamp_chat_frame(7, 1_700_000_000_123, encode_chat_body(ROOM, ChatMessage("a", "b")))
 
-    assert stamped == '{"type":"message","id":7,"ts":1700000000123,"sender":"a","message":"b"}'
+    assert stamped == (
+        '{"type":"message","id":7,"ts":1700000000123,"room":"general","sender":"a","message":"b"}'
+    )
 
 
 def test_welcome_frame() -> None:
@@ -215,7 +243,9 @@ def test_welcome_frame() -> None:
         "worker": 4242,
         "max_message_bytes": 1000,
         "max_sender_chars": 32,
+        "max_rooms": 32,
     }
+    assert json.loads(welcome_frame(1, Limits(max_rooms=5)))["max_rooms"] == 5
 
 
 def test_error_frame_is_one_line_whatever_the_message() -> None:
@@ -265,6 +295,11 @@ def test_error_codes_clients_see_are_stable() -> None:
         "invalid_name",
         "rate_limited",
         "hub_unavailable",
+        "invalid_room",
+        "not_joined",
+        "too_many_rooms",
+        "already_joined",
+        "room_limit",
     }
 
 
@@ -286,48 +321,72 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-# Objects that look like chat frames, so that the rules past "is it an object" get exercised.
+rooms = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,63}", fullmatch=True)
+# Texts a client may choose that look like the field ``frame_room`` and ``body_room`` look for.
+_room_lookalike = st.sampled_from([',"room":"x"', '{"room":"x"}', '"room":"', ',"room":"'])
+tricky_messages = messages | st.builds(
+    lambda a, b, c: a + b + c, messages, _room_lookalike, messages
+)
+tricky_senders = senders | st.builds(lambda a, b: a + b, senders, _room_lookalike)
+# Objects that look like client frames, so that the rules past "is it an object" get exercised.
 frame_like = st.fixed_dictionaries(
     {},
     optional={
-        "type": st.just("message") | json_values,
+        "type": st.sampled_from(["message", "rename", "join", "leave", "rooms"]) | json_values,
         "sender": senders | st.text() | json_values,
         "message": messages | st.text() | json_values,
+        "name": senders | json_values,
+        "room": rooms | st.text() | json_values,
+        "since": st.from_regex(r"[0-9a-f]{0,8}:?[0-9]{1,4}", fullmatch=True) | json_values,
         "id": json_values,
     },
 )
 
 
 def parse_anything(text: str | None, data: bytes | None = None) -> None:
-    """The module's promise: a ChatMessage or a ProtocolError, and a one-line frame either way."""
+    """The module's promise: a client frame or a ProtocolError, and a one-line frame either
+    way."""
     result = parse_or_error(text, data)
 
     if isinstance(result, ProtocolError):
         assert isinstance(result.code, ErrorCode)
-        assert_one_line_of_utf8_json(error_frame(result.code, result.message))
+        assert result.room is None or is_room_name(result.room)
+        assert_one_line_of_utf8_json(result.frame())
+    elif isinstance(result, ChatMessage):
+        assert result.room is None or is_room_name(result.room)
+        body = encode_chat_body(result.room or ROOM, result)
+        assert_one_line_of_utf8_json(stamp_chat_frame(1, 2, body))
+    elif isinstance(result, Join | Leave):
+        assert is_room_name(result.room)
+        assert_one_line_of_utf8_json(left_frame(result.room))
     else:
-        assert isinstance(result, ChatMessage)
-        assert_one_line_of_utf8_json(stamp_chat_frame(1, 2, encode_chat_body(result)))
+        assert isinstance(result, Rename | ListRooms)
 
 
-@given(st.integers(min_value=1), st.integers(min_value=0), senders, messages)
-def test_stamped_frame_round_trips(message_id: int, ts_ms: int, sender: str, message: str) -> None:
-    emitted = stamp_chat_frame(message_id, ts_ms, encode_chat_body(ChatMessage(sender, message)))
+@given(st.integers(min_value=1), st.integers(min_value=0), rooms, senders, messages)
+def test_stamped_frame_round_trips(
+    message_id: int, ts_ms: int, room: str, sender: str, message: str
+) -> None:
+    body = encode_chat_body(room, ChatMessage(sender, message))
+    emitted = stamp_chat_frame(message_id, ts_ms, body)
 
     assert assert_one_line_of_utf8_json(emitted) == {
         "type": "message",
         "id": message_id,
         "ts": ts_ms,
+        "room": room,
         "sender": sender,
         "message": message,
     }
 
 
-@given(senders, messages)
-def test_encoded_body_parses_back_to_the_same_message(sender: str, message: str) -> None:
+@given(rooms, senders, messages)
+def test_encoded_body_parses_back_to_the_same_message_in_its_room(
+    room: str, sender: str, message: str
+) -> None:
     chat = ChatMessage(sender, message)
 
-    assert parse(encode_chat_body(chat)) == chat
+    assert parse(encode_chat_body(room, chat)) == ChatMessage(sender, message, room)
 
 
 @given(st.integers(min_value=1, max_value=64), messages)
@@ -419,3 +478,375 @@ def test_since_may_name_its_epoch(
     request = parse_connect_query(query, Limits())
     assert (request.since, request.since_epoch) == (since, epoch)
     assert [error.code.value for error in request.errors] == errors
+
+
+# Rooms: names
+
+
+@pytest.mark.parametrize(
+    "name", ["general", "a", "0", "9lives", "team-a", "team_a", "a-", "a_", "x" * 64, "a1-b2_c3"]
+)
+def test_valid_room_names(name: str) -> None:
+    assert is_room_name(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "General",  # Upper case: names are compared as they are, so only one spelling.
+        "A",
+        "-a",  # A leading '-' or '_' would read as an option, or hide in a list.
+        "_a",
+        "x" * 65,
+        "café",
+        "\uff41",  # Fullwidth a.
+        "\u0131",  # Dotless i: lower case, not ASCII.
+        "a b",
+        "a.b",
+        "a/b",
+        "a:b",
+        'a"b',
+        "a\\b",
+        "a\n",  # A trailing line break, which ``$`` would let through.
+        "\na",
+        "\u0661",  # Arabic-Indic digit one: a digit, not ASCII.
+    ],
+)
+def test_invalid_room_names(name: str) -> None:
+    assert not is_room_name(name)
+
+
+@pytest.mark.parametrize("value", [None, 1, b"general", ["general"]])
+def test_only_strings_are_room_names(value: object) -> None:
+    assert not is_room_name(value)
+
+
+def test_the_rule_is_stated_for_people() -> None:
+    assert "64" in ROOM_NAME_RULE
+    assert "lower-case" in ROOM_NAME_RULE
+
+
+@given(rooms)
+def test_a_room_name_needs_no_escaping_in_json(room: str) -> None:
+    assert is_room_name(room)
+    assert json.dumps(room) == f'"{room}"'
+
+
+@given(st.text(max_size=70))
+def test_a_room_name_is_lower_case_ascii_letters_digits_dash_and_underscore(text: str) -> None:
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+    expected = 1 <= len(text) <= 64 and set(text) <= allowed and text[0] not in "-_"
+
+    assert is_room_name(text) == expected
+
+
+# Rooms: client frames
+
+
+def refused(document: dict[str, Any]) -> ProtocolError:
+    with pytest.raises(ProtocolError) as caught:
+        parse_chat_frame(json.dumps(document), None, LIMITS)
+    return caught.value
+
+
+def test_a_message_may_name_its_room() -> None:
+    chat = parse(frame("ann", "hi", type="message", room="lobby"))
+
+    assert chat == ChatMessage("ann", "hi", room="lobby")
+
+
+def test_a_message_without_a_room_goes_to_the_first_room() -> None:
+    assert parse(frame("ann", "hi")).room is None
+    assert parse(frame("ann", "hi", type="message")).room is None
+
+
+@pytest.mark.parametrize("kind", ["message", "join", "leave"])
+@pytest.mark.parametrize(
+    ("room", "code"),
+    [
+        ("Lobby", ErrorCode.INVALID_ROOM),
+        ("-lobby", ErrorCode.INVALID_ROOM),
+        ("x" * 65, ErrorCode.INVALID_ROOM),
+        ("", ErrorCode.INVALID_ROOM),
+        ("lobby\u00e9", ErrorCode.INVALID_ROOM),
+        (7, ErrorCode.WRONG_TYPE),
+        (None, ErrorCode.WRONG_TYPE),
+        (["lobby"], ErrorCode.WRONG_TYPE),
+    ],
+)
+def test_a_bad_room_is_refused_in_every_frame_that_names_one(
+    kind: str, room: Any, code: ErrorCode
+) -> None:
+    error = refused({"type": kind, "room": room, "sender": "ann", "message": "hi"})
+
+    assert error.code == code
+    assert error.room is None  # Not a room to name in the error frame.
+    if code == ErrorCode.INVALID_ROOM:
+        assert ROOM_NAME_RULE in error.message
+        assert "room" not in json.loads(error.frame())
+
+
+@pytest.mark.parametrize("kind", ["join", "leave"])
+def test_join_and_leave_need_a_room(kind: str) -> None:
+    error = refused({"type": kind})
+
+    assert error.code == ErrorCode.MISSING_FIELD
+    assert '"room"' in error.message
+
+
+def test_an_invalid_room_name_is_clipped_in_the_error() -> None:
+    error = refused({"type": "join", "room": "X" * 1000})
+
+    assert error.code == ErrorCode.INVALID_ROOM
+    assert len(error.message) < 200
+
+
+def test_a_message_to_a_bad_room_is_refused_before_its_text_is_checked() -> None:
+    # The room is read first: the client learns about the room, not about the empty text.
+    error = refused({"room": "Bad", "sender": "ann", "message": ""})
+
+    assert error.code == ErrorCode.INVALID_ROOM
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"type": "join", "room": "lobby"}, Join("lobby")),
+        ({"type": "join", "room": "lobby", "since": "ab12cd34:57"}, Join("lobby", 57, "ab12cd34")),
+        ({"type": "join", "room": "lobby", "since": "57"}, Join("lobby", 57, None)),
+        ({"type": "join", "room": "lobby", "since": ":57"}, Join("lobby", 57, "")),
+        ({"type": "join", "room": "lobby", "since": "0"}, Join("lobby", 0, None)),
+        ({"type": "join", "room": "lobby", "since": "garbage"}, Join("lobby", since_invalid=True)),
+        ({"type": "join", "room": "lobby", "since": "ab:x"}, Join("lobby", since_invalid=True)),
+        ({"type": "join", "room": "lobby", "since": ""}, Join("lobby", since_invalid=True)),
+        ({"type": "join", "room": "lobby", "since": "-1"}, Join("lobby", since_invalid=True)),
+        ({"type": "join", "room": "lobby", "since": "1" * 19}, Join("lobby", since_invalid=True)),
+        ({"type": "join", "room": "lobby", "since": 57}, Join("lobby", since_invalid=True)),
+        ({"type": "join", "room": "lobby", "since": None}, Join("lobby", since_invalid=True)),
+        ({"type": "leave", "room": "lobby"}, Leave("lobby")),
+        ({"type": "leave", "room": "lobby", "since": "garbage"}, Leave("lobby")),
+        ({"type": "rooms"}, ListRooms()),
+        ({"type": "rooms", "room": "Bad!"}, ListRooms()),  # Nothing else is read.
+    ],
+)
+def test_join_leave_and_rooms_frames(document: dict[str, Any], expected: ClientFrame) -> None:
+    assert parse_chat_frame(json.dumps(document), None, LIMITS) == expected
+
+
+def test_a_join_is_not_a_message_whatever_else_it_carries() -> None:
+    document = {"type": "join", "room": "lobby", "sender": "ann", "message": "hi"}
+
+    assert parse_chat_frame(json.dumps(document), None, LIMITS) == Join("lobby")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("12", (12, None)),
+        ("ab12cd34:12", (12, "ab12cd34")),
+        (":12", (12, "")),
+        ("a:b:12", (12, "a:b")),  # The id is after the last colon.
+        ("9" * 18, (10**18 - 1, None)),
+        ("9" * 19, None),
+        ("e" * 32 + ":1", (1, "e" * 32)),
+        ("e" * 33 + ":1", None),
+        ("", None),
+        ("12:", None),
+        ("x", None),
+        ("1.5", None),
+        ("+1", None),
+        (" 1", None),
+        ("\u0661\u0662", None),  # Digits, but not ASCII ones.
+    ],
+)
+def test_parse_since(raw: str, expected: tuple[int, str | None] | None) -> None:
+    assert parse_since(raw) == expected
+
+
+# Rooms: the /chat query
+
+
+@pytest.mark.parametrize(
+    ("query", "room", "errors"),
+    [
+        (b"", None, []),
+        (b"room=", None, []),  # Empty: the default room, nothing to complain about.
+        (b"room=lobby", "lobby", []),
+        (b"room=team-a_1", "team-a_1", []),
+        (b"room=Lobby", None, ["invalid_room"]),
+        (b"room=-lobby", None, ["invalid_room"]),
+        (b"room=" + b"x" * 65, None, ["invalid_room"]),
+        (b"room=caf%C3%A9", None, ["invalid_room"]),
+        (b"room=a%20b", None, ["invalid_room"]),
+        (b"room=bad&room=lobby", "lobby", []),  # The last one counts, as for the others.
+    ],
+)
+def test_the_query_may_name_the_first_room(
+    query: bytes, room: str | None, errors: list[str]
+) -> None:
+    request = parse_connect_query(query, LIMITS)
+
+    assert request.room == room
+    assert [error.code.value for error in request.errors] == errors
+
+
+def test_an_invalid_room_in_the_query_says_the_rule_and_keeps_the_rest() -> None:
+    request = parse_connect_query(b"room=Lobby&name=ann&since=ab:3", LIMITS)
+
+    assert (request.room, request.name, request.since, request.since_epoch) == (
+        None,
+        "ann",
+        3,
+        "ab",
+    )
+    [error] = request.errors
+    assert error.code == ErrorCode.INVALID_ROOM
+    assert ROOM_NAME_RULE in error.message
+    assert error.room is None
+
+
+def test_a_resume_in_the_query_belongs_to_the_first_room() -> None:
+    request = parse_connect_query(b"room=lobby&since=ab:x", LIMITS)
+
+    [error] = request.errors
+    assert error.code == ErrorCode.INVALID_RESUME
+    assert error.room == "lobby"
+    assert json.loads(error.frame())["room"] == "lobby"
+
+
+# Rooms: frames we emit
+
+
+def test_error_frame_names_the_room_only_when_given() -> None:
+    assert json.loads(error_frame(ErrorCode.NOT_JOINED, "no", room="lobby")) == {
+        "type": "error",
+        "code": "not_joined",
+        "message": "no",
+        "room": "lobby",
+    }
+    assert "room" not in json.loads(error_frame(ErrorCode.NOT_JOINED, "no"))
+
+
+def test_protocol_error_frame_carries_its_room() -> None:
+    error = ProtocolError(ErrorCode.ALREADY_JOINED, "already", room="lobby")
+
+    assert json.loads(error.frame())["room"] == "lobby"
+    assert json.loads(invalid_resume_error("lobby").frame())["code"] == "invalid_resume"
+    assert "room" not in json.loads(invalid_resume_error().frame())
+
+
+def test_left_frame() -> None:
+    assert left_frame("lobby") == '{"type":"left","room":"lobby"}'
+
+
+def test_rooms_frame_lists_rooms_in_the_order_given() -> None:
+    counts = [("general", 3), ("lobby", 1), ("a", 0)]
+
+    assert json.loads(rooms_frame(counts)) == {
+        "type": "rooms",
+        "rooms": [
+            {"room": "general", "online": 3},
+            {"room": "lobby", "online": 1},
+            {"room": "a", "online": 0},
+        ],
+    }
+    assert rooms_listing([]) == []
+    assert json.loads(rooms_frame([])) == {"type": "rooms", "rooms": []}
+
+
+def test_history_frame_names_its_room() -> None:
+    message = stamp_chat_frame(5, 0, encode_chat_body("lobby", ChatMessage("a", "b")))
+
+    emitted = history_frame("lobby", [message], resumed=True, epoch="e1")
+
+    assert json.loads(emitted) == {
+        "type": "history",
+        "room": "lobby",
+        "resumed": True,
+        "epoch": "e1",
+        "messages": [json.loads(message)],
+    }
+
+
+def test_presence_frame_puts_version_then_room_first() -> None:
+    emitted = presence_frame("lobby", 4, 3, ["ann", "bob"], ["bob"], [])
+
+    assert emitted.startswith('{"type":"presence","version":4,"room":"lobby",')
+    assert presence_version(emitted) == 4
+    assert json.loads(emitted) == {
+        "type": "presence",
+        "version": 4,
+        "room": "lobby",
+        "online": 3,
+        "users": ["ann", "bob"],
+        "joined": ["bob"],
+        "left": [],
+    }
+
+
+def test_a_resume_partial_notice_names_its_room_a_messages_missed_notice_none() -> None:
+    partial = notice_frame(NoticeCode.RESUME_PARTIAL, "some", room="lobby", first_available=9)
+    missed = notice_frame(NoticeCode.MESSAGES_MISSED, "gap", epoch="e2")
+
+    assert json.loads(partial)["room"] == "lobby"
+    assert frame_room(missed) is None
+    assert is_messages_missed(missed)
+    assert not is_messages_missed(partial)
+
+
+# Rooms: reading a frame's room without decoding it
+
+
+@given(rooms, tricky_senders, tricky_messages)
+def test_body_room_reads_the_room_of_any_body(room: str, sender: str, message: str) -> None:
+    assert body_room(encode_chat_body(room, ChatMessage(sender, message))) == room
+
+
+@given(st.integers(min_value=1), st.integers(min_value=0), rooms, tricky_senders, tricky_messages)
+def test_frame_room_reads_the_room_of_any_message_frame(
+    given_id: int, ts_ms: int, room: str, sender: str, message: str
+) -> None:
+    emitted = stamp_chat_frame(
+        given_id, ts_ms, encode_chat_body(room, ChatMessage(sender, message))
+    )
+
+    assert frame_room(emitted) == room
+    assert json.loads(emitted)["room"] == room
+    assert message_id(emitted) == given_id
+
+
+user_lists = st.lists(tricky_senders, max_size=5)
+
+
+@given(rooms, st.integers(min_value=0), st.integers(min_value=0), user_lists, user_lists)
+def test_frame_room_reads_the_room_of_any_presence_frame(
+    room: str, version: int, online: int, users: list[str], left: list[str]
+) -> None:
+    emitted = presence_frame(room, version, online, users, users, left, truncated=bool(left))
+
+    assert frame_room(emitted) == room
+    assert presence_version(emitted) == version
+
+
+@given(st.text())
+def test_frame_room_of_a_messages_missed_notice_is_none_whatever_it_says(text: str) -> None:
+    assert frame_room(notice_frame(NoticeCode.MESSAGES_MISSED, text, epoch=text)) is None
+
+
+@pytest.mark.parametrize(
+    "not_a_body",
+    [
+        '{"sender":"a","message":"b"}',  # A body from before rooms.
+        '{"sender":"a","room":"lobby","message":"b"}',  # The room not first.
+        '{"room":"Lobby","sender":"a","message":"b"}',
+        '{"room":"","sender":"a","message":"b"}',
+        '{"room":"lobby',  # Cut short.
+        '{"room":"lobby\\"x","sender":"a"}',
+        "",
+        "lobby",
+    ],
+)
+def test_body_room_refuses_what_is_not_a_chat_body(not_a_body: str) -> None:
+    with pytest.raises(ValueError, match=r"not a chat body|not a room name|substring not found"):
+        body_room(not_a_body)

@@ -11,6 +11,7 @@ import json
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -23,7 +24,7 @@ from trio_chat.hub_link.bridge import Fetched
 from trio_chat.hub_link.redis.hub import RedisBackend, RedisHub
 from trio_chat.protocol import message_id
 
-from hub_support import DEADLINE_SECONDS, JoinedWorker, Recorder, body, joined
+from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, Recorder, body, joined
 from servers import RedisServer, redis_server
 
 pytestmark = pytest.mark.process
@@ -66,8 +67,8 @@ async def test_a_restart_that_keeps_the_data_loses_nothing(tmp_path: Path) -> No
         async with joined(RedisHub(settings)) as a, joined(RedisHub(settings)) as b:
             for n in range(3):
                 await publish_and_see(a, [a, b], f"before {n}")
-            await a.link.snapshot(None, None, 1, "ann")
-            await b.link.snapshot(None, None, 1, "bob")
+            await a.link.snapshot(ROOM, None, None, 1, "ann")
+            await b.link.snapshot(ROOM, None, None, 1, "bob")
 
             await restart(server, [a, b])
             for n in range(3):
@@ -86,15 +87,15 @@ async def test_a_restart_that_lost_the_data_starts_a_new_run_of_ids(tmp_path: Pa
         async with joined(RedisHub(settings)) as a, joined(RedisHub(settings)) as b:
             for n in range(3):
                 await publish_and_see(a, [a, b], f"before {n}")
-            before = await a.link.snapshot(None, None, 1, "ann")
-            await b.link.snapshot(None, None, 1, "bob")
+            before = await a.link.snapshot(ROOM, None, None, 1, "ann")
+            await b.link.snapshot(ROOM, None, None, 1, "bob")
 
             await restart(server, [a, b])
             await publish_and_see(b, [a, b], "after")
 
             # Ids given before could be given again: a resume point from before is not valid
             # in the new run, so such a client gets the whole (new) history instead.
-            after = await a.link.snapshot(before.last_id, before.epoch, 2, "")
+            after = await a.link.snapshot(ROOM, before.last_id, before.epoch, 2, "")
             assert after.epoch != before.epoch and not after.since_valid
             assert [json.loads(m)["message"] for m in after.messages] == ["after"]
             for worker in (a, b):
@@ -110,8 +111,8 @@ async def test_a_worker_behind_when_redis_lost_the_data_does_not_reuse_ids(
     async with redis_server(tmp_path, durable=False) as server:
         settings = Settings(hub=server.url)
         ahead, behind = RedisBackend(settings), RedisBackend(settings)
-        ahead_member = ahead.join("ahead", {1: "ann"}, 0, "")
-        behind_member = behind.join("behind", {1: "bob"}, 0, "")
+        ahead_member = ahead.join("ahead", {(1, ROOM): "ann"}, 0, "")
+        behind_member = behind.join("behind", {(1, ROOM): "bob"}, 0, "")
         ahead_member.update([body("ann", "one")], {})
         assert [json.loads(f)["id"] for f in message_frames(behind.read(10))] == [1]
         ahead_member.update([body("ann", "two")], {})
@@ -120,10 +121,10 @@ async def test_a_worker_behind_when_redis_lost_the_data_does_not_reuse_ids(
         await server.kill()
         await server.start()
         # The worker that is behind re-joins first (with its users), as the bridge does.
-        behind_again = behind.join("behind", {1: "bob"}, 1, behind_member.epoch)
+        behind_again = behind.join("behind", {(1, ROOM): "bob"}, 1, behind_member.epoch)
         # Published in the new run before the other worker re-joins: it must still get it.
         behind_again.update([body("bob", "new")], {})
-        ahead_again = ahead.join("ahead", {1: "ann"}, 2, ahead_member.epoch)
+        ahead_again = ahead.join("ahead", {(1, ROOM): "ann"}, 2, ahead_member.epoch)
         for member in (behind_again, ahead_again):
             assert not member.continuous
             assert member.epoch == behind_again.epoch != behind_member.epoch
@@ -138,27 +139,28 @@ async def test_a_redis_gone_back_in_time_makes_workers_start_a_new_run(tmp_path:
         async with joined(RedisHub(settings)) as a, joined(RedisHub(settings)) as b:
             for n in range(3):
                 await publish_and_see(a, [a, b], f"m{n}")
-            epoch = (await a.link.snapshot(None, None, 1, "")).epoch
+            epoch = (await a.link.snapshot(ROOM, None, None, 1, "")).epoch
             # As after a restart from an older snapshot: the last id given is behind.
             redis.Redis(port=server.port).set("trio_chat:last_id", 1)
             with pytest.raises(HubUnavailable):
                 await a.publish("ann", "refused: its id could be given again")
             await a.recorder.wait_until(lambda: a.recorder.missed == 1)
             await publish_and_see(a, [a, b], "in the new run")
-            assert (await b.link.snapshot(None, None, 2, "")).epoch != epoch
-            assert b.recorder.missed == 1
+            # b finds out at its next call (its heartbeat, at the latest), and re-joins.
+            await b.recorder.wait_until(lambda: b.recorder.missed == 1)
+            assert (await b.link.snapshot(ROOM, None, None, 2, "")).epoch != epoch
 
 
 async def test_presence_changes_survive_a_failed_update(tmp_path: Path) -> None:
     async with redis_server(tmp_path) as server, joined(RedisHub(Settings(hub=server.url))) as a:
-        await a.link.snapshot(None, None, 1, "ann")
-        await a.link.snapshot(None, None, 2, "bob")
+        await a.link.snapshot(ROOM, None, None, 1, "ann")
+        await a.link.snapshot(ROOM, None, None, 2, "bob")
         await a.recorder.wait_for_presence(2, ["ann", "bob"])
         control = redis.Redis(port=server.port)
         control.config_set("maxmemory", 1)  # Writes are refused; reads go on.
         with pytest.raises(HubUnavailable):
             await a.publish("ann", "refused")
-        a.link.absent(2)  # Its update is refused too.
+        a.link.absent(2, ROOM)  # Its update is refused too.
         control.config_set("maxmemory", 0)
         await a.recorder.wait_for_presence(1, ["ann"])
 
@@ -181,17 +183,23 @@ async def test_a_worker_that_fell_behind_the_log_is_told_of_the_gap(tmp_path: Pa
         assert not reader.read(10).missed  # Caught up: no gap any more.
 
 
-async def test_the_users_of_a_worker_that_died_leave_presence(tmp_path: Path) -> None:
+async def test_the_users_of_a_worker_that_died_leave_presence_in_all_their_rooms(
+    tmp_path: Path,
+) -> None:
     async with redis_server(tmp_path) as server:
         settings = Settings(hub=server.url)
         lease = 0.6
         async with joined(RedisHub(settings, lease_seconds=lease)) as alive:
-            await alive.link.snapshot(None, None, 1, "ann")
+            for room in (ROOM, "side"):
+                await alive.link.snapshot(room, None, None, 1, "ann")
             # A worker on a host that dies: it joins, then never calls again.
-            RedisBackend(settings, lease_seconds=lease).join("doomed", {1: "ghost"}, 0, "")
-            await alive.recorder.wait_for_presence(2, ["ann", "ghost"])
+            doomed = RedisBackend(settings, lease_seconds=lease)
+            doomed.join("doomed", {(1, ROOM): "ghost", (1, "side"): "ghost"}, 0, "")
+            for room in (ROOM, "side"):
+                await alive.recorder.wait_for_presence(2, ["ann", "ghost"], room)
             # The live worker's heartbeats renew its lease and expire the dead one's.
-            await alive.recorder.wait_for_presence(1, ["ann"])
+            for room in (ROOM, "side"):
+                await alive.recorder.wait_for_presence(1, ["ann"], room)
 
 
 async def test_the_password_is_read_from_the_secret_file(tmp_path: Path) -> None:
@@ -226,9 +234,107 @@ async def test_entries_not_written_by_trio_chat_are_skipped(tmp_path: Path) -> N
         client = redis.Redis(port=server.port)
         client.xadd("trio_chat:log", {"b": "not json", "t": "x"}, id="2-0")
         client.xadd("trio_chat:log", {"v": "1"}, id="2-1")
-        client.set("trio_chat:last_id", 2)
-        member.update([body("ann", "three")], {})
+        # A message whose entry names another room than its body.
+        client.xadd("trio_chat:log", {"t": "1", "r": "elsewhere", "b": body("ann", "x")}, id="3-0")
+        client.set("trio_chat:last_id", 3)
+        member.update([body("ann", "four")], {})
         fetched = reader.read(10)
         texts = [json.loads(frame)["message"] for frame in fetched.frames if '"message"' in frame]
-        assert texts == ["one", "three"]
-        assert fetched.missed  # Message 2 was not one: its clients are told.
+        assert texts == ["one", "four"]
+        assert fetched.missed  # Messages 2 and 3 were not ones: their clients are told.
+
+
+# Rooms
+
+
+async def test_log_entries_name_their_room_and_bodies_of_no_room_get_no_id(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as server:
+        backend = RedisBackend(Settings(hub=server.url))
+        member = backend.join("writer", {}, 0, "")
+        not_of_a_room = ['{"sender":"ann","message":"no room"}', body("ann", "x")[1:], "{}"]
+        member.update([body("ann", "red", "red"), *not_of_a_room, body("ann", "blue", "blue")], {})
+
+        frames = [json.loads(frame) for frame in message_frames(backend.read(10))]
+        assert [(m["id"], m["room"], m["message"]) for m in frames] == [
+            (1, "red", "red"),
+            (2, "blue", "blue"),
+        ]
+        client = redis.Redis(port=server.port, decode_responses=True)
+        entries: Any = client.xrange("trio_chat:log")
+        assert [fields["r"] for _, fields in entries] == ["red", "blue"]
+        assert client.get("trio_chat:bad_bodies") == str(len(not_of_a_room))
+
+
+async def test_a_rejoin_changes_the_presence_of_only_the_rooms_it_changes(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as server:
+        backend = RedisBackend(Settings(hub=server.url))
+        client = redis.Redis(port=server.port, decode_responses=True)
+        members = {(1, "red"): "ann", (1, "blue"): "ann", (2, "red"): "bob"}
+        backend.join("worker", members, 0, "")
+        first = [json.loads(frame) for frame in backend.read(10).frames]
+        assert sorted((p["room"], p["online"]) for p in first) == [("blue", 1), ("red", 2)]
+
+        def presence_due() -> list[str]:
+            """The rooms whose presence changed since their last frame."""
+            rooms: Any = client.zrange("trio_chat:presence:due", 0, -1)
+            return list(rooms)
+
+        backend.join("worker", members, 0, "")
+        assert presence_due() == []  # Nothing changed: no frame to come.
+        backend.join("worker", {(1, "red"): "ann", (1, "blue"): "ann"}, 0, "")
+        assert presence_due() == ["red"]  # Its frame is held back: one per interval.
+        assert sorted(backend.rooms()) == [("blue", 1), ("red", 1)]
+
+
+def redis_time_ms(client: redis.Redis) -> int:
+    seconds, microseconds = client.time()
+    return int(seconds) * 1000 + int(microseconds) // 1000
+
+
+async def test_the_longest_idle_empty_room_makes_way_for_a_new_one(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        backend = RedisBackend(Settings(hub=server.url, max_rooms=3))
+        client = redis.Redis(port=server.port, decode_responses=True)
+        # "zz-old" empties first: named so that a tie broken by name would pick the other.
+        member = backend.join(
+            "worker", {(1, "zz-old"): "", (1, "aa-new"): "", (1, "busy"): ""}, 0, ""
+        )
+        member.update([], {(1, "zz-old"): None})
+        emptied = redis_time_ms(client)
+        await wait_for(lambda: redis_time_ms(client) > emptied)  # The clock moves on.
+        member.update([], {(1, "aa-new"): None})
+
+        assert not member.snapshot("third", None, None, 1, "").refused
+        assert sorted(room for room, _ in backend.rooms()) == ["aa-new", "busy", "third"]
+        assert not member.snapshot("fourth", None, None, 1, "").refused
+        assert [room for room, _ in backend.rooms()] == ["busy", "fourth", "third"]
+        assert member.snapshot("fifth", None, None, 1, "").refused  # None is empty.
+
+
+async def test_an_empty_room_idle_for_long_is_forgotten_with_all_its_keys(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as server:
+        backend = RedisBackend(Settings(hub=server.url), empty_room_seconds=0.2)
+        client = redis.Redis(port=server.port, decode_responses=True)
+        member = backend.join("worker", {(1, "red"): "ann", (1, "blue"): "bob"}, 0, "")
+        member.update([body("ann", "hello", "red")], {})
+        member.update([], {(1, "red"): None})
+        assert client.keys("trio_chat:*red*") != []
+        assert sorted(backend.rooms()) == [("blue", 1), ("red", 0)]
+
+        def forgotten() -> bool:
+            member.update([], {})  # A heartbeat: what forgets idle rooms.
+            return [room for room, _ in backend.rooms()] == ["blue"]
+
+        await wait_for(forgotten)
+        assert client.keys("trio_chat:*red*") == []
+        for registry in ("rooms", "rooms:empty", "presence:due"):
+            assert client.zscore(f"trio_chat:{registry}", "red") is None
+        # A room with members is kept however long it is idle; a room made again is new.
+        snapshot = member.snapshot("red", None, None, 2, "")
+        assert snapshot.messages == [] and snapshot.first_available == snapshot.last_id + 1

@@ -15,53 +15,19 @@ import trio
 import trio.testing
 
 from trio_chat.hub.core import HubCore
-from trio_chat.hub_link import HubLink, HubListener, Snapshot
 from trio_chat.hub_link.local import LocalHub
 from trio_chat.protocol import ChatMessage, encode_chat_body
 from trio_chat.session import BATCH_SUBPROTOCOL
 from trio_chat.worker import STATE_KEY, Worker
 
-from asgi_driver import WebSocketClient, chat_app, connect_websocket, open_chat, running_worker
-
-
-class GatedHub(LocalHub):
-    """A LocalHub whose snapshots can be held before or after they are taken."""
-
-    def __init__(self, history_size: int = 100) -> None:
-        super().__init__(history_size, clock_ms=lambda: 1)
-        self.before_snapshot: trio.Event | None = None
-        self.after_snapshot: trio.Event | None = None
-
-    async def run(
-        self,
-        listener: HubListener,
-        *,
-        task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        hub = self
-
-        class GatedLink:
-            def __init__(self, link: HubLink) -> None:
-                self._link = link
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(self._link, name)
-
-            async def snapshot(
-                self, since: int | None, epoch: str | None, connection: int, name: str
-            ) -> Snapshot:
-                if hub.before_snapshot is not None:
-                    await hub.before_snapshot.wait()
-                snapshot = await self._link.snapshot(since, epoch, connection, name)
-                if hub.after_snapshot is not None:
-                    await hub.after_snapshot.wait()
-                return snapshot
-
-        class Status:
-            def started(self, link: HubLink) -> None:
-                task_status.started(GatedLink(link))
-
-        await super().run(listener, task_status=Status())  # type: ignore[arg-type]
+from asgi_driver import (
+    GatedHub,
+    WebSocketClient,
+    chat_app,
+    connect_websocket,
+    open_chat,
+    running_worker,
+)
 
 
 def texts(frames: list[dict[str, Any]]) -> list[str]:
@@ -152,8 +118,10 @@ async def test_a_client_joining_as_the_hub_is_replaced_gets_the_new_hubs_frames(
             assert (await bob.receive())["type"] == "websocket.accept"
             await trio.testing.wait_all_tasks_blocked()  # Bob's snapshot is taken: id 3.
             replacement = HubCore(history_size=10, mailbox_size=100)
-            mailbox = replacement.join("this worker", {1: "ann", 2: "bob"})
-            replacement.publish([encode_chat_body(ChatMessage("ann", "after"))])
+            mailbox = replacement.join(
+                "this worker", {(1, "general"): "ann", (2, "general"): "bob"}
+            )
+            replacement.publish([encode_chat_body("general", ChatMessage("ann", "after"))])
             worker: Worker = state[STATE_KEY]
             worker.listener.messages_missed(replacement.current_epoch())
             worker.listener.deliver(replacement.fetch_nowait(mailbox, 100) or [])
@@ -166,14 +134,18 @@ async def test_a_client_joining_as_the_hub_is_replaced_gets_the_new_hubs_frames(
                 replacement.current_epoch(),
             )
             presence = await bob.receive_json(presence=True)
-            assert (presence["version"], presence["users"]) == (1, ["ann", "bob"])
+            assert (presence["version"], presence["room"], presence["users"]) == (
+                1,
+                "general",
+                ["ann", "bob"],
+            )
             after = await bob.receive_json()
-            assert (after["id"], after["message"]) == (1, "after")
+            assert (after["id"], after["room"], after["message"]) == (1, "general", "after")
 
 
-async def published(hub: LocalHub, count: int) -> None:
+async def published(hub: LocalHub, count: int, room: str = "general") -> None:
     for n in range(1, count + 1):
-        await hub.publish(f'{{"sender":"ann","message":"{n}"}}')
+        await hub.publish(encode_chat_body(room, ChatMessage("ann", str(n))))
 
 
 @pytest.mark.parametrize(
@@ -193,11 +165,13 @@ async def test_resume_replays_exactly_what_was_missed(
     await published(hub, 5)
     app = chat_app(hub)
     async with running_worker(app) as state, open_chat(app, state, b"since=" + since.encode()) as c:
-        assert c.history["resumed"] is True
+        assert (c.history["room"], c.history["resumed"]) == ("general", True)
         assert texts(c.history["messages"]) == expected
         notices = [f for f in c.opening if f["type"] == "notice"]
         if partial:
-            assert [(n["code"], n["first_available"]) for n in notices] == [("resume_partial", 3)]
+            assert [(n["code"], n["room"], n["first_available"]) for n in notices] == [
+                ("resume_partial", "general", 3)
+            ]
         else:
             assert notices == []
         assert not [f for f in c.opening if f["type"] == "error"]
@@ -211,9 +185,9 @@ async def test_resume_from_a_future_or_garbage_id_is_an_error_then_fresh_history
     await published(hub, 5)
     app = chat_app(hub)
     async with running_worker(app) as state, open_chat(app, state, b"since=" + since.encode()) as c:
-        errors = [f["code"] for f in c.opening if f["type"] == "error"]
-        assert errors == ([] if since == "" else ["invalid_resume"])
-        assert c.history["resumed"] is False
+        errors = [(f["code"], f["room"]) for f in c.opening if f["type"] == "error"]
+        assert errors == ([] if since == "" else [("invalid_resume", "general")])
+        assert (c.history["room"], c.history["resumed"]) == ("general", False)
         assert texts(c.history["messages"]) == ["3", "4", "5"]
         await say(c, "still connected")
         assert texts(await receive_messages(c, 1)) == ["still connected"]

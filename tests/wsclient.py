@@ -96,6 +96,8 @@ class WebSocketClient:
         # Replies to pings and closes come from the receiving task, maybe while another sends.
         self._send_lock = trio.Lock()
         self.subprotocol: str | None = None
+        #: The target of the handshake (``/chat?room=...``), once sent.
+        self.path = ""
         #: The extensions the server accepted (``permessage-deflate`` or nothing).
         self.extensions: list[str] = []
         #: The close code the server sent, once it has closed (1006 if the socket just died).
@@ -114,6 +116,7 @@ class WebSocketClient:
         subprotocols: Sequence[str],
         deflate: bool,
     ) -> None:
+        self.path = path
         request = Request(
             host=host,
             target=path,
@@ -170,10 +173,14 @@ class WebSocketClient:
                     await self._send_event(event.response())
                     raise ConnectionClosed(event.code)
 
-    async def receive(self) -> dict[str, Any]:
-        frame = json.loads(await self.receive_raw())
-        assert isinstance(frame, dict)
-        return frame
+    async def receive(self, *, presence: bool = True) -> dict[str, Any]:
+        """The next frame, decoded; presence frames (which come whenever someone joins or
+        leaves a room) are skipped unless ``presence``."""
+        while True:
+            frame = json.loads(await self.receive_raw())
+            assert isinstance(frame, dict)
+            if presence or frame["type"] != "presence":
+                return frame
 
     async def read_opening(self) -> list[dict[str, Any]]:
         """Read the opening frames: welcome, maybe errors or notices, history, presence."""
@@ -220,8 +227,31 @@ class WebSocketClient:
         async with self._send_lock:
             await self._stream.send_all(data)
 
-    async def send(self, sender: str, message: str) -> None:
-        await self.send_text(json.dumps({"sender": sender, "message": message}))
+    async def send(self, sender: str, message: str, room: str | None = None) -> None:
+        """A chat message to ``room``; without one, the classic frame (to the first room)."""
+        if room is None:
+            await self.send_json({"sender": sender, "message": message})
+        else:
+            await self.send_json(
+                {"type": "message", "room": room, "sender": sender, "message": message}
+            )
+
+    async def send_json(self, document: Any) -> None:
+        await self.send_text(json.dumps(document))
+
+    async def join(self, room: str, **fields: Any) -> list[dict[str, Any]]:
+        """Send a ``join`` frame (with ``fields``: ``since``) and read its answer, up to the
+        room's presence frame; frames of other rooms meanwhile are left out."""
+        await self.send_json({"type": "join", "room": room, **fields})
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["type"] != "presence":
+            frame = await self.receive()
+            if frame.get("room") == room:
+                frames.append(frame)
+        return frames
+
+    async def leave(self, room: str) -> None:
+        await self.send_json({"type": "leave", "room": room})
 
     async def _send_event(self, event: Event) -> None:
         try:

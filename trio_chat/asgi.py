@@ -4,6 +4,7 @@ lifespan           -> lifespan.run_lifespan (join the hub)
 http  /            -> the page (static/index.html)
 http  /static/...  -> its assets
 http  /healthz     -> this worker's health, as JSON
+http  /rooms       -> the busiest rooms, as JSON
 websocket /chat    -> session.serve_websocket
 anything else      -> 404 / 405 / refused handshake; unknown scope types are ignored
 """
@@ -16,8 +17,9 @@ import trio
 
 from .asgi_types import Receive, Scope, Send
 from .config import Settings
-from .hub_link import open_hub
+from .hub_link import HubUnavailable, open_hub
 from .lifespan import HubFactory, run_lifespan
+from .protocol import rooms_listing
 from .responses import send_error, send_json
 from .session import serve_websocket
 from .static import StaticFiles, default_static_dir
@@ -54,7 +56,7 @@ class ChatApp:
             route = INDEX_FILE
         elif path.startswith(STATIC_PREFIX):
             route = path.removeprefix(STATIC_PREFIX)
-        elif path == "/healthz":
+        elif path in ("/healthz", "/rooms"):
             route = None
         else:
             await send_error(send, 404, "Not Found", head=scope["method"] == "HEAD")
@@ -63,9 +65,11 @@ class ChatApp:
         if method not in ("GET", "HEAD"):
             await send_error(send, 405, "Method Not Allowed", headers=[ALLOW])
             return
-        if route is None:
+        if path == "/healthz":
             await self._health(scope, send)
-        else:
+        elif path == "/rooms":
+            await self._rooms(scope, send)
+        elif route is not None:
             worker = _worker(scope)
             static = worker.static if worker else self._fallback_static
             await static.serve(scope, send, route)
@@ -79,7 +83,7 @@ class ChatApp:
             {
                 "status": "ok" if hub_up else "degraded",
                 "pid": worker.pid if worker else None,
-                "connections": len(worker.room) if worker else 0,
+                "connections": worker.connections if worker else 0,
                 "hub": hub_up,
                 # For spotting leaks from outside (bench/soak.py): both stay flat under churn.
                 "tasks": _count_tasks(),
@@ -87,6 +91,19 @@ class ChatApp:
             },
             head=scope["method"] == "HEAD",
         )
+
+    async def _rooms(self, scope: Scope, send: Send) -> None:
+        """The busiest rooms, as the ``rooms`` frame lists them."""
+        worker = _worker(scope)
+        head = scope["method"] == "HEAD"
+        try:
+            if worker is None:
+                raise HubUnavailable("no worker")
+            rooms = await worker.busiest_rooms()
+        except HubUnavailable:
+            await send_json(send, 503, {"error": "hub_unavailable"}, head=head)
+            return
+        await send_json(send, 200, {"rooms": rooms_listing(rooms)}, head=head)
 
 
 def _count_tasks() -> int:

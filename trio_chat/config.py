@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from .protocol import ROOM_NAME_RULE, is_room_name
+
 KIB = 1024
 
 T = TypeVar("T")
@@ -42,8 +44,16 @@ class Settings:
     subscriber_buffer: int = 1024
     #: Messages a worker may have waiting to be published before senders are held back.
     outbox_size: int = 1024
-    #: Messages the hub keeps for joining clients and resumes; a resume replays at most these.
+    #: Messages the hub keeps per room for joining clients and resumes; a resume replays at
+    #: most these.
     history_size: int = 100
+    #: The room a connection starts in unless its URL says ``?room=``.
+    default_room: str = "general"
+    #: Rooms the hub keeps at most; a new room past this is refused unless an empty one can
+    #: be forgotten to make way.
+    max_rooms: int = 1000
+    #: Rooms one connection may be in at once.
+    max_rooms_per_connection: int = 32
     #: Messages the hub keeps for a worker that has not fetched them yet; past this, the
     #: worker's mailbox is dropped and the worker told so.
     mailbox_size: int = 65536
@@ -90,6 +100,11 @@ class Settings:
             outbox_size=read("OUTBOX_SIZE", _positive_int, defaults.outbox_size),
             mailbox_size=read("MAILBOX_SIZE", _positive_int, defaults.mailbox_size),
             history_size=read("HISTORY_SIZE", _positive_int, defaults.history_size),
+            default_room=read("DEFAULT_ROOM", _room_name, defaults.default_room),
+            max_rooms=read("MAX_ROOMS", _positive_int, defaults.max_rooms),
+            max_rooms_per_connection=read(
+                "MAX_ROOMS_PER_CONNECTION", _positive_int, defaults.max_rooms_per_connection
+            ),
             rate=read("RATE", _non_negative_float, defaults.rate),
             burst=read("BURST", _positive_int, defaults.burst),
             allowed_origins=read("ALLOWED_ORIGINS", _origins, defaults.allowed_origins),
@@ -105,6 +120,12 @@ class Settings:
             ),
             static_dir=read("STATIC_DIR", Path, defaults.static_dir),
         )
+
+
+def _room_name(raw: str) -> str:
+    if not is_room_name(raw):
+        raise ValueError(f"a room name is {ROOM_NAME_RULE}")
+    return raw
 
 
 def _key_prefix(raw: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -65,21 +66,52 @@ class ErrorCode(enum.StrEnum):
     INVALID_NAME = "invalid_name"
     #: More frames than ``TRIO_CHAT_RATE`` allows; the frame was dropped, the connection stays.
     RATE_LIMITED = "rate_limited"
+    #: A room name that breaks ``ROOM_NAME_RULE`` (in a frame or in ``?room=``).
+    INVALID_ROOM = "invalid_room"
+    #: A message to, or a leave of, a room the connection is not in.
+    NOT_JOINED = "not_joined"
+    #: A join past ``TRIO_CHAT_MAX_ROOMS_PER_CONNECTION``.
+    TOO_MANY_ROOMS = "too_many_rooms"
+    #: A join of a room the connection is in already: harmless, nothing changes.
+    ALREADY_JOINED = "already_joined"
+    #: The hub holds ``TRIO_CHAT_MAX_ROOMS`` rooms and none can be forgotten: no new room now.
+    ROOM_LIMIT = "room_limit"
 
 
 class ProtocolError(Exception):
-    """A client frame we refuse; answered with an error frame to that client alone."""
+    """A client frame we refuse; answered with an error frame to that client alone.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    ``room``: the room the refused frame was about, when it names a valid one.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, room: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.room = room
+
+    def frame(self) -> str:
+        return error_frame(self.code, self.message, room=self.room)
+
+
+#: What a room name may be: short, and needing no escaping anywhere (JSON, URLs, Redis keys,
+#: the page's ``#room`` links), so that the hub reads a frame's room without decoding it.
+ROOM_NAME_RULE = (
+    "1 to 64 lower-case letters a-z, digits, '-' or '_', starting with a letter or digit"
+)
+_ROOM_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def is_room_name(value: object) -> bool:
+    return isinstance(value, str) and _ROOM_NAME.fullmatch(value) is not None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
     max_sender_chars: int = 64
     max_message_bytes: int = 4096
+    #: Rooms one connection may be in at once.
+    max_rooms: int = 32
 
     @property
     def max_frame_chars(self) -> int:
@@ -95,13 +127,39 @@ class Limits:
 class ChatMessage:
     sender: str
     message: str
+    #: ``None``: the connection's first room (what clients of the one-room protocol send).
+    room: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rename:
-    """The client now goes by ``name`` (in presence); nothing is broadcast."""
+    """The client now goes by ``name`` (in presence, in all its rooms); nothing is broadcast."""
 
     name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Join:
+    """Enter ``room``, resuming after ``since`` (an id of ``since_epoch``) if given."""
+
+    room: str
+    since: int | None = None
+    since_epoch: str | None = None
+    #: ``since`` was given but is not an id this server could have given: a fresh join, told.
+    since_invalid: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ListRooms:
+    """Asks for the busiest rooms (a ``rooms`` frame)."""
+
+
+ClientFrame = ChatMessage | Rename | Join | Leave | ListRooms
 
 
 # Line breaks and tabs are fine in a message; other control characters are not (they only serve
@@ -117,7 +175,7 @@ _FORBIDDEN_IN_NAMES = frozenset("\u2028\u2029\u200e\u200f\u061c\u200b\ufeff\u00a
 )
 
 
-def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> ChatMessage | Rename:
+def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> ClientFrame:
     """Validate one client frame (the ``text`` or ``bytes`` of an ASGI ``websocket.receive``)."""
     if text is None:
         raise ProtocolError(
@@ -138,17 +196,44 @@ def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> Ch
             ErrorCode.NOT_AN_OBJECT, 'Send a JSON object: {"sender": ..., "message": ...}.'
         )
     kind = document.get("type", "message")
+    if kind == "message":
+        room = _room_field(document) if "room" in document else None
+        sender = _string_field(document, "sender").strip()
+        message = _string_field(document, "message")
+        _check_sender(sender, limits)
+        _check_message(message, limits)
+        return ChatMessage(sender=sender, message=message, room=room)
     if kind == "rename":
         name = _string_field(document, "name").strip()
         _check_sender(name, limits)
         return Rename(name=name)
-    if kind != "message":
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown frame type {_clip(kind)}.")
-    sender = _string_field(document, "sender").strip()
-    message = _string_field(document, "message")
-    _check_sender(sender, limits)
-    _check_message(message, limits)
-    return ChatMessage(sender=sender, message=message)
+    if kind == "join":
+        return _parse_join(document)
+    if kind == "leave":
+        return Leave(_room_field(document))
+    if kind == "rooms":
+        return ListRooms()
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown frame type {_clip(kind)}.")
+
+
+def _parse_join(document: dict[str, Any]) -> Join:
+    room = _room_field(document)
+    if "since" not in document:
+        return Join(room)
+    since = document["since"]
+    parsed = parse_since(since) if isinstance(since, str) else None
+    if parsed is None:
+        return Join(room, since_invalid=True)
+    return Join(room, *parsed)
+
+
+def _room_field(document: dict[str, Any]) -> str:
+    room = _string_field(document, "room")
+    if not is_room_name(room):
+        raise ProtocolError(
+            ErrorCode.INVALID_ROOM, f"Invalid room name {_clip(room)}: {ROOM_NAME_RULE}."
+        )
+    return room
 
 
 def _string_field(document: dict[str, Any], name: str) -> str:
@@ -213,18 +298,53 @@ def _dumps(document: dict[str, Any]) -> str:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
-def encode_chat_body(chat: ChatMessage) -> str:
-    """The message as it travels to the hub: a JSON object without ``id`` and ``ts`` yet."""
-    return _dumps({"sender": chat.sender, "message": chat.message})
+_BODY_PREFIX = '{"room":"'
+
+
+def encode_chat_body(room: str, chat: ChatMessage) -> str:
+    """The message as it travels to the hub: a JSON object without ``id`` and ``ts`` yet.
+
+    The room comes first, so that the hub reads it without decoding the body (``body_room``).
+    """
+    return _dumps({"room": room, "sender": chat.sender, "message": chat.message})
+
+
+def body_room(body: str) -> str:
+    """The room of a body made by ``encode_chat_body``; ``ValueError`` for anything else."""
+    if not body.startswith(_BODY_PREFIX):
+        raise ValueError("not a chat body")
+    start = len(_BODY_PREFIX)
+    room = body[start : body.index('"', start)]
+    if not is_room_name(room):
+        raise ValueError("not a room name")
+    return room
 
 
 def stamp_chat_frame(message_id: int, ts_ms: int, body: str) -> str:
     """Give an encoded body its place in the total order; done once, by the hub.
 
     ``body`` is a JSON object made by ``encode_chat_body``, so splicing the new keys after its
-    opening brace is safe and saves decoding and encoding it again.
+    opening brace is safe and saves decoding and encoding it again. The frame's ``room``
+    follows ``ts``: ``frame_room`` finds it there.
     """
     return f'{{"type":"message","id":{message_id},"ts":{ts_ms},{body[1:]}'
+
+
+_ROOM_KEY = ',"room":"'
+
+
+def frame_room(frame: str) -> str | None:
+    """The room of a message or presence frame made here, read without decoding; ``None`` for
+    frames of no room (a ``messages_missed`` notice).
+
+    Both kinds put ``room`` right after their leading number, before any text a client chose,
+    and a room name needs no escaping, so the first ``"room":"`` is the frame's own.
+    """
+    start = frame.find(_ROOM_KEY)
+    if start < 0:
+        return None
+    start += len(_ROOM_KEY)
+    return frame[start : frame.index('"', start)]
 
 
 def welcome_frame(worker_pid: int, limits: Limits) -> str:
@@ -237,12 +357,30 @@ def welcome_frame(worker_pid: int, limits: Limits) -> str:
             "worker": worker_pid,
             "max_message_bytes": limits.max_message_bytes,
             "max_sender_chars": limits.max_sender_chars,
+            "max_rooms": limits.max_rooms,
         }
     )
 
 
-def error_frame(code: ErrorCode, message: str) -> str:
-    return _dumps({"type": "error", "code": code.value, "message": message})
+def error_frame(code: ErrorCode, message: str, *, room: str | None = None) -> str:
+    document = {"type": "error", "code": code.value, "message": message}
+    if room is not None:
+        document["room"] = room
+    return _dumps(document)
+
+
+def left_frame(room: str) -> str:
+    """Answers a ``leave``: nothing of ``room`` comes after it."""
+    return _dumps({"type": "left", "room": room})
+
+
+def rooms_frame(rooms: Sequence[tuple[str, int]]) -> str:
+    return _dumps({"type": "rooms", "rooms": rooms_listing(rooms)})
+
+
+def rooms_listing(rooms: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    """``(room, online)`` pairs as the ``rooms`` frame and ``GET /rooms`` list them."""
+    return [{"room": room, "online": online} for room, online in rooms]
 
 
 class NoticeCode(enum.StrEnum):
@@ -264,17 +402,19 @@ def is_messages_missed(frame: str) -> bool:
     return frame.startswith(_MESSAGES_MISSED_PREFIX)
 
 
-def history_frame(messages: Sequence[str], *, resumed: bool, epoch: str) -> str:
-    """Message frames, already encoded, wrapped as one history frame without re-encoding.
+def history_frame(room: str, messages: Sequence[str], *, resumed: bool, epoch: str) -> str:
+    """A room's message frames, already encoded, wrapped as one history frame without
+    re-encoding them.
 
     ``epoch`` names the run of ids; a client resumes with ``since=<epoch>:<id>``.
     """
     flag = "true" if resumed else "false"
-    head = f'{{"type":"history","resumed":{flag},"epoch":{json.dumps(epoch)}'
+    head = f'{{"type":"history","room":"{room}","resumed":{flag},"epoch":{json.dumps(epoch)}'
     return f'{head},"messages":[{",".join(messages)}]}}'
 
 
 def presence_frame(
+    room: str,
     version: int,
     online: int,
     users: Sequence[str],
@@ -283,9 +423,10 @@ def presence_frame(
     *,
     truncated: bool = False,
 ) -> str:
-    # "version" comes first so that it can be read without decoding (``presence_version``).
-    document: dict[str, Any] = {"type": "presence", "version": version, "online": online}
-    document.update(users=list(users), joined=list(joined), left=list(left))
+    # "version" comes first so that it can be read without decoding (``presence_version``),
+    # and "room" next (``frame_room``).
+    document: dict[str, Any] = {"type": "presence", "version": version, "room": room}
+    document.update(online=online, users=list(users), joined=list(joined), left=list(left))
     if truncated:
         document["truncated"] = True
     return _dumps(document)
@@ -316,6 +457,8 @@ class ConnectRequest:
     """What a client asked for in its ``/chat`` URL, and what was wrong with it."""
 
     name: str = ""
+    #: The room the connection starts in; ``None``: the server's default room.
+    room: str | None = None
     since: int | None = None
     #: The run of ids ``since`` belongs to, when the client said (``since=<epoch>:<id>``).
     since_epoch: str | None = None
@@ -323,7 +466,7 @@ class ConnectRequest:
 
 
 def parse_connect_query(query_string: bytes, limits: Limits) -> ConnectRequest:
-    """``?name=<display name>&since=<last id seen>``; both optional, never fatal."""
+    """``?room=<room>&name=<display name>&since=<last id seen>``; all optional, never fatal."""
     try:
         fields = parse_qs(query_string.decode("latin-1"), max_num_fields=8)
     except ValueError:
@@ -336,20 +479,40 @@ def parse_connect_query(query_string: bytes, limits: Limits) -> ConnectRequest:
         except ProtocolError as error:
             errors.append(ProtocolError(ErrorCode.INVALID_NAME, error.message))
             name = ""
+    room: str | None = fields.get("room", [""])[-1]
+    if not is_room_name(room):
+        if room:
+            message = f"Invalid room name {_clip(room)}: {ROOM_NAME_RULE}."
+            errors.append(
+                ProtocolError(ErrorCode.INVALID_ROOM, f"{message} You are in the default room.")
+            )
+        room = None
     since, since_epoch = None, None
     raw_since = fields.get("since", [""])[-1]
     if raw_since:
-        epoch, _, raw_id = raw_since.rpartition(":")
-        if raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18 and len(epoch) <= 32:
-            since, since_epoch = int(raw_id), epoch if ":" in raw_since else None
+        parsed = parse_since(raw_since)
+        if parsed is None:
+            errors.append(invalid_resume_error(room))
         else:
-            errors.append(invalid_resume_error())
-    return ConnectRequest(name=name, since=since, since_epoch=since_epoch, errors=tuple(errors))
+            since, since_epoch = parsed
+    return ConnectRequest(
+        name=name, room=room, since=since, since_epoch=since_epoch, errors=tuple(errors)
+    )
 
 
-def invalid_resume_error() -> ProtocolError:
+def parse_since(raw: str) -> tuple[int, str | None] | None:
+    """``<epoch>:<id>`` or ``<id>``: the id and its epoch (``None`` if not given); ``None``
+    for anything else."""
+    epoch, colon, raw_id = raw.rpartition(":")
+    if raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 18 and len(epoch) <= 32:
+        return int(raw_id), epoch if colon else None
+    return None
+
+
+def invalid_resume_error(room: str | None = None) -> ProtocolError:
     return ProtocolError(
         ErrorCode.INVALID_RESUME,
         "Cannot resume from that id: it is not one this server gave (it may have restarted). "
         "Here is the recent history instead.",
+        room,
     )

@@ -1,10 +1,16 @@
 """One WebSocket connection on ``/chat``: accept it, then a reader and a writer task.
 
 Lifetime: the session owns a nursery holding the writer task, while the session task itself
-reads. The session ends when the client leaves (the reader returns), when the room evicts it
-(its ``on_evict`` cancels the nursery; the session then closes with the code the room gave:
+reads. The session ends when the client leaves (the reader returns), when the fan-out evicts it
+(its ``on_evict`` cancels the nursery; the session then closes with the code the fan-out gave:
 1013 for falling behind, 1001 at shutdown), or when the server cancels it (it closes with 1001
-on its way out). In every case the subscription and both tasks end with it.
+on its way out). In every case the subscription, its rooms and both tasks end with it.
+
+Rooms: the connection starts in one (``?room=``, else the default room), and joins and leaves
+others with ``join`` and ``leave`` frames, up to ``Limits.max_rooms``. A join enters the room
+in the fan-out first, then asks the hub for the room's snapshot, so that nothing published
+meanwhile is missed; the writer sends the snapshot where the room's frames begin in its
+channel (``PendingJoin``) and skips the live frames it covers.
 
 Only the writer task ever sends to the client; the reader hands error frames to it through the
 same bounded channel, so frames never interleave and nothing else waits on this client.
@@ -16,33 +22,32 @@ import enum
 import functools
 import logging
 import math
-from collections.abc import Sequence
 
 import trio
 
 from .asgi_types import Receive, Scope, Send
+from .catch_up import CatchUp, opening_frames
+from .fanout import PendingJoin, Subscriber
 from .guards import TokenBucket, origin_allowed
-from .hub_link import HubUnavailable, Snapshot
+from .hub_link import HubUnavailable
 from .logs import log_event
 from .protocol import (
+    ChatMessage,
     CloseCode,
     ErrorCode,
-    NoticeCode,
+    Join,
+    Leave,
+    ListRooms,
     ProtocolError,
     Rename,
     encode_chat_body,
     error_frame,
-    history_frame,
     invalid_resume_error,
-    is_messages_missed,
-    message_id,
-    notice_frame,
     parse_chat_frame,
     parse_connect_query,
-    presence_version,
+    rooms_frame,
     welcome_frame,
 )
-from .room import Subscriber
 from .worker import Worker
 
 CHAT_PATH = "/chat"
@@ -152,32 +157,39 @@ class Session:
         self._receive = receive
         self._send = send
         self._worker = worker
-        self._room = worker.room
+        self._fanout = worker.fanout
         self._link = worker.link
         self._id = worker.next_connection_id()
         self._request = parse_connect_query(scope.get("query_string", b""), worker.limits)
+        self._first_room = self._request.room or worker.settings.default_room
         self._bucket = TokenBucket(worker.settings.rate, worker.settings.burst)
         self._name = self._request.name
         client = scope.get("client")
         self._peer = f"{client[0]}:{client[1]}" if client else "-"
         self._cancel_scope = trio.CancelScope()
+        self._subscriber: Subscriber | None = None
         self._errors = 0
         self._errors_unlogged = 0
         self._error_logged_at = -math.inf
 
     async def run(self) -> None:
-        log_event("connect", conn=self._id, client=self._peer, online=len(self._room) + 1)
+        log_event("connect", conn=self._id, client=self._peer, online=len(self._fanout) + 1)
         ended_by = Ending.UNDECIDED
         code: int = CloseCode.GOING_AWAY
         self._worker.open_sessions += 1
         try:
             async with trio.open_nursery() as nursery:
                 self._cancel_scope = nursery.cancel_scope
-                # Subscribed first, so that nothing published from here on can be missed; the
-                # writer then skips what the snapshot already covers.
-                with self._room.subscribe(on_evict=self._on_evict) as subscriber:
-                    opening, snapshot = await self._opening()
-                    nursery.start_soon(self._write, subscriber, opening, snapshot)
+                with self._fanout.subscribe(on_evict=self._on_evict) as subscriber:
+                    self._subscriber = subscriber
+                    # In the first room before the snapshot is asked for, so that nothing
+                    # published from here on can be missed.
+                    first = self._fanout.enter(subscriber, self._first_room)
+                    nursery.start_soon(self._write, subscriber, self._greeting())
+                    request = self._request
+                    await self._join(
+                        subscriber, first, request.since, request.since_epoch, first=True
+                    )
                     code = await self._read(subscriber)
                     ended_by = Ending.CLIENT
                     nursery.cancel_scope.cancel()
@@ -193,7 +205,9 @@ class Session:
             raise
         finally:
             self._worker.open_sessions -= 1
-            self._link.absent(self._id)
+            if self._subscriber is not None:
+                for room in self._subscriber.rooms:
+                    self._link.absent(self._id, room)
             if ended_by in (Ending.UNDECIDED, Ending.ERROR):
                 # Cancelled from outside (the server gave up waiting at shutdown), or failed:
                 # say goodbye before the socket goes.
@@ -208,41 +222,61 @@ class Session:
                 "disconnect", level, conn=self._id, by=ended_by.value, code=int(code), **errors
             )
 
-    async def _opening(self) -> tuple[list[str], Snapshot | None]:
-        """The frames a client gets first: welcome, history (or what it missed), presence."""
+    def _greeting(self) -> list[str]:
+        """The frames a client gets first: welcome, and what was wrong with its URL."""
         frames = [welcome_frame(self._worker.pid, self._worker.limits)]
-        frames.extend(error_frame(error.code, error.message) for error in self._request.errors)
-        since = self._request.since
+        for error in self._request.errors:
+            if error.code is ErrorCode.INVALID_RESUME:
+                error.room = self._first_room  # ``since`` in the URL is for the first room.
+            frames.append(error.frame())
+        return frames
+
+    async def _join(
+        self,
+        subscriber: Subscriber,
+        pending: PendingJoin,
+        since: int | None,
+        epoch: str | None,
+        *,
+        first: bool = False,
+    ) -> None:
+        """Ask the hub for the room's snapshot, and settle the join with what it answers: the
+        history (or what was missed) and presence, or why the client is not in the room.
+
+        The first room is special, as it was the only one: if the hub cannot be reached, the
+        client stays in it, gets live frames as they come, and is in presence once the link is
+        back (the worker's next join of the hub carries it).
+        """
+        room = pending.room
         try:
-            # Joining presence and taking the snapshot are one hub call: the client is in the
-            # presence it is sent.
-            snapshot = await self._link.snapshot(
-                since, self._request.since_epoch, self._id, self._name
-            )
+            snapshot = await self._link.snapshot(room, since, epoch, self._id, self._name)
         except HubUnavailable:
-            frames.append(
-                error_frame(
-                    ErrorCode.HUB_UNAVAILABLE,
+            if first:
+                self._link.present(self._id, room, self._name)
+                message = (
                     "The history cannot be fetched right now: the server cannot reach the "
-                    "other workers. New messages will show as they come.",
+                    "other workers. New messages will show as they come."
                 )
+                pending.settle([error_frame(ErrorCode.HUB_UNAVAILABLE, message, room=room)], None)
+                return
+            self._link.absent(self._id, room)  # In case the hub took it in before failing.
+            message = (
+                f"You did not join {room}: the server cannot reach the other workers right "
+                "now. Try again in a moment."
             )
-            return frames, None
-        resumed = since is not None and snapshot.since_valid
-        if not snapshot.since_valid:
-            error = invalid_resume_error()
-            frames.append(error_frame(error.code, error.message))
-        elif since is not None and since + 1 < snapshot.first_available:
-            frames.append(
-                notice_frame(
-                    NoticeCode.RESUME_PARTIAL,
-                    "Some messages from while you were away are no longer kept.",
-                    first_available=snapshot.first_available,
-                )
-            )
-        frames.append(history_frame(snapshot.messages, resumed=resumed, epoch=snapshot.epoch))
-        frames.append(snapshot.presence)
-        return frames, snapshot
+            self._undo_join(subscriber, pending, ErrorCode.HUB_UNAVAILABLE, message)
+            return
+        if snapshot.refused:
+            message = f"You did not join {room}: the server holds as many rooms as it can."
+            self._undo_join(subscriber, pending, ErrorCode.ROOM_LIMIT, message)
+            return
+        pending.settle(opening_frames(snapshot, since), snapshot)
+
+    def _undo_join(
+        self, subscriber: Subscriber, pending: PendingJoin, code: ErrorCode, message: str
+    ) -> None:
+        self._fanout.leave(subscriber, pending.room, announce=False)
+        pending.fail([error_frame(code, message, room=pending.room)])
 
     def _on_evict(self, code: CloseCode) -> None:
         # Logged now: the close frame itself may wait for a stalled client to read again.
@@ -253,13 +287,6 @@ class Session:
     async def _read(self, subscriber: Subscriber) -> int:
         """Handle client frames until the client leaves; returns its close code."""
         limits = self._worker.limits
-        not_published = functools.partial(
-            self._reject,
-            subscriber,
-            ErrorCode.HUB_UNAVAILABLE,
-            "Your message was not sent: the server cannot reach the other workers right now. "
-            "Try again in a moment.",
-        )
         while True:
             message = await self._receive()
             if message["type"] == "websocket.disconnect":
@@ -272,27 +299,91 @@ class Session:
                 )
                 continue
             try:
-                chat = parse_chat_frame(message.get("text"), message.get("bytes"), limits)
+                frame = parse_chat_frame(message.get("text"), message.get("bytes"), limits)
+                if isinstance(frame, ChatMessage):
+                    await self._publish(subscriber, frame)
+                elif isinstance(frame, Rename):
+                    self._rename(subscriber, frame.name)
+                elif isinstance(frame, Join):
+                    await self._handle_join(subscriber, frame)
+                elif isinstance(frame, Leave):
+                    self._leave(subscriber, frame.room)
+                else:
+                    assert isinstance(frame, ListRooms)
+                    await self._list_rooms(subscriber)
             except ProtocolError as error:
-                self._reject(subscriber, error.code, error.message)
-                continue
-            if isinstance(chat, Rename):
-                self._rename(chat.name)
-                continue
-            self._rename(chat.sender)  # Sending under another name is a rename too.
-            try:
-                # The next message is read while this one is on its way: under load, one hub
-                # round trip carries several of them.
-                await self._link.submit(encode_chat_body(chat), not_published)
-            except HubUnavailable:
-                not_published()
+                self._reject(subscriber, error.code, error.message, error.room)
 
-    def _rename(self, name: str) -> None:
+    async def _publish(self, subscriber: Subscriber, chat: ChatMessage) -> None:
+        room = chat.room or next(iter(subscriber.rooms), None)
+        if room not in subscriber.rooms:
+            raise ProtocolError(
+                ErrorCode.NOT_JOINED,
+                f"Your message was not sent: you are not in {room}."
+                if room
+                else "Your message was not sent: you are in no room. Join one first.",
+                room,
+            )
+        self._rename(subscriber, chat.sender)  # Sending under another name is a rename too.
+        not_published = functools.partial(
+            self._reject,
+            subscriber,
+            ErrorCode.HUB_UNAVAILABLE,
+            "Your message was not sent: the server cannot reach the other workers right now. "
+            "Try again in a moment.",
+            room,
+        )
+        try:
+            # The next frame is read while this message is on its way: under load, one hub
+            # round trip carries several of them.
+            await self._link.submit(encode_chat_body(room, chat), not_published)
+        except HubUnavailable:
+            not_published()
+
+    async def _handle_join(self, subscriber: Subscriber, join: Join) -> None:
+        room = join.room
+        if room in subscriber.rooms:
+            raise ProtocolError(ErrorCode.ALREADY_JOINED, f"You are in {room} already.", room)
+        max_rooms = self._worker.limits.max_rooms
+        if len(subscriber.rooms) >= max_rooms:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"You did not join {room}: a connection may be in {max_rooms} rooms at most. "
+                "Leave one first.",
+                room,
+            )
+        if join.since_invalid:
+            # Told first; the join goes on as a fresh one.
+            self._reject(subscriber, ErrorCode.INVALID_RESUME, invalid_resume_error().message, room)
+        pending = self._fanout.enter(subscriber, room)
+        await self._join(subscriber, pending, join.since, join.since_epoch)
+
+    def _leave(self, subscriber: Subscriber, room: str) -> None:
+        if room not in subscriber.rooms:
+            raise ProtocolError(ErrorCode.NOT_JOINED, f"You are not in {room}.", room)
+        self._fanout.leave(subscriber, room)
+        self._link.absent(self._id, room)
+
+    async def _list_rooms(self, subscriber: Subscriber) -> None:
+        try:
+            rooms = await self._worker.busiest_rooms()
+        except HubUnavailable:
+            raise ProtocolError(
+                ErrorCode.HUB_UNAVAILABLE,
+                "The list of rooms cannot be fetched right now: the server cannot reach the "
+                "other workers.",
+            ) from None
+        self._fanout.send_to(subscriber, rooms_frame(rooms))
+
+    def _rename(self, subscriber: Subscriber, name: str) -> None:
         if name != self._name:
             self._name = name
-            self._link.present(self._id, name)
+            for room in subscriber.rooms:  # One name in all its rooms.
+                self._link.present(self._id, room, name)
 
-    def _reject(self, subscriber: Subscriber, code: ErrorCode, message: str) -> None:
+    def _reject(
+        self, subscriber: Subscriber, code: ErrorCode, message: str, room: str | None = None
+    ) -> None:
         self._errors += 1
         now = trio.current_time()
         if now - self._error_logged_at >= ERROR_LOG_INTERVAL_SECONDS:
@@ -301,45 +392,44 @@ class Session:
             self._error_logged_at, self._errors_unlogged = now, 0
         else:
             self._errors_unlogged += 1
-        self._room.send_to(subscriber, error_frame(code, message))
+        self._fanout.send_to(subscriber, error_frame(code, message, room=room))
 
-    async def _write(
-        self, subscriber: Subscriber, opening: list[str], snapshot: Snapshot | None
-    ) -> None:
+    async def _write(self, subscriber: Subscriber, greeting: list[str]) -> None:
         send = self._send
-        for frame in opening:
+        for frame in greeting:
             await send({"type": "websocket.send", "text": frame})
-        fresh = _FreshFrames(snapshot)
+        fresh = CatchUp()
         if self._batching:
             await self._write_batches(subscriber, fresh)
             return
-        async for batch in subscriber.receive_channel:
-            for frame in fresh.filter(batch):
+        async for item in subscriber.receive_channel:
+            for frame in await fresh.frames_of(item):
                 await send({"type": "websocket.send", "text": frame})
-            subscriber.taken(batch)
+            subscriber.taken(item)
 
-    async def _write_batches(self, subscriber: Subscriber, fresh: _FreshFrames) -> None:
+    async def _write_batches(self, subscriber: Subscriber, fresh: CatchUp) -> None:
         """Everything waiting goes out in one frame, a JSON object per line, paced by
         ``BATCH_FRAMES_PER_SECOND``."""
         channel = subscriber.receive_channel
         pacer = TokenBucket(BATCH_FRAMES_PER_SECOND, BATCH_BURST_FRAMES, clock=trio.current_time)
-        async for batch in channel:
+        async for item in channel:
             due = pacer.next_token_at()
             if trio.current_time() < due:
                 await subscriber.linger(due)  # Let more join this frame.
-            batches = [batch]
-            waiting = len(batch)
+            items = [item]
+            waiting = len(item) if not isinstance(item, PendingJoin) else 1
             while waiting < MAX_FRAMES_PER_BATCH:
                 try:
-                    batches.append(channel.receive_nowait())
+                    items.append(channel.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                waiting += len(batches[-1])
-            frames = [frame for each in batches for frame in fresh.filter(each)]
+                last = items[-1]
+                waiting += 1 if isinstance(last, PendingJoin) else len(last)
+            frames = [frame for each in items for frame in await fresh.frames_of(each)]
             if frames:
                 pacer.spend()
                 await self._send({"type": "websocket.send", "text": "\n".join(frames)})
-            for each in batches:
+            for each in items:
                 subscriber.taken(each)
 
     async def _close(self, code: int) -> None:
@@ -350,44 +440,3 @@ def _is_cancellation(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return error.split(trio.Cancelled)[1] is None
     return isinstance(error, trio.Cancelled)
-
-
-class _FreshFrames:
-    """Drops the frames a client's snapshot already covers.
-
-    Frames queued while the snapshot was taken may be older than it: a channel starts with a
-    run of frames the snapshot covers, then everything is new, and no more checks are needed.
-    A ``messages_missed`` notice also ends the catching up: what follows it comes from a new
-    hub, whose ids and presence versions start a new run and say nothing about the snapshot.
-    """
-
-    def __init__(self, snapshot: Snapshot | None) -> None:
-        self._snapshot = snapshot
-
-    def filter(self, batch: Sequence[str]) -> Sequence[str]:
-        snapshot = self._snapshot
-        if snapshot is None:
-            return batch
-        kept = []
-        for frame in batch:
-            if self._snapshot is None:
-                kept.append(frame)
-                continue
-            covered = _covered_by(frame, snapshot)
-            if covered is False:
-                self._snapshot = None  # The first new frame of the hub's order: caught up.
-            if not covered:
-                kept.append(frame)
-        return kept
-
-
-def _covered_by(frame: str, snapshot: Snapshot) -> bool | None:
-    """Whether the snapshot already covers this frame; None for frames outside the hub's order
-    (error frames, other notices), which neither repeat nor end the catching up."""
-    message = message_id(frame)
-    if message is not None:
-        return message <= snapshot.last_id
-    version = presence_version(frame)
-    if version is not None:
-        return version <= snapshot.presence_version
-    return False if is_messages_missed(frame) else None

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             authkey,
             mailbox_size=args.mailbox_size or settings.mailbox_size,
             history_size=args.history_size or settings.history_size,
+            max_rooms=args.max_rooms or settings.max_rooms,
             watch_pid=args.watch_pid,
             handshake_timeout=args.handshake_timeout,
             on_ready=_announce_ready if args.secret_stdin else lambda: None,
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--mailbox-size", type=int, help="default: $TRIO_CHAT_MAILBOX_SIZE")
     parser.add_argument("--history-size", type=int, help="default: $TRIO_CHAT_HISTORY_SIZE")
+    parser.add_argument("--max-rooms", type=int, help="default: $TRIO_CHAT_MAX_ROOMS")
     parser.add_argument(
         "--allow-remote",
         action="store_true",

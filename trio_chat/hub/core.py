@@ -18,8 +18,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from ..hub_link.interface import FETCH_HEARTBEAT_SECONDS, Snapshot
-from .state import HubState, Wake
+from ..hub_link.interface import (
+    FETCH_HEARTBEAT_SECONDS,
+    MAX_LISTED_ROOMS,
+    Member,
+    RoomCount,
+    Snapshot,
+)
+from .state import DEFAULT_MAX_ROOMS, HubState, Wake
 
 
 def wall_clock_ms() -> int:
@@ -37,6 +43,7 @@ class HubCore:
         *,
         mailbox_size: int,
         history_size: int,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
         presence_interval: float = 0.0,
         presence_deliveries: float = math.inf,
         fetch_linger: float = 0.0,
@@ -46,6 +53,7 @@ class HubCore:
         self._state = HubState(
             mailbox_size=mailbox_size,
             history_size=history_size,
+            max_rooms=max_rooms,
             epoch=new_epoch(),
             monotonic=monotonic,
             clock_ms=clock_ms,
@@ -67,7 +75,7 @@ class HubCore:
     def join(
         self,
         label: str,
-        presence: Mapping[int, str] | None = None,
+        presence: Mapping[Member, str] | None = None,
         last_id: int = 0,
         epoch: str = "",
     ) -> str:
@@ -90,7 +98,7 @@ class HubCore:
         self,
         mailbox_id: str,
         bodies: Sequence[str] = (),
-        presence: Mapping[int, str | None] | None = None,
+        presence: Mapping[Member, str | None] | None = None,
     ) -> int:
         """Publish and apply presence changes (``HubState.update``); returns the last id."""
         with self._lock:
@@ -104,16 +112,22 @@ class HubCore:
 
     def snapshot(
         self,
+        room: str,
         since: int | None,
         epoch: str | None = None,
         mailbox_id: str = "",
         presence: Mapping[int, str] | None = None,
     ) -> Snapshot:
-        """History and presence for a joining client (``HubState.snapshot``)."""
+        """A room's history and presence for a joining client (``HubState.snapshot``)."""
         with self._lock:
-            snapshot, wake = self._state.snapshot(since, epoch, mailbox_id, presence)
+            snapshot, wake = self._state.snapshot(room, since, epoch, mailbox_id, presence)
             self._wake(wake)
             return snapshot
+
+    def rooms(self, limit: int = MAX_LISTED_ROOMS) -> list[RoomCount]:
+        """The busiest rooms (``HubState.rooms``)."""
+        with self._lock:
+            return self._state.rooms(limit)
 
     def fetch(
         self, mailbox_id: str, max_frames: int, timeout: float = FETCH_HEARTBEAT_SECONDS

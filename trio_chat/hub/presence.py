@@ -1,9 +1,11 @@
-"""Who is online across all workers, kept by the hub: pure bookkeeping, no locks, no I/O.
+"""Who is online in one room across all workers, kept by the hub: pure bookkeeping, no locks,
+no I/O. The hub keeps one book per room.
 
-Each worker reports its own connections (``connection id -> display name``; an empty name for a
-client that gave none). The book counts every connection (``online``) and lists the distinct
-names (``users``). A worker that leaves or is presumed dead takes all its connections with it,
-so counts never stay inflated; they cannot go negative because nothing is ever decremented.
+Each worker reports its own connections in the room (``connection id -> display name``; an
+empty name for a client that gave none). The book counts every connection (``online``) and
+lists the distinct names (``users``). A worker that leaves or is presumed dead takes all its
+connections with it, so counts never stay inflated; they cannot go negative because nothing is
+ever decremented.
 
 Changes are coalesced: many reports make one presence frame, with the names that appeared and
 disappeared since the previous frame (so a second tab under the same name is not a "join").
@@ -21,19 +23,21 @@ from ..protocol import presence_frame
 
 @dataclasses.dataclass(frozen=True)
 class PresenceState:
+    room: str
     version: int
     online: int
     users: tuple[str, ...]
 
     def frame(self, joined: tuple[str, ...] = (), left: tuple[str, ...] = ()) -> str:
         return presence_frame(
-            self.version, self.online, self.users[:MAX_LISTED_USERS], joined, left,
+            self.room, self.version, self.online, self.users[:MAX_LISTED_USERS], joined, left,
             truncated=len(self.users) > MAX_LISTED_USERS,
         )  # fmt: skip
 
 
 class PresenceBook:
-    def __init__(self) -> None:
+    def __init__(self, room: str) -> None:
+        self.room = room
         self._by_worker: dict[str, dict[int, str]] = {}
         self._names: Counter[str] = Counter()
         self._online = 0
@@ -45,6 +49,10 @@ class PresenceBook:
     def online(self) -> int:
         """Connections online now (published or not)."""
         return self._online
+
+    def connections_of(self, worker: str) -> int:
+        """How many of a worker's connections are in the room."""
+        return len(self._by_worker.get(worker, ()))
 
     def replace_worker(self, worker: str, connections: Mapping[int, str]) -> None:
         """Set all of a worker's connections at once (on joining the hub)."""
@@ -65,6 +73,8 @@ class PresenceBook:
         """``name`` None: the connection is gone; "" a connection without a name."""
         connections = self._by_worker.setdefault(worker, {})
         previous = connections.pop(connection, None)
+        if not connections and name is None:
+            del self._by_worker[worker]  # An empty room keeps no trace of the worker.
         if previous is not None:
             self._online -= 1
             self._forget_name(previous)
@@ -84,7 +94,7 @@ class PresenceBook:
 
     def current(self) -> PresenceState:
         """The state now; its version is that of the last frame published (``publish``)."""
-        return PresenceState(self._version, self._online, tuple(sorted(self._names)))
+        return PresenceState(self.room, self._version, self._online, tuple(sorted(self._names)))
 
     def publish(self) -> str:
         """A new presence frame for everyone: the state now, and what changed since the last."""

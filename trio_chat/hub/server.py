@@ -33,6 +33,7 @@ from ..hub_address import Address, HubConfigError, describe_address
 from ..hub_link.manager.client import EXPOSED, HUB_TYPEID
 from ..process_watch import wait_for_exit
 from .core import HubCore
+from .state import DEFAULT_MAX_ROOMS
 
 logger = logging.getLogger("trio_chat.hub")
 
@@ -62,6 +63,7 @@ def serve(
     *,
     mailbox_size: int,
     history_size: int,
+    max_rooms: int = DEFAULT_MAX_ROOMS,
     watch_pid: int | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
     on_ready: Callable[[], None] = lambda: None,
@@ -70,6 +72,7 @@ def serve(
     core = HubCore(
         mailbox_size=mailbox_size,
         history_size=history_size,
+        max_rooms=max_rooms,
         presence_interval=PRESENCE_INTERVAL_SECONDS,
         presence_deliveries=PRESENCE_DELIVERIES_PER_SECOND,
         fetch_linger=FETCH_LINGER_SECONDS,

@@ -1,24 +1,35 @@
-"""The hub's state: the total order, the history, presence, and one mailbox per worker.
+"""The hub's state: the total order, each room's history and presence, one mailbox per worker.
 
 Pure bookkeeping, like ``PresenceBook``: no lock, no thread, no clock of its own. The monotonic
-clock (leases, presence coalescing), the wall clock that stamps messages and the epoch are given
-at construction, so every rule runs in a test with a fake clock. A call that changes the state
-returns a ``Wake``: which mailboxes got frames or are gone, and when housekeeping is due sooner,
-so that its caller wakes exactly the fetches and the housekeeper waiting for those (``HubCore``,
-with conditions under one lock). Messages and presence frames enter every mailbox in the same
-call, so all workers see one order of both.
+clock (leases, presence coalescing, idle rooms), the wall clock that stamps messages and the
+epoch are given at construction, so every rule runs in a test with a fake clock. A call that
+changes the state returns a ``Wake``: which mailboxes got frames or are gone, and when
+housekeeping is due sooner, so that its caller wakes exactly the fetches and the housekeeper
+waiting for those (``HubCore``, with conditions under one lock).
+
+Order: one sequence of ids for all rooms. A room's frames (messages and presence) go to the
+mailboxes of the workers with a member in the room (``_Room.mailboxes``), in that one order,
+so all members of a room see one order of both, and a worker pays nothing for rooms it has no
+member in. A frame goes to a mailbox once, however many of the worker's connections are in
+its room: the worker's room fan-out does the rest.
 
 Policies:
-- History: the last ``history_size`` messages, for joins and resumes; older ones are gone.
+- Rooms: a room exists once a client joins it (``snapshot``). At most ``max_rooms`` exist;
+  a room nobody is in is forgotten, with its history, once nobody has joined, left or written
+  to it for ``empty_room_seconds``, or sooner, the longest idle first, when a new room needs
+  its place. A join of a new room while every room has members is refused (``refused``). A
+  room with members always exists: a worker that re-joins brings back the rooms of its members.
+- History: the last ``history_size`` messages of each room, for joins and resumes; older ones
+  are gone (the room remembers up to which id: ``Snapshot.first_available``).
 - Mailboxes hold at most ``mailbox_size`` frames. A worker that falls that far behind has its
   mailbox (and its connections' presence) removed, freeing the memory; its next fetch returns
   ``None`` and it re-joins and tells its clients that messages were missed.
 - Liveness: a live worker is always fetching, and a fetch returns empty after
   ``FETCH_HEARTBEAT_SECONDS`` at the latest, so a worker not seen for ``LEASE_SECONDS`` has
   died without leaving: ``housekeep`` removes it, and its users leave presence.
-- Presence frames are coalesced: at most one per ``presence_interval``, and in a large room
-  fewer: a presence frame goes to every client, so the interval grows with the number online to
-  keep presence at ``presence_deliveries`` per second in all (at most one frame every
+- Presence frames are coalesced per room: at most one per ``presence_interval``, and in a large
+  room fewer: a presence frame goes to every member, so the interval grows with the number
+  online to keep presence at ``presence_deliveries`` per second in all (at most one frame every
   ``MAX_PRESENCE_INTERVAL_SECONDS``). A frame held back is sent by ``housekeep`` when due.
 - Fetches linger for more frames only while frames come thick and fast (``linger_until``).
 """
@@ -27,16 +38,21 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from ..hub_link.interface import LEASE_SECONDS, Snapshot
-from ..protocol import stamp_chat_frame
+from ..hub_link.interface import LEASE_SECONDS, MAX_LISTED_ROOMS, Member, RoomCount, Snapshot
+from ..protocol import body_room, stamp_chat_frame
 from .presence import PresenceBook
 
 #: However large the room, a presence frame at least this often while presence changes.
 MAX_PRESENCE_INTERVAL_SECONDS = 10.0
+#: Rooms the hub keeps at most (``TRIO_CHAT_MAX_ROOMS``), and how long a room nobody is in is
+#: kept after its last join, leave or message.
+DEFAULT_MAX_ROOMS = 1000
+EMPTY_ROOM_SECONDS = 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,9 +90,31 @@ class Sequencer:
         return [(first + i, stamp_chat_frame(first + i, ts_ms, b)) for i, b in enumerate(bodies)]
 
 
+@dataclasses.dataclass(slots=True, eq=False)
+class _Room:
+    name: str
+    history: collections.deque[tuple[int, str]]
+    presence: PresenceBook
+    #: The id of the newest message no longer in ``history`` (dropped, or given before the
+    #: room was made: a room made again after being forgotten cannot tell what it had).
+    trimmed_through: int
+    #: When someone last joined, left or wrote (monotonic clock): idle rooms are forgotten.
+    active_at: float
+    #: The mailboxes of the workers with a member here: where the room's frames go.
+    mailboxes: set[str] = dataclasses.field(default_factory=set)
+    last_presence_at: float = -math.inf  # The first presence frame goes at once.
+
+    def keep(self, stamped: tuple[int, str]) -> None:
+        if len(self.history) == self.history.maxlen:
+            self.trimmed_through = self.history[0][0]
+        self.history.append(stamped)
+
+
 @dataclasses.dataclass(slots=True)
 class _Mailbox:
     label: str
+    #: The rooms the worker has members in (``_Room.mailboxes`` the other way round).
+    rooms: set[str]
     #: When the worker was last known alive: a fetch began to wait, or took frames.
     last_seen: float
     #: When the oldest frame waiting arrived, and when frames were last taken.
@@ -96,6 +134,8 @@ class HubState:
         clock_ms: Callable[[], int],
         presence_interval: float = 0.0,
         presence_deliveries: float = math.inf,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
+        empty_room_seconds: float = EMPTY_ROOM_SECONDS,
     ) -> None:
         #: Names this hub's run of ids. A hub that replaces a dead one starts a new run: it
         #: cannot know every id the dead one gave (a worker only knows those it fetched), so
@@ -103,16 +143,21 @@ class HubState:
         self.epoch = epoch
         self._monotonic = monotonic
         self._sequencer = Sequencer(clock_ms)
-        self._history: collections.deque[tuple[int, str]] = collections.deque(maxlen=history_size)
-        self._presence = PresenceBook()
+        self._history_size = history_size
+        self._rooms: dict[str, _Room] = {}
+        self._max_rooms = max_rooms
+        self._empty_room_seconds = empty_room_seconds
         self._presence_interval = presence_interval
         self._presence_deliveries = presence_deliveries
-        self._last_presence_at = -math.inf  # The first one goes at once.
+        #: Rooms whose presence frame is held back until ``housekeep``.
+        self._presence_held: set[str] = set()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._mailbox_ids = itertools.count(1)
         self._mailbox_size = mailbox_size
         self._evicted = 0
         self._expired = 0
+        self._refused_rooms = 0
+        self._bad_bodies = 0
         # What the call under way leaves to wake (``_wake`` hands it out).
         self._filled: set[str] = set()
         self._removed: set[str] = set()
@@ -121,11 +166,11 @@ class HubState:
     def join(
         self,
         label: str,
-        presence: Mapping[int, str] | None = None,
+        presence: Mapping[Member, str] | None = None,
         last_id: int = 0,
         epoch: str = "",
     ) -> tuple[str, Wake]:
-        """Open a mailbox for a worker and take its current connections into presence.
+        """Open a mailbox for a worker and take its current members into presence.
 
         Returns the new mailbox's id. ``last_id`` and ``epoch``: the highest id the worker has
         seen, and the run of ids it was part of. A hub started after another one died gives
@@ -137,13 +182,12 @@ class HubState:
         self._sequencer.continue_after(last_id)
         mailbox_id = f"m{next(self._mailbox_ids)}"
         now = self._monotonic()
-        self._mailboxes[mailbox_id] = _Mailbox(label, last_seen=now, filled_at=now)
-        self._presence.replace_worker(mailbox_id, presence or {})
-        self._presence_changed()
+        self._mailboxes[mailbox_id] = _Mailbox(label, set(), last_seen=now, filled_at=now)
+        self._apply_presence(mailbox_id, presence or {})
         return mailbox_id, self._wake()
 
     def leave(self, mailbox_id: str) -> Wake:
-        """Remove a mailbox and its connections."""
+        """Remove a mailbox and its members."""
         self._remove([mailbox_id])
         return self._wake()
 
@@ -151,20 +195,18 @@ class HubState:
         self,
         mailbox_id: str,
         bodies: Sequence[str] = (),
-        presence: Mapping[int, str | None] | None = None,
+        presence: Mapping[Member, str | None] | None = None,
     ) -> tuple[int, Wake]:
         """Publish ``bodies`` in order and apply a worker's presence changes (``None``: gone).
 
         Returns the last id given. Changes from a mailbox that is gone are ignored: that worker
-        re-joins with all its connections anyway.
+        re-joins with all its members anyway. A body that is not a chat body of a room is
+        dropped (and counted): workers only send what ``encode_chat_body`` made.
         """
         if bodies:
-            stamped = self._sequencer.stamp(bodies)
-            self._history.extend(stamped)
-            self._broadcast([frame for _, frame in stamped])
+            self._publish(bodies)
         if presence and mailbox_id in self._mailboxes:
-            self._presence.apply(mailbox_id, presence)
-            self._presence_changed()
+            self._apply_presence(mailbox_id, presence)
         return self._sequencer.last_id, self._wake()
 
     def publish(self, bodies: Sequence[str]) -> tuple[int, Wake]:
@@ -173,33 +215,45 @@ class HubState:
 
     def snapshot(
         self,
+        room: str,
         since: int | None,
         epoch: str | None = None,
         mailbox_id: str = "",
         presence: Mapping[int, str] | None = None,
     ) -> tuple[Snapshot, Wake]:
-        """History for a joining client: after ``since``, or all that is kept.
+        """A room's history for a joining client: after ``since``, or all that is kept.
 
-        ``presence``: the joining client's connection and name, taken into presence first (in
-        the same call, so that the client is in the presence it is sent).
+        ``presence``: the joining client's connection and name, taken into the room's presence
+        first (in the same call, so that the client is in the presence it is sent). Makes the
+        room if it does not exist, or says ``refused`` when no room can make way for it.
         """
-        if presence and mailbox_id in self._mailboxes:
-            self._presence.apply(mailbox_id, presence)
-            self._presence_changed()
         last_id = self._sequencer.last_id
+        state = self._rooms.get(room) or self._make_room_if_allowed(room)
+        if state is None:
+            self._refused_rooms += 1
+            refused = Snapshot(room, [], last_id, last_id + 1, "", 0, self.epoch, refused=True)
+            return refused, self._wake()
+        if presence and mailbox_id in self._mailboxes:
+            self._apply_presence(mailbox_id, {(c, room): name for c, name in presence.items()})
         since_valid = since is None or (since <= last_id and epoch in (None, self.epoch))
         after = since if since is not None and since_valid else 0
-        state = self._presence.current()
+        current = state.presence.current()
         snapshot = Snapshot(
-            messages=[frame for message_id, frame in self._history if message_id > after],
+            room=room,
+            messages=[frame for message_id, frame in state.history if message_id > after],
             last_id=last_id,
-            first_available=self._history[0][0] if self._history else last_id + 1,
-            presence=state.frame(),
-            presence_version=state.version,
+            first_available=state.trimmed_through + 1,
+            presence=current.frame(),
+            presence_version=current.version,
             epoch=self.epoch,
             since_valid=since_valid,
         )
         return snapshot, self._wake()
+
+    def rooms(self, limit: int = MAX_LISTED_ROOMS) -> list[RoomCount]:
+        """The busiest rooms first (then by name), at most ``limit``."""
+        counts = [(room.name, room.presence.online) for room in self._rooms.values()]
+        return heapq.nsmallest(limit, counts, key=lambda count: (-count[1], count[0]))
 
     def waiting(self, mailbox_id: str) -> int | None:
         """How many frames wait in a mailbox; ``None`` once it is gone."""
@@ -243,7 +297,8 @@ class HubState:
         return [frames.popleft() for _ in range(max_frames)]
 
     def housekeep(self) -> tuple[float, Wake]:
-        """Expire silent workers and send a coalesced presence frame when due.
+        """Expire silent workers, send coalesced presence frames when due, and forget rooms
+        left empty and idle.
 
         Returns when housekeeping is next due (on the monotonic clock), and what to wake.
         """
@@ -256,7 +311,13 @@ class HubState:
             ],
             expired=True,
         )
-        self._presence_changed()  # Sends the frame held back, if it is due.
+        for name in list(self._presence_held):
+            self._presence_held.discard(name)
+            if (room := self._rooms.get(name)) is not None:
+                self._presence_changed(room)  # Sends the frame held back, if it is due.
+        for room in list(self._rooms.values()):
+            if not room.mailboxes and now - room.active_at > self._empty_room_seconds:
+                del self._rooms[room.name]
         due = now + LEASE_SECONDS / 2
         if self._housekeeping_due is not None:
             due = min(due, self._housekeeping_due)
@@ -264,19 +325,25 @@ class HubState:
         return due, self._wake()
 
     def statistics(self) -> dict[str, object]:
-        state = self._presence.current()
+        rooms = self._rooms.values()
         return {
             "epoch": self.epoch,
             "last_id": self._sequencer.last_id,
-            "history": len(self._history),
-            "online": state.online,
-            "users": list(state.users),
+            "rooms": len(self._rooms),
+            "history": sum(len(room.history) for room in rooms),
+            "online": sum(room.presence.online for room in rooms),
             "mailboxes": {
-                mailbox_id: {"label": mailbox.label, "waiting": len(mailbox.frames)}
+                mailbox_id: {
+                    "label": mailbox.label,
+                    "waiting": len(mailbox.frames),
+                    "rooms": len(mailbox.rooms),
+                }
                 for mailbox_id, mailbox in self._mailboxes.items()
             },
             "evicted": self._evicted,
             "expired": self._expired,
+            "refused_rooms": self._refused_rooms,
+            "bad_bodies": self._bad_bodies,
         }
 
     def _wake(self) -> Wake:
@@ -291,10 +358,75 @@ class HubState:
         self._housekeeping_due = None
         return wake
 
-    def _broadcast(self, frames: list[str]) -> None:
+    def _make_room_if_allowed(self, name: str) -> _Room | None:
+        """A new room, if there is place for it: the longest idle empty room makes way."""
+        if len(self._rooms) >= self._max_rooms:
+            empty = [room for room in self._rooms.values() if not room.mailboxes]
+            if not empty:
+                return None
+            del self._rooms[min(empty, key=lambda room: room.active_at).name]
+        return self._room(name)
+
+    def _room(self, name: str) -> _Room:
+        """The room, made if need be (a join allowed it, or its members or messages need it)."""
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = _Room(
+                name,
+                collections.deque(maxlen=self._history_size),
+                PresenceBook(name),
+                trimmed_through=self._sequencer.last_id,
+                active_at=self._monotonic(),
+            )
+        return room
+
+    def _publish(self, bodies: Sequence[str]) -> None:
+        routed: list[tuple[_Room, str]] = []
+        for body in bodies:
+            try:
+                routed.append((self._room(body_room(body)), body))
+            except ValueError:
+                self._bad_bodies += 1
+        stamped = self._sequencer.stamp([body for _, body in routed])
+        now = self._monotonic()
+        # Runs of frames of one room go to its mailboxes together, in the one order.
+        run: list[str] = []
+        for index, ((room, _), message) in enumerate(zip(routed, stamped, strict=True)):
+            room.keep(message)
+            room.active_at = now
+            run.append(message[1])
+            if index + 1 == len(routed) or routed[index + 1][0] is not room:
+                self._broadcast(room, run)
+                run = []
+
+    def _apply_presence(self, mailbox_id: str, changes: Mapping[Member, str | None]) -> None:
+        by_room: dict[str, list[tuple[int, str | None]]] = {}
+        for (connection, room_name), name in changes.items():
+            by_room.setdefault(room_name, []).append((connection, name))
+        now = self._monotonic()
+        for name_of_room, room_changes in by_room.items():
+            mailbox = self._mailboxes.get(mailbox_id)
+            if mailbox is None:
+                return  # Evicted by a presence frame of its own: it re-joins with everything.
+            if name_of_room not in self._rooms and all(name is None for _, name in room_changes):
+                continue
+            room = self._room(name_of_room)
+            for connection, name in room_changes:
+                room.presence.set(mailbox_id, connection, name)
+            room.active_at = now
+            if room.presence.connections_of(mailbox_id):
+                room.mailboxes.add(mailbox_id)
+                mailbox.rooms.add(room.name)
+            else:
+                room.mailboxes.discard(mailbox_id)
+                mailbox.rooms.discard(room.name)
+            self._presence_changed(room)
+
+    def _broadcast(self, room: _Room, frames: list[str]) -> None:
         now = self._monotonic()
         overflowing = []
-        for mailbox_id, mailbox in self._mailboxes.items():
+        for mailbox_id in room.mailboxes:
+            mailbox = self._mailboxes[mailbox_id]
             if len(mailbox.frames) + len(frames) > self._mailbox_size:
                 overflowing.append(mailbox_id)
                 continue
@@ -307,27 +439,35 @@ class HubState:
             self._remove(overflowing)
 
     def _remove(self, mailbox_ids: list[str], *, expired: bool = False) -> None:
+        now = self._monotonic()
         for mailbox_id in mailbox_ids:
-            if self._mailboxes.pop(mailbox_id, None) is not None:
-                self._expired += expired
-                self._removed.add(mailbox_id)
-            self._presence.drop_worker(mailbox_id)
-        self._presence_changed()
+            mailbox = self._mailboxes.pop(mailbox_id, None)
+            if mailbox is None:
+                continue
+            self._expired += expired
+            self._removed.add(mailbox_id)
+            for name in mailbox.rooms:
+                room = self._rooms[name]
+                room.presence.drop_worker(mailbox_id)
+                room.mailboxes.discard(mailbox_id)
+                room.active_at = now
+                self._presence_changed(room)
 
-    def _presence_changed(self) -> None:
-        """Send a presence frame if one is due, else hold it back for ``housekeep``."""
-        if not self._presence.dirty:
+    def _presence_changed(self, room: _Room) -> None:
+        """Send the room's presence frame if one is due, else hold it back for ``housekeep``."""
+        book = room.presence
+        if not book.dirty:
             return
         now = self._monotonic()
-        due = self._last_presence_at + self._current_presence_interval()
+        due = room.last_presence_at + self._presence_interval_for(book.online)
         if now >= due:
-            self._last_presence_at = now
-            self._broadcast([self._presence.publish()])
-        elif self._housekeeping_due is None or due < self._housekeeping_due:
-            self._housekeeping_due = due
+            room.last_presence_at = now
+            self._broadcast(room, [book.publish()])
+        else:
+            self._presence_held.add(room.name)
+            if self._housekeeping_due is None or due < self._housekeeping_due:
+                self._housekeeping_due = due
 
-    def _current_presence_interval(self) -> float:
-        by_size = min(
-            self._presence.online / self._presence_deliveries, MAX_PRESENCE_INTERVAL_SECONDS
-        )
+    def _presence_interval_for(self, online: int) -> float:
+        by_size = min(online / self._presence_deliveries, MAX_PRESENCE_INTERVAL_SECONDS)
         return max(self._presence_interval, by_size)

@@ -12,12 +12,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .interface import Hub, HubLink, HubListener, HubUnavailable, Snapshot
+from .interface import Hub, HubLink, HubListener, HubUnavailable, Member, RoomCount, Snapshot
 
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["Hub", "HubLink", "HubListener", "HubUnavailable", "Snapshot", "open_hub"]
+__all__ = [
+    "Hub",
+    "HubLink",
+    "HubListener",
+    "HubUnavailable",
+    "Member",
+    "RoomCount",
+    "Snapshot",
+    "open_hub",
+]
 
 #: ``TRIO_CHAT_HUB`` schemes of the Redis hub.
 REDIS_SCHEMES = ("redis://", "rediss://")
@@ -27,7 +36,7 @@ def open_hub(settings: Settings) -> Hub:
     if settings.hub == "local":
         from .local import LocalHub
 
-        return LocalHub(settings.history_size)
+        return LocalHub(settings.history_size, max_rooms=settings.max_rooms)
     if is_redis_url(settings.hub):
         from .redis.hub import RedisHub
 

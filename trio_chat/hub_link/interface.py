@@ -1,9 +1,12 @@
 """What a worker needs from a hub, whatever the backend.
 
-A hub gives every published chat message a place in one total order (its ``id``), keeps the
-recent history and who is online, and hands the stamped frames, in that order, to every worker
-that has joined. Joining (``Hub.run``) gives the worker a ``HubLink``, its side of the hub.
-Backends: ``ManagerHub`` (a multiprocessing manager process; the default) and ``LocalHub``
+A hub gives every published chat message a place in one total order (its ``id``, one sequence
+for all rooms), keeps each room's recent history and who is online in it, and hands the stamped
+frames, in that order, to the workers that have joined: every frame of a room to every worker
+with a member in it (the manager and in-process hubs route by this interest; with Redis every
+worker reads everything and its fan-out drops what no member of its wants). Joining
+(``Hub.run``) gives the worker a ``HubLink``, its side of the hub. Backends: ``ManagerHub`` (a
+multiprocessing manager process; the default), ``RedisHub`` (several hosts) and ``LocalHub``
 (in-process: one worker in production, several in tests).
 """
 
@@ -19,11 +22,14 @@ if TYPE_CHECKING:
 __all__ = [
     "FETCH_HEARTBEAT_SECONDS",
     "LEASE_SECONDS",
+    "MAX_LISTED_ROOMS",
     "MAX_LISTED_USERS",
     "Hub",
     "HubLink",
     "HubListener",
     "HubUnavailable",
+    "Member",
+    "RoomCount",
     "Snapshot",
 ]
 
@@ -33,17 +39,27 @@ FETCH_HEARTBEAT_SECONDS = 5.0
 LEASE_SECONDS = 3 * FETCH_HEARTBEAT_SECONDS
 #: Names listed in a presence frame at most; past this the frame says it is truncated.
 MAX_LISTED_USERS = 1000
+#: Rooms listed (busiest first) in a ``rooms`` frame and by ``GET /rooms`` at most.
+MAX_LISTED_ROOMS = 100
+
+#: One connection's place in one room, as presence counts it: (connection id, room).
+Member = tuple[int, str]
+#: A room and how many connections are in it.
+RoomCount = tuple[str, int]
 
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """What a joining client is sent before live frames, and where live frames take over."""
+    """What a client joining a room is sent before live frames, and where live frames take
+    over."""
 
-    #: Message frames after ``since`` (or the whole history), oldest first.
+    room: str
+    #: The room's message frames after ``since`` (or its whole history), oldest first.
     messages: list[str]
     #: The highest id given so far: live messages with an id up to this one are in the past.
     last_id: int
-    #: The oldest id still kept (``last_id + 1`` when none is).
+    #: Every message of the room with an id from this one on is still kept (ids are shared by
+    #: all rooms, so the room's own ids skip: this is one past the newest it dropped).
     first_available: int
     #: The presence frame as of now, and its version: older presence frames are in the past.
     presence: str
@@ -53,6 +69,9 @@ class Snapshot:
     #: False when ``since`` was ahead of ``last_id`` or from another epoch (the messages are
     #: then the whole history).
     since_valid: bool = True
+    #: The room did not exist and the hub holds its limit of rooms: the client is not in it,
+    #: and the rest of the snapshot is empty.
+    refused: bool = False
 
 
 class HubUnavailable(Exception):
@@ -81,7 +100,8 @@ class HubLink(Protocol):
         """Whether the link is up right now."""
 
     async def publish(self, body: str) -> None:
-        """Publish an encoded chat body; returns once the hub has it in the total order.
+        """Publish an encoded chat body (its room is in it: ``protocol.encode_chat_body``);
+        returns once the hub has it in the total order.
 
         Raises ``HubUnavailable`` when the link is down.
         """
@@ -96,16 +116,21 @@ class HubLink(Protocol):
         """
 
     async def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
-        """A client joins: it is online under ``name`` ("" for none) from now on, and gets
-        history and presence (itself included); raises ``HubUnavailable``."""
+        """A client joins ``room``: it is in the room's presence under ``name`` ("" for none)
+        from now on, and gets the room's history and presence (itself included), unless the
+        snapshot says ``refused``; raises ``HubUnavailable``."""
 
-    def present(self, connection: int, name: str) -> None:
-        """This worker's connection is online under ``name`` ("" for no name); never blocks."""
+    def present(self, connection: int, room: str, name: str) -> None:
+        """This worker's connection is in ``room`` under ``name`` ("" for no name); never
+        blocks."""
 
-    def absent(self, connection: int) -> None:
-        """This worker's connection is gone; never blocks."""
+    def absent(self, connection: int, room: str) -> None:
+        """This worker's connection has left ``room`` (or is gone); never blocks."""
+
+    async def rooms(self) -> list[RoomCount]:
+        """The busiest rooms, at most ``MAX_LISTED_ROOMS``; raises ``HubUnavailable``."""
 
 
 class Hub(Protocol):

@@ -18,20 +18,28 @@ from collections.abc import Callable
 import trio
 
 from ..hub.core import new_epoch, wall_clock_ms
-from ..hub.state import HubState
-from .interface import HubLink, HubListener, HubUnavailable, Snapshot
+from ..hub.state import DEFAULT_MAX_ROOMS, HubState
+from .interface import HubLink, HubListener, HubUnavailable, RoomCount, Snapshot
 
 # Frames are delivered synchronously after every change, so mailboxes never fill.
 _UNBOUNDED = 1 << 30
 
 
 class LocalHub:
-    def __init__(self, history_size: int = 100, clock_ms: Callable[[], int] = wall_clock_ms):
+    def __init__(
+        self,
+        history_size: int = 100,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        *,
+        max_rooms: int = DEFAULT_MAX_ROOMS,
+    ):
         #: The hub's state (tests publish through it, then call ``deliver_all``). With no
-        #: housekeeping, its monotonic clock only keeps the books.
+        #: housekeeping, its monotonic clock only keeps the books (and empty rooms are only
+        #: forgotten to make way for new ones).
         self.state = HubState(
             mailbox_size=_UNBOUNDED,
             history_size=history_size,
+            max_rooms=max_rooms,
             epoch=new_epoch(),
             monotonic=time.monotonic,
             clock_ms=clock_ms,
@@ -90,22 +98,29 @@ class _LocalLink:
         await self.publish(body)  # In process: published by the time it returns, or not at all.
 
     async def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
         await trio.lowlevel.checkpoint()
         self._check_connected()
-        snapshot, _ = self._hub.state.snapshot(since, epoch, self._mailbox_id, {connection: name})
+        snapshot, _ = self._hub.state.snapshot(
+            room, since, epoch, self._mailbox_id, {connection: name}
+        )
         self._hub.deliver_all()
         return snapshot
 
-    def present(self, connection: int, name: str) -> None:
-        self._change_presence(connection, name)
+    def present(self, connection: int, room: str, name: str) -> None:
+        self._change_presence(connection, room, name)
 
-    def absent(self, connection: int) -> None:
-        self._change_presence(connection, None)
+    def absent(self, connection: int, room: str) -> None:
+        self._change_presence(connection, room, None)
 
-    def _change_presence(self, connection: int, name: str | None) -> None:
-        self._hub.state.update(self._mailbox_id, presence={connection: name})
+    async def rooms(self) -> list[RoomCount]:
+        await trio.lowlevel.checkpoint()
+        self._check_connected()
+        return self._hub.state.rooms()
+
+    def _change_presence(self, connection: int, room: str, name: str | None) -> None:
+        self._hub.state.update(self._mailbox_id, presence={(connection, room): name})
         self._hub.deliver_all()
 
     def _check_connected(self) -> None:

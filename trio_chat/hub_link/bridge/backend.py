@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from ..interface import Snapshot
+from ..interface import Member, RoomCount, Snapshot
 
 #: Frames taken per fetch, and bodies published per round trip. A batch is queued whole for
 #: each subscriber, so it is also kept to a quarter of a subscriber's buffer.
@@ -43,12 +43,15 @@ class Membership(Protocol):
     def fetch(self, max_frames: int) -> Fetched | None:
         """Wait (up to a heartbeat) for frames; None once the hub has dropped this member."""
 
-    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
         """Publish ``bodies`` in order and apply presence changes (None: gone)."""
 
     def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot: ...
+
+    def rooms(self) -> list[RoomCount]:
+        """The busiest rooms (``MAX_LISTED_ROOMS`` at most)."""
 
     def leave(self) -> None: ...
 
@@ -63,6 +66,8 @@ class Backend(Protocol):
     def describe(self) -> str:
         """Where the hub is, for logs and errors."""
 
-    def join(self, label: str, presence: Mapping[int, str], last_id: int, epoch: str) -> Membership:
-        """Connect and join with the worker's connections; ``last_id`` and ``epoch``: the
+    def join(
+        self, label: str, presence: Mapping[Member, str], last_id: int, epoch: str
+    ) -> Membership:
+        """Connect and join with the worker's members; ``last_id`` and ``epoch``: the
         highest id the worker has seen, and the run of ids it was part of."""

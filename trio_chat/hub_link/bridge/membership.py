@@ -22,7 +22,7 @@ from collections.abc import Callable
 import trio
 
 from ...config import Settings
-from ..interface import HubLink, HubListener, HubUnavailable, Snapshot
+from ..interface import HubLink, HubListener, HubUnavailable, Member, RoomCount, Snapshot
 from .backend import MAX_BATCH, Backend, Membership
 from .publisher import Publisher
 from .reader import Reader
@@ -49,8 +49,8 @@ class BridgedHub:
         self._reader = Reader(backend, self._threads, batch=fetch_batch)
         #: The membership in use; None while the link is down.
         self._membership: Membership | None = None
-        #: Every connection's name: what a join sends.
-        self._presence: dict[int, str] = {}
+        #: Every member's name: what a join sends.
+        self._presence: dict[Member, str] = {}
 
     @property
     def connected(self) -> bool:
@@ -98,27 +98,46 @@ class BridgedHub:
         await self._publisher.submit(body, on_failure)
 
     async def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
-        # Recorded here first: if the call fails, the next join carries it.
-        self._presence[connection] = name
+        membership = self._membership
+        if membership is None:
+            raise HubUnavailable("the hub is unreachable right now")
+        # Recorded first: if the call fails after the hub took it in, the next join carries it
+        # (and the session, told that it failed, takes it out with ``absent``).
+        self._presence[connection, room] = name
+        try:
+            snapshot = await self._threads.call(
+                membership.snapshot, room, since, epoch, connection, name
+            )
+        except self.backend.link_errors as error:
+            raise HubUnavailable("the hub is unreachable right now") from error
+        if snapshot.refused:
+            del self._presence[connection, room]
+        else:
+            # A leave of this room just before may still be on its way (queued, or in a round
+            # trip under way) and would take the member out after this join: the name follows
+            # it. Where nothing is pending, the hub sees an unchanged name and does nothing.
+            self._publisher.change_presence((connection, room), name)
+        self._publisher.reschedule(membership)
+        return snapshot
+
+    def present(self, connection: int, room: str, name: str) -> None:
+        self._presence[connection, room] = name
+        self._publisher.change_presence((connection, room), name)
+
+    def absent(self, connection: int, room: str) -> None:
+        self._presence.pop((connection, room), None)
+        self._publisher.change_presence((connection, room), None)
+
+    async def rooms(self) -> list[RoomCount]:
         membership = self._membership
         if membership is None:
             raise HubUnavailable("the hub is unreachable right now")
         try:
-            snapshot = await self._threads.call(membership.snapshot, since, epoch, connection, name)
+            return await self._threads.call(membership.rooms)
         except self.backend.link_errors as error:
             raise HubUnavailable("the hub is unreachable right now") from error
-        self._publisher.reschedule(membership)
-        return snapshot
-
-    def present(self, connection: int, name: str) -> None:
-        self._presence[connection] = name
-        self._publisher.change_presence(connection, name)
-
-    def absent(self, connection: int) -> None:
-        self._presence.pop(connection, None)
-        self._publisher.change_presence(connection, None)
 
     def _link_up(self, membership: Membership) -> None:
         self._membership = membership

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import trio
 
 from ...guards import TokenBucket
-from ..interface import HubUnavailable
+from ..interface import HubUnavailable, Member
 from .backend import MAX_BATCH, Backend, Membership
 from .outbox import Outbox, Pending, Wake
 from .threads import HUB_CALL_TIMEOUT_SECONDS, HubThreads
@@ -49,7 +49,7 @@ class Publisher:
         self._link_errors = backend.link_errors
         self._threads = threads
         self._outbox = Outbox(outbox_size)
-        self._presence_changes: dict[int, str | None] = {}
+        self._presence_changes: dict[Member, str | None] = {}
         #: What the bodies go through; None while the link is down.
         self._membership: Membership | None = None
         #: When the backend wants its next ``update`` (``trio.current_time``), even an empty one.
@@ -105,9 +105,9 @@ class Publisher:
             raise HubUnavailable("the hub is unreachable right now")
         await self._outbox.put(pending)
 
-    def change_presence(self, connection: int, name: str | None) -> None:
-        """``name`` None: the connection is gone."""
-        self._presence_changes[connection] = name
+    def change_presence(self, member: Member, name: str | None) -> None:
+        """``name`` None: the connection has left the room."""
+        self._presence_changes[member] = name
         self._outbox.wake(Wake.PRESENCE)
 
     def forget_presence_changes(self) -> None:

@@ -13,7 +13,7 @@ from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, cast
 
 from ...hub_address import Address
-from ..interface import Snapshot
+from ..interface import MAX_LISTED_ROOMS, Member, RoomCount, Snapshot
 
 HUB_TYPEID = "hub"
 
@@ -47,7 +47,7 @@ class HubClient:
     def join(
         self,
         label: str,
-        presence: Mapping[int, str] | None = None,
+        presence: Mapping[Member, str] | None = None,
         last_id: int = 0,
         epoch: str = "",
     ) -> str:
@@ -60,7 +60,7 @@ class HubClient:
         self._hub.leave(mailbox_id)
 
     def update(
-        self, mailbox_id: str, bodies: Sequence[str], presence: Mapping[int, str | None]
+        self, mailbox_id: str, bodies: Sequence[str], presence: Mapping[Member, str | None]
     ) -> int:
         return cast(int, self._hub.update(mailbox_id, list(bodies), dict(presence)))
 
@@ -69,12 +69,18 @@ class HubClient:
 
     def snapshot(
         self,
+        room: str,
         since: int | None,
         epoch: str | None = None,
         mailbox_id: str = "",
         presence: Mapping[int, str] | None = None,
     ) -> Snapshot:
-        return cast(Snapshot, self._hub.snapshot(since, epoch, mailbox_id, dict(presence or {})))
+        return cast(
+            Snapshot, self._hub.snapshot(room, since, epoch, mailbox_id, dict(presence or {}))
+        )
+
+    def rooms(self, limit: int = MAX_LISTED_ROOMS) -> list[RoomCount]:
+        return cast("list[RoomCount]", self._hub.rooms(limit))
 
     def fetch(self, mailbox_id: str, max_frames: int) -> list[str] | None:
         return cast("list[str] | None", self._hub.fetch(mailbox_id, max_frames))

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from ...config import Settings
 from ...hub_address import Endpoint, resolve_endpoint
 from ..bridge import BridgedHub, Fetched
-from ..interface import Snapshot
+from ..interface import Member, RoomCount, Snapshot
 from .client import HUB_ERRORS, HubClient
 from .launcher import HubStartError, connect_or_start
 
@@ -46,10 +46,12 @@ class ManagerBackend:
         return self.endpoint.describe()
 
     def join(
-        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+        self, label: str, presence: Mapping[Member, str], last_id: int, epoch: str
     ) -> _ManagerMembership:
         settings = self._settings
-        client = connect_or_start(self.endpoint, settings.mailbox_size, settings.history_size)
+        client = connect_or_start(
+            self.endpoint, settings.mailbox_size, settings.history_size, settings.max_rooms
+        )
         mailbox_id = client.join(label, presence, last_id, epoch)
         return _ManagerMembership(client, mailbox_id, client.current_epoch())
 
@@ -71,13 +73,16 @@ class _ManagerMembership:
         frames = self._client.fetch(self._mailbox_id, max_frames)
         return None if frames is None else Fetched(frames)
 
-    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
         self._client.update(self._mailbox_id, bodies, presence)
 
     def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
-        return self._client.snapshot(since, epoch, self._mailbox_id, {connection: name})
+        return self._client.snapshot(room, since, epoch, self._mailbox_id, {connection: name})
+
+    def rooms(self) -> list[RoomCount]:
+        return self._client.rooms()
 
     def leave(self) -> None:
         self._client.leave(self._mailbox_id)

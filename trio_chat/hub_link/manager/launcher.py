@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from ...hub.state import DEFAULT_MAX_ROOMS
 from ...hub_address import Endpoint
 from ...process_watch import has_exited
 from .client import HubClient
@@ -38,7 +39,9 @@ class HubStartError(Exception):
     pass
 
 
-def connect_or_start(endpoint: Endpoint, mailbox_size: int, history_size: int) -> HubClient:
+def connect_or_start(
+    endpoint: Endpoint, mailbox_size: int, history_size: int, max_rooms: int = DEFAULT_MAX_ROOMS
+) -> HubClient:
     """Connect to the endpoint's hub, starting it first if it is automatic and not running."""
     if not endpoint.autostart:
         return HubClient(endpoint.address, endpoint.authkey)
@@ -54,7 +57,7 @@ def connect_or_start(endpoint: Endpoint, mailbox_size: int, history_size: int) -
             # open files, say) say nothing about the hub: they go up, and the caller retries.
         if has_exited(endpoint.owner_pid):
             _refuse_for_a_server_gone(endpoint)
-        _start_hub(endpoint, mailbox_size, history_size)
+        _start_hub(endpoint, mailbox_size, history_size, max_rooms)
     return HubClient(endpoint.address, endpoint.authkey)
 
 
@@ -77,7 +80,7 @@ def _exclusive_lock(path: Path):  # type: ignore[no-untyped-def]
         os.close(fd)  # Also releases the lock.
 
 
-def _start_hub(endpoint: Endpoint, mailbox_size: int, history_size: int) -> None:
+def _start_hub(endpoint: Endpoint, mailbox_size: int, history_size: int, max_rooms: int) -> None:
     assert isinstance(endpoint.address, str)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(endpoint.address)  # A dead hub's socket; we hold the lock, so no one uses it.
@@ -95,6 +98,8 @@ def _start_hub(endpoint: Endpoint, mailbox_size: int, history_size: int) -> None
         str(mailbox_size),
         "--history-size",
         str(history_size),
+        "--max-rooms",
+        str(max_rooms),
         "--secret-stdin",
     ]
     if logger.isEnabledFor(logging.DEBUG):

@@ -2,16 +2,29 @@
 
 Chosen with ``TRIO_CHAT_HUB=redis://host:port/db`` (or ``rediss://``). Everything the manager
 hub's process keeps lives in Redis instead, changed only by the Lua scripts in ``lua/`` (each
-runs atomically, so the one order and the presence counts never race):
+runs atomically, so the one order, the rooms and the presence counts never race;
+``lua/common.lua`` documents the keys):
 
 - a **log** stream that every worker reads with ``XREAD BLOCK`` from the position it reached:
-  messages (id ``<message id>-0``) and presence frames, in one order. Reading takes nothing
-  away, so a worker that reconnects goes on from its position and misses nothing Redis still
-  holds; the log is trimmed to about ``mailbox_size`` entries, and a worker that falls further
-  behind notices the gap in the message ids and tells its clients;
-- a **history** stream of the last ``history_size`` messages, for joins and resumes;
-- **presence**: a hash per worker (connection -> name) and a lease per worker, renewed by its
-  heartbeat, so that the users of a host that died leave presence when its lease runs out.
+  messages of every room (id ``<message id>-0``: one sequence of ids for all rooms) and
+  presence frames, in one order, each entry naming its room. Reading takes nothing away, so a
+  worker that reconnects goes on from its position and misses nothing Redis still holds; the
+  log is trimmed to about ``mailbox_size`` entries, and a worker that falls further behind
+  notices the gap in the message ids and tells its clients;
+- per **room**: a history stream of its last ``history_size`` messages and the newest id it
+  dropped (``Snapshot.first_available``), its presence (connections online, names, the version
+  and time of its last frame; frames coalesced per room), and its place in the rooms registry:
+  at most ``max_rooms`` rooms, a new one taking the place of the longest idle empty one (or
+  refused), empty rooms forgotten after ``EMPTY_ROOM_SECONDS`` idle;
+- per **worker**: a hash of its members (``"<connection> <room>"`` -> name) and a lease,
+  renewed by its heartbeat, so that the users of a host that died leave presence (in all their
+  rooms) when its lease runs out.
+
+Routing: unlike the manager and in-process hubs, which give a worker only the frames of rooms
+it has a member in, one log cannot route by interest: every worker reads every room's frames,
+and its room fan-out drops those of rooms none of its connections is in. (A stream per room
+would route, but lose the one order across rooms and the single position a worker resumes
+from.)
 
 Ids and timestamps come from Redis (one counter, one clock) whatever host publishes. If Redis
 loses its data or goes back in time (a restart from an older snapshot), its ids could repeat
@@ -39,22 +52,31 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ...config import Settings
+from ...hub.state import EMPTY_ROOM_SECONDS
 from ...hub_address import HubConfigError, read_secret_file
-from ...protocol import presence_frame, stamp_chat_frame
+from ...protocol import body_room, is_room_name, presence_frame, stamp_chat_frame
 from ..bridge import BridgedHub, Fetched
-from ..interface import LEASE_SECONDS, MAX_LISTED_USERS, Snapshot
+from ..interface import (
+    LEASE_SECONDS,
+    MAX_LISTED_ROOMS,
+    MAX_LISTED_USERS,
+    Member,
+    RoomCount,
+    Snapshot,
+)
 
 logger = logging.getLogger("trio_chat.hub")
 
 #: How long a read waits for new entries before returning empty (and being made again).
 READ_BLOCK_SECONDS = 5.0
-#: Presence frames are coalesced to one per interval, across all workers.
+#: Presence frames are coalesced to one per interval per room, across all workers.
 PRESENCE_INTERVAL_SECONDS = 0.25
 #: A call that takes longer than this means Redis is unreachable (a read also blocks for
 #: ``READ_BLOCK_SECONDS``).
 SOCKET_TIMEOUT_SECONDS = READ_BLOCK_SECONDS + 5.0
 CONNECT_TIMEOUT_SECONDS = 2.0
-#: Marks a connection that left, in presence changes sent to Redis (names have no controls).
+#: Marks a member that left its room, in presence changes sent to Redis (names have no
+#: controls).
 _GONE = "\0"
 
 
@@ -63,9 +85,17 @@ class HubStateLost(Exception):
 
 
 class RedisHub(BridgedHub):
-    def __init__(self, settings: Settings, *, lease_seconds: float = LEASE_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+        empty_room_seconds: float = EMPTY_ROOM_SECONDS,
+    ) -> None:
         super().__init__(
-            RedisBackend(settings, lease_seconds=lease_seconds),
+            RedisBackend(
+                settings, lease_seconds=lease_seconds, empty_room_seconds=empty_room_seconds
+            ),
             settings,
             label=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
         )
@@ -82,7 +112,13 @@ class RedisBackend:
     # The join script replaces whatever Redis still has of the worker.
     rejoin_replaces = True
 
-    def __init__(self, settings: Settings, *, lease_seconds: float = LEASE_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        lease_seconds: float = LEASE_SECONDS,
+        empty_room_seconds: float = EMPTY_ROOM_SECONDS,
+    ) -> None:
         password = None
         if settings.hub_secret_file is not None:
             password = read_secret_file(settings.hub_secret_file).decode().strip()
@@ -115,8 +151,11 @@ class RedisBackend:
             int(lease_seconds * 1000),
             # Three heartbeats per lease: one late or lost call does not count a worker dead.
             int(lease_seconds / 3 * 1000),
+            settings.max_rooms,
+            int(empty_room_seconds * 1000),
         )
         self._log_key = f"{settings.redis_prefix}:log"
+        self._rooms_key = f"{settings.redis_prefix}:rooms"
         self._scripts = {
             name: self._client.register_script(_script_source(name))
             for name in ("join", "update", "snapshot", "leave")
@@ -133,9 +172,9 @@ class RedisBackend:
         return self._scripts[script](args=(*self._common_args, *args))
 
     def join(
-        self, label: str, presence: Mapping[int, str], last_id: int, epoch: str
+        self, label: str, presence: Mapping[Member, str], last_id: int, epoch: str
     ) -> _RedisMembership:
-        pairs = [item for connection, name in presence.items() for item in (connection, name)]
+        pairs = [item for member, name in presence.items() for item in (_member(member), name)]
         reply = self.call(
             "join", label, last_id, epoch, secrets.token_hex(4), self.position, *pairs
         )
@@ -147,6 +186,11 @@ class RedisBackend:
             # told once (the bridge does), not at every gap.
             self.last_message_id = None
         return _RedisMembership(self, label, epoch, bool(continuous), due_ms / 1000)
+
+    def rooms(self) -> list[RoomCount]:
+        """The busiest rooms first, then by name (the registry's score is minus the online)."""
+        listed: Any = self._client.zrange(self._rooms_key, 0, MAX_LISTED_ROOMS - 1, withscores=True)
+        return [(str(room), -int(float(minus_online))) for room, minus_online in listed]
 
     def read(self, max_entries: int) -> Fetched:
         """The next entries of the log after the reader's position, as frames."""
@@ -184,16 +228,26 @@ class RedisBackend:
         return Fetched(frames, missed)
 
 
+def _member(member: Member) -> str:
+    """A member as the scripts name it: ``"<connection> <room>"``."""
+    connection, room = member
+    return f"{connection} {room}"
+
+
 def _message_frame(message: int, fields: Mapping[str, str]) -> str:
     body = fields["b"]
-    if not body.startswith("{"):
-        raise ValueError("a chat body is a JSON object")
+    if body_room(body) != fields["r"]:
+        raise ValueError("a chat body of the entry's room")
     return stamp_chat_frame(message, int(fields["t"]), body)
 
 
 def _presence_frame(fields: Mapping[str, str]) -> str:
+    room = fields["r"]
+    if not is_room_name(room):
+        raise ValueError("a presence frame of a room")
     listed = json.loads(fields["u"]) or []
     return presence_frame(
+        room,
         int(fields["v"]),
         int(fields["o"]),
         listed,
@@ -226,11 +280,11 @@ class _RedisMembership:
             return None
         return self._backend.read(max_frames)
 
-    def update(self, bodies: Sequence[str], presence: Mapping[int, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
         pairs = [
             item
-            for connection, name in presence.items()
-            for item in (connection, _GONE if name is None else name)
+            for member, name in presence.items()
+            for item in (_member(member), _GONE if name is None else name)
         ]
         last_id, due_ms = self._backend.call(
             "update", self._label, self.epoch, self._seen(), len(bodies), *bodies, *pairs
@@ -241,13 +295,14 @@ class _RedisMembership:
             self._due_at = time.monotonic() + due_ms / 1000
 
     def snapshot(
-        self, since: int | None, epoch: str | None, connection: int, name: str
+        self, room: str, since: int | None, epoch: str | None, connection: int, name: str
     ) -> Snapshot:
         reply = self._backend.call(
             "snapshot",
             self._label,
             self.epoch,
             self._seen(),
+            room,
             "" if since is None else since,
             "" if epoch is None else f"={epoch}",
             connection,
@@ -255,24 +310,32 @@ class _RedisMembership:
         )
         if reply is None:
             raise self._state_lost()
-        hub_epoch, valid, last_id, first_available, due_ms = reply[:5]
-        version, online, listed_json, names = reply[5:9]
+        hub_epoch, valid, last_id, first_available, due_ms, refused = reply[:6]
         with self._lock:
             self._due_at = min(self._due_at, time.monotonic() + due_ms / 1000)
+        if refused:
+            return Snapshot(room, [], last_id, first_available, "", 0, hub_epoch, refused=True)
+        version, online, listed_json, names = reply[6:10]
         listed = json.loads(listed_json) or []
-        rest = reply[9:]
+        rest = reply[10:]
         return Snapshot(
+            room=room,
             messages=[
                 stamp_chat_frame(int(rest[i]), int(rest[i + 1]), rest[i + 2])
                 for i in range(0, len(rest), 3)
             ],
             last_id=last_id,
             first_available=first_available,
-            presence=presence_frame(version, online, listed, (), (), truncated=names > len(listed)),
+            presence=presence_frame(
+                room, version, online, listed, (), (), truncated=names > len(listed)
+            ),
             presence_version=version,
             epoch=hub_epoch,
             since_valid=bool(valid),
         )
+
+    def rooms(self) -> list[RoomCount]:
+        return self._backend.rooms()
 
     def leave(self) -> None:
         self._backend.call("leave", self._label)

@@ -1,13 +1,13 @@
--- A worker joins (or re-joins) with all its connections.
+-- A worker joins (or re-joins) with all its members.
 -- ARGV: label, the last message id it saw (0: none), its epoch ("": none), a fresh epoch for a
--- new run of ids, the log position it read up to ("": none), then presence pairs.
+-- new run of ids, the log position it read up to ("": none), then presence pairs (member
+-- "<connection id> <room>", name).
 -- Returns: epoch, 1 if the worker can read on from its position without missing a message,
 -- the position to read from, the last message id before that position (-1: the worker's own
 -- position, kept), and in how many ms to call update.
 local label, seen, epoch = ARGV[FIRST_ARG], tonumber(ARGV[FIRST_ARG + 1]), ARGV[FIRST_ARG + 2]
 local fresh_epoch, position = ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4]
-local now = now_ms()
-expire_workers(now)
+expire_workers()
 local current = redis.call('GET', EPOCH)
 if not current or (current == epoch and last_id() < seen) then
   -- A new Redis, one that lost its data, or one that went back in time: ids given before may
@@ -44,7 +44,8 @@ if position == '' then
   local top = redis.call('XREVRANGE', LOG, '+', '-', 'COUNT', 1)
   position = top[1] and top[1][1] or '0-0'
 end
-drop_worker(label) -- What the hub still had of this worker is replaced.
-renew_lease(label, now)
-apply_presence(label, FIRST_ARG + 5)
-return {current, continuous, position, position_id, settle_presence(now)}
+-- What the hub still has of this worker is replaced: only what changed shows in presence.
+replace_members(label, FIRST_ARG + 5)
+renew_lease(label)
+forget_idle_rooms()
+return {current, continuous, position, position_id, settle_presence()}

@@ -1,5 +1,5 @@
--- A worker leaves: its connections leave presence.
+-- A worker leaves: its members leave all their rooms.
 -- ARGV: label.
 drop_worker(ARGV[FIRST_ARG])
-settle_presence(now_ms())
+settle_presence()
 return 1

@@ -1,0 +1,110 @@
+"""What a client joining a room is sent, and the live frames its snapshot already covers.
+
+A join enters the room in the fan-out before the hub takes the room's snapshot, so the live
+frames of the room queued meanwhile may be older than the snapshot: the writer's ``CatchUp``
+drops those, room by room, until each room's first new frame. Sans I/O but for waiting on a
+join to be settled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .fanout import PendingJoin, Queued
+from .hub_link import Snapshot
+from .protocol import (
+    NoticeCode,
+    frame_room,
+    history_frame,
+    invalid_resume_error,
+    is_messages_missed,
+    message_id,
+    notice_frame,
+    presence_version,
+)
+
+
+def opening_frames(snapshot: Snapshot, since: int | None) -> list[str]:
+    """What a client joining a room gets: how its resume went, the history, presence."""
+    frames = []
+    room = snapshot.room
+    if not snapshot.since_valid:
+        frames.append(invalid_resume_error(room).frame())
+    elif since is not None and since + 1 < snapshot.first_available:
+        frames.append(
+            notice_frame(
+                NoticeCode.RESUME_PARTIAL,
+                "Some messages from while you were away are no longer kept.",
+                room=room,
+                first_available=snapshot.first_available,
+            )
+        )
+    resumed = since is not None and snapshot.since_valid
+    frames.append(history_frame(room, snapshot.messages, resumed=resumed, epoch=snapshot.epoch))
+    frames.append(snapshot.presence)
+    return frames
+
+
+class CatchUp:
+    """Sends each join's snapshot where it belongs, and drops the live frames it covers.
+
+    Frames of a room queued after its join may be older than its snapshot: a room's frames
+    start with a run the snapshot covers, then everything is new, and no more checks are
+    needed for that room (nor for any once every room has caught up). A ``messages_missed``
+    notice also ends the catching up: what follows it comes from a new hub, whose ids and
+    presence versions start a new run and say nothing about the snapshots.
+
+    A join that failed was undone in the fan-out, but the room's frames that came meanwhile are
+    queued after it: they are dropped, until the room is joined again.
+    """
+
+    def __init__(self) -> None:
+        self._catching_up: dict[str, Snapshot] = {}
+        self._not_joined: set[str] = set()
+
+    async def frames_of(self, item: Queued) -> Sequence[str]:
+        if isinstance(item, PendingJoin):
+            await item.done.wait()  # The hub's answer: one round trip.
+            room = item.room
+            self._catching_up.pop(room, None)
+            self._not_joined.discard(room)
+            if not item.joined:
+                self._not_joined.add(room)
+            elif item.snapshot is not None:
+                self._catching_up[room] = item.snapshot
+            return item.frames
+        return self.filter(item)
+
+    def filter(self, batch: Sequence[str]) -> Sequence[str]:
+        if not (self._catching_up or self._not_joined):
+            return batch
+        kept = []
+        for frame in batch:
+            room = frame_room(frame)
+            if room in self._not_joined and covered_by(frame, None) is not None:
+                continue
+            snapshot = None if room is None else self._catching_up.get(room)
+            if snapshot is None:
+                if room is None and is_messages_missed(frame):
+                    self._catching_up.clear()
+                kept.append(frame)
+                continue
+            covered = covered_by(frame, snapshot)
+            if covered is False:
+                del self._catching_up[snapshot.room]  # The room's first new frame: caught up.
+            if not covered:
+                kept.append(frame)
+        return kept
+
+
+def covered_by(frame: str, snapshot: Snapshot | None) -> bool | None:
+    """Whether the snapshot already covers this frame of its room (``None``: no snapshot,
+    nothing is covered); None for frames outside the hub's order (error frames, ``left``),
+    which neither repeat nor end the catching up."""
+    message = message_id(frame)
+    if message is not None:
+        return snapshot is not None and message <= snapshot.last_id
+    version = presence_version(frame)
+    if version is not None:
+        return snapshot is not None and version <= snapshot.presence_version
+    return None
