@@ -18,20 +18,18 @@ const CONNECT_TIMEOUT_MS = 10_000;
 export const SUBPROTOCOLS = ['trio-chat.batch'];
 
 /**
- * The chat endpoint on the page's own host (ws: or wss: following the page).
- * `name` is who this connection shows up as in presence; `since` is the last
- * message id seen (0: none, in a room that had none), so the server replays
- * what we missed (docs/protocol.md).
+ * The chat endpoint on the page's own host (ws: or wss: following the page). `room` is the room
+ * the connection opens in, `since` where to resume it ("<epoch>:<id>": the last message seen
+ * there, 0 if it had none; null for a fresh join), so the server replays what we missed, and
+ * `name` is who this connection shows up as in presence.
  */
-export function chatUrl({ name = '', since = null, epoch = '' } = {}, loc = location) {
+export function chatUrl({ room = '', since = null, name = '' } = {}, loc = location) {
   const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
   const params = [];
+  if (room) params.push(`room=${encodeURIComponent(room)}`);
+  // The epoch names the server's run of ids, so a restarted server can tell our ids apart.
+  if (since) params.push(`since=${since.split(':').map(encodeURIComponent).join(':')}`);
   if (name) params.push(`name=${encodeURIComponent(name)}`);
-  if (Number.isSafeInteger(since) && since >= 0) {
-    // The epoch names the server's run of ids, so a restarted server can tell our ids apart.
-    const run = epoch ? `${encodeURIComponent(epoch)}:` : '';
-    params.push(`since=${run}${since}`);
-  }
   const query = params.length ? `?${params.join('&')}` : '';
   return `${scheme}//${loc.host}/chat${query}`;
 }

@@ -1,46 +1,67 @@
-// The message box and Send: a message is checked against the server's limit,
-// sent under the name in the name box, and kept by the outbox until it comes back.
+// The message box and Send. Enter sends and Shift+Enter starts a new line; a message is checked
+// against the server's limit (counted live, see length-meter.js), sent under the name in the
+// name box to the room shown, and queued by the outbox until it comes back.
 
-import { NOT_CONNECTED_TEXT, messageTooLongText } from './texts.js';
-
-const utf8 = new TextEncoder();
+import { LengthMeter, utf8Length } from './length-meter.js';
+import { NOT_CONNECTED_TEXT, messageTooLongText, queueFullText } from './texts.js';
 
 /**
- * Wires the form. `limits` are the server's (read at every send), `nameField` gives the name
- * to send under, `outbox` keeps what was sent, `conn` sends it.
+ * Wires the form. `limits` are the server's (read at every check), `nameField` gives the name
+ * to send under, `room()` the room to send to, `outbox` keeps what was sent. Returns
+ * `{setOnline, refresh}`: Send works only while online, and a new limit re-measures the text.
  */
-export function bindComposer({ view, limits, nameField, outbox, conn }) {
-  const { form, messageInput, sendButton } = view.els;
+export function bindComposer({ view, limits, nameField, room, outbox }) {
+  const { form, messageInput: box, sendButton } = view.els;
+  const meter = new LengthMeter({ counter: view.els.counter, spoken: view.els.lengthStatus, limits });
+  let online = false;
 
-  function notConnected() {
-    view.showError(NOT_CONNECTED_TEXT, 'offline');
+  function refresh() {
+    const over = meter.update(box.value.trim()) === 'over';
+    sendButton.disabled = !online || over;
+    sendButton.title = !online ? 'Not connected' : over ? 'The message is too long' : '';
   }
 
-  form.addEventListener('submit', (event) => {
-    event.preventDefault();
+  function send() {
     const sender = nameField.commit();
-    const text = messageInput.value.trim();
-    messageInput.focus();
+    const text = box.value.trim();
+    box.focus();
     if (!text) return; // silently: Enter on an empty box is not an error
-    const bytes = utf8.encode(text).length;
+    if (!online) {
+      view.showError(NOT_CONNECTED_TEXT, 'offline');
+      return;
+    }
+    const bytes = utf8Length(text);
     if (bytes > limits.maxMessageBytes) {
       view.showError(messageTooLongText(bytes, limits.maxMessageBytes), 'message_too_long');
       return;
     }
-    if (!conn.send({ sender, message: text })) {
-      notConnected();
+    if (!outbox.add(room(), sender, text)) {
+      view.showError(queueFullText(outbox.size), 'queue_full');
       return;
     }
     view.clearError();
-    outbox.sent(text, sender);
-    messageInput.value = '';
-  });
+    box.value = '';
+    refresh();
+  }
 
-  // With Send disabled, the browser silently ignores Enter; say why instead.
-  messageInput.addEventListener('keydown', (event) => {
-    if (event.key === 'Enter' && !event.isComposing && sendButton.disabled) {
-      event.preventDefault();
-      if (messageInput.value.trim()) notConnected();
-    }
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    send();
   });
+  // Enter sends (a disabled Send would ignore it silently: send() says why instead);
+  // Shift+Enter is left to the textarea, which starts a new line.
+  box.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter' || event.shiftKey || event.isComposing) return;
+    event.preventDefault();
+    send();
+  });
+  box.addEventListener('input', refresh);
+
+  return {
+    setOnline(value) {
+      online = value;
+      refresh();
+    },
+    refresh,
+  };
 }

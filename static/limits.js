@@ -6,6 +6,10 @@
 export const DEFAULT_LIMITS = Object.freeze({
   maxMessageBytes: 4096, // TRIO_CHAT_MAX_MESSAGE_BYTES, in bytes of UTF-8
   maxSenderChars: 64, // TRIO_CHAT_MAX_SENDER_CHARS, in characters (code points)
+  maxRooms: 32, // TRIO_CHAT_MAX_ROOMS_PER_CONNECTION
+  // Whether the server knows rooms (its welcome states max_rooms). One that does not is a
+  // single room: the page then sends it no join or leave, which it would refuse.
+  speaksRooms: true,
 });
 
 function isPositiveInteger(value) {
@@ -23,4 +27,6 @@ export function updateLimits(limits, welcome) {
   if (isPositiveInteger(welcome.max_sender_chars)) {
     limits.maxSenderChars = welcome.max_sender_chars;
   }
+  limits.speaksRooms = isPositiveInteger(welcome.max_rooms);
+  if (limits.speaksRooms) limits.maxRooms = welcome.max_rooms;
 }

@@ -9,16 +9,14 @@ export class NameField {
    * @param {HTMLInputElement} parts.input the name box
    * @param {HTMLElement} parts.next where Enter in the name box moves the focus
    * @param {{maxSenderChars: number}} parts.limits the server's, read at every check
-   * @param {(name: string) => void} parts.onRename called once a new name is ours
+   * @param {(name: string, previous: string) => void} parts.onRename called once a new name
+   *   is ours
    */
   constructor({ input, next, limits, onRename }) {
     this.input = input;
     this.limits = limits;
     this.onRename = onRename;
     this.name = loadName(limits.maxSenderChars);
-    // Names this tab went by before a rename: the server reports them as
-    // "left" once it has the new one, which is not news to us.
-    this.formerNames = new Set();
     input.value = this.name;
     input.maxLength = limits.maxSenderChars;
 
@@ -53,10 +51,9 @@ export class NameField {
   adopt(name) {
     this.input.value = name;
     if (name === this.name) return;
-    this.formerNames.add(this.name);
-    this.formerNames.delete(name);
+    const previous = this.name;
     this.name = name;
     saveName(name);
-    this.onRename(name);
+    this.onRename(name, previous);
   }
 }

@@ -1,6 +1,8 @@
-// Where this page is in the server's conversation: the message ids it has shown
-// (SeenIds) and the run of ids they belong to (the epoch of the history frame),
-// which every reconnect sends back so that the server replays what was missed.
+// Where this page is in one room's conversation: the message ids it has shown there
+// (SeenIds) and the run of ids they belong to (the epoch of the history frame), which
+// every reconnect sends back so that the server replays what was missed. Ids are one
+// sequence for the whole server, so within a room they grow but skip: each room keeps
+// its own point.
 
 import { SeenIds } from './seen-ids.js';
 
@@ -28,6 +30,16 @@ export class ResumePoint {
     if (typeof epoch !== 'string' || epoch === this.epoch) return;
     this.epoch = epoch;
     this.seen.clear();
+  }
+
+  /**
+   * Picks up where a page before a reload left off: after message `since` of run `epoch`.
+   * Later ids are new; an id at or below it starts a new run (see SeenIds).
+   */
+  restore(epoch, since) {
+    this.epoch = epoch;
+    this.seen.clear();
+    this.seen.highest = since;
   }
 
   /** The server does not know our `since` (its ids started again): forget the ids seen. */

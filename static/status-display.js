@@ -1,5 +1,5 @@
 // The connection's state in the header, a countdown to the next attempt while
-// offline, and a line in the log for each connection lost.
+// offline, and a line in the rooms' logs for each connection lost.
 
 import { CLOSE_REASONS } from './texts.js';
 
@@ -24,11 +24,10 @@ export class StatusDisplay {
     } else {
       view.setStatus('offline', 'disconnected');
       this.startCountdown(info.retryInMs);
-      view.clearPresence();
       if (info.wasOpen) {
         const why = CLOSE_REASONS[info.code] || 'connection closed';
         const reason = info.reason ? `: ${info.reason}` : '';
-        view.addSystem(`Disconnected — ${why} (${info.code})${reason}`, 'disconnect');
+        view.addToEveryLog(`Disconnected — ${why} (${info.code})${reason}`, 'disconnect');
       }
     }
   }

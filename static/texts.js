@@ -1,5 +1,7 @@
 // What the page says about close codes, errors and notices, in one place.
 
+import { MAX_ROOM_CHARS } from './room-names.js';
+
 export const CLOSE_REASONS = {
   1000: 'connection closed',
   1001: 'server going away',
@@ -18,6 +20,7 @@ const ERROR_FALLBACKS = {
   empty_message: 'Message is empty.',
   hub_unavailable: 'Chat is temporarily unavailable. Try again in a moment.',
   rate_limited: 'You are sending too fast. Wait a moment.',
+  not_joined: 'You are not in that room.',
 };
 
 // Notices the page words itself; others show the server's own message.
@@ -51,4 +54,29 @@ export function noticeText(code) {
 
 export function messageTooLongText(bytes, maxBytes) {
   return `Message is too long (${bytes} bytes, max ${maxBytes}).`;
+}
+
+export function queueFullText(count) {
+  return `${count} messages are still waiting to be sent: wait a moment, then send this one.`;
+}
+
+/**
+ * Why the server would not let us join `room` (an error frame's `code`), in words for people;
+ * '' for a code that is no refusal of a join.
+ */
+export function joinRefusedText(code, room, limits) {
+  const why = {
+    invalid_room: `room names are 1-${MAX_ROOM_CHARS} lower-case letters, digits, “-” and “_”`,
+    too_many_rooms: `you are in ${limits.maxRooms} rooms, the most one page may be in: leave one first`,
+    room_limit: 'the server cannot open a new room now; try one that exists (see “Busiest rooms”)',
+    hub_unavailable: 'chat is temporarily unavailable; trying again in a moment',
+  };
+  return Object.hasOwn(why, code) ? `Could not join #${room}: ${why[code]}.` : '';
+}
+
+/** An error frame's `code` about `room` (its "room" field), in words naming the room; '' if none. */
+export function roomErrorText(code, room) {
+  if (code === 'not_joined') return `You are not in #${room}: that was not sent.`;
+  if (code === 'invalid_room') return `“${room}” is not a room name.`;
+  return '';
 }

@@ -1,38 +1,14 @@
-// DOM rendering. Everything that came from the network goes through
-// textContent (or dataset / title, which are never parsed as HTML).
+// The page around the conversation: the connection's state, who is in the shown room, the
+// error line, and the rooms' logs (message-log.js), of which one is shown at a time.
+// Everything that came from the network goes through textContent.
 
-const MAX_ENTRIES = 1000; // keep the DOM small in long-running tabs
-const BOTTOM_SLACK_PX = 40; // "at the bottom" tolerance for auto-scroll
-
-function pad2(n) {
-  return String(n).padStart(2, '0');
-}
-
-// "14:05" today; history can reach back further, so older days get a date.
-function shortTime(when, now = new Date()) {
-  const hm = `${pad2(when.getHours())}:${pad2(when.getMinutes())}`;
-  if (when.toDateString() === now.toDateString()) return hm;
-  return `${when.toLocaleDateString(undefined, { month: 'short', day: 'numeric' })} ${hm}`;
-}
-
-// A stable hue per sender so people are easy to tell apart.
-function senderHue(name) {
-  let h = 0;
-  for (const ch of name) h = (h * 31 + ch.codePointAt(0)) >>> 0;
-  return h % 360;
-}
-
-function el(doc, tag, className, text) {
-  const node = doc.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
+import { MessageLog, el } from './message-log.js';
 
 export function createView(doc = document) {
   const byId = (id) => doc.getElementById(id);
   const els = {
-    messages: byId('messages'),
+    logs: byId('messages'),
+    roomTitle: byId('room-title'),
     status: byId('status'),
     statusText: byId('status-text'),
     statusDetail: byId('status-detail'),
@@ -45,173 +21,123 @@ export function createView(doc = document) {
     nameInput: byId('name-input'),
     messageInput: byId('message-input'),
     sendButton: byId('send-button'),
+    counter: byId('message-counter'),
+    lengthStatus: byId('length-status'),
+    queueStatus: byId('queue-status'),
     jumpButton: byId('jump-button'),
+    announcer: byId('announcer'),
   };
-  const list = els.messages;
+  const logs = new Map(); // room name -> MessageLog
+  let shown = null; // the MessageLog on screen
 
-  function isAtBottom() {
-    return list.scrollHeight - list.scrollTop - list.clientHeight <= BOTTOM_SLACK_PX;
+  function onBehind(log, behind) {
+    if (log === shown) els.jumpButton.hidden = !behind;
   }
 
-  // Whether the reader is following the conversation. Tracked from scroll
-  // events rather than measured on demand, because the list also changes
-  // size (error box shown, phone keyboard opening) without any scrolling.
-  let pinned = true;
-  let pinnedAt = 0; // scrollTop when `pinned` was last decided
-
-  function setPinned(value) {
-    pinned = value;
-    pinnedAt = list.scrollTop;
-  }
-
-  // Scroll events are delivered per frame (and not at all in background
-  // tabs), so trust `pinned` only if nothing moved since it was decided.
-  function isFollowing() {
-    return list.scrollTop === pinnedAt ? pinned || isAtBottom() : isAtBottom();
-  }
-
-  function scrollToBottom() {
-    list.scrollTop = list.scrollHeight;
-    setPinned(true);
-    els.jumpButton.hidden = true;
-  }
-
-  // Append while preserving the reader's position: follow new entries only
-  // if they were already at the bottom (or it's their own message).
-  function append(node, { forceScroll = false } = {}) {
-    const follow = forceScroll || isFollowing();
-    list.append(node);
-    while (list.childElementCount > MAX_ENTRIES) list.firstElementChild.remove();
-    if (follow) scrollToBottom();
-    else els.jumpButton.hidden = false;
-  }
-
-  list.addEventListener('scroll', () => {
-    setPinned(isAtBottom());
-    if (pinned) els.jumpButton.hidden = true;
-  }, { passive: true });
-  if (typeof ResizeObserver === 'function') {
-    new ResizeObserver(() => { if (pinned) scrollToBottom(); }).observe(list);
-  }
   els.jumpButton.addEventListener('click', () => {
-    scrollToBottom();
-    list.focus();
+    shown?.scrollToBottom();
+    shown?.element.focus();
   });
 
   return {
     els,
 
-    /**
-     * Renders a chat message; returns the element. `history` marks one that
-     * was sent before this connection (history on joining, or a resume).
-     */
-    addMessage({ id, ts, sender, message }, { own = false, history = false } = {}) {
-      const item = el(doc, 'div', 'message');
-      item.classList.toggle('own', own);
-      item.classList.toggle('history', history);
-      if (id !== undefined && id !== null) item.dataset.id = String(id);
-      item.dataset.sender = sender;
-      item.style.setProperty('--sender-hue', String(senderHue(sender)));
-
-      const meta = el(doc, 'div', 'meta');
-      meta.append(el(doc, 'span', 'sender', sender));
-      const when = new Date(Number.isFinite(ts) ? ts : Date.now());
-      const time = el(doc, 'time', 'time', shortTime(when));
-      time.dateTime = when.toISOString();
-      time.title = when.toLocaleString();
-      meta.append(time);
-
-      item.append(meta, el(doc, 'div', 'text', message));
-      append(item, { forceScroll: own && !history });
-      return item;
-    },
-
-    /**
-     * A discreet one-line system entry. `kind` says what it is (welcome,
-     * notice, disconnect, presence, history); `code` is the server's code.
-     */
-    addSystem(text, kind = 'info', code = '') {
-      const item = el(doc, 'div', 'system', text);
-      item.dataset.kind = kind;
-      if (code) item.dataset.code = code;
-      append(item);
-      return item;
-    },
-
-    /**
-     * Runs `render` (many appends) as one update: screen readers wait for
-     * aria-busy to clear instead of announcing a whole history line by line.
-     */
-    batch(render) {
-      list.setAttribute('aria-busy', 'true');
-      try {
-        render();
-      } finally {
-        list.removeAttribute('aria-busy');
+    /** The log of `room`, made on first use. */
+    log(room) {
+      let log = logs.get(room);
+      if (!log) {
+        log = new MessageLog(doc, room, onBehind);
+        logs.set(room, log);
+        els.logs.append(log.element);
       }
+      return log;
     },
 
-    /** Records what the last history frame was: "fresh" or "resumed". */
-    markHistory(kind) {
-      list.dataset.history = kind;
+    /** A system line in every room's log: about the connection, which all rooms share. */
+    addToEveryLog(text, kind, code = '') {
+      for (const log of logs.values()) log.addSystem(text, kind, code);
+    },
+
+    dropLog(room) {
+      logs.get(room)?.remove();
+      logs.delete(room);
+    },
+
+    /** Puts `room`'s log on screen, and its name in the header. */
+    showLog(room) {
+      const log = this.log(room);
+      if (log === shown) return;
+      shown?.hide();
+      shown = log;
+      log.show();
+      els.roomTitle.textContent = `#${room}`;
+      els.messageInput.placeholder = `Message #${room}`;
     },
 
     /** Re-marks messages and names as own/other after the display name changed. */
     restyleOwn(name) {
-      for (const item of list.querySelectorAll('.message')) {
-        item.classList.toggle('own', item.dataset.sender === name);
-      }
+      for (const log of logs.values()) log.restyleOwn(name);
       for (const item of els.onlineUsers.children) {
         if (!item.classList.contains('more')) item.classList.toggle('own', item.textContent === name);
       }
     },
 
+    /** Says something to screen readers only, politely. */
+    announce(text) {
+      els.announcer.textContent = text;
+    },
+
+    // The worker's pid means nothing to people: it is kept where tests and tools can read it,
+    // and nowhere on screen.
     setWorker(worker) {
       els.status.dataset.worker = worker;
-      els.status.title = `Connected to worker ${worker}`;
     },
 
     setStatus(state, text) {
       els.status.dataset.state = state;
-      if (state !== 'online') {
-        delete els.status.dataset.worker;
-        els.status.title = '';
-      }
+      if (state !== 'online') delete els.status.dataset.worker;
       els.statusText.textContent = text;
       els.statusDetail.textContent = '';
       els.retryButton.hidden = state !== 'offline';
-      els.sendButton.disabled = state !== 'online';
-      els.sendButton.title = state === 'online' ? '' : 'Not connected';
     },
 
-    // Outside what screen readers hear (aria-hidden): "retrying in 3 s" read
-    // out every second would drown everything else.
+    // Outside what screen readers hear (aria-hidden): "retrying in 3 s" read out every second
+    // would drown everything else.
     setStatusDetail(text) {
       els.statusDetail.textContent = text;
     },
 
-    setPresence(online, users, ownName, truncated = false) {
+    /** Who is in the shown room; null: not known (offline, or not joined yet). */
+    setPresence(presence, ownName) {
+      if (!presence) {
+        els.onlineCount.textContent = '—';
+        els.onlineCount.title = 'Online count not known yet';
+        els.onlineUsers.replaceChildren();
+        els.presence.classList.remove('has-users', 'known');
+        els.presence.open = false;
+        return;
+      }
+      const { online, users, truncated } = presence;
       els.onlineCount.textContent = `${online} online`;
       els.onlineCount.title = users.length ? users.join(', ') : `${online} online`;
-      els.onlineUsers.replaceChildren(...users.map((u) => el(doc, 'li', u === ownName ? 'own' : '', u)));
+      els.onlineUsers.replaceChildren(...users.map((user) => {
+        const item = el(doc, 'li', user === ownName ? 'own' : '', user);
+        item.dir = 'auto';
+        return item;
+      }));
       if (truncated) els.onlineUsers.append(el(doc, 'li', 'more', 'and others'));
       els.presence.classList.toggle('has-users', users.length > 0);
       els.presence.classList.add('known');
-    },
-
-    // Presence is stale once the connection is gone: go back to "unknown".
-    clearPresence() {
-      els.onlineCount.textContent = '—';
-      els.onlineCount.title = 'Online count not known yet';
-      els.onlineUsers.replaceChildren();
-      els.presence.classList.remove('has-users', 'known');
-      els.presence.open = false;
     },
 
     showError(text, code = '') {
       els.error.textContent = text;
       if (code) els.error.dataset.code = code;
       else delete els.error.dataset.code;
+    },
+
+    appendError(text) {
+      els.error.textContent += text;
     },
 
     clearError() {

@@ -15,13 +15,15 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
+import pytest
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -30,8 +32,10 @@ from playwright.sync_api import (
     Locator,
     Page,
     WebError,
+    WebSocket,
     WebSocketRoute,
     expect,
+    sync_playwright,
 )
 
 from servers import (
@@ -39,6 +43,7 @@ from servers import (
     STARTUP_TIMEOUT_SECONDS,
     STOP_TIMEOUT_SECONDS,
     assert_nothing_left_behind,
+    free_port,
     hypercorn_command,
 )
 
@@ -58,6 +63,8 @@ INSTALL_HINT = (
     "Chromium binary"
 )
 NAME_KEY = "trio_chat.name"  # static/names.js
+#: The log of the room shown: every room has its own (static/message-log.js), one shown at once.
+SHOWN_LOG = "#messages .room-log:not([hidden])"
 #: How long a page may take to show something the server sent.
 UI_TIMEOUT_MS = 10_000
 #: How long a page may take to reconnect by itself: its backoff (0.5 s, 1 s, 2 s, 4 s, ...)
@@ -68,6 +75,22 @@ EXTENSIONS_HEADER = "sec-websocket-extensions"
 HUB_STARTED = re.compile(r"started the hub \(pid (\d+)\)")
 
 expect.set_options(timeout=UI_TIMEOUT_MS)
+
+
+def token() -> str:
+    """A marker that keeps one test's messages apart from another's on a shared server."""
+    return uuid.uuid4().hex[:6]
+
+
+def chromium_browser() -> Iterator[Browser]:
+    """Debian's Chromium under Playwright, for a module fixture; skips, saying how to install
+    it, where it is missing."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(INSTALL_HINT)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 class ServerProcess:
@@ -177,6 +200,16 @@ def wait_gone(pid: int, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
     raise AssertionError(f"process {pid} is still running")
 
 
+def running_server(**options: Any) -> Iterator[ServerProcess]:
+    """A started ServerProcess (``options`` as for it, but the port), stopped after use."""
+    server = ServerProcess(free_port(), **options)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 @dataclass
 class ChatPage:
     """One tab of the chat, in its own browser context, and everything it did.
@@ -190,6 +223,8 @@ class ChatPage:
     page: Page = field(init=False)
     requests: list[str] = field(default_factory=list)
     socket_urls: list[str] = field(default_factory=list)
+    #: Every frame the page sent on its chat WebSockets, parsed, in order.
+    sent_frames: list[dict[str, Any]] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -200,10 +235,12 @@ class ChatPage:
         origin: str,
         name: str | None = None,
         before_load: Callable[[Page], object] | None = None,
+        path: str = "/",
         **context_options: Any,
     ) -> ChatPage:
-        """Open the page; ``name`` is put where the page keeps it, as if chosen on an earlier
-        visit. ``before_load(page)`` runs before the page loads (to add routes, listeners)."""
+        """Open the page at ``path`` (``"/#dev"``: a link to a room); ``name`` is put where the
+        page keeps it, as if chosen on an earlier visit. ``before_load(page)`` runs before the
+        page loads (to add routes, listeners)."""
         context = browser.new_context(**context_options)
         context.set_default_timeout(UI_TIMEOUT_MS)
         if name is not None:
@@ -218,17 +255,14 @@ class ChatPage:
         chat.page = context.new_page()
         if before_load is not None:
             before_load(chat.page)
-        chat.page.goto(origin + "/")
+        chat.page.goto(origin + path)
         return chat
 
     def _record(self) -> None:
         context = self.context
         context.on("request", lambda request: self.requests.append(request.url))
         # WebSockets are reported per page only: watch every page the context opens.
-        context.on(
-            "page",
-            lambda page: page.on("websocket", lambda socket: self.socket_urls.append(socket.url)),
-        )
+        context.on("page", lambda page: page.on("websocket", self._watch_socket))
 
         def on_dialog(dialog: Dialog) -> None:
             self.dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -248,6 +282,15 @@ class ChatPage:
 
         context.on("console", on_console)
 
+    def _watch_socket(self, socket: WebSocket) -> None:
+        self.socket_urls.append(socket.url)
+
+        def sent(payload: str | bytes) -> None:
+            if isinstance(payload, str):
+                self.sent_frames.append(json.loads(payload))
+
+        socket.on("framesent", sent)
+
     def close(self) -> None:
         self.context.close()
 
@@ -258,19 +301,56 @@ class ChatPage:
         return self.page.locator("#status")
 
     @property
-    def messages(self) -> Locator:
-        return self.page.locator("#messages .message")
+    def log(self) -> Locator:
+        """The log of the room shown."""
+        return self.page.locator(SHOWN_LOG)
 
-    def message(self, text: str) -> Locator:
-        """The rendered messages whose text is exactly ``text``."""
+    def room_log(self, room: str) -> Locator:
+        """The log of ``room``, shown or not."""
+        return self.page.locator(f"#messages .room-log[data-room={room!r}]")
+
+    @property
+    def messages(self) -> Locator:
+        """The messages of the room shown."""
+        return self.log.locator(".message")
+
+    def message(self, text: str, room: str | None = None) -> Locator:
+        """The rendered messages whose text is exactly ``text``, in the room shown or ``room``."""
         exactly = re.compile(f"^{re.escape(text)}$")
-        return self.messages.filter(has=self.page.locator(".text", has_text=exactly))
+        messages = self.messages if room is None else self.room_log(room).locator(".message")
+        return messages.filter(has=self.page.locator(".text", has_text=exactly))
 
     def system(self, kind: str) -> Locator:
-        return self.page.locator(f"#messages .system[data-kind={kind!r}]")
+        return self.log.locator(f".system[data-kind={kind!r}]")
 
-    def texts(self) -> list[str]:
-        return self.page.locator("#messages .message .text").all_text_contents()
+    def texts(self, room: str | None = None) -> list[str]:
+        log = self.log if room is None else self.room_log(room)
+        return log.locator(".message .text").all_text_contents()
+
+    def room_button(self, room: str) -> Locator:
+        """The button of a room joined, in the room list."""
+        return self.page.locator(f"#joined-rooms .room-button[data-room={room!r}]")
+
+    def unread(self, room: str) -> Locator:
+        """The unread count of a room joined ("" when none: hidden)."""
+        return self.room_button(room).locator(".unread-badge")
+
+    def join_room(self, room: str) -> None:
+        """Join (or show) ``room`` by name, as a person would with the form, and wait until its
+        history is shown."""
+        box = self.page.locator("#join-input")
+        box.fill(room)
+        box.press("Enter")
+        self.wait_in_room(room)
+
+    def show_room(self, room: str) -> None:
+        self.room_button(room).click()
+        expect(self.log).to_have_attribute("data-room", room)
+
+    def wait_in_room(self, room: str, timeout: float = UI_TIMEOUT_MS) -> None:
+        """Wait until ``room`` is shown and its history has arrived."""
+        expect(self.log).to_have_attribute("data-room", room, timeout=timeout)
+        expect(self.log).to_have_attribute("data-history", re.compile("^(fresh|resumed)$"))
 
     def wait_online(self, timeout: float = UI_TIMEOUT_MS) -> int:
         """Wait for the page to be connected; returns the pid of the worker it is on."""
@@ -400,3 +480,91 @@ class ScriptedServer:
     def query(self) -> dict[str, list[str]]:
         """The query string of the latest connection."""
         return parse_qs(urlsplit(self.sockets[-1].url).query)
+
+
+#: How often wait_until looks again: it hands control to Playwright meanwhile, which is when
+#: routed WebSockets (FlakyLink, ScriptedServer) record what the page sent.
+POLL_MS = 20
+
+
+def wait_until(page: Page, condition: Callable[[], bool], timeout: float = UI_TIMEOUT_MS) -> None:
+    """Wait until ``condition()`` holds (for what no locator shows: what a page sent through a
+    routed WebSocket), with a deadline."""
+    deadline = time.monotonic() + timeout / 1000
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout} ms: {condition}")
+        page.wait_for_timeout(POLL_MS)
+
+
+def routed_through(link: FlakyLink | ScriptedServer) -> Callable[[Page], object]:
+    """A ``before_load`` for ``ChatPage.open``: the page's chat WebSocket goes through ``link``."""
+
+    def route(page: Page) -> None:
+        page.route_web_socket(re.compile(r"/chat"), link.route)
+
+    return route
+
+
+# Frames for a ScriptedServer to send, as docs/protocol.md and the rooms protocol give them
+
+T0 = 1_795_512_345_678  # a ts, in ms
+
+
+def message(
+    id: int, sender: str, text: str, ts: int | None = None, room: str | None = None
+) -> dict[str, Any]:
+    ts = T0 + id if ts is None else ts
+    frame = {"type": "message", "id": id, "ts": ts, "sender": sender, "message": text}
+    return frame if room is None else {**frame, "room": room}
+
+
+def welcome(worker: int = 7, max_rooms: int | None = None) -> dict[str, Any]:
+    """A welcome frame; with ``max_rooms``, from a server that speaks rooms."""
+    frame = {
+        "type": "welcome",
+        "sender": "server",
+        "message": "You are connected",
+        "worker": worker,
+    }
+    return frame if max_rooms is None else {**frame, "max_rooms": max_rooms}
+
+
+def history(
+    *messages: dict[str, Any],
+    resumed: bool = False,
+    epoch: str | None = None,
+    room: str | None = None,
+) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "history", "resumed": resumed, "messages": list(messages)}
+    if epoch is not None:
+        frame["epoch"] = epoch
+    return frame if room is None else {**frame, "room": room}
+
+
+def presence(
+    users: list[str],
+    joined: tuple[str, ...] = (),
+    left: tuple[str, ...] = (),
+    room: str | None = None,
+    online: int | None = None,
+) -> dict[str, Any]:
+    """A presence frame; by default one more tab is online than there are names (a tab without
+    one)."""
+    frame = {
+        "type": "presence",
+        "online": len(users) + 1 if online is None else online,
+        "users": users,
+        "joined": list(joined),
+        "left": list(left),
+    }
+    return frame if room is None else {**frame, "room": room}
+
+
+def reconnect(chat: ChatPage, script: ScriptedServer) -> None:
+    """Drop the page's connection and wait until it has opened a new one by itself."""
+    drops = chat.system("disconnect").count()
+    script.drop()
+    expect(chat.system("disconnect")).to_have_count(drops + 1)
+    expect(chat.status).to_have_attribute("data-state", "online", timeout=RECONNECT_TIMEOUT_MS)
+    assert len(script.sockets) == drops + 2

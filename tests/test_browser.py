@@ -3,26 +3,38 @@
 Rules: a free loopback port; one browser and one server for the module (the screenshot gets a
 server of its own, with nothing said before it); a browser context per person; no fixed sleeps:
 Playwright's ``expect`` waits for what the page shows, with a timeout. Synchronous on purpose
-(see browser_support.py). Skipped, saying how to install it, where Chromium is missing.
+(see browser_support.py). Skipped, saying how to install it, where Chromium is missing. Rooms
+have tests of their own: test_browser_rooms.py.
 
 The page's DOM contract, which these tests rely on:
 
 - ``#status[data-state]``: ``connecting``, ``online`` or ``offline``; ``data-worker``: the pid
-  of the worker holding the connection, while online; while offline, ``#status-detail`` counts
-  down to the next attempt ("retrying in N s") and ``#retry-button`` skips the wait.
-- ``#messages`` (``role=log``); ``data-history``: ``fresh`` or ``resumed``, the kind of the
-  last history frame the page got (absent if none).
-- ``.message[data-id][data-sender]`` holding ``.sender``, ``time.time`` and ``.text``; class
-  ``own`` for this tab's name, ``history`` for messages sent before this connection.
-- ``.system[data-kind]``: ``welcome`` ("Connected (worker N)"), ``history`` (the "Earlier
-  messages" / "While you were away" divider), ``presence`` ("bob joined"), ``notice`` (with the
-  server's ``data-code``), ``disconnect``.
-- ``#online-count`` ("N online"; "—" and hidden while unknown), ``#online-users li`` (class
-  ``own`` for our name).
+  of the worker holding the connection, while online (an attribute only: people are not shown
+  it); while offline, ``#status-detail`` counts down to the next attempt ("retrying in N s") and
+  ``#retry-button`` skips the wait.
+- ``#messages`` holds one ``.room-log[data-room]`` (``role=log``, labelled "Messages in
+  #room") per room joined; only the shown room's is visible (the others are ``hidden``).
+  ``data-history``: ``fresh`` or ``resumed``, the kind of the room's last history frame
+  (absent if none).
+- ``.message[data-id][data-sender]`` holding ``.sender``, ``time.time`` and ``.text`` (both
+  ``dir=auto``); class ``own`` for this tab's name, ``history`` for messages sent before this
+  connection.
+- ``.system[data-kind]``: ``welcome`` ("Connected"), ``history`` (the "Earlier messages" /
+  "While you were away" divider), ``presence`` ("bob joined", "ann is now bob", "bob left",
+  held a few seconds), ``rename`` (our own: "You are now bob"), ``notice`` (with the server's
+  ``data-code``), ``disconnect``.
+- ``#online-count`` ("N online" in the shown room; "—" and hidden while unknown),
+  ``#online-users li`` (class ``own`` for our name).
 - ``#error[data-code]``: the last error for the sender: the server's error code, ``offline``
-  (sent while not connected), ``unsent`` (the connection dropped before a message came back);
-  ``#name-input`` (``maxlength``: the server's name limit, from its welcome frame),
-  ``#message-input``.
+  (sent while not connected), ``unsent`` (the connection dropped before a message came back,
+  and the page cannot tell whether it arrived), ``queue_full``; ``#name-input`` (``maxlength``:
+  the server's name limit, from its welcome frame), ``#message-input`` (a textarea: Enter
+  sends, Shift+Enter starts a new line), ``#message-counter[data-state]`` (``ok``, ``near``,
+  ``over`` the server's message limit), ``#send-button``.
+- The room list: ``#joined-rooms .room-button[data-room]`` (``aria-current`` on the shown
+  one; ``.unread-badge`` its unread count), ``.leave-button``; ``#join-input`` in
+  ``#join-form``, ``#join-hint`` (why a name is refused); ``#busiest-rooms``;
+  ``#rooms-toggle`` folds the list at narrow widths.
 
 Some tests import the page's modules into a document of their own (``module_page``) to drive
 one module alone, with a stand-in for what it talks to.
@@ -34,27 +46,34 @@ import itertools
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Locator, Page, Response, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Response, expect
 
 from browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    INSTALL_HINT,
     RECONNECT_TIMEOUT_MS,
+    T0,
     ChatPage,
     FlakyLink,
     HandshakeLog,
     ScriptedServer,
     ServerProcess,
+    chromium_browser,
+    history,
+    message,
+    presence,
+    reconnect,
+    routed_through,
+    running_server,
+    token,
+    wait_until,
+    welcome,
 )
-from servers import ROOT, free_port
+from servers import ROOT
 from wsclient import CHROMIUM_EXTENSION_OFFER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
@@ -88,31 +107,12 @@ SHORT_NAME_CHARS = 10
 MAX_ENTRIES = 1000  # static/view.js
 
 
-def token() -> str:
-    """A marker that keeps one test's messages apart from another's on the shared server."""
-    return uuid.uuid4().hex[:6]
-
-
 # Fixtures
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(INSTALL_HINT)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def running_server(**options: Any) -> Iterator[ServerProcess]:
-    server = ServerProcess(free_port(), **options)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from chromium_browser()
 
 
 @pytest.fixture(scope="module")
@@ -179,15 +179,6 @@ def open_chat(browser: Browser, server: ServerProcess) -> Iterator[OpenChat]:
         chat.close()
 
 
-def routed_through(link: FlakyLink | ScriptedServer) -> Callable[[Page], object]:
-    """A ``before_load`` for ``ChatPage.open``: the page's chat WebSocket goes through ``link``."""
-
-    def route(page: Page) -> None:
-        page.route_web_socket(re.compile(r"/chat"), link.route)
-
-    return route
-
-
 def open_on_another_worker(open_chat: OpenChat, worker: int, **options: Any) -> ChatPage:
     """A page whose connection is held by a worker other than ``worker``."""
     for _ in range(WORKER_ATTEMPTS):
@@ -201,7 +192,7 @@ def open_on_another_worker(open_chat: OpenChat, worker: int, **options: Any) -> 
 def no_horizontal_overflow(chat: ChatPage) -> None:
     widths = chat.page.evaluate(
         """() => {
-            const list = document.getElementById('messages');
+            const list = document.querySelector('#messages .room-log:not([hidden])');
             const root = document.scrollingElement;
             return [list.scrollWidth, list.clientWidth, root.scrollWidth, root.clientWidth];
         }"""
@@ -249,7 +240,7 @@ def test_enter_sends_and_focus_stays_in_the_message_box(open_chat: OpenChat) -> 
     chat.page.keyboard.type(text)
     chat.page.keyboard.press("Enter")
 
-    log = chat.page.get_by_role("log", name="Chat messages")
+    log = chat.page.get_by_role("log", name="Messages in #general")
     expect(log).to_have_attribute("aria-live", "polite")
     expect(log.locator(".message").filter(has_text=text)).to_have_count(1)
     expect(box).to_be_focused()
@@ -587,7 +578,7 @@ def test_reconnects_back_off_while_every_connection_is_dropped_at_once(
     next_wait = (1 - BACKOFF_JITTER) * BACKOFF_BASE_SECONDS * 2**BACKOFF_STEPS
     assert link.times[-1] - link.times[-2] < next_wait
     expect(retry).to_be_hidden()
-    expect(chat.page.locator("#messages")).to_have_attribute("data-history", "resumed")
+    expect(chat.log).to_have_attribute("data-history", "resumed")
     text = f"after the flaky link {token()}"
     chat.send(text)
     expect(chat.message(text)).to_have_count(1)
@@ -602,7 +593,7 @@ def test_page_reconnects_by_itself_after_a_restart_and_carries_on(
     tag = token()
     chat = open_chat(name=f"fay-{tag}")
     chat.wait_online()
-    assert chat.last_socket_query() == {"name": [f"fay-{tag}"]}
+    assert chat.last_socket_query() == {"room": ["general"], "name": [f"fay-{tag}"]}
     before = [f"before the restart {tag} {n}" for n in range(2)]
     for text in before:
         chat.send(text)
@@ -636,20 +627,24 @@ def test_page_reconnects_by_itself_after_a_restart_and_carries_on(
 
 
 def test_screenshot_of_a_conversation(browser: Browser, fresh_server: ServerProcess) -> None:
-    """Saved for people to look at: test-artifacts/conversation.png and conversation-phone.png.
-    The first becomes docs/screenshot.png, the README's picture, on purpose only (with
-    TRIO_CHAT_REFRESH_SCREENSHOT=1): a test run leaves the checkout as it found it."""
-    origin = fresh_server.origin
-    bob = ChatPage.open(browser, origin, name="bob", viewport={"width": 390, "height": 720})
+    """Saved for people to look at: test-artifacts/conversation.png and conversation-phone.png,
+    a conversation in one room of several. The first becomes docs/screenshot.png, the README's
+    picture, on purpose only (with TRIO_CHAT_REFRESH_SCREENSHOT=1): a test run leaves the
+    checkout as it found it."""
+    opened: list[ChatPage] = []
+
+    def open_as(name: str, room: str, **options: Any) -> ChatPage:
+        chat = ChatPage.open(browser, fresh_server.origin, name=name, path=f"/#{room}", **options)
+        opened.append(chat)
+        chat.wait_in_room(room)
+        return chat
+
     try:
-        bob.wait_online()
+        bob = open_as("bob", "deploys", viewport={"width": 390, "height": 720})
         bob.send("Morning! The deploy went out at 10, shout if anything looks odd.")
-        ann = ChatPage.open(browser, origin, name="ann", viewport={"width": 900, "height": 600})
-    except BaseException:
-        bob.close()
-        raise
-    try:
-        ann.wait_online()
+        cleo = open_as("cleo", "design")
+        ann = open_as("ann", "design", viewport={"width": 900, "height": 600})
+        ann.join_room("deploys")  # last: the busiest rooms, fetched a moment later, count all
         lines = [
             (ann, "Morning! Four workers and one hub, and I see every message in one order."),
             (bob, "And <script>alert('hi')</script> shows up as plain text."),
@@ -659,6 +654,14 @@ def test_screenshot_of_a_conversation(browser: Browser, fresh_server: ServerProc
             chat.send(text)
             expect(ann.message(text)).to_have_count(1)
             expect(bob.message(text)).to_have_count(1)
+        # News in the rooms ann is not looking at.
+        cleo.send("New icons for the room list are up for review.")
+        cleo.show_room("general")
+        cleo.send("Lunch at 12:30?")
+        expect(ann.unread("general")).to_have_text("1")
+        expect(ann.unread("design")).to_have_text("1")
+        busiest = ann.page.locator("#busiest-rooms .room-button")
+        expect(busiest).to_have_text(["#general3 online", "#deploys2 online", "#design2 online"])
         ann.page.locator("#message-input").fill("Shipping it")
 
         ARTIFACTS.mkdir(exist_ok=True)
@@ -669,8 +672,8 @@ def test_screenshot_of_a_conversation(browser: Browser, fresh_server: ServerProc
         if os.environ.get(REFRESH_SCREENSHOT_VARIABLE) == "1":
             shutil.copyfile(ARTIFACTS / "conversation.png", README_SCREENSHOT)
     finally:
-        ann.close()
-        bob.close()
+        for chat in opened:
+            chat.close()
 
 
 # History, resume and presence (docs/protocol.md; issue 3)
@@ -688,7 +691,7 @@ def test_newcomer_sees_earlier_messages_once_marked_as_history(open_chat: OpenCh
     newcomer = open_chat()
     newcomer.wait_online()
 
-    expect(newcomer.page.locator("#messages")).to_have_attribute("data-history", "fresh")
+    expect(newcomer.log).to_have_attribute("data-history", "fresh")
     expect(newcomer.system("history")).to_have_text("Earlier messages")
     for text in earlier:
         expect(newcomer.message(text)).to_have_count(1)
@@ -722,7 +725,7 @@ def test_dropped_page_resumes_with_exactly_what_it_missed(open_chat: OpenChat) -
     reader.wait_online(timeout=RECONNECT_TIMEOUT_MS)
     for text in missed:
         expect(reader.message(text)).to_have_count(1)
-    expect(reader.page.locator("#messages")).to_have_attribute("data-history", "resumed")
+    expect(reader.log).to_have_attribute("data-history", "resumed")
     after = f"after {tag}"
     author.send(after)
     expect(reader.message(after)).to_have_count(1)
@@ -763,37 +766,6 @@ def test_presence_shows_who_is_online_and_who_came_and_went(open_chat: OpenChat)
 
 # The page against a scripted server: exactly the frames of docs/protocol.md, edge cases too
 
-T0 = 1_795_512_345_678  # a ts, in ms
-
-
-def message(id: int, sender: str, text: str, ts: int | None = None) -> dict[str, Any]:
-    ts = T0 + id if ts is None else ts
-    return {"type": "message", "id": id, "ts": ts, "sender": sender, "message": text}
-
-
-def welcome(worker: int = 7) -> dict[str, Any]:
-    return {"type": "welcome", "sender": "server", "message": "You are connected", "worker": worker}
-
-
-def history(
-    *messages: dict[str, Any], resumed: bool = False, epoch: str | None = None
-) -> dict[str, Any]:
-    frame = {"type": "history", "resumed": resumed, "messages": list(messages)}
-    return frame if epoch is None else {**frame, "epoch": epoch}
-
-
-def presence(
-    users: list[str], joined: tuple[str, ...] = (), left: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """A presence frame; one more tab is online than there are names (a tab without one)."""
-    return {
-        "type": "presence",
-        "online": len(users) + 1,
-        "users": users,
-        "joined": list(joined),
-        "left": list(left),
-    }
-
 
 @pytest.fixture
 def scripted(browser: Browser, server: ServerProcess) -> Iterator[tuple[ChatPage, ScriptedServer]]:
@@ -810,21 +782,12 @@ def scripted(browser: Browser, server: ServerProcess) -> Iterator[tuple[ChatPage
         chat.close()
 
 
-def reconnect(chat: ChatPage, script: ScriptedServer) -> None:
-    """Drop the page's connection and wait until it has opened a new one by itself."""
-    drops = chat.system("disconnect").count()
-    script.drop()
-    expect(chat.system("disconnect")).to_have_count(drops + 1)
-    expect(chat.status).to_have_attribute("data-state", "online", timeout=RECONNECT_TIMEOUT_MS)
-    assert len(script.sockets) == drops + 2
-
-
 def test_scripted_join_shows_history_presence_and_every_message_once(
     scripted: tuple[ChatPage, ScriptedServer],
 ) -> None:
     chat, script = scripted
     assert script.sockets[0].protocols == ["trio-chat.batch"]
-    assert script.query() == {"name": ["ann"]}
+    assert script.query() == {"room": ["general"], "name": ["ann"]}
 
     script.send(
         welcome(worker=7),
@@ -844,14 +807,14 @@ def test_scripted_join_shows_history_presence_and_every_message_once(
     script.send(
         message(2, "ann", "two"),  # a repeat
         message(3, "bob", "three"),
-        presence(["ann", "carl"], joined=("carl",), left=("bob",)),
+        presence(["ann", "bob", "carl"], joined=("carl",), online=4),
     )
 
     expect(chat.message("three")).to_have_count(1)
     expect(chat.message("three")).not_to_have_class(re.compile(r"\bhistory\b"))
     expect(chat.messages).to_have_count(3)
-    expect(chat.system("presence")).to_have_text(["carl joined", "bob left"])
-    expect(chat.page.locator("#online-users li")).to_have_text(["ann", "carl"])
+    expect(chat.system("presence")).to_have_text(["carl joined"])
+    expect(chat.page.locator("#online-users li")).to_have_text(["ann", "bob", "carl"])
 
 
 def test_scripted_reconnect_resumes_and_says_what_was_lost(
@@ -863,7 +826,7 @@ def test_scripted_reconnect_resumes_and_says_what_was_lost(
 
     reconnect(chat, script)
 
-    assert script.query() == {"name": ["ann"], "since": ["3"]}
+    assert script.query() == {"room": ["general"], "since": ["3"], "name": ["ann"]}
     script.send(
         welcome(),
         {"type": "notice", "code": "resume_partial", "message": "...", "first_available": 6},
@@ -874,7 +837,7 @@ def test_scripted_reconnect_resumes_and_says_what_was_lost(
     expect(lost).to_have_text("Some messages from while you were away could not be recovered")
     expect(chat.system("history").last).to_have_text("While you were away")
     expect(chat.message("six")).to_have_class(re.compile(r"\bhistory\b"))
-    expect(chat.page.locator("#messages")).to_have_attribute("data-history", "resumed")
+    expect(chat.log).to_have_attribute("data-history", "resumed")
     assert chat.texts() == ["three", "six"]
 
 
@@ -952,11 +915,11 @@ def test_scripted_reconnect_from_an_empty_room_asks_for_everything_since_its_sta
     while it was away reaches it (a fresh join would leave it to the history's size)."""
     chat, script = scripted
     script.send(welcome(), history(epoch="e1"), presence(["ann"]))
-    expect(chat.page.locator("#messages")).to_have_attribute("data-history", "fresh")
+    expect(chat.log).to_have_attribute("data-history", "fresh")
 
     reconnect(chat, script)
 
-    assert script.query() == {"name": ["ann"], "since": ["e1:0"]}
+    assert script.query() == {"room": ["general"], "since": ["e1:0"], "name": ["ann"]}
 
 
 def send_in_a_room_with_history(chat: ChatPage, script: ScriptedServer, text: str) -> Locator:
@@ -970,16 +933,40 @@ def send_in_a_room_with_history(chat: ChatPage, script: ScriptedServer, text: st
     return box
 
 
-def test_scripted_message_lost_with_the_connection_is_given_back(
+def sent_texts(script: ScriptedServer) -> list[str]:
+    return [frame["message"] for frame in script.received if "message" in frame]
+
+
+def test_scripted_message_lost_with_the_connection_is_sent_again_after_a_clean_resume(
     scripted: tuple[ChatPage, ScriptedServer],
 ) -> None:
+    """A resume without a gap that does not have it proves the message never arrived: it goes
+    out again, by itself, and nothing is said."""
+    chat, script = scripted
+    box = send_in_a_room_with_history(chat, script, "lost on the way")
+
+    reconnect(chat, script)
+    script.send(welcome(), history(resumed=True, epoch="e1"))
+
+    wait_until(chat.page, lambda: sent_texts(script) == ["lost on the way"] * 2)
+    script.send(message(2, "ann", "lost on the way"))
+    expect(chat.message("lost on the way")).to_have_count(1)
+    expect(box).to_have_value("")
+    expect(chat.page.locator("#error")).to_be_empty()
+
+
+def test_scripted_message_lost_before_a_fresh_history_is_given_back(
+    scripted: tuple[ChatPage, ScriptedServer],
+) -> None:
+    """After a fresh history (the server lost our place) the page cannot tell whether the
+    message arrived: it goes back to the person, into the box if empty, else quoted."""
     chat, script = scripted
     box = send_in_a_room_with_history(chat, script, "lost on the way")
     error = chat.page.locator("#error")
+    restarted = {"type": "error", "code": "invalid_resume", "message": "Unknown epoch."}
 
-    # The connection drops before the message comes back, and the resume does not have it.
     reconnect(chat, script)
-    script.send(welcome(), history(resumed=True, epoch="e1"))
+    script.send(welcome(), restarted, history(epoch="e2"))
 
     expect(box).to_have_value("lost on the way")
     expect(error).to_have_attribute("data-code", "unsent")
@@ -990,13 +977,12 @@ def test_scripted_message_lost_with_the_connection_is_given_back(
     expect(box).to_have_value("")
     reconnect(chat, script)
     box.fill("a new draft")
-    script.send(welcome(), history(resumed=True, epoch="e1"))
+    script.send(welcome(), restarted, history(epoch="e3"))
 
     expect(error).to_contain_text("lost again")
     expect(error).to_have_attribute("data-code", "unsent")
     expect(box).to_have_value("a new draft")
-    sent = [frame["message"] for frame in script.received if "message" in frame]
-    assert sent == ["lost on the way", "lost again"]
+    assert sent_texts(script) == ["lost on the way", "lost again"]
 
 
 def test_scripted_message_that_came_back_in_the_resume_is_not_given_back(
@@ -1046,7 +1032,7 @@ def test_scripted_long_session_keeps_the_page_bounded(
         script.send(*(message(id, "bob", f"m {id}") for id in range(first, first + per_frame)))
 
     expect(chat.message(f"m {total}")).to_be_in_viewport()  # the newest, scrolled to
-    expect(chat.page.locator("#messages > *")).to_have_count(MAX_ENTRIES)
+    expect(chat.log.locator("> *")).to_have_count(MAX_ENTRIES)
     expect(chat.message("m 1")).to_have_count(0)  # the oldest made room
     # A repeat of a recent id is still known as one.
     script.send(message(total - 50, "bob", f"m {total - 50}"), message(total + 1, "bob", "next"))
@@ -1194,15 +1180,15 @@ def test_the_chat_url_follows_the_page_scheme_and_host(module_page: Page) -> Non
           const plain = { protocol: 'http:', host: '127.0.0.1:8000' };
           return [
             chatUrl({}, plain),
-            chatUrl({ name: 'ann b&c', since: 5, epoch: 'e1' }, secure),
-            chatUrl({ name: 'ann', since: 0 }, plain),
+            chatUrl({ room: 'dev', name: 'ann b&c', since: 'e1:5' }, secure),
+            chatUrl({ name: 'ann', since: '0' }, plain),
           ];
         }"""
     )
     assert urls == [
         "ws://127.0.0.1:8000/chat",
-        "wss://chat.example:8443/chat?name=ann%20b%26c&since=e1:5",
-        "ws://127.0.0.1:8000/chat?name=ann&since=0",
+        "wss://chat.example:8443/chat?room=dev&since=e1:5&name=ann%20b%26c",
+        "ws://127.0.0.1:8000/chat?since=0&name=ann",
     ]
 
 
