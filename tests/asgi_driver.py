@@ -31,6 +31,30 @@ from trio_chat.hub_link.local import LocalHub
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: The wall clock of ``fixed_clock_hub``-style hubs: every message is stamped with it.
+NOW_MS = 1_700_000_000_123
+DEFAULT_ROOM = Settings().default_room
+
+
+def fixed_clock_hub(history_size: int = 100) -> LocalHub:
+    """An in-process hub that stamps every message with ``NOW_MS``."""
+    return LocalHub(history_size, clock_ms=lambda: NOW_MS)
+
+
+def chat_frame(
+    message_id: int, sender: str, message: str, room: str = DEFAULT_ROOM, ts: int = NOW_MS
+) -> dict[str, Any]:
+    """The frame every member of ``room`` is sent for a published message."""
+    return {
+        "type": "message",
+        "id": message_id,
+        "ts": ts,
+        "room": room,
+        "sender": sender,
+        "message": message,
+    }
+
+
 #: How long the test waits for the app before calling it a hang.
 APP_TIMEOUT_SECONDS = 5.0
 

@@ -27,25 +27,22 @@ from trio_chat.session import BATCH_SUBPROTOCOL
 from trio_chat.worker import ROOMS_LIST_MAX_AGE_SECONDS
 
 from asgi_driver import (
+    DEFAULT_ROOM,
     GatedHub,
     WebSocketClient,
     chat_app,
+    chat_frame,
+    fixed_clock_hub,
     open_chat,
     request,
     running_worker,
 )
 
-NOW_MS = 1_700_000_000_123
-DEFAULT_ROOM = "general"
 #: Most tests send faster than the default rate allows; the rate limit has a test of its own.
 NO_RATE_LIMIT = Settings(rate=0)
 #: So small that a bucket never refills during a test: exactly ``burst`` frames get through.
 NEGLIGIBLE_RATE = 1e-9
 MESSAGE_KEYS = ["type", "id", "ts", "room", "sender", "message"]
-
-
-def fixed_clock_hub(history_size: int = 100) -> LocalHub:
-    return LocalHub(history_size, clock_ms=lambda: NOW_MS)
 
 
 @asynccontextmanager
@@ -59,15 +56,8 @@ async def worker(
 
 
 def chat(message_id: int, room: str, sender: str, message: str) -> dict[str, Any]:
-    """The frame every member of ``room`` is sent for a published message."""
-    return {
-        "type": "message",
-        "id": message_id,
-        "ts": NOW_MS,
-        "room": room,
-        "sender": sender,
-        "message": message,
-    }
+    """``chat_frame`` with the room first, as this file's tests read best."""
+    return chat_frame(message_id, sender, message, room)
 
 
 async def say(client: WebSocketClient, room: str | None, message: str, sender: str = "ann") -> None:

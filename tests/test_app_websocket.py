@@ -32,16 +32,14 @@ from asgi_driver import (
     WebSocketClient,
     chat_app,
     connect_websocket,
+    fixed_clock_hub,
     open_chat,
     request,
     running_worker,
 )
-
-NOW_MS = 1_700_000_000_123
-
-
-def fixed_clock_hub() -> LocalHub:
-    return LocalHub(clock_ms=lambda: NOW_MS)
+from asgi_driver import (
+    chat_frame as chat,
+)
 
 
 @asynccontextmanager
@@ -52,18 +50,6 @@ async def worker(
     app = chat_app(hub, settings)
     async with running_worker(app) as state:
         yield app, state
-
-
-def chat(message_id: int, sender: str, message: str, room: str = "general") -> dict[str, Any]:
-    """The frame every client is sent for a published message."""
-    return {
-        "type": "message",
-        "id": message_id,
-        "ts": NOW_MS,
-        "room": room,
-        "sender": sender,
-        "message": message,
-    }
 
 
 def body(message: str, sender: str = "ann", room: str = "general") -> str:
