@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import loadgen  # type: ignore[import-not-found]
-import psutil
+from redis_server import RedisProcess  # type: ignore[import-not-found]
 from run import (  # type: ignore[import-not-found]
     BENCH,
     SCENARIOS,
@@ -37,45 +36,6 @@ from run import (  # type: ignore[import-not-found]
     log,
     machine,
 )
-
-REDIS_SERVER = "/usr/bin/redis-server"
-REDIS_START_TIMEOUT_SECONDS = 10.0
-
-
-class RedisProcess:
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(folder)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_SECONDS
-        while not _answers(self.port):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.process.pid).cpu_times()
-        return float(times.user + times.system)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
-
-def _answers(port: int) -> bool:
-    import redis
-
-    with contextlib.suppress(redis.RedisError):
-        return bool(redis.Redis(port=port, socket_connect_timeout=0.2).ping())
-    return False
 
 
 def measure(server: Server, redis_process: RedisProcess | None) -> dict[str, Any]:
@@ -103,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
-        redis_process = RedisProcess(Path(folder))
+        redis_process = RedisProcess(Path(folder), free_port())
         redis_spec = ServerSpec("trio_chat-redis", TRIO_CHAT.workers, TRIO_CHAT.args)
         servers: dict[str, Server] = {}
         try:

@@ -39,6 +39,13 @@ first frame has RSV1 set and runs the same fast path over the inflated text, and
 what it sends as Chromium does; if the server refuses, it speaks plain frames. The plain mode
 (the default) is untouched by this: its clients are another class.
 
+Rooms mode (``--rooms N``): client i connects with ``?room=room-<i % N>`` and its messages go
+to that room; the senders are spread over the rooms, each room getting its share of the rate.
+Every check above is then per room: a client must get every message of its room, and a room's
+clients one identical order of them. A frame naming another room (or a chat message naming
+none) is a leak: counted, never a delivery, and a failure. Without it, clients stay in the
+server's default room, as before rooms existed.
+
 Usage: ``python bench/loadgen.py --port 8000 -c 200 -s 10 -r 100 -t 10 [--server-pid PID]``.
 """
 
@@ -110,6 +117,9 @@ class LoadConfig:
     uvloop: bool = True
     #: Speak as a browser: offer permessage-deflate as Chromium does, and send an Origin.
     browser: bool = False
+    #: 0: every client in the server's default room (no ``?room=``). N: client i connects with
+    #: ``?room=room-<i % N>``; a message then reaches its room's members only.
+    rooms: int = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +147,29 @@ def process_schedule(config: LoadConfig, proc: int) -> tuple[float, float, int]:
 
 def total_messages(config: LoadConfig) -> int:
     return sum(process_schedule(config, p)[2] for p in range(config.procs))
+
+
+def room_of(config: LoadConfig, index: int) -> int:
+    """The room (0 to ``rooms`` - 1) of client ``index``; 0 for all without ``--rooms``."""
+    return index % config.rooms if config.rooms else 0
+
+
+def room_name(config: LoadConfig, index: int) -> str | None:
+    """What client ``index`` puts in ``?room=``; None: it stays in the default room."""
+    return f"room-{room_of(config, index)}" if config.rooms else None
+
+
+def room_messages(config: LoadConfig) -> list[int]:
+    """How many messages each room gets (indexed by ``room_of``): process p's message j is
+    sent by its sender ``j % len(senders)``, in that sender's room."""
+    counts = [0] * max(1, config.rooms)
+    for proc in range(config.procs):
+        senders = process_senders(config, proc)
+        count = process_schedule(config, proc)[2]
+        for k, sender in enumerate(senders):
+            turns = count // len(senders) + (1 if k < count % len(senders) else 0)
+            counts[room_of(config, sender)] += turns
+    return counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +270,13 @@ class Client(asyncio.Protocol):
         self.tags: list[bytes] | None = [] if index == proc.reference else None
         self.slow_frames = 0
         self.foreign = 0
+        # Rooms (``--rooms``): this client's room, and how many messages it must get.
+        self.room = room_name(proc.config, index)
+        self._room_bytes = self.room.encode() if self.room else b""
+        self._room_key = b'"room":"%s"' % self._room_bytes if self.room else b""
+        self.expected = proc.room_totals[room_of(proc.config, index)]
+        #: Frames of another room that reached this client (each one a failure).
+        self.leaks = 0
         # Receive buffer: chunks waiting for the frame that spans them.
         self._chunks: list[bytes] = []
         self._have = 0
@@ -255,11 +295,14 @@ class Client(asyncio.Protocol):
     def _request_lines(self) -> list[str]:
         """The handshake request, line by line."""
         config = self.proc.config
-        path = config.path
+        query = []
         if self.index < min(config.senders, config.clients):
             # A sender connects under the name it sends with, as the page does: its first
             # message is then no rename, which would send everyone a presence frame.
-            path += f"?name=s{self.index}"
+            query.append(f"name=s{self.index}")
+        if self.room:
+            query.append(f"room={self.room}")
+        path = config.path + ("?" + "&".join(query) if query else "")
         lines = [
             f"GET {path} HTTP/1.1",
             f"Host: {config.host}:{config.port}",
@@ -371,6 +414,13 @@ class Client(asyncio.Protocol):
             self._slow(data, start, end)
             return
         proc = self.proc
+        # With rooms, a frame naming another room goes to the slow path, which counts it as a
+        # leak (two C-level scans; room names need no escaping, so the bytes are exact).
+        if self._room_key and data.count(b'"room":"', start, end) != data.count(
+            self._room_key, start, end
+        ):
+            self._slow(data, start, end)
+            return
         # Presence frames cost the server a broadcast each: count them (one C-level scan).
         proc.presence_frames += data.count(b'{"type":"presence"', start, end)
         expected = data.count(proc.mark, start, end)
@@ -383,16 +433,23 @@ class Client(asyncio.Protocol):
         if not found:
             return
         now = time.monotonic_ns() // LATENCY_UNIT_NS
-        proc.received += len(found)
         if len(found) == 1:
-            message_id, tag, sent = found[0]
+            message_id, room, tag, sent = found[0]
+            if self._room_key and room != self._room_bytes:
+                self._slow(data, start, end)
+                return
+            proc.received += 1
             self.ids.append(int(message_id))
             self.tag_crc = zlib.crc32(tag + b"|", self.tag_crc)
             proc.latency[now - int(sent)] += 1
             if self.tags is not None:
                 self.tags.append(tag)
             return
-        ids, tags, sents = zip(*found, strict=True)
+        ids, rooms, tags, sents = zip(*found, strict=True)
+        if self._room_key and rooms.count(self._room_bytes) != len(rooms):
+            self._slow(data, start, end)
+            return
+        proc.received += len(found)
         self.ids.extend(map(int, ids))
         self.tag_crc = zlib.crc32(b"|".join(tags) + b"|", self.tag_crc)
         proc.latency.update(map(now.__sub__, map(int, sents)))
@@ -447,7 +504,9 @@ class Client(asyncio.Protocol):
                 self.proc.bad_json += 1
                 continue
             kind = document.get("type") if isinstance(document, dict) else None
-            if kind == "welcome" and self.state == _WELCOMING:
+            if self.room and kind is not None and self._leaked(kind, document):
+                self.leaks += 1
+            elif kind == "welcome" and self.state == _WELCOMING:
                 self.worker_pid = int(document.get("worker") or 0)
                 self.state = _OPEN
                 if not self.ready.done():
@@ -458,6 +517,11 @@ class Client(asyncio.Protocol):
                 self.proc.presence_frames += 1
             elif kind == "error":
                 self.proc.error_frames[str(document.get("code"))] += 1
+
+    def _leaked(self, kind: str, document: dict[str, Any]) -> bool:
+        """With rooms: a frame of another room, or a chat message of none, reached us."""
+        room = document.get("room")
+        return room != self.room if kind == "message" else room not in (None, self.room)
 
     def _slow_message(self, document: dict[str, Any], now: int) -> None:
         text = document.get("message")
@@ -650,17 +714,22 @@ class Process:
         self.reference = self.indices[0] if self.indices else -1
         self.tag_prefix = f"bm:{run_tag}:"
         self.mark = b'"' + self.tag_prefix.encode()
-        # trio_chat's frames: {"type":"message","id":N,"ts":T,"sender":"..","message":"bm:RUN:
-        # S:Q:SENT.."} (spaces after separators allowed). If a run of frames holds more of this
-        # run's tags than the strict pattern finds, a looser one is tried (other keys in
-        # between; [^}] keeps a match inside one object), then the JSON slow path.
+        #: Messages each room gets (``room_messages``): what each of its members must receive.
+        self.room_totals = room_messages(config)
+        # trio_chat's frames: {"type":"message","id":N,"ts":T,"room":"..","sender":"..",
+        # "message":"bm:RUN:S:Q:SENT.."} (the baseline's have no "room"; spaces after
+        # separators allowed). Each match is (id, room or b"", sender:seq, sent). If a run of
+        # frames holds more of this run's tags than the strict pattern finds, a looser one is
+        # tried (other keys in between; [^}] keeps a match inside one object), then the JSON
+        # slow path.
         tag = re.escape(self.tag_prefix.encode()) + rb"(\d+:\d+):(\d+)"
         self.strict_findall = re.compile(
-            rb'\{"type": ?"message", ?"id": ?(\d+), ?"ts": ?\d+, ?"sender": ?"[^"\\]*", ?'
-            rb'"message": ?"' + tag
+            rb'\{"type": ?"message", ?"id": ?(\d+), ?"ts": ?\d+, ?(?:"room": ?"([^"\\]*)", ?)?'
+            rb'"sender": ?"[^"\\]*", ?"message": ?"' + tag
         ).findall
         self.lazy_findall = re.compile(
-            rb'\{"type": ?"message", ?"id": ?(\d+),[^}]*?"message": ?"' + tag
+            rb'\{"type": ?"message", ?"id": ?(\d+),(?:[^}]*?"room": ?"([^"\\]*)")?[^}]*?'
+            rb'"message": ?"' + tag
         ).findall
         self.padding = (" " + "x" * (config.pad - 1)).encode() if config.pad > 0 else b""
         self.latency: Counter[int] = Counter()
@@ -738,13 +807,16 @@ class Process:
                 j += 1
         return {"sent": count, "max_late_ms": max(lateness, default=0) / 1e6}
 
-    async def drain(self, total: int, deadline: float) -> None:
-        """Wait until every open client has all ``total`` messages, or the deadline."""
+    async def drain(self, deadline: float) -> None:
+        """Wait until every open client has all its room's messages, or the deadline."""
+        expected = sum(client.expected for client in self.clients)
         while time.monotonic() < deadline:
-            if self.received >= total * len(self.clients):
+            if self.received >= expected:
                 return
             if self.closed and all(
-                len(client.ids) >= total for client in self.clients if client.state != _CLOSED
+                len(client.ids) >= client.expected
+                for client in self.clients
+                if client.state != _CLOSED
             ):
                 return
             await asyncio.sleep(0.01)
@@ -766,6 +838,8 @@ class Process:
                     "worker": client.worker_pid,
                     "batch": client.batch_selected,
                     "foreign": client.foreign,
+                    "room": room_of(self.config, client.index),
+                    "leaks": client.leaks,
                 }
             )
         tag_duplicates = 0
@@ -837,7 +911,7 @@ async def _process_async(config: LoadConfig, proc: int, run_tag: str, pipe: Any)
         )
         sent = await process.send_all(t0_ns)
         end = t0_ns / 1e9 + config.duration
-        await process.drain(total, max(end, time.monotonic()) + config.drain)
+        await process.drain(max(end, time.monotonic()) + config.drain)
         pipe.send(("drained", {**sent, "cpu": _cpu_seconds() - cpu_before}))
         await loop.run_in_executor(None, pipe.recv)
         pipe.send(("report", process.report(total)))
@@ -1016,9 +1090,17 @@ def _merge(config: LoadConfig, **m: Any) -> dict[str, Any]:
     received = sum(c["received"] for c in clients)
     duplicates = sum(c["duplicates"] for c in clients)
     duplicates += sum(r["tag_duplicates_reference"] for r in reports)
-    expected = total * connected
-    complete = [c for c in clients if c["received"] - c["duplicates"] == total]
-    keys = {tuple(c["order_key"]) for c in complete}
+    # Each client must get every message of its room (one room without ``--rooms``), and the
+    # clients of a room that got them all, one identical order of them.
+    room_totals = room_messages(config)
+    expected = sum(room_totals[c["room"]] for c in clients)
+    complete = [c for c in clients if c["received"] - c["duplicates"] == room_totals[c["room"]]]
+    orders: dict[int, set[tuple[int, int]]] = collections.defaultdict(set)
+    for c in complete:
+        orders[c["room"]].add(tuple(c["order_key"]))
+    room_loss: Counter[int] = Counter()
+    for c in clients:
+        room_loss[c["room"]] += room_totals[c["room"]] - (c["received"] - c["duplicates"])
     latency: Counter[int] = Counter()
     for report in reports:
         latency.update({int(k): v for k, v in report["latency"].items()})
@@ -1042,9 +1124,16 @@ def _merge(config: LoadConfig, **m: Any) -> dict[str, Any]:
         "clients_complete": len(complete),
         "clients_closed": Counter(str(c["close_code"]) for c in clients if c["close_code"]),
         "ids_increasing": all(c["increasing"] for c in clients),
-        # Among the clients that got every message (None if none did).
-        "identical_order": len(keys) == 1 if complete else None,
-        "order_groups": len(keys),
+        # Among the clients that got every message (None if none did); per room with rooms.
+        "identical_order": all(len(keys) == 1 for keys in orders.values()) if complete else None,
+        "order_groups": sum(len(keys) for keys in orders.values()),
+        # Rooms (``--rooms``): how many, the fewest and most messages a room got, the rooms
+        # with a loss, and frames of another room that reached a client (each a failure).
+        "rooms": config.rooms,
+        "room_messages_min_max": (min(room_totals), max(room_totals)),
+        "rooms_with_loss": sum(1 for loss in room_loss.values() if loss),
+        "leaks": sum(c["leaks"] for c in clients),
+        "clients_with_leaks": sum(1 for c in clients if c["leaks"]),
         "latency_ms": {
             "p50": percentile(histogram, count, 0.50),
             "p90": percentile(histogram, count, 0.90),
@@ -1116,7 +1205,10 @@ def _merge(config: LoadConfig, **m: Any) -> dict[str, Any]:
     }
     result["order_ok"] = result["ids_increasing"] and result["identical_order"] is not False
     result["complete"] = (
-        connected == config.clients and result["loss"] == 0 and result["duplicates"] == 0
+        connected == config.clients
+        and result["loss"] == 0
+        and result["duplicates"] == 0
+        and result["leaks"] == 0
     )
     result["held"] = held(result)
     return result
@@ -1227,6 +1319,7 @@ def one_line(r: dict[str, Any]) -> str:
         + (f"server {cpu:.2f} µs/delivery, " if cpu is not None else "")
         + f"loadgen {r['loadgen_cpu_us_per_delivery'] or 0:.2f} µs/delivery, "
         f"other {r['other_cpu_cores']:.2f} cores, order {_order_text(r)}"
+        + (f", {r['rooms']} rooms, {r['leaks']} frames of another room" if r.get("rooms") else "")
         + (f", deflate {_deflate_text(r)}" if r["config"]["browser"] else "")
         + (f", clients per worker {spread}" if (spread := worker_spread(r)) else "")
         + ("" if r["held"] else f" [{', '.join(failures(r))}]")
@@ -1256,6 +1349,8 @@ def failures(r: dict[str, Any]) -> list[str]:
         reasons.append(f"{r['duplicates']:,} duplicates")
     if not r["order_ok"]:
         reasons.append("order broken")
+    if r.get("leaks"):
+        reasons.append(f"{r['leaks']:,} frames of another room ({r['clients_with_leaks']} clients)")
     if not r["latency_ms"]["p99"] <= SWEEP_P99_LIMIT_MS:
         reasons.append(f"p99 over {SWEEP_P99_LIMIT_MS:.0f} ms")
     return reasons
@@ -1282,8 +1377,9 @@ def summarize(r: dict[str, Any]) -> str:
         f"{r['sender_max_late_ms']:.1f} ms late), {r['unsent']} unsent",
         f"deliveries     expected {r['expected']}, received {r['received']}, "
         f"loss {r['loss']}, duplicates {r['duplicates']}",
-        f"order          ids increasing: {r['ids_increasing']}; one identical order: "
-        f"{r['identical_order']} ({r['clients_complete']} complete clients)",
+        f"order          ids increasing: {r['ids_increasing']}; one identical order"
+        + (" per room" if r["rooms"] else "")
+        + f": {r['identical_order']} ({r['clients_complete']} complete clients)",
         f"latency        p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
         f"max {lat['max']:.2f} ms",
         f"frames         {r['frames_received']:,} read while measuring, "
@@ -1320,6 +1416,13 @@ def summarize(r: dict[str, Any]) -> str:
         )
     else:
         lines.append("deflate        not offered (plain clients)")
+    if r["rooms"]:
+        low, high = r["room_messages_min_max"]
+        lines.append(
+            f"rooms          {r['rooms']}, {low} to {high} messages each; rooms with a loss "
+            f"{r['rooms_with_loss']}; frames of another room received {r['leaks']} "
+            f"({r['clients_with_leaks']} clients)"
+        )
     if r["server_rss_connected"]:
         lines.append(
             f"server RSS     {r['server_rss_connected'] / 2**20:.1f} MiB connected = "
@@ -1361,12 +1464,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--browser", action="store_true", help="offer permessage-deflate as Chromium does"
     )
+    parser.add_argument(
+        "--rooms", type=int, default=0, help="client i joins ?room=room-<i %% N> (0: no room)"
+    )
     args = parser.parse_args(argv)
     config = LoadConfig(
         host=args.host, port=args.port, path=args.path, clients=args.clients,
         senders=args.senders, rate=args.rate, duration=args.duration, drain=args.drain,
         batch=args.batch, procs=args.procs, pad=args.pad, server_pid=args.server_pid,
-        uvloop=not args.no_uvloop, browser=args.browser,
+        uvloop=not args.no_uvloop, browser=args.browser, rooms=args.rooms,
     )  # fmt: skip
     if args.sweep:
         outcome = sweep(config, args.rate, log=lambda line: print(line, flush=True))

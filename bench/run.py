@@ -1,7 +1,8 @@
 """Run the whole benchmark: trio_chat against the baseline, side by side, and write the table.
 
-    python bench/run.py                      # every scenario, 3 runs each, about 20 minutes
-    python bench/run.py --scenario fanout    # one scenario (fanout, sweep, batch, scale, browser)
+    python bench/run.py                      # every scenario, 3 runs each, about 25 minutes
+    python bench/run.py --scenario fanout    # one scenario (fanout, sweep, batch, scale, browser,
+                                             # rooms)
     python bench/run.py --quick              # short durations: checks that everything works
     python bench/run.py --runs 5             # medians of 5 runs
 
@@ -16,6 +17,11 @@ next one. Results go to bench/results.md (and the raw figures to bench/results.j
 The browser scenario compares trio_chat with itself instead: default settings and
 ``TRIO_CHAT_WEBSOCKET_COMPRESSION=on``, each measured with the plain load generator and with
 its browser mode (clients that offer permessage-deflate as Chromium does).
+
+The rooms scenario measures three setups side by side at the same deliveries per second:
+trio_chat with one room, trio_chat with 100 rooms of 10, and the baseline with one room; then,
+on a fresh server of each hub backend, what a worker pays for a room it has no member in
+(``room_cost.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import loadgen  # noqa: E402
+import redis_server  # noqa: E402
+import room_cost  # noqa: E402
 
 SERVER_START_TIMEOUT_SECONDS = 60.0
 SERVER_STOP_TIMEOUT_SECONDS = 10.0
@@ -273,6 +281,27 @@ SCENARIOS = {
         idle_quick=dict(clients=1_000, connect_timeout=30.0),
     ),
 }
+
+#: The rooms scenario's loads: the same deliveries per second (10,000) in one room of 200 and in
+#: 100 rooms of 10. 20,000 (the fan-out scenario's) would be 2,000 messages/s in rooms of 10,
+#: more than this 2-core machine holds with the load generator on it (p99 near 2 s).
+ROOMS_ONE_ROOM = dict(clients=200, senders=10, rate=50.0, duration=10.0, drain=5.0, procs=2)
+ROOMS_MANY = dict(
+    clients=1_000, senders=200, rooms=100, rate=1_000.0, duration=10.0, drain=5.0, procs=2
+)
+ROOMS_MANY_QUICK = dict(clients=200, senders=40, rooms=20, duration=3.0, drain=3.0)
+#: What a worker pays for a room it has no member in (``room_cost.ProbeConfig``).
+ROOMS_PROBE = dict(members=10, probes=160, rate=200.0, duration=10.0)
+ROOMS_PROBE_QUICK = dict(duration=3.0)
+SCENARIOS["rooms"] = Scenario(
+    "rooms",
+    "(f) rooms: trio_chat with one room and with 100 rooms of 10 at the same deliveries per "
+    "second, the baseline with one room; and what a worker pays for a room it has no member in",
+    "rooms",
+    ROOMS_ONE_ROOM,
+    FANOUT_QUICK,
+)
+
 SWEEP_FACTOR = 1.5
 SWEEP_MAX_STEPS = 25
 #: Later runs of a sweep start this many x1.5 steps below the previous run's best rate.
@@ -439,6 +468,100 @@ def run_browser_scenario(
     finally:
         servers.stop_all()
     return results
+
+
+@dataclasses.dataclass(frozen=True)
+class RoomsSetup:
+    """A row of the rooms scenario: a server and a load."""
+
+    key: str
+    server: ServerSpec
+    load: dict[str, Any]
+    quick: dict[str, Any]
+
+    def args(self, quick: bool, procs: int | None) -> dict[str, Any]:
+        args = {**self.load, **(self.quick if quick else {})}
+        if procs:
+            args["procs"] = procs
+        return args
+
+    def label(self, quick: bool) -> str:
+        a = self.args(quick, None)
+        rooms = a.get("rooms", 0)
+        shape = (
+            f"{rooms} rooms of {a['clients'] // rooms}" if rooms else f"one room of {a['clients']}"
+        )
+        return f"{self.server.name}, {shape}, {a['senders']} senders, {a['rate']:,.0f} msg/s"
+
+
+#: (a), (b), (c): the first is the reference of (b)'s ratios, the last of (a)'s.
+ROOMS_SETUPS = (
+    RoomsSetup("one_room", TRIO_CHAT, ROOMS_ONE_ROOM, FANOUT_QUICK),
+    RoomsSetup("many_rooms", TRIO_CHAT, ROOMS_MANY, ROOMS_MANY_QUICK),
+    RoomsSetup("baseline", BASELINE, ROOMS_ONE_ROOM, FANOUT_QUICK),
+)
+#: The no-member probes' keys in the results, by hub backend.
+NO_MEMBER_MANAGER, NO_MEMBER_REDIS = "no_member_manager", "no_member_redis"
+
+
+def run_rooms_scenario(
+    scenario: Scenario, runs: int, quick: bool, procs: int | None, log_dir: Path
+) -> dict[str, list[Any]]:
+    """Each run measures (a), (b) and (c) in turn (alternating the order) on fresh servers,
+    stops them, then probes what a worker pays for a room it has no member in: on a fresh
+    trio_chat with the manager hub, and with the Redis hub if ``redis-server`` is installed."""
+    log(f"\n{scenario.title}" + (" [quick]" if quick else ""))
+    results: dict[str, list[Any]] = {setup.key: [] for setup in ROOMS_SETUPS}
+    results[NO_MEMBER_MANAGER] = []
+    probes = [NO_MEMBER_MANAGER]
+    if redis_server.available():
+        results[NO_MEMBER_REDIS] = []
+        probes.append(NO_MEMBER_REDIS)
+    else:
+        log("  redis-server not installed: the Redis hub's probe is left out")
+    probe_args = {**ROOMS_PROBE, **(ROOMS_PROBE_QUICK if quick else {})}
+    servers = Servers(log_dir)
+    try:
+        for run in range(runs):
+            log(f" run {run + 1}/{runs}")
+            order = ROOMS_SETUPS if run % 2 == 0 else ROOMS_SETUPS[::-1]
+            for setup in order:
+                args = setup.args(quick, procs)
+                label = f"{_row_name(setup.key)} {setup.server.name}"
+                results[setup.key].append(measure_load(servers, setup.server, args, label))
+            servers.stop_all()  # the probes' servers run alone; the next run starts afresh
+            for key in probes if run % 2 == 0 else probes[::-1]:
+                results[key].append(_probe(key == NO_MEMBER_REDIS, probe_args, log_dir))
+    finally:
+        servers.stop_all()
+    return results
+
+
+def _probe(redis: bool, probe_args: dict[str, Any], log_dir: Path) -> dict[str, Any]:
+    """One no-member probe on a fresh trio_chat (with a fresh ``redis-server`` as its hub if
+    ``redis``), stopped afterwards."""
+    redis_process = redis_server.RedisProcess(log_dir, free_port()) if redis else None
+    spec = TRIO_CHAT
+    extra: tuple[tuple[str, int], ...] = ()
+    if redis_process is not None:
+        env = (("TRIO_CHAT_HUB", redis_process.url),)
+        spec = dataclasses.replace(TRIO_CHAT, name="trio_chat-redis", env=env)
+        extra = (("redis", redis_process.pid),)
+    server = None
+    try:
+        server = Server(spec, log_dir)
+        server.wait_ready()
+        config = room_cost.ProbeConfig(
+            port=server.port, server_pid=server.pid, extra_pids=extra, **probe_args
+        )
+        result = room_cost.measure(config)
+    finally:
+        if server is not None:
+            server.stop()
+        if redis_process is not None:
+            redis_process.stop()
+    log(f"  no member, {spec.name:15}: " + room_cost.one_line(result))
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -755,6 +878,142 @@ def browser_per_run_lines(results: dict[str, list[Any]]) -> list[str]:
     return lines
 
 
+def _per_message(r: dict[str, Any]) -> float | None:
+    """Server CPU per message sent (µs): what a message costs, its deliveries included."""
+    cpu, sent = r["server_cpu_seconds"], r["messages_sent"]
+    return cpu / sent * 1e6 if cpu is not None and sent else None
+
+
+def _hub_per_delivery(r: dict[str, Any]) -> float | None:
+    hub = r["server_cpu_by_role"].get("hub")
+    return hub / r["received"] * 1e6 if hub is not None and r["received"] else None
+
+
+_ROOMS_CPU = Figure(
+    "server CPU per delivery (µs)", lambda r: r["server_cpu_us_per_delivery"], "{:.1f}"
+)
+_ROOMS_P99 = Figure("latency p99 (ms)", _latency("p99"), "{:.1f}")
+#: The rooms table's columns: what each row shows (medians).
+ROOMS_FIGURES = [
+    Figure("deliveries/s", lambda r: r["deliveries_per_second"], "{:,.0f}"),
+    _ROOMS_CPU,
+    Figure("of which the hub (µs)", _hub_per_delivery, "{:.1f}"),
+    Figure("server CPU per message (µs)", _per_message, "{:,.0f}"),
+    Figure("latency p50 (ms)", _latency("p50"), "{:.1f}"),
+    _ROOMS_P99,
+    Figure("clients on the busiest worker", loadgen.busiest_worker_share, "{:.0%}"),
+    Figure(
+        "load generator CPU per delivery (µs)", lambda r: r["loadgen_cpu_us_per_delivery"], "{:.1f}"
+    ),
+    Figure("other processes (cores)", lambda r: r["other_cpu_cores"], "{:.2f}"),
+]
+#: The ratios shown under it: (row, reference row), each the median of the runs' ratios.
+ROOMS_RATIOS = (("many_rooms", "one_room"), ("one_room", "baseline"))
+ROOMS_RATIO_FIGURES = (_ROOMS_CPU, _ROOMS_P99)
+
+
+def _row_name(key: str) -> str:
+    return "(" + "abc"[[setup.key for setup in ROOMS_SETUPS].index(key)] + ")"
+
+
+def rooms_table(results: dict[str, list[Any]], quick: bool) -> list[str]:
+    """One row per setup (medians of the runs), the ratios side by side, and the no-member
+    probes."""
+    lines = [
+        "| setup | " + " | ".join(f.label for f in ROOMS_FIGURES) + " | loss, duplicates, "
+        "frames of another room (all runs) | one identical order (per room) |",
+        "| --- |" + " ---: |" * len(ROOMS_FIGURES) + " ---: | ---: |",
+    ]
+    for setup in ROOMS_SETUPS:
+        runs = results[setup.key]
+        cells = [f"{_row_name(setup.key)} {setup.label(quick)}"]
+        cells += [_fmt(f.fmt, _median([f.get(r) for r in runs])) for f in ROOMS_FIGURES]
+        faults = [sum(r[k] for r in runs) for k in ("loss", "duplicates", "leaks")]
+        cells.append(", ".join(f"{n:,}" for n in faults))
+        cells.append(f"{sum(r['order_ok'] for r in runs)} of {len(runs)} runs")
+        lines.append("| " + " | ".join(cells) + " |")
+    ratio_figures = ROOMS_RATIO_FIGURES
+    lines += [
+        "",
+        "| ratio (median of the runs' ratios) | "
+        + " | ".join(f.label for f in ratio_figures)
+        + " |",
+        "| --- |" + " ---: |" * len(ratio_figures),
+    ]
+    for key, base in ROOMS_RATIOS:
+        cells = [f"{_row_name(key)} / {_row_name(base)}"]
+        for figure in ratio_figures:
+            values = [figure.get(r) for r in results[key]]
+            bases = [figure.get(r) for r in results[base]]
+            cells.append(_fmt("{:.2f}", _median_ratio(values, bases)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, "", *no_member_table(results)]
+
+
+#: The no-member probes' columns (medians of the runs).
+NO_MEMBER_FIGURES = [
+    Figure("idle (ms CPU/s)", lambda r: r["nonmember_threads_idle_cores"] * 1e3, "{:.2f}"),
+    Figure("loaded (ms CPU/s)", lambda r: r["nonmember_threads_load_cores"] * 1e3, "{:.2f}"),
+    Figure(
+        "added per busy-room message (µs)",
+        lambda r: r["nonmember_threads_us_per_message"],
+        "{:+.2f}",
+    ),
+    Figure(
+        "same from /proc/PID/stat, 10 ms ticks (µs)",
+        lambda r: r["nonmember_us_per_message"],
+        "{:+.1f}",
+    ),
+    Figure("member worker per message (µs)", lambda r: r["member_us_per_message"], "{:,.0f}"),
+    Figure("hub or redis-server per message (µs)", lambda r: r["hub_us_per_message"], "{:,.0f}"),
+]
+
+
+def no_member_table(results: dict[str, list[Any]]) -> list[str]:
+    probes = {NO_MEMBER_MANAGER: "manager", NO_MEMBER_REDIS: "Redis"}
+    lines = [
+        "What a worker pays for a room it has no member in: one worker holds the busy room's "
+        "members, each other worker a client of another room; the figures are the workers "
+        "without a member in the busy room (mean of them, median of the runs), from their "
+        "threads' nanosecond counters.",
+        "",
+        "| hub | busy room | "
+        + " | ".join(f.label for f in NO_MEMBER_FIGURES)
+        + " | delivered, frames of another room (all runs) |",
+        "| --- | --- |" + " ---: |" * len(NO_MEMBER_FIGURES) + " ---: |",
+    ]
+    for key, hub in probes.items():
+        runs = results.get(key)
+        if not runs:
+            continue
+        first = runs[0]
+        busy = (
+            f"{first['config']['rate']:g} msg/s, {first['members']} members on one worker; "
+            f"{len(first['workers_without_member'])} workers without"
+        )
+        cells = [hub, busy]
+        cells += [_fmt(f.fmt, _median([f.get(r) for r in runs])) for f in NO_MEMBER_FIGURES]
+        delivered = sum(r["delivered"] for r in runs)
+        expected = sum(r["expected"] for r in runs)
+        cells.append(f"{delivered:,}/{expected:,}, {sum(r['leaks'] for r in runs)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def rooms_per_run_lines(results: dict[str, list[Any]], quick: bool) -> list[str]:
+    lines = []
+    for setup in ROOMS_SETUPS:
+        for i, run in enumerate(results[setup.key], 1):
+            lines.append(
+                f"- {_row_name(setup.key)} {setup.label(quick)}, run {i}: {loadgen.one_line(run)}"
+            )
+    for key in (NO_MEMBER_MANAGER, NO_MEMBER_REDIS):
+        for i, run in enumerate(results.get(key, []), 1):
+            hub = key.removeprefix("no_member_")
+            lines.append(f"- no member, {hub} hub, run {i}: {room_cost.one_line(run)}")
+    return lines
+
+
 def per_run_lines(name: str, results: dict[str, list[Any]]) -> list[str]:
     lines = []
     for server, runs in results.items():
@@ -823,9 +1082,10 @@ def write_results(
         "",
         f"`python bench/run.py {' '.join(sys.argv[1:])}`: medians of {args.runs} runs; "
         "each ratio is trio_chat / baseline (in the browser scenario: this row / the default "
-        "server with plain clients), the median of the ratios measured side by side in "
-        "the same run. Each figure is a median of its own, so figures of one server may come "
-        f"from different runs. Took {elapsed / 60:.1f} minutes.",
+        "server with plain clients; in the rooms scenario, as its ratio table says), the "
+        "median of the ratios measured side by side in the same run. Each figure is a median "
+        "of its own, so figures of one server may come from different runs."
+        f" Took {elapsed / 60:.1f} minutes.",
         "",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in info.items()) + ".",
         "",
@@ -836,6 +1096,12 @@ def write_results(
     for name, results in all_results.items():
         scenario = SCENARIOS[name]
         lines += ["", f"## {scenario.title}" + (" [quick]" if args.quick else ""), ""]
+        if scenario.kind == "rooms":
+            lines += rooms_table(results, args.quick)
+            lines += ["", "<details><summary>every run</summary>", ""]
+            lines += rooms_per_run_lines(results, args.quick)
+            lines += ["", "</details>"]
+            continue
         browser = scenario.kind == "browser"
         lines += browser_table(results) if browser else table(name, results)
         lines += ["", "<details><summary>every run</summary>", ""]
@@ -874,7 +1140,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="trio-chat-bench-") as log_dir:
         for name in names:
             scenario = SCENARIOS[name]
-            runner = run_browser_scenario if scenario.kind == "browser" else run_scenario
+            runner = {"browser": run_browser_scenario, "rooms": run_rooms_scenario}.get(
+                scenario.kind, run_scenario
+            )
             all_results[name] = runner(scenario, args.runs, args.quick, args.procs, Path(log_dir))
             write_results(args.output, all_results, args, time.monotonic() - started)
     log(f"\nwrote {args.output} in {(time.monotonic() - started) / 60:.1f} minutes")
