@@ -582,3 +582,18 @@ async def test_a_worker_gets_the_frames_of_the_rooms_its_members_are_in(
 
 def _unexpected_failure() -> None:
     raise AssertionError("the body should have been published")
+
+
+async def test_a_leave_still_on_its_way_does_not_undo_a_join_of_the_same_room(
+    backend: InProcessBackend,
+) -> None:
+    async with joined_worker(backend) as worker:
+        await worker.link.snapshot("lobby", None, None, 7, "cy")
+        backend.updates_open.clear()
+        worker.link.absent(7, "lobby")  # The leave's round trip is under way, and held...
+        await trio.testing.wait_all_tasks_blocked()
+        await worker.link.snapshot("lobby", None, None, 7, "cy")  # ...when the client joins again.
+        backend.updates_open.set()
+        with trio.fail_after(DEADLINE_SECONDS):
+            await worker.link.publish(body("ann", "after both"))  # Published after the leave.
+        assert ("lobby", 1) in backend.core.rooms()
