@@ -97,13 +97,13 @@ class ChatApp:
         worker = _worker(scope)
         head = scope["method"] == "HEAD"
         try:
-            if worker is None:
-                raise HubUnavailable("no worker")
-            rooms = await worker.busiest_rooms()
+            rooms = None if worker is None else await worker.busiest_rooms()
         except HubUnavailable:
+            rooms = None
+        if rooms is None:
             await send_json(send, 503, {"error": "hub_unavailable"}, head=head)
-            return
-        await send_json(send, 200, {"rooms": rooms_listing(rooms)}, head=head)
+        else:
+            await send_json(send, 200, {"rooms": rooms_listing(rooms)}, head=head)
 
 
 def _count_tasks() -> int:

@@ -81,7 +81,7 @@ class CatchUp:
         kept = []
         for frame in batch:
             room = frame_room(frame)
-            if room in self._not_joined and covered_by(frame, None) is not None:
+            if room in self._not_joined and in_hub_order(frame):
                 continue
             snapshot = None if room is None else self._catching_up.get(room)
             if snapshot is None:
@@ -97,14 +97,18 @@ class CatchUp:
         return kept
 
 
-def covered_by(frame: str, snapshot: Snapshot | None) -> bool | None:
-    """Whether the snapshot already covers this frame of its room (``None``: no snapshot,
-    nothing is covered); None for frames outside the hub's order (error frames, ``left``),
-    which neither repeat nor end the catching up."""
+def covered_by(frame: str, snapshot: Snapshot) -> bool | None:
+    """Whether the snapshot already covers this frame of its room; None for frames outside the
+    hub's order (error frames, ``left``), which neither repeat nor end the catching up."""
     message = message_id(frame)
     if message is not None:
-        return snapshot is not None and message <= snapshot.last_id
+        return message <= snapshot.last_id
     version = presence_version(frame)
     if version is not None:
-        return snapshot is not None and version <= snapshot.presence_version
+        return version <= snapshot.presence_version
     return None
+
+
+def in_hub_order(frame: str) -> bool:
+    """Whether ``frame`` is one of the hub's (a message or presence frame)."""
+    return message_id(frame) is not None or presence_version(frame) is not None

@@ -110,7 +110,7 @@ class Subscriber:
     def offer(self, item: Queued) -> bool:
         """Queue a batch (or a join) without waiting; False if it would not fit (or the channel
         is closed)."""
-        size = _size(item)
+        size = queued_frames(item)
         if self.waiting + size > self._buffer_size:
             return False
         try:
@@ -147,13 +147,14 @@ class Subscriber:
 
     def taken(self, item: Queued) -> None:
         """The writer has sent ``item``: its frames no longer count as waiting."""
-        self.waiting -= _size(item)
+        self.waiting -= queued_frames(item)
 
     def close(self) -> None:
         self._send_channel.close()
 
 
-def _size(item: Queued) -> int:
+def queued_frames(item: Queued) -> int:
+    """How many frames an item of a subscriber's channel counts for (a join: one)."""
     return 1 if isinstance(item, PendingJoin) else len(item)
 
 

@@ -27,7 +27,7 @@ import trio
 
 from .asgi_types import Receive, Scope, Send
 from .catch_up import CatchUp, opening_frames
-from .fanout import PendingJoin, Subscriber
+from .fanout import PendingJoin, Subscriber, queued_frames
 from .guards import TokenBucket, origin_allowed
 from .hub_link import HubUnavailable
 from .logs import log_event
@@ -226,9 +226,9 @@ class Session:
         """The frames a client gets first: welcome, and what was wrong with its URL."""
         frames = [welcome_frame(self._worker.pid, self._worker.limits)]
         for error in self._request.errors:
-            if error.code is ErrorCode.INVALID_RESUME:
-                error.room = self._first_room  # ``since`` in the URL is for the first room.
-            frames.append(error.frame())
+            # ``since`` in the URL is for the first room.
+            room = self._first_room if error.code is ErrorCode.INVALID_RESUME else error.room
+            frames.append(error_frame(error.code, error.message, room=room))
         return frames
 
     async def _join(
@@ -417,14 +417,13 @@ class Session:
             if trio.current_time() < due:
                 await subscriber.linger(due)  # Let more join this frame.
             items = [item]
-            waiting = len(item) if not isinstance(item, PendingJoin) else 1
+            waiting = queued_frames(item)
             while waiting < MAX_FRAMES_PER_BATCH:
                 try:
                     items.append(channel.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                last = items[-1]
-                waiting += 1 if isinstance(last, PendingJoin) else len(last)
+                waiting += queued_frames(items[-1])
             frames = [frame for each in items for frame in await fresh.frames_of(each)]
             if frames:
                 pacer.spend()
