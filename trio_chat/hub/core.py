@@ -22,6 +22,7 @@ from ..hub_link.interface import (
     FETCH_HEARTBEAT_SECONDS,
     MAX_LISTED_ROOMS,
     Member,
+    Older,
     RoomCount,
     Snapshot,
 )
@@ -128,6 +129,11 @@ class HubCore:
         """The busiest rooms (``HubState.rooms``)."""
         with self._lock:
             return self._state.rooms(limit)
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        """A page of a room's scrollback (``HubState.older``)."""
+        with self._lock:
+            return self._state.older(room, before, limit)
 
     def fetch(
         self, mailbox_id: str, max_frames: int, timeout: float = FETCH_HEARTBEAT_SECONDS

@@ -43,7 +43,14 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from ..hub_link.interface import LEASE_SECONDS, MAX_LISTED_ROOMS, Member, RoomCount, Snapshot
+from ..hub_link.interface import (
+    LEASE_SECONDS,
+    MAX_LISTED_ROOMS,
+    Member,
+    Older,
+    RoomCount,
+    Snapshot,
+)
 from ..protocol import body_room, stamp_chat_frame
 from .presence import PresenceBook
 
@@ -254,6 +261,13 @@ class HubState:
         """The busiest rooms first (then by name), at most ``limit``."""
         counts = [(room.name, room.presence.online) for room in self._rooms.values()]
         return heapq.nsmallest(limit, counts, key=lambda count: (-count[1], count[0]))
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        """Up to ``limit`` of the room's messages with ids below ``before``, oldest first."""
+        state = self._rooms.get(room)
+        kept = [] if state is None else [item for item in state.history if item[0] < before]
+        page = kept[-limit:] if limit > 0 else []
+        return Older(room, [frame for _, frame in page], complete=len(page) == len(kept))
 
     def waiting(self, mailbox_id: str) -> int | None:
         """How many frames wait in a mailbox; ``None`` once it is gone."""

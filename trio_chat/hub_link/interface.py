@@ -24,11 +24,13 @@ __all__ = [
     "LEASE_SECONDS",
     "MAX_LISTED_ROOMS",
     "MAX_LISTED_USERS",
+    "MAX_OLDER_MESSAGES",
     "Hub",
     "HubLink",
     "HubListener",
     "HubUnavailable",
     "Member",
+    "Older",
     "RoomCount",
     "Snapshot",
 ]
@@ -41,6 +43,9 @@ LEASE_SECONDS = 3 * FETCH_HEARTBEAT_SECONDS
 MAX_LISTED_USERS = 1000
 #: Rooms listed (busiest first) in a ``rooms`` frame and by ``GET /rooms`` at most.
 MAX_LISTED_ROOMS = 100
+
+#: Messages one ``older`` request (scrollback) returns at most.
+MAX_OLDER_MESSAGES = 100
 
 #: One connection's place in one room, as presence counts it: (connection id, room).
 Member = tuple[int, str]
@@ -72,6 +77,18 @@ class Snapshot:
     #: The room did not exist and the hub holds its limit of rooms: the client is not in it,
     #: and the rest of the snapshot is empty.
     refused: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Older:
+    """A page of a room's scrollback: messages older than those a client has."""
+
+    room: str
+    #: The room's newest message frames before the id asked for, oldest first.
+    messages: list[str]
+    #: Nothing of the room older than the first of ``messages`` (or than the id asked for,
+    #: when there are none) is kept.
+    complete: bool
 
 
 class HubUnavailable(Exception):
@@ -131,6 +148,10 @@ class HubLink(Protocol):
 
     async def rooms(self) -> list[RoomCount]:
         """The busiest rooms, at most ``MAX_LISTED_ROOMS``; raises ``HubUnavailable``."""
+
+    async def older(self, room: str, before: int, limit: int) -> Older:
+        """Up to ``limit`` (at most ``MAX_OLDER_MESSAGES``) of ``room``'s messages with ids
+        below ``before``, from the hub's store; raises ``HubUnavailable``."""
 
 
 class Hub(Protocol):

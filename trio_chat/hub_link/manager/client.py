@@ -13,7 +13,7 @@ from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, cast
 
 from ...hub_address import Address
-from ..interface import MAX_LISTED_ROOMS, Member, RoomCount, Snapshot
+from ..interface import MAX_LISTED_ROOMS, Member, Older, RoomCount, Snapshot
 
 HUB_TYPEID = "hub"
 
@@ -81,6 +81,9 @@ class HubClient:
 
     def rooms(self, limit: int = MAX_LISTED_ROOMS) -> list[RoomCount]:
         return cast("list[RoomCount]", self._hub.rooms(limit))
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        return cast(Older, self._hub.older(room, before, limit))
 
     def fetch(self, mailbox_id: str, max_frames: int) -> list[str] | None:
         return cast("list[str] | None", self._hub.fetch(mailbox_id, max_frames))
