@@ -54,6 +54,16 @@ class Settings:
     max_rooms: int = 1000
     #: Rooms one connection may be in at once.
     max_rooms_per_connection: int = 32
+    #: Where the hub keeps messages: ``sqlite`` (a file in ``data_dir``, so that history
+    #: survives restarts) or ``memory`` (the last ``history_size`` per room, lost when the hub
+    #: process ends). The Redis hub keeps them in Redis, and the local hub in memory.
+    store: str = "sqlite"
+    #: The folder of the SQLite store (made with mode 700); relative to the working directory.
+    data_dir: Path = Path("data")
+    #: Messages older than this many days are deleted (SQLite store, and the Redis hub).
+    retention_days: float = 30.0
+    #: The newest messages kept per room at most (SQLite store, and the Redis hub).
+    retention_messages: int = 10_000
     #: Messages the hub keeps for a worker that has not fetched them yet; past this, the
     #: worker's mailbox is dropped and the worker told so.
     mailbox_size: int = 65536
@@ -102,6 +112,12 @@ class Settings:
             history_size=read("HISTORY_SIZE", _positive_int, defaults.history_size),
             default_room=read("DEFAULT_ROOM", _room_name, defaults.default_room),
             max_rooms=read("MAX_ROOMS", _positive_int, defaults.max_rooms),
+            store=read("STORE", _store_kind, defaults.store),
+            data_dir=read("DATA_DIR", Path, defaults.data_dir),
+            retention_days=read("RETENTION_DAYS", _positive_float, defaults.retention_days),
+            retention_messages=read(
+                "RETENTION_MESSAGES", _positive_int, defaults.retention_messages
+            ),
             max_rooms_per_connection=read(
                 "MAX_ROOMS_PER_CONNECTION", _positive_int, defaults.max_rooms_per_connection
             ),
@@ -153,6 +169,23 @@ def _non_negative_float(raw: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise ValueError("must be a number, 0 or more")
     return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a number above 0")
+    return value
+
+
+#: ``TRIO_CHAT_STORE`` values.
+STORE_KINDS = ("sqlite", "memory")
+
+
+def _store_kind(raw: str) -> str:
+    if raw.lower() not in STORE_KINDS:
+        raise ValueError(f"must be one of {', '.join(STORE_KINDS)}")
+    return raw.lower()
 
 
 def _flag(raw: str) -> bool:
