@@ -7,12 +7,14 @@ and always stop what they started, hub included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -175,6 +177,19 @@ async def hypercorn_server(
     port = free_port()
     command = hypercorn_command(port, workers, args, shipped_config=shipped_config)
     environment = {**os.environ, **(env or {})}
+    with contextlib.ExitStack() as cleanup:
+        if "TRIO_CHAT_DATA_DIR" not in environment:
+            # A store of its own: two servers on one data directory are refused.
+            data_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="trio-chat-"))
+            environment["TRIO_CHAT_DATA_DIR"] = data_dir
+        async with _hypercorn_process(command, port, workers, environment) as server:
+            yield server
+
+
+@asynccontextmanager
+async def _hypercorn_process(
+    command: list[str], port: int, workers: int, environment: Mapping[str, str]
+) -> AsyncIterator[HypercornServer]:
     process = await trio.lowlevel.open_process(
         command,
         cwd=ROOT,
@@ -307,6 +322,7 @@ class StandaloneHub:
         self.env = {
             "TRIO_CHAT_HUB": f"unix:{self.socket}",
             "TRIO_CHAT_HUB_SECRET_FILE": str(self.secret_file),
+            "TRIO_CHAT_DATA_DIR": str(folder / "data"),
         }
         self.process: trio.Process | None = None
         self.output: OutputCollector | None = None

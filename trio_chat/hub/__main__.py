@@ -18,7 +18,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from ..config import ConfigError, Settings
+from ..config import STORE_KINDS, ConfigError, Settings
 from ..hub_address import (
     MIN_SECRET_BYTES,
     Address,
@@ -29,6 +29,7 @@ from ..hub_address import (
     read_secret_file,
 )
 from .server import HANDSHAKE_TIMEOUT_SECONDS, serve
+from .store import MS_PER_DAY, MessageStore, Retention, StoreError
 
 SECRET_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING")
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.allow_remote:
             _refuse_remote(address)
         authkey = _read_secret(args, settings)
-    except (ConfigError, HubConfigError) as error:
+        store = _open_store(args, settings)
+    except (ConfigError, HubConfigError, StoreError) as error:
         print(f"trio-chat-hub: {error}", file=sys.stderr)
         return 2
     try:
@@ -58,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             mailbox_size=args.mailbox_size or settings.mailbox_size,
             history_size=args.history_size or settings.history_size,
             max_rooms=args.max_rooms or settings.max_rooms,
+            store=store,
+            retention=Retention(
+                max_age_ms=round(settings.retention_days * MS_PER_DAY),
+                per_room=settings.retention_messages,
+            ),
             watch_pid=args.watch_pid,
             handshake_timeout=args.handshake_timeout,
             on_ready=_announce_ready if args.secret_stdin else lambda: None,
@@ -81,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mailbox-size", type=int, help="default: $TRIO_CHAT_MAILBOX_SIZE")
     parser.add_argument("--history-size", type=int, help="default: $TRIO_CHAT_HISTORY_SIZE")
     parser.add_argument("--max-rooms", type=int, help="default: $TRIO_CHAT_MAX_ROOMS")
+    parser.add_argument(
+        "--store", choices=STORE_KINDS, help="where messages are kept (default: $TRIO_CHAT_STORE)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="the SQLite store's folder (default: $TRIO_CHAT_DATA_DIR)"
+    )
     parser.add_argument(
         "--allow-remote",
         action="store_true",
@@ -146,6 +159,12 @@ def _read_secret(args: argparse.Namespace, settings: Settings) -> bytes:
     if path is None:
         raise HubConfigError("give the secret: --secret-file PATH or TRIO_CHAT_HUB_SECRET_FILE")
     return read_secret_file(path)
+
+
+def _open_store(args: argparse.Namespace, settings: Settings) -> MessageStore | None:
+    if (args.store or settings.store) == "memory":
+        return None
+    return MessageStore.open(args.data_dir or settings.data_dir)
 
 
 def _announce_ready() -> None:

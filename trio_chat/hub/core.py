@@ -11,6 +11,7 @@ held-back presence frame is due.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import secrets
@@ -27,6 +28,12 @@ from ..hub_link.interface import (
     Snapshot,
 )
 from .state import DEFAULT_MAX_ROOMS, HubState, Wake
+from .store import MessageStore, Retention, StoreWriteError
+
+logger = logging.getLogger("trio_chat.hub")
+
+#: Retention runs this often: it deletes what has aged out since, a batch at a time.
+PRUNE_INTERVAL_SECONDS = 60.0
 
 
 def wall_clock_ms() -> int:
@@ -50,17 +57,25 @@ class HubCore:
         fetch_linger: float = 0.0,
         clock_ms: Callable[[], int] = wall_clock_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        store: MessageStore | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self._state = HubState(
             mailbox_size=mailbox_size,
             history_size=history_size,
             max_rooms=max_rooms,
-            epoch=new_epoch(),
+            epoch=new_epoch() if store is None else store.epoch,
             monotonic=monotonic,
             clock_ms=clock_ms,
             presence_interval=presence_interval,
             presence_deliveries=presence_deliveries,
+            store=store,
         )
+        self._store = store
+        self._retention = retention
+        self._clock_ms = clock_ms
+        #: A write to the store failed last time: the next success is logged too.
+        self._store_failing = False
         self._lock = threading.Lock()
         self._housekeeping = threading.Condition(self._lock)
         #: Where fetches wait on each mailbox: one per mailbox the state holds.
@@ -90,6 +105,11 @@ class HubCore:
     def current_epoch(self) -> str:
         return self.epoch
 
+    def caught_up(self, mailbox_id: str) -> bool:
+        """Whether a re-joined worker was given all it missed (``HubState.caught_up``)."""
+        with self._lock:
+            return self._state.caught_up(mailbox_id)
+
     def leave(self, mailbox_id: str) -> None:
         """Remove a mailbox and its connections; a ``fetch`` blocked on it returns ``None``."""
         with self._lock:
@@ -103,7 +123,13 @@ class HubCore:
     ) -> int:
         """Publish and apply presence changes (``HubState.update``); returns the last id."""
         with self._lock:
-            last_id, wake = self._state.update(mailbox_id, bodies, presence)
+            try:
+                last_id, wake = self._state.update(mailbox_id, bodies, presence)
+            except StoreWriteError as error:
+                # The worker tells the senders; the next update tries again.
+                self._note_store_health(error)
+                raise
+            self._note_store_health(None)
             self._wake(wake)
             return last_id
 
@@ -131,7 +157,10 @@ class HubCore:
             return self._state.rooms(limit)
 
     def older(self, room: str, before: int, limit: int) -> Older:
-        """A page of a room's scrollback (``HubState.older``)."""
+        """A page of a room's scrollback (``HubState.older``): from the store, without the
+        lock (publishing goes on meanwhile), or from memory."""
+        if self._state.durable:
+            return self._state.older(room, before, limit)
         with self._lock:
             return self._state.older(room, before, limit)
 
@@ -172,11 +201,52 @@ class HubCore:
             while True:
                 self._housekeeping.wait(self._housekeep())
 
+    def run_pruning(self, interval: float = PRUNE_INTERVAL_SECONDS) -> None:
+        """Apply retention to the store forever (a hub thread): a batch at a time under the
+        lock, so that publishing waits for one batch at most."""
+        while True:
+            while self.prune():
+                pass
+            time.sleep(interval)
+
+    def prune(self) -> bool:
+        """One step of retention; returns whether there may be more to delete."""
+        if self._retention is None:
+            return False
+        with self._lock:
+            try:
+                return self._state.prune(self._retention, self._clock_ms())
+            except StoreWriteError as error:
+                self._note_store_health(error)
+                return False
+
+    def describe_store(self) -> str:
+        if self._store is None:
+            return "messages kept in memory only"
+        return f"messages stored in {self._store.path} (run of ids {self.epoch})"
+
+    def close(self) -> None:
+        """Close the store (the hub is ending): nothing is written after this."""
+        if self._store is not None:
+            with self._lock:
+                self._store.close()
+
     def statistics(self) -> dict[str, object]:
         with self._lock:
-            return {"pid": os.getpid(), **self._state.statistics()}
+            statistics = {"pid": os.getpid(), **self._state.statistics()}
+            if self._store is not None:
+                statistics["store"] = self._store.statistics()
+            return statistics
 
     # The methods below expect the lock to be held.
+
+    def _note_store_health(self, error: StoreWriteError | None) -> None:
+        """Log when writes start failing and when they work again, not at every attempt."""
+        if error is not None and not self._store_failing:
+            logger.error("event=store_write_failed %s", error)
+        elif error is None and self._store_failing:
+            logger.warning("event=store_writable_again")
+        self._store_failing = error is not None
 
     def _housekeep(self) -> float:
         due, wake = self._state.housekeep()

@@ -34,6 +34,7 @@ from ..hub_link.manager.client import EXPOSED, HUB_TYPEID
 from ..process_watch import wait_for_exit
 from .core import HubCore
 from .state import DEFAULT_MAX_ROOMS
+from .store import MessageStore, Retention
 
 logger = logging.getLogger("trio_chat.hub")
 
@@ -64,11 +65,14 @@ def serve(
     mailbox_size: int,
     history_size: int,
     max_rooms: int = DEFAULT_MAX_ROOMS,
+    store: MessageStore | None = None,
+    retention: Retention | None = None,
     watch_pid: int | None = None,
     handshake_timeout: float = HANDSHAKE_TIMEOUT_SECONDS,
     on_ready: Callable[[], None] = lambda: None,
 ) -> None:
-    """Serve until stopped; ``on_ready`` runs once the socket accepts connections."""
+    """Serve until stopped; ``on_ready`` runs once the socket accepts connections. ``store``
+    (closed when the hub stops): where messages are kept, if not in memory alone."""
     core = HubCore(
         mailbox_size=mailbox_size,
         history_size=history_size,
@@ -76,7 +80,23 @@ def serve(
         presence_interval=PRESENCE_INTERVAL_SECONDS,
         presence_deliveries=PRESENCE_DELIVERIES_PER_SECOND,
         fetch_linger=FETCH_LINGER_SECONDS,
+        store=store,
+        retention=retention,
     )
+    try:
+        _serve_core(core, address, authkey, watch_pid, handshake_timeout, on_ready)
+    finally:
+        core.close()
+
+
+def _serve_core(
+    core: HubCore,
+    address: Address,
+    authkey: bytes,
+    watch_pid: int | None,
+    handshake_timeout: float,
+    on_ready: Callable[[], None],
+) -> None:
 
     # The manager's registry entry: (callable, exposed, method_to_typeid, proxy type); the
     # proxy type only matters to clients.
@@ -90,11 +110,17 @@ def serve(
         signal.signal(signal.SIGTERM, _exit_quietly)
         signal.signal(signal.SIGINT, _exit_quietly)
         threading.Thread(target=core.run_housekeeping, name="housekeeping", daemon=True).start()
+        threading.Thread(target=core.run_pruning, name="retention", daemon=True).start()
         if watch_pid is not None:
             threading.Thread(
                 target=_stop_when_gone, args=(watch_pid,), name="watch-owner", daemon=True
             ).start()
-        logger.info("hub listening on %s (pid %d)", describe_address(address), os.getpid())
+        logger.info(
+            "hub listening on %s (pid %d); %s",
+            describe_address(address),
+            os.getpid(),
+            core.describe_store(),
+        )
         on_ready()
         server.serve_forever()
     finally:

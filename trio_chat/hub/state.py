@@ -53,6 +53,7 @@ from ..hub_link.interface import (
 )
 from ..protocol import body_room, stamp_chat_frame
 from .presence import PresenceBook
+from .store import MessageStore, Retention, StoredMessage, body_fields
 
 #: However large the room, a presence frame at least this often while presence changes.
 MAX_PRESENCE_INTERVAL_SECONDS = 10.0
@@ -90,10 +91,18 @@ class Sequencer:
         """Never give an id up to ``last_id`` (one a worker saw from a previous hub)."""
         self._next_id = max(self._next_id, last_id + 1)
 
-    def stamp(self, bodies: Sequence[str]) -> list[tuple[int, str]]:
-        ts_ms = self._clock_ms()
+    def reserve(self, count: int) -> tuple[int, int]:
+        """Ids for ``count`` messages: the first one, and the time they are stamped with."""
         first = self._next_id
-        self._next_id += len(bodies)
+        self._next_id += count
+        return first, self._clock_ms()
+
+    def give_back(self, first: int) -> None:
+        """The ids from ``first`` on, just reserved, were not given after all (not stored)."""
+        self._next_id = first
+
+    def stamp(self, bodies: Sequence[str]) -> list[tuple[int, str]]:
+        first, ts_ms = self.reserve(len(bodies))
         return [(first + i, stamp_chat_frame(first + i, ts_ms, b)) for i, b in enumerate(bodies)]
 
 
@@ -128,6 +137,8 @@ class _Mailbox:
     filled_at: float
     taken_at: float = -math.inf
     frames: collections.deque[str] = dataclasses.field(default_factory=collections.deque)
+    #: It began with what the worker missed (``HubState.caught_up``).
+    caught_up: bool = False
 
 
 class HubState:
@@ -143,13 +154,20 @@ class HubState:
         presence_deliveries: float = math.inf,
         max_rooms: int = DEFAULT_MAX_ROOMS,
         empty_room_seconds: float = EMPTY_ROOM_SECONDS,
+        store: MessageStore | None = None,
     ) -> None:
-        #: Names this hub's run of ids. A hub that replaces a dead one starts a new run: it
-        #: cannot know every id the dead one gave (a worker only knows those it fetched), so
-        #: its own may repeat some, and only the epoch tells them apart.
+        #: Names this hub's run of ids. Without a store, a hub that replaces a dead one starts
+        #: a new run: it cannot know every id the dead one gave (a worker only knows those it
+        #: fetched), so its own may repeat some, and only the epoch tells them apart. With a
+        #: store, every id given is in it: the run goes on (``store.epoch``).
         self.epoch = epoch
         self._monotonic = monotonic
         self._sequencer = Sequencer(clock_ms)
+        #: Where every message is written before it is handed out (``None``: kept in memory
+        #: only, ``history_size`` per room). Room histories are then its newest messages.
+        self._store = store
+        if store is not None:
+            self._sequencer.continue_after(store.last_id)
         self._history_size = history_size
         self._rooms: dict[str, _Room] = {}
         self._max_rooms = max_rooms
@@ -189,9 +207,23 @@ class HubState:
         self._sequencer.continue_after(last_id)
         mailbox_id = f"m{next(self._mailbox_ids)}"
         now = self._monotonic()
-        self._mailboxes[mailbox_id] = _Mailbox(label, set(), last_seen=now, filled_at=now)
+        mailbox = self._mailboxes[mailbox_id] = _Mailbox(label, set(), last_seen=now, filled_at=now)
+        if epoch == self.epoch and last_id > 0:
+            mailbox.caught_up = self._catch_up(mailbox_id, last_id, presence or {})
         self._apply_presence(mailbox_id, presence or {})
         return mailbox_id, self._wake()
+
+    def caught_up(self, mailbox_id: str) -> bool:
+        """Whether the worker's mailbox began with every message of its members' rooms that it
+        had not seen (from the store, when it re-joined in the same run of ids): then its
+        clients missed nothing. False for a new worker, and without a store."""
+        mailbox = self._mailboxes.get(mailbox_id)
+        return mailbox is not None and mailbox.caught_up
+
+    @property
+    def durable(self) -> bool:
+        """Whether messages are stored (then ``older`` only reads the store, from any thread)."""
+        return self._store is not None
 
     def leave(self, mailbox_id: str) -> Wake:
         """Remove a mailbox and its members."""
@@ -244,12 +276,13 @@ class HubState:
             self._apply_presence(mailbox_id, {(c, room): name for c, name in presence.items()})
         since_valid = since is None or (since <= last_id and epoch in (None, self.epoch))
         after = since if since is not None and since_valid else 0
+        messages, first_available = self._history_after(state, after, resuming=after > 0)
         current = state.presence.current()
         snapshot = Snapshot(
             room=room,
-            messages=[frame for message_id, frame in state.history if message_id > after],
+            messages=messages,
             last_id=last_id,
-            first_available=state.trimmed_through + 1,
+            first_available=first_available,
             presence=current.frame(),
             presence_version=current.version,
             epoch=self.epoch,
@@ -263,7 +296,13 @@ class HubState:
         return heapq.nsmallest(limit, counts, key=lambda count: (-count[1], count[0]))
 
     def older(self, room: str, before: int, limit: int) -> Older:
-        """Up to ``limit`` of the room's messages with ids below ``before``, oldest first."""
+        """Up to ``limit`` of the room's messages with ids below ``before``, oldest first.
+
+        With a store, read from it alone (``durable``: callers may call this outside their
+        lock); else from the room's history in memory."""
+        if self._store is not None:
+            stored, complete = self._store.older(room, before, limit)
+            return Older(room, [message.frame() for message in stored], complete)
         state = self._rooms.get(room)
         kept = [] if state is None else [item for item in state.history if item[0] < before]
         page = kept[-limit:] if limit > 0 else []
@@ -338,6 +377,21 @@ class HubState:
             self._housekeeping_due = None  # The caller is the housekeeper: ``due`` tells it.
         return due, self._wake()
 
+    def prune(self, retention: Retention, now_ms: int) -> bool:
+        """One step of retention in the store (``MessageStore.prune_step``), and the same in
+        the histories in memory; returns whether there may be more to delete."""
+        if self._store is None:
+            return False
+        pruned = self._store.prune_step(retention, now_ms)
+        for name, through in pruned.items():
+            room = self._rooms.get(name)
+            if room is None:
+                continue
+            while room.history and room.history[0][0] <= through:
+                room.history.popleft()
+            room.trimmed_through = max(room.trimmed_through, through)
+        return bool(pruned)
+
     def statistics(self) -> dict[str, object]:
         rooms = self._rooms.values()
         return {
@@ -385,23 +439,53 @@ class HubState:
         """The room, made if need be (a join allowed it, or its members or messages need it)."""
         room = self._rooms.get(name)
         if room is None:
+            history = collections.deque[tuple[int, str]](maxlen=self._history_size)
+            trimmed_through = self._sequencer.last_id
+            if self._store is not None:
+                stored = self._store.newest(name, self._history_size)
+                history.extend((message.id, message.frame()) for message in stored)
+                if stored:
+                    trimmed_through = stored[0].id - 1  # Older ones are in the store.
             room = self._rooms[name] = _Room(
                 name,
-                collections.deque(maxlen=self._history_size),
+                history,
                 PresenceBook(name),
-                trimmed_through=self._sequencer.last_id,
+                trimmed_through=trimmed_through,
                 active_at=self._monotonic(),
             )
         return room
 
     def _publish(self, bodies: Sequence[str]) -> None:
+        """Stamp, store (all or nothing: ``StoreWriteError`` leaves no trace), then hand out."""
         routed: list[tuple[_Room, str]] = []
+        fields: list[tuple[str, str]] = []  # Sender and text of each, for the store.
         for body in bodies:
             try:
-                routed.append((self._room(body_room(body)), body))
+                name = body_room(body)
+                if self._store is not None:
+                    # What the store cannot take must not be handed out.
+                    fields.append(body_fields(body))
+                routed.append((self._room(name), body))
             except ValueError:
                 self._bad_bodies += 1
-        stamped = self._sequencer.stamp([body for _, body in routed])
+        if not routed:
+            return
+        first, ts_ms = self._sequencer.reserve(len(routed))
+        if self._store is not None:
+            try:
+                self._store.append(
+                    [
+                        StoredMessage(first + i, room.name, ts_ms, *fields[i])
+                        for i, (room, _) in enumerate(routed)
+                    ]
+                )
+            except BaseException:
+                self._sequencer.give_back(first)
+                raise
+        stamped = [
+            (first + i, stamp_chat_frame(first + i, ts_ms, body))
+            for i, (_, body) in enumerate(routed)
+        ]
         now = self._monotonic()
         # Runs of frames of one room go to its mailboxes together, in the one order.
         run: list[str] = []
@@ -412,6 +496,37 @@ class HubState:
             if index + 1 == len(routed) or routed[index + 1][0] is not room:
                 self._broadcast(room, run)
                 run = []
+
+    def _history_after(self, room: _Room, after: int, *, resuming: bool) -> tuple[list[str], int]:
+        """The room's newest ``history_size`` message frames after ``after``, and the first
+        id from which none is missing (``Snapshot.first_available``)."""
+        if self._store is None or not resuming or after >= room.trimmed_through:
+            messages = [frame for message_id, frame in room.history if message_id > after]
+            if self._store is None:
+                return messages, room.trimmed_through + 1
+            return messages, self._store.pruned_through(room.name) + 1
+        # Older than the history in memory: the store has them. One more than is sent tells
+        # whether some between ``after`` and the first sent are left out.
+        stored = self._store.newest(room.name, self._history_size + 1, after=after)
+        if len(stored) > self._history_size:
+            stored = stored[1:]
+            first_available = stored[0].id
+        else:
+            first_available = self._store.pruned_through(room.name) + 1
+        return [message.frame() for message in stored], first_available
+
+    def _catch_up(self, mailbox_id: str, last_id: int, presence: Mapping[Member, str]) -> bool:
+        """Fill a re-joining worker's new mailbox with what its rooms had after ``last_id``;
+        False when that is not possible (no store, or more than the mailbox holds)."""
+        if self._store is None:
+            return False
+        missed = self._store.after(last_id, {room for _, room in presence}, self._mailbox_size)
+        if missed is None:
+            return False
+        if missed:
+            self._mailboxes[mailbox_id].frames.extend(message.frame() for message in missed)
+            self._filled.add(mailbox_id)
+        return True
 
     def _apply_presence(self, mailbox_id: str, changes: Mapping[Member, str | None]) -> None:
         by_room: dict[str, list[tuple[int, str | None]]] = {}
