@@ -171,9 +171,12 @@ async def hypercorn_server(
     args: Sequence[str] = (),
     *,
     shipped_config: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> AsyncIterator[HypercornServer]:
     """``hypercorn -c hypercorn.toml -k trio -w N trio_chat:app`` on a free loopback port
-    (without ``-c hypercorn.toml`` if not ``shipped_config``: Hypercorn's defaults)."""
+    (without ``-c hypercorn.toml`` if not ``shipped_config``: Hypercorn's defaults).
+    ``preexec_fn`` runs in the master before it starts (e.g. to set resource limits, which
+    its workers and their hub inherit)."""
     port = free_port()
     command = hypercorn_command(port, workers, args, shipped_config=shipped_config)
     environment = {**os.environ, **(env or {})}
@@ -182,22 +185,24 @@ async def hypercorn_server(
             # A store of its own: two servers on one data directory are refused.
             data_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="trio-chat-"))
             environment["TRIO_CHAT_DATA_DIR"] = data_dir
-        async with _hypercorn_process(command, port, workers, environment) as server:
+        process = await trio.lowlevel.open_process(
+            command,
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec_fn,
+        )
+        async with _serving(process, port, workers) as server:
             yield server
 
 
 @asynccontextmanager
-async def _hypercorn_process(
-    command: list[str], port: int, workers: int, environment: Mapping[str, str]
+async def _serving(
+    process: trio.Process, port: int, workers: int
 ) -> AsyncIterator[HypercornServer]:
-    process = await trio.lowlevel.open_process(
-        command,
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    """The server ``process`` is, until it has stopped (and its hubs with it)."""
     server = HypercornServer(process, port, workers)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.collect_output)
