@@ -34,7 +34,9 @@ def opening_frames(snapshot: Snapshot, since: int | None) -> list[str]:
         frames.append(
             notice_frame(
                 NoticeCode.RESUME_PARTIAL,
-                "Some messages from while you were away are no longer kept.",
+                # Deleted by retention, or more than a history frame holds (then the
+                # older ones are a scroll away).
+                "Not every message from while you were away is shown here.",
                 room=room,
                 first_available=snapshot.first_available,
             )
