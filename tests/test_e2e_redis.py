@@ -205,6 +205,65 @@ async def test_servers_keep_their_clients_while_redis_restarts(tmp_path: Path) -
             assert (after["id"], after["message"]) == (earlier["id"] + 1, "after")
 
 
+async def test_a_redis_restarted_with_its_data_keeps_the_run_of_ids_and_the_history(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path, durable=True) as redis,
+        hypercorn_server(
+            workers=SERVER_WORKERS, env={"TRIO_CHAT_HUB": redis.url, "TRIO_CHAT_RATE": "0"}
+        ) as server,
+        AsyncExitStack() as stack,
+        httpx.AsyncClient() as http,
+    ):
+        stayers = await clients_on_every_worker(stack, server)
+        async with chat_client(server) as leaver:
+            await leaver.send("lea", "seen by all")
+            seen = await leaver.receive_type("message")
+            epoch = leaver.history["epoch"]
+        await stayers[0].send("sam", "missed 0")
+        await stayers[0].send("sam", "missed 1")
+        before = [await messages_until(client, "missed 1") for client in stayers]
+
+        await stop(redis)  # SIGTERM: as an operator or a service manager restarts it.
+        await health_of_every_worker(http, server, want_up=False)
+        await redis.start()  # Same port, same folder: it loads its append-only file.
+        await health_of_every_worker(http, server, want_up=True)
+
+        # The connections carry on with the next id, and none was told it missed anything.
+        await stayers[-1].send("sid", "after the restart")
+        after = [await messages_until(client, "after the restart") for client in stayers]
+        assert all(frames == after[0] for frames in after)
+        [said] = after[0]
+        assert said["id"] == before[0][-1]["id"] + 1
+        # Resuming from before the restart: the same run of ids, exactly what was missed.
+        async with chat_client(server, f"/chat?since={epoch}:{seen['id']}") as back:
+            assert back.history["epoch"] == epoch and back.history["resumed"] is True
+            assert back.history["messages"] == [*before[0][-2:], said]
+            assert not [f for f in back.opening if f.get("code") == "messages_missed"]
+
+
+async def messages_until(client: WebSocketClient, text: str) -> list[dict[str, Any]]:
+    """The client's message frames up to the one saying ``text``; no ``messages_missed``
+    notice may come meanwhile (a worker that re-joins sends one before any later frame)."""
+    frames = []
+    while True:
+        frame = await client.receive()
+        assert frame.get("code") != "messages_missed", frame
+        if frame["type"] == "message":
+            frames.append(frame)
+            if frame["message"] == text:
+                return frames
+
+
+async def stop(redis: RedisServer) -> None:
+    """SIGTERM, and wait until it has exited (having written its append-only file)."""
+    assert redis.process is not None
+    redis.process.terminate()
+    with trio.fail_after(RECOVERY_TIMEOUT_SECONDS):
+        await redis.process.wait()
+
+
 async def health_of_every_worker(
     http: httpx.AsyncClient, server: HypercornServer, *, want_up: bool
 ) -> None:

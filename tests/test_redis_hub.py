@@ -21,7 +21,8 @@ from trio_chat.config import Settings
 from trio_chat.hub_address import HubConfigError
 from trio_chat.hub_link import HubUnavailable, open_hub
 from trio_chat.hub_link.bridge import Fetched
-from trio_chat.hub_link.redis.hub import RedisBackend, RedisHub
+from trio_chat.hub_link.interface import Older
+from trio_chat.hub_link.redis.hub import HubStateLost, RedisBackend, RedisHub
 from trio_chat.protocol import message_id
 
 from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, Recorder, body, joined
@@ -67,7 +68,7 @@ async def test_a_restart_that_keeps_the_data_loses_nothing(tmp_path: Path) -> No
         async with joined(RedisHub(settings)) as a, joined(RedisHub(settings)) as b:
             for n in range(3):
                 await publish_and_see(a, [a, b], f"before {n}")
-            await a.link.snapshot(ROOM, None, None, 1, "ann")
+            epoch = (await a.link.snapshot(ROOM, None, None, 1, "ann")).epoch
             await b.link.snapshot(ROOM, None, None, 1, "bob")
 
             await restart(server, [a, b])
@@ -79,6 +80,12 @@ async def test_a_restart_that_keeps_the_data_loses_nothing(tmp_path: Path) -> No
                 assert ids == list(range(1, 7))
                 assert worker.recorder.missed == 0  # Nothing was missed: no notice.
                 await worker.recorder.wait_for_presence(2, ["ann", "bob"])
+            # The same run of ids, and the whole history, for joins and for scrollback.
+            again = await a.link.snapshot(ROOM, None, None, 2, "")
+            assert again.epoch == epoch and again.first_available == 1
+            assert [json.loads(m)["id"] for m in again.messages] == list(range(1, 7))
+            scrollback = await b.link.older(ROOM, 7, 10)
+            assert (scrollback.messages, scrollback.complete) == (again.messages, True)
 
 
 async def test_a_restart_that_lost_the_data_starts_a_new_run_of_ids(tmp_path: Path) -> None:
@@ -131,6 +138,42 @@ async def test_a_worker_behind_when_redis_lost_the_data_does_not_reuse_ids(
         for backend in (ahead, behind):
             [frame] = message_frames(backend.read(10))
             assert json.loads(frame)["message"] == "new"  # Read as a message, by both.
+
+
+async def test_an_id_given_again_after_redis_lost_its_last_writes_starts_a_new_run(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as server:
+        settings = Settings(hub=server.url)
+        client = redis.Redis(port=server.port, decode_responses=True)
+        ahead, behind = RedisBackend(settings), RedisBackend(settings)
+        behind_member = behind.join("behind", {}, 0, "")
+        ahead.join("ahead", {}, 0, "")
+        behind_member.update([body("bob", "one")], {})
+        assert ids_of(message_frames(behind.read(10))) == [1]
+        behind_member.update([body("bob", "two")], {})
+        [_, two] = message_frames(ahead.read(10))
+
+        # As after a restart that lost the last second of writes (appendfsync everysec): Redis
+        # is as it was before "two", which only one worker had read.
+        for key in ("trio_chat:log", f"trio_chat:history:{ROOM}"):
+            kept: Any = client.xrange(key, "-", "(2-0")
+            client.delete(key)
+            for entry_id, fields in kept:
+                client.xadd(key, fields, id=entry_id)
+        client.set("trio_chat:last_id", 1)
+        await wait_for(lambda: redis_time_ms(client) > json.loads(two)["ts"])
+
+        # The worker that had not read it re-joins first, rightly in the same run, and is
+        # given id 2 again.
+        behind_again = behind.join("behind", {}, 1, behind_member.epoch)
+        assert (behind_again.epoch, behind_again.continuous) == (behind_member.epoch, True)
+        behind_again.update([body("bob", "another two")], {})
+        # The worker that read "two" as id 2 sees another message under its id: a new run.
+        ahead_again = ahead.join("ahead", {}, 2, behind_member.epoch)
+        assert ahead_again.epoch != behind_member.epoch and not ahead_again.continuous
+        with pytest.raises(HubStateLost):
+            behind_again.update([], {})  # Its clients are told too, once it re-joins.
 
 
 async def test_a_redis_gone_back_in_time_makes_workers_start_a_new_run(tmp_path: Path) -> None:
@@ -315,16 +358,16 @@ async def test_the_longest_idle_empty_room_makes_way_for_a_new_one(tmp_path: Pat
         assert member.snapshot("fifth", None, None, 1, "").refused  # None is empty.
 
 
-async def test_an_empty_room_idle_for_long_is_forgotten_with_all_its_keys(
+async def test_an_empty_room_idle_for_long_is_forgotten_but_not_its_history(
     tmp_path: Path,
 ) -> None:
     async with redis_server(tmp_path) as server:
         backend = RedisBackend(Settings(hub=server.url), empty_room_seconds=0.2)
         client = redis.Redis(port=server.port, decode_responses=True)
         member = backend.join("worker", {(1, "red"): "ann", (1, "blue"): "bob"}, 0, "")
-        member.update([body("ann", "hello", "red")], {})
+        member.update([body("bob", "before", "blue"), body("ann", "hello", "red")], {})
+        [_, hello] = message_frames(backend.read(10))
         member.update([], {(1, "red"): None})
-        assert client.keys("trio_chat:*red*") != []
         assert sorted(backend.rooms()) == [("blue", 1), ("red", 0)]
 
         def forgotten() -> bool:
@@ -332,9 +375,172 @@ async def test_an_empty_room_idle_for_long_is_forgotten_with_all_its_keys(
             return [room for room, _ in backend.rooms()] == ["blue"]
 
         await wait_for(forgotten)
-        assert client.keys("trio_chat:*red*") == []
+        # Its presence and its place in the registry are gone; its history stays.
+        assert sorted(client.keys("trio_chat:*red*")) == [
+            "trio_chat:history:red",
+            "trio_chat:history:red:trimmed",
+        ]
         for registry in ("rooms", "rooms:empty", "presence:due"):
             assert client.zscore(f"trio_chat:{registry}", "red") is None
-        # A room with members is kept however long it is idle; a room made again is new.
+        page = member.older("red", 100, 10)
+        assert (page.messages, page.complete) == ([hello], True)
+
+        # Made again, the room has its history, which starts exactly at its first message.
         snapshot = member.snapshot("red", None, None, 2, "")
+        assert snapshot.messages == [hello]
+        assert snapshot.first_available == json.loads(hello)["id"] == 2
+
+
+# History: retention and scrollback
+
+#: A retention in days short enough to wait out on the real clock (Redis's: the scripts read
+#: the time from Redis).
+RETENTION_SECONDS = 2.0
+SECONDS_PER_DAY = 24 * 60 * 60
+
+
+def read_messages(backend: RedisBackend, count: int) -> list[str]:
+    """The next ``count`` message frames of the log (which holds at least that many)."""
+    frames: list[str] = []
+    while len(frames) < count:
+        frames += message_frames(backend.read(1000))
+    return frames
+
+
+def ids_of(frames: list[str]) -> list[int]:
+    return [json.loads(frame)["id"] for frame in frames]
+
+
+async def test_a_room_keeps_its_newest_messages_up_to_the_retention_count(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as server:
+        settings = Settings(hub=server.url, history_size=3, retention_messages=5)
+        backend = RedisBackend(settings)
+        member = backend.join("worker", {}, 0, "")
+        bodies = []
+        for n in range(8):
+            if n % 3 == 0:  # Another room's ids in between: just before red 0, red 3, red 6.
+                bodies.append(body("bob", f"blue {n}", "blue"))
+            bodies.append(body("ann", f"red {n}", "red"))
+        member.update(bodies, {})
+        frames = read_messages(backend, len(bodies))
+        red = [frame for frame in frames if json.loads(frame)["room"] == "red"]
+
+        snapshot = member.snapshot("red", None, None, 1, "")
+        assert snapshot.messages == red[-3:]  # A join gets the newest history_size.
+        # Red 0 to 2 are dropped: first available is one past red 2, which is blue 3's id.
+        assert snapshot.first_available == ids_of(red)[2] + 1 < ids_of(red)[3]
+        client = redis.Redis(port=server.port)
+        assert client.xlen("trio_chat:history:red") == 5
+        # Scrollback reaches the rest of the five, exactly as they were delivered.
+        page = member.older("red", ids_of(snapshot.messages)[0], 10)
+        assert (page.messages, page.complete) == (red[3:5], True)
+
+        # A resume that missed more than a join gets says where what it is sent starts: one
+        # past the message it is not sent (red 4).
+        resumed = member.snapshot("red", ids_of(red)[3], snapshot.epoch, 2, "")
+        assert resumed.messages == red[-3:] and resumed.since_valid
+        assert resumed.first_available == ids_of(red)[4] + 1
+        # Sent all it missed: where the room's history starts.
+        resumed = member.snapshot("red", ids_of(red)[4], snapshot.epoch, 3, "")
+        assert resumed.messages == red[-3:]
+        assert resumed.first_available == snapshot.first_available
+
+
+async def test_older_pages_back_to_the_first_message_kept(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        backend = RedisBackend(Settings(hub=server.url, retention_messages=5))
+        member = backend.join("worker", {}, 0, "")
+        member.update([body("ann", f"red {n}", "red") for n in range(7)], {})
+        red = read_messages(backend, 7)
+        kept = red[2:]
+
+        pages: list[Older] = []
+        before = ids_of(red)[-1] + 1
+        while not pages or not pages[-1].complete:
+            assert len(pages) < 5, "never complete"
+            pages.append(member.older("red", before, 2))
+            before = ids_of(pages[-1].messages)[0]
+        assert [(page.messages, page.complete) for page in pages] == [
+            (kept[3:5], False),
+            (kept[1:3], False),
+            (kept[0:1], True),
+        ]
+        # Complete exactly when nothing older is kept, even on a full page.
+        assert member.older("red", before + 100, 5).complete
+        assert not member.older("red", before + 100, 4).complete
+        assert member.older("red", ids_of(kept)[0], 5) == Older("red", [], complete=True)
+        assert member.older("nowhere", 100, 5) == Older("nowhere", [], complete=True)
+
+        # A read: it works whatever the state of the worker's membership.
+        redis.Redis(port=server.port).set("trio_chat:epoch", "another run")
+        with pytest.raises(HubStateLost):
+            member.update([], {})
+        assert member.older("red", before + 100, 5).messages == kept
+
+
+async def test_messages_past_the_retention_time_are_dropped_and_a_history_expires(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as server:
+        settings = Settings(hub=server.url, retention_days=RETENTION_SECONDS / SECONDS_PER_DAY)
+        retention_ms = RETENTION_SECONDS * 1000
+        backend = RedisBackend(settings)
+        client = redis.Redis(port=server.port, decode_responses=True)
+        member = backend.join("worker", {(1, "red"): "ann"}, 0, "")
+
+        def write(*texts: str) -> list[str]:
+            member.update([body("ann", text, text.split()[0]) for text in texts], {})
+            return read_messages(backend, len(texts))
+
+        red_0, _ = write("red 0", "blue 0")
+        written = json.loads(red_0)["ts"]
+        await wait_for(lambda: redis_time_ms(client) >= written + retention_ms / 2)
+        red_1, blue_1 = write("red 1", "blue 1")
+        # The first two are past the retention, the next two not (for half the retention).
+        await wait_for(lambda: redis_time_ms(client) > written + retention_ms)
+
+        # Written to, a room drops what is too old.
+        [new] = write("blue new")
+        assert member.older("blue", 100, 10) == Older("blue", [blue_1, new], complete=True)
+        # Joined, a room nobody wrote to since drops it too, and says where its history starts.
+        snapshot = member.snapshot("red", None, None, 2, "")
+        assert snapshot.messages == [red_1]
+        assert snapshot.first_available == ids_of([red_0])[0] + 1  # One past red 0.
+        assert member.older("red", 100, 10) == Older("red", [red_1], complete=True)
+
+        # The history of a room nobody writes to expires with its last message's retention.
+        for key in ("trio_chat:history:blue", "trio_chat:history:blue:trimmed"):
+            assert 0 < client.pttl(key) <= retention_ms
+        await wait_for(lambda: client.exists("trio_chat:history:red") == 0)
+        assert client.keys("trio_chat:history:red*") == []
+        snapshot = member.snapshot("red", None, None, 3, "")
         assert snapshot.messages == [] and snapshot.first_available == snapshot.last_id + 1
+        [again] = write("red again")
+        assert member.snapshot("red", None, None, 4, "").first_available == ids_of([again])[0]
+
+
+async def test_a_history_far_over_its_count_is_trimmed_a_bounded_number_per_call(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as server:
+        backend = RedisBackend(Settings(hub=server.url))
+        member = backend.join("worker", {}, 0, "")
+        total = 1200
+        for start in range(0, total, 200):
+            member.update([body("ann", str(n), "red") for n in range(start, start + 200)], {})
+        red = read_messages(backend, total)
+        client = redis.Redis(port=server.port)
+        assert client.xlen("trio_chat:history:red") == total
+
+        # The count is lowered (a restart with a new setting): more than one call drops.
+        lowered = RedisBackend(Settings(hub=server.url, retention_messages=10))
+        member = lowered.join("worker", {}, 0, "")
+        member.update([body("ann", "next", "red")], {})
+        assert client.xlen("trio_chat:history:red") == total + 1 - 1000
+        assert client.get("trio_chat:history:red:trimmed") == b"1000"
+        member.update([body("ann", "after", "red")], {})
+        assert client.xlen("trio_chat:history:red") == 10
+        # Ids 1193 to 1202 are kept: red's last eight, then the two new ones.
+        assert member.snapshot("red", None, None, 1, "").first_available == ids_of(red)[-8]

@@ -11,11 +11,15 @@ runs atomically, so the one order, the rooms and the presence counts never race;
   worker that reconnects goes on from its position and misses nothing Redis still holds; the
   log is trimmed to about ``mailbox_size`` entries, and a worker that falls further behind
   notices the gap in the message ids and tells its clients;
-- per **room**: a history stream of its last ``history_size`` messages and the newest id it
-  dropped (``Snapshot.first_available``), its presence (connections online, names, the version
-  and time of its last frame; frames coalesced per room), and its place in the rooms registry:
-  at most ``max_rooms`` rooms, a new one taking the place of the longest idle empty one (or
-  refused), empty rooms forgotten after ``EMPTY_ROOM_SECONDS`` idle;
+- per **room**: a history stream of its messages (the newest ``retention_messages``, none
+  older than ``retention_days``; a join gets the last ``history_size`` of them, scrollback
+  (``older``) reads further back) and the newest id it dropped (``Snapshot.first_available``),
+  its presence (connections online, names, the version and time of its last frame; frames
+  coalesced per room), and its place in the rooms registry: at most ``max_rooms`` rooms, a new
+  one taking the place of the longest idle empty one (or refused), empty rooms forgotten after
+  ``EMPTY_ROOM_SECONDS`` idle. A forgotten room keeps its history: it expires
+  ``retention_days`` after the room's last message, so Redis keeps the history of the rooms
+  written to within that time, and no more;
 - per **worker**: a hash of its members (``"<connection> <room>"`` -> name) and a lease,
   renewed by its heartbeat, so that the users of a host that died leave presence (in all their
   rooms) when its lease runs out.
@@ -26,10 +30,14 @@ and its room fan-out drops those of rooms none of its connections is in. (A stre
 would route, but lose the one order across rooms and the single position a worker resumes
 from.)
 
-Ids and timestamps come from Redis (one counter, one clock) whatever host publishes. If Redis
-loses its data or goes back in time (a restart from an older snapshot), its ids could repeat
-ones given before: the scripts refuse workers whose epoch or last id Redis no longer matches,
-and the first to re-join starts a new run of ids (epoch); every worker tells its clients.
+Ids and timestamps come from Redis (one counter, one clock) whatever host publishes. History
+is as durable as Redis's own persistence (``docs/deployment.md``): restarted with its data
+(``appendfsync always``), Redis has every id and message it acknowledged, and the workers go
+on in the same run of ids, missing nothing. If Redis loses its data or goes back in time (a
+restart from an older snapshot, or one that lost its last second of writes), its ids could
+repeat ones given before: the scripts refuse workers whose epoch or last id Redis no longer
+matches (or that read another message under an id than Redis now has), and the first to
+re-join starts a new run of ids (epoch); every worker tells its clients.
 """
 
 from __future__ import annotations
@@ -60,7 +68,9 @@ from ..interface import (
     LEASE_SECONDS,
     MAX_LISTED_ROOMS,
     MAX_LISTED_USERS,
+    MAX_OLDER_MESSAGES,
     Member,
+    Older,
     RoomCount,
     Snapshot,
 )
@@ -75,6 +85,7 @@ PRESENCE_INTERVAL_SECONDS = 0.25
 #: ``READ_BLOCK_SECONDS``).
 SOCKET_TIMEOUT_SECONDS = READ_BLOCK_SECONDS + 5.0
 CONNECT_TIMEOUT_SECONDS = 2.0
+MS_PER_DAY = 24 * 60 * 60 * 1000
 #: Marks a member that left its room, in presence changes sent to Redis (names have no
 #: controls).
 _GONE = "\0"
@@ -153,7 +164,11 @@ class RedisBackend:
             int(lease_seconds / 3 * 1000),
             settings.max_rooms,
             int(empty_room_seconds * 1000),
+            settings.retention_messages,
+            # At least a millisecond: an expiry of 0 would delete a history as it is written.
+            max(1, round(settings.retention_days * MS_PER_DAY)),
         )
+        self._prefix = settings.redis_prefix
         self._log_key = f"{settings.redis_prefix}:log"
         self._rooms_key = f"{settings.redis_prefix}:rooms"
         self._scripts = {
@@ -164,6 +179,9 @@ class RedisBackend:
         #: known): kept across memberships, so that a re-join reads on from there.
         self.position = ""
         self.last_message_id: int | None = None
+        #: The time (``t``) of that message, if the reader has read it: a re-join checks that
+        #: Redis still has that message under its id, not another one it gave the id again.
+        self.last_message_ts = ""
 
     def describe(self) -> str:
         return self._where
@@ -175,22 +193,48 @@ class RedisBackend:
         self, label: str, presence: Mapping[Member, str], last_id: int, epoch: str
     ) -> _RedisMembership:
         pairs = [item for member, name in presence.items() for item in (_member(member), name)]
+        read: tuple[int | str, str] = ("", "")
+        if self.last_message_id is not None and self.last_message_ts:
+            read = (self.last_message_id, self.last_message_ts)
         reply = self.call(
-            "join", label, last_id, epoch, secrets.token_hex(4), self.position, *pairs
+            "join", label, last_id, epoch, secrets.token_hex(4), self.position, *read, *pairs
         )
         epoch, continuous, self.position, position_id, due_ms = reply
         if position_id >= 0:
             self.last_message_id = position_id  # Reading starts after the newest entry.
+            self.last_message_ts = ""
         elif not continuous:
             # Reading on from where we were: what follows may have gaps, and the clients are
             # told once (the bridge does), not at every gap.
             self.last_message_id = None
+            self.last_message_ts = ""
         return _RedisMembership(self, label, epoch, bool(continuous), due_ms / 1000)
 
     def rooms(self) -> list[RoomCount]:
         """The busiest rooms first, then by name (the registry's score is minus the online)."""
         listed: Any = self._client.zrange(self._rooms_key, 0, MAX_LISTED_ROOMS - 1, withscores=True)
         return [(str(room), -int(float(minus_online))) for room, minus_online in listed]
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        """Up to ``limit`` of the room's messages with ids below ``before``, oldest first: one
+        read of its history stream, of one message more than asked for, which tells whether
+        older ones are kept. A plain read: no script, whatever state the worker is in."""
+        limit = max(0, min(limit, MAX_OLDER_MESSAGES))
+        if before <= 1 or not is_room_name(room):
+            # No id is below 1; a name that is not a room's has no history (nor a safe key).
+            return Older(room, [], complete=True)
+        entries: Any = self._client.xrevrange(
+            f"{self._prefix}:history:{room}", f"({before}-0", "-", count=limit + 1
+        )
+        page = entries[:limit]
+        return Older(
+            room,
+            [
+                stamp_chat_frame(int(entry_id.partition("-")[0]), int(fields["t"]), fields["b"])
+                for entry_id, fields in reversed(page)
+            ],
+            complete=len(entries) == len(page),
+        )
 
     def read(self, max_entries: int) -> Fetched:
         """The next entries of the log after the reader's position, as frames."""
@@ -216,7 +260,7 @@ class RedisBackend:
                     frame = _message_frame(message, fields)
                     if self.last_message_id is not None and message != self.last_message_id + 1:
                         missed = True  # Trimmed from the log before we read it.
-                    self.last_message_id = message
+                    self.last_message_id, self.last_message_ts = message, fields["t"]
                 else:
                     frame = _presence_frame(fields)
             except (KeyError, ValueError, TypeError):
@@ -265,6 +309,7 @@ class _RedisMembership:
         self._label = label
         self.epoch = epoch
         self.continuous = continuous
+        self.starts_after = 0  # The worker reads on from its own position in the log.
         self._lost = False
         # Snapshots (any thread) may bring the next update forward; updates set it.
         self._lock = threading.Lock()
@@ -336,6 +381,9 @@ class _RedisMembership:
 
     def rooms(self) -> list[RoomCount]:
         return self._backend.rooms()
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        return self._backend.older(room, before, limit)
 
     def leave(self) -> None:
         self._backend.call("leave", self._label)

@@ -18,21 +18,28 @@
 --   :rooms:empty         sorted set: the rooms nobody is in -> when last active (ms): when
 --                        someone last left or wrote to it (the longest idle makes way first)
 --   :room:<room>         hash: online (connections in the room), version (of its last
---                        presence frame), presence_at (ms, when that frame was published),
---                        trimmed (the newest id the room no longer keeps: its first available
---                        id is one past it)
+--                        presence frame), presence_at (ms, when that frame was published)
 --   :room:<room>:names   hash: display name -> the room's connections using it
 --   :room:<room>:shown   set: the names in the room's last presence frame
---   :history:<room>      stream of the room's last messages only (same ids, fields t b)
+--   :history:<room>      stream of the room's messages (same ids, fields t b): its newest
+--                        RETENTION_MESSAGES at most, none older than RETENTION (dropped from
+--                        the head when the room is written to or joined, see prune_history)
+--   :history:<room>:trimmed  the newest id the room no longer keeps (its first available id
+--                        is one past it)
+--                        The two history keys outlive the room's other keys (a room nobody is
+--                        in is forgotten, its history is not: made again, the room finds it);
+--                        both expire RETENTION after the room's last message, when all of it
+--                        is past the retention anyway.
 --   :presence:due        sorted set: the rooms whose presence changed since their last
 --                        frame -> when their next frame is due (ms)
 --   :bad_bodies          bodies dropped because they are not the chat body of a room
 --   :refused_rooms       joins of a new room refused because no room could make way
 --
--- Common arguments: ARGV[1] prefix, ARGV[2] history size (per room), ARGV[3] log length
--- (approximate), ARGV[4] names listed in a presence frame at most, ARGV[5] presence interval
--- (ms), ARGV[6] lease (ms), ARGV[7] heartbeat (ms), ARGV[8] rooms kept at most, ARGV[9] how
--- long an empty room is kept (ms). Each script's own arguments follow.
+-- Common arguments: ARGV[1] prefix, ARGV[2] history size (messages a join gets at most, per
+-- room), ARGV[3] log length (approximate), ARGV[4] names listed in a presence frame at most,
+-- ARGV[5] presence interval (ms), ARGV[6] lease (ms), ARGV[7] heartbeat (ms), ARGV[8] rooms
+-- kept at most, ARGV[9] how long an empty room is kept (ms), ARGV[10] messages kept per room
+-- at most, ARGV[11] how long a message is kept (ms). Each script's own arguments follow.
 
 local P = ARGV[1]
 local HISTORY_SIZE = tonumber(ARGV[2])
@@ -43,13 +50,19 @@ local LEASE = tonumber(ARGV[6])
 local HEARTBEAT = tonumber(ARGV[7])
 local MAX_ROOMS = tonumber(ARGV[8])
 local EMPTY_ROOM_KEPT = tonumber(ARGV[9])
-local FIRST_ARG = 10
+local RETENTION_MESSAGES = tonumber(ARGV[10])
+local RETENTION = tonumber(ARGV[11])
+local FIRST_ARG = 12
 
 -- Rooms left empty and idle that one script forgets at most (the scripts that run at every
 -- worker's heartbeat forget the rest soon after).
 local ROOMS_FORGOTTEN_PER_CALL = 8
 -- Workers whose lease ran out that one script drops at most.
 local WORKERS_EXPIRED_PER_CALL = 64
+-- History entries one script drops at most (past RETENTION_MESSAGES, or too old), in all
+-- rooms: a history further over is trimmed by the scripts that next write to or join its
+-- room. Above the bodies one update publishes (256), so that a full room stays at its count.
+local HISTORY_DROPPED_PER_CALL = 1000
 
 local LOG = P .. ':log'
 local LAST_ID = P .. ':last_id'
@@ -80,6 +93,10 @@ end
 
 local function history_key(room)
   return P .. ':history:' .. room
+end
+
+local function trimmed_key(room)
+  return P .. ':history:' .. room .. ':trimmed'
 end
 
 local function now_ms()
@@ -127,17 +144,16 @@ local function room_exists(room)
   return redis.call('ZSCORE', ROOMS, room) ~= false
 end
 
--- A new room, empty: it keeps the messages given from now on.
+-- A new room, empty (a room made again finds the history it had, if it has not expired).
 local function make_room(room)
-  redis.call('HSET', room_key(room), 'online', 0, 'version', 0, 'presence_at', 0,
-    'trimmed', last_id())
+  redis.call('HSET', room_key(room), 'online', 0, 'version', 0, 'presence_at', 0)
   redis.call('ZADD', ROOMS, 0, room)
   redis.call('ZADD', EMPTY_ROOMS, NOW, room)
 end
 
--- Only ever called for a room nobody is in.
+-- Only ever called for a room nobody is in. Its history stays, until it expires.
 local function forget_room(room)
-  redis.call('DEL', room_key(room), names_key(room), shown_key(room), history_key(room))
+  redis.call('DEL', room_key(room), names_key(room), shown_key(room))
   redis.call('ZREM', ROOMS, room)
   redis.call('ZREM', EMPTY_ROOMS, room)
   redis.call('ZREM', PRESENCE_DUE, room)
@@ -364,19 +380,70 @@ local function settle_presence()
   return HEARTBEAT
 end
 
--- Messages
+-- History
 
--- The room keeps its last HISTORY_SIZE messages, and the newest id it dropped.
-local function keep_in_history(room, id, body)
-  local key = history_key(room)
-  local excess = redis.call('XLEN', key) - HISTORY_SIZE + 1
-  if excess > 0 then
-    local dropped = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
-    local newest = string.match(dropped[#dropped][1], '^%d+')
-    redis.call('HSET', room_key(room), 'trimmed', newest)
-  end
-  redis.call('XADD', key, 'MAXLEN', HISTORY_SIZE, id .. '-0', 't', NOW, 'b', body)
+local history_drops_left = HISTORY_DROPPED_PER_CALL
+
+-- The message id of the oldest message the room keeps, or nil.
+local function history_head(room)
+  local head = redis.call('XRANGE', history_key(room), '-', '+', 'COUNT', 1)[1]
+  return head and tonumber(string.match(head[1], '^%d+'))
 end
+
+-- The newest id the room no longer keeps: its first available id is one past it.
+local function history_trimmed(room)
+  local trimmed = redis.call('GET', trimmed_key(room))
+  if trimmed then
+    return tonumber(trimmed)
+  end
+  -- A history kept by an older version of the scripts (its oldest message on is kept), or
+  -- none (never written, or expired): the room keeps nothing given so far.
+  local head = history_head(room)
+  return head and head - 1 or last_id()
+end
+
+-- Drops the head of the room's history: what is past RETENTION_MESSAGES, and what is older
+-- than RETENTION (by its timestamp, up to the first message young enough: times go up with
+-- the ids as long as Redis's clock does). The newest id dropped becomes the room's trimmed
+-- id.
+local function prune_history(room)
+  local key = history_key(room)
+  local excess = redis.call('XLEN', key) - RETENTION_MESSAGES
+  local oldest_kept = NOW - RETENTION
+  local start, dropped = '-', nil
+  while history_drops_left > 0 do
+    local entry = redis.call('XRANGE', key, start, '+', 'COUNT', 1)[1]
+    -- Fields t, b: t is the message's time (ms); a malformed one counts as old.
+    if not entry or (excess <= 0 and (tonumber(entry[2][2]) or 0) >= oldest_kept) then
+      break
+    end
+    dropped, start = entry[1], '(' .. entry[1]
+    excess = excess - 1
+    history_drops_left = history_drops_left - 1
+  end
+  if dropped then
+    local id = string.match(dropped, '^%d+')
+    redis.call('XTRIM', key, 'MINID', id .. '-1')
+    -- Its expiry stays that of the history (none only for a history of an older version).
+    redis.call('SET', trimmed_key(room), id, 'KEEPTTL')
+  end
+end
+
+-- The room keeps the message for RETENTION at most, among its last RETENTION_MESSAGES.
+local function keep_in_history(room, id, body)
+  local key, trimmed = history_key(room), trimmed_key(room)
+  if redis.call('EXISTS', trimmed) == 0 then
+    -- A history starts (again, if it had expired): nothing before this message is kept.
+    redis.call('SET', trimmed, (history_head(room) or id) - 1)
+  end
+  redis.call('XADD', key, id .. '-0', 't', NOW, 'b', body)
+  -- A history nobody writes to any more goes once all of it is past the retention.
+  redis.call('PEXPIRE', key, RETENTION)
+  redis.call('PEXPIRE', trimmed, RETENTION)
+  prune_history(room)
+end
+
+-- Messages
 
 -- Publishes the bodies ARGV[first..last] in order; returns the last id given. A body that is
 -- not the chat body of a room is dropped (and counted): workers only send what

@@ -1,15 +1,29 @@
 -- A worker joins (or re-joins) with all its members.
 -- ARGV: label, the last message id it saw (0: none), its epoch ("": none), a fresh epoch for a
--- new run of ids, the log position it read up to ("": none), then presence pairs (member
+-- new run of ids, the log position it read up to ("": none), the id and time (field t) of the
+-- last message it read from the log ("", "": none), then presence pairs (member
 -- "<connection id> <room>", name).
 -- Returns: epoch, 1 if the worker can read on from its position without missing a message,
 -- the position to read from, the last message id before that position (-1: the worker's own
 -- position, kept), and in how many ms to call update.
 local label, seen, epoch = ARGV[FIRST_ARG], tonumber(ARGV[FIRST_ARG + 1]), ARGV[FIRST_ARG + 2]
 local fresh_epoch, position = ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4]
+local read_id, read_time = ARGV[FIRST_ARG + 5], ARGV[FIRST_ARG + 6]
+
+-- Whether the log has another message than the one the worker read under its id: Redis went
+-- back in time (a restart that lost its last writes, a lagging replica promoted) to before
+-- that message, and a worker that re-joined first was given its id again.
+local function read_id_given_again()
+  if read_id == '' then
+    return false
+  end
+  local entry = redis.call('XRANGE', LOG, read_id .. '-0', read_id .. '-0')[1]
+  return entry ~= nil and entry[2][2] ~= read_time
+end
+
 expire_workers()
 local current = redis.call('GET', EPOCH)
-if not current or (current == epoch and last_id() < seen) then
+if not current or (current == epoch and (last_id() < seen or read_id_given_again())) then
   -- A new Redis, one that lost its data, or one that went back in time: ids given before may
   -- be given again, so a new run of ids starts (clients resuming from the old one get the
   -- whole history, and the workers tell their clients messages may be missing).
@@ -45,7 +59,7 @@ if position == '' then
   position = top[1] and top[1][1] or '0-0'
 end
 -- What the hub still has of this worker is replaced: only what changed shows in presence.
-replace_members(label, FIRST_ARG + 5)
+replace_members(label, FIRST_ARG + 7)
 renew_lease(label)
 forget_idle_rooms()
 return {current, continuous, position, position_id, settle_presence()}

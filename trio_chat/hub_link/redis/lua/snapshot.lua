@@ -3,7 +3,8 @@
 -- ARGV: label, the worker's epoch, the last message id it saw, room, since ("": none), "=" and
 -- since's epoch ("": none given), connection, name.
 -- Returns: false if the worker must re-join first (see in_step); else epoch, 1 if since is
--- valid, the last id, the room's first id kept, in how many ms to call update, 1 if refused
+-- valid, the last id, the room's first id kept (of a resume: from which the messages sent
+-- miss none), in how many ms to call update, 1 if refused
 -- (and nothing follows), then the room's presence state (version, online, listed names as
 -- JSON, number of names), then id, ts, body per message.
 local label, worker_epoch, seen = ARGV[FIRST_ARG], ARGV[FIRST_ARG + 1], tonumber(ARGV[FIRST_ARG + 2])
@@ -22,12 +23,23 @@ if not room_exists(room) then
   make_room(room)
 end
 set_member(label, connection .. ' ' .. room, name)
+-- A room nobody has written to for a while has its old messages dropped before they show.
+prune_history(room)
 local due = settle_presence()
 local valid = since == '' or (tonumber(since) <= last and (since_epoch == '' or since_epoch == '=' .. epoch))
-local after = (since ~= '' and valid) and since or '0'
+local resuming = since ~= '' and valid and tonumber(since) > 0
+local after = resuming and since or '0'
+-- One more than is sent tells whether a resume is sent all it missed.
 local entries = redis.call('XREVRANGE', history_key(room), '+', '(' .. after .. '-0',
-  'COUNT', HISTORY_SIZE)
-local first_available = tonumber(redis.call('HGET', room_key(room), 'trimmed')) + 1
+  'COUNT', HISTORY_SIZE + 1)
+local first_available = history_trimmed(room) + 1
+if #entries > HISTORY_SIZE then
+  local left_out = table.remove(entries)
+  if resuming then
+    -- More than a join gets (the rest is a scroll away): say where what is sent starts.
+    first_available = tonumber(string.match(left_out[1], '^%d+')) + 1
+  end
+end
 local reply = {epoch, valid and 1 or 0, last, first_available, due, 0}
 for _, value in ipairs(presence_state(room)) do
   reply[#reply + 1] = value
