@@ -27,6 +27,7 @@ from trio_chat import ChatApp
 from trio_chat.asgi_types import Message, Receive, Scope, Send
 from trio_chat.config import Settings
 from trio_chat.hub_link import Hub, HubLink, HubListener, HubUnavailable, Snapshot
+from trio_chat.hub_link.interface import Older
 from trio_chat.hub_link.local import LocalHub
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -66,12 +67,16 @@ def chat_app(hub: Hub, settings: Settings | None = None) -> ChatApp:
 
 class GatedHub(LocalHub):
     """A LocalHub whose snapshots (a client joining a room) can be held before or after they
-    are taken, or have their answer lost."""
+    are taken, or have their answer lost, and whose pages of scrollback (``older``) can be
+    held before they are read."""
 
     def __init__(self, history_size: int = 100) -> None:
         super().__init__(history_size, clock_ms=lambda: 1)
         self.before_snapshot: trio.Event | None = None
         self.after_snapshot: trio.Event | None = None
+        self.before_older: trio.Event | None = None
+        #: Set once an ``older`` call is waiting on ``before_older``.
+        self.older_held = trio.Event()
         #: If set, called once a snapshot is taken, which then fails with ``HubUnavailable``
         #: as if the hub's answer had been lost on the way.
         self.lose_answer: Callable[[], None] | None = None
@@ -103,6 +108,12 @@ class GatedHub(LocalHub):
                     hub.lose_answer()
                     raise HubUnavailable("the answer was lost")
                 return snapshot
+
+            async def older(self, room: str, before: int, limit: int) -> Older:
+                if hub.before_older is not None:
+                    hub.older_held.set()
+                    await hub.before_older.wait()
+                return await self._link.older(room, before, limit)
 
         class Status:
             def started(self, link: HubLink) -> None:

@@ -1,11 +1,12 @@
 """Hostile clients, fuzzed in-process with hypothesis: whatever arrives, the app holds.
 
 - WebSocket frames from one client: arbitrary text and binary, random JSON, shapes close to a
-  chat message (with and without a room, valid or not, joined or not), huge and deeply nested
-  frames, odd Unicode, control characters, JSON-escaped lone surrogates, with valid messages
-  among them. Every invalid frame gets exactly one error
-  frame, to its sender alone; every valid one reaches the sender and another client, in order;
-  the session never dies, the other client keeps working, and the worker shuts down cleanly.
+  chat message (with and without a room, valid or not, joined or not) or to an ``older``
+  request (scrollback), huge and deeply nested frames, odd Unicode, control characters,
+  JSON-escaped lone surrogates, with valid messages among them. Every invalid frame gets
+  exactly one error frame, to its sender alone; every valid message reaches the sender and
+  another client, in order, and every valid ``older`` gets one page, to its sender alone; the
+  session never dies, the other client keeps working, and the worker shuts down cleanly.
 - The handshake: arbitrary query strings (``?room=`` among them), ``Origin`` and ``Host``
   headers. Accepted or refused
   with 1008, never a crash.
@@ -16,9 +17,10 @@
 
 Each example gets a fresh worker on a fresh ``LocalHub``; the app is driven through
 ``asgi_driver``, so a session or lifespan that dies with an exception fails the example.
-What makes a chat message valid is restated here (``expected_chat``) from the protocol's rules
-rather than imported, so the app is checked against the rules, not against itself. Nothing
-sleeps: "nothing else was sent" is read after ``wait_all_tasks_blocked``.
+What makes a chat message or an ``older`` frame valid is restated here (``expected_chat``,
+``expected_older``) from the protocol's rules rather than imported, so the app is checked
+against the rules, not against itself. Nothing sleeps: "nothing else was sent" is read after
+``wait_all_tasks_blocked``.
 
 The inputs that crashed the app when these tests were written are pinned at the end.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import unicodedata
 from collections.abc import AsyncIterator
@@ -66,7 +69,10 @@ ERROR_CODES = frozenset(code.value for code in ErrorCode)
 ROOM = "general"
 #: What a room name may hold (docs/protocol.md): up to 64 of these, not starting with - or _.
 ROOM_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
-#: Frame types that answer with something other than an error or a broadcast message.
+#: Messages an ``older`` frame may ask for at most.
+MAX_OLDER_MESSAGES = 100
+#: Frame types that answer with something other than an error, a broadcast message or a page
+#: of scrollback.
 OTHER_TYPES = frozenset({"rename", "join", "leave", "rooms"})
 #: So small that a bucket never refills during a test: exactly ``burst`` frames get through.
 NEGLIGIBLE_RATE = 1e-9
@@ -95,15 +101,21 @@ def is_other_type(frame: str | bytes) -> bool:
     return isinstance(kind, str) and kind in OTHER_TYPES
 
 
-def expected_chat(frame: str | bytes) -> tuple[str, str] | None:
-    """The (sender, message) a frame should broadcast, or None if it should be refused."""
+def decoded_object(frame: str | bytes) -> dict[str, Any] | None:
+    """The JSON object a frame holds, if the server reads it as one."""
     if isinstance(frame, bytes) or len(frame) > MAX_FRAME_CHARS:
         return None
     try:
         document = json.loads(frame)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(document, dict) or document.get("type", "message") != "message":
+    return document if isinstance(document, dict) else None
+
+
+def expected_chat(frame: str | bytes) -> tuple[str, str] | None:
+    """The (sender, message) a frame should broadcast, or None if it should be refused."""
+    document = decoded_object(frame)
+    if document is None or document.get("type", "message") != "message":
         return None
     # Without a room, the connection's first room; with one, a valid name of a room it is in.
     room = document.get("room", ROOM)
@@ -122,6 +134,25 @@ def expected_chat(frame: str | bytes) -> tuple[str, str] | None:
     if len(message.encode("utf-8")) > MAX_MESSAGE_BYTES:
         return None
     return sender, message
+
+
+def _is_integer_within(value: object, low: int, high: float) -> bool:
+    # JSON true and false are not numbers, whatever Python makes of them.
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def expected_older(frame: str | bytes) -> bool:
+    """Whether a frame is an ``older`` request to answer with a page (of ``ROOM``, the only
+    room the connection is in)."""
+    document = decoded_object(frame)
+    if document is None or document.get("type") != "older":
+        return False
+    if document.get("room", ROOM) != ROOM:
+        return False
+    limit = document.get("limit", 1)
+    return _is_integer_within(document.get("before"), 1, math.inf) and _is_integer_within(
+        limit, 1, MAX_OLDER_MESSAGES
+    )
 
 
 # Frames.
@@ -195,6 +226,21 @@ near_valid_documents = st.fixed_dictionaries(
         "room": room_values,
         "type": json_values,
     },
+)
+#: ``older`` requests: numbers around the bounds of ``before`` and ``limit``, and anything.
+older_numbers = st.one_of(
+    st.integers(-2, MAX_OLDER_MESSAGES + 2), st.integers(), st.integers(2**63 - 2, 2**64)
+)
+older_documents = st.fixed_dictionaries(
+    {"type": st.just("older")},
+    optional={
+        "room": room_values,
+        "before": older_numbers | json_values,
+        "limit": older_numbers | json_values,
+    },
+) | st.fixed_dictionaries(
+    {"type": st.just("older"), "before": st.integers(1, 10**6)},
+    optional={"room": st.just(ROOM), "limit": st.integers(1, MAX_OLDER_MESSAGES)},
 )
 #: Valid messages, to the room joined (implicitly or not) or to one that is not.
 roomed_documents = st.builds(
@@ -290,6 +336,7 @@ any_frames: st.SearchStrategy[str | bytes] = st.one_of(
     encoded(valid_documents),
     encoded(valid_documents),
     encoded(roomed_documents),
+    encoded(older_documents),
     st.sampled_from(LONE_SURROGATE_FRAMES),
     with_odd_chars(),
     with_odd_chars(),
@@ -301,6 +348,8 @@ any_frames: st.SearchStrategy[str | bytes] = st.one_of(
 # Reading what the app sent.
 
 ERROR = "error"
+#: A page of scrollback, for the asker alone.
+OLDER = "older"
 Outcome = str | tuple[str, str, str]
 
 
@@ -318,8 +367,8 @@ def decode(message: Message) -> dict[str, Any]:
 
 
 def outcome(frame: dict[str, Any], room: str = ROOM) -> Outcome:
-    """An error or message frame, checked for shape and reduced to what the test compares;
-    a message must be of ``room``."""
+    """An error, message or ``older`` frame, checked for shape and reduced to what the test
+    compares; a message, or a page, must be of ``room``."""
     if frame["type"] == "error":
         # "room" only when the refused frame named a valid one.
         assert set(frame) - {"room"} == {"type", "code", "message"}, frame
@@ -327,6 +376,13 @@ def outcome(frame: dict[str, Any], room: str = ROOM) -> Outcome:
         assert frame["code"] in ERROR_CODES, frame
         assert isinstance(frame["message"], str) and frame["message"], frame
         return ERROR
+    if frame["type"] == "older":
+        assert list(frame) == ["type", "room", "complete", "messages"], frame
+        assert frame["room"] == room and isinstance(frame["complete"], bool), frame
+        assert len(frame["messages"]) <= MAX_OLDER_MESSAGES
+        for message in frame["messages"]:
+            assert outcome(message, room) != ERROR
+        return OLDER
     assert frame["type"] == "message", frame
     assert list(frame) == ["type", "id", "ts", "room", "sender", "message"], frame
     assert isinstance(frame["id"], int) and isinstance(frame["ts"], int), frame
@@ -335,8 +391,14 @@ def outcome(frame: dict[str, Any], room: str = ROOM) -> Outcome:
 
 
 def expected_outcome(frame: str | bytes) -> Outcome:
+    if expected_older(frame):
+        return OLDER
     chat = expected_chat(frame)
     return ERROR if chat is None else ("message", *chat)
+
+
+def is_broadcast(result: Outcome) -> bool:
+    return result not in (ERROR, OLDER)
 
 
 def frames_sent(client: WebSocketClient) -> list[dict[str, Any]]:
@@ -385,7 +447,7 @@ async def test_any_frame_gets_one_error_or_reaches_everyone_and_others_are_unaff
 ) -> None:
     assume(not any(map(is_other_type, frames)))
     expected = [expected_outcome(frame) for frame in frames]
-    broadcast = [result for result in expected if result != ERROR]
+    broadcast = [result for result in expected if is_broadcast(result)]
     async with two_clients(Settings(rate=0)) as (ann, bob):
         seen_by_ann: list[Outcome] = []
         seen_by_bob: list[Outcome] = []
@@ -394,15 +456,16 @@ async def test_any_frame_gets_one_error_or_reaches_everyone_and_others_are_unaff
             if settle_each:
                 to_ann, to_bob = await settled_outcomes(ann, bob)
                 assert to_ann == [result], frame
-                assert to_bob == ([] if result == ERROR else [result]), frame
+                assert to_bob == ([result] if is_broadcast(result) else []), frame
                 seen_by_ann += to_ann
                 seen_by_bob += to_bob
         to_ann, to_bob = await settled_outcomes(ann, bob)
         seen_by_ann += to_ann
         seen_by_bob += to_bob
 
-        assert [result for result in seen_by_ann if result != ERROR] == broadcast
+        assert [result for result in seen_by_ann if is_broadcast(result)] == broadcast
         assert seen_by_ann.count(ERROR) == expected.count(ERROR)
+        assert seen_by_ann.count(OLDER) == expected.count(OLDER)
         assert seen_by_bob == broadcast
 
         await ann.send_json({"sender": "ann", "message": "still there?"})
@@ -424,7 +487,9 @@ async def test_frames_past_the_burst_each_get_one_rate_limited_error(
             if n < burst:
                 result = expected_outcome(frame)
                 assert [outcome(sent) for sent in to_ann] == [result], frame
-                assert [outcome(sent) for sent in to_bob] == ([] if result == ERROR else [result])
+                assert [outcome(sent) for sent in to_bob] == (
+                    [result] if is_broadcast(result) else []
+                )
             else:
                 assert [(outcome(sent), sent["code"]) for sent in to_ann] == [
                     (ERROR, ErrorCode.RATE_LIMITED)

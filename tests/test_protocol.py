@@ -14,7 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from trio_chat.hub_link.interface import MAX_OLDER_MESSAGES
 from trio_chat.protocol import (
+    DEFAULT_OLDER_MESSAGES,
+    MAX_MESSAGE_ID,
     ROOM_NAME_RULE,
     ChatMessage,
     ClientFrame,
@@ -25,6 +28,7 @@ from trio_chat.protocol import (
     Limits,
     ListRooms,
     NoticeCode,
+    Older,
     ProtocolError,
     Rename,
     body_room,
@@ -38,6 +42,7 @@ from trio_chat.protocol import (
     left_frame,
     message_id,
     notice_frame,
+    older_frame,
     parse_chat_frame,
     parse_connect_query,
     parse_since,
@@ -300,6 +305,7 @@ def test_error_codes_clients_see_are_stable() -> None:
         "too_many_rooms",
         "already_joined",
         "room_limit",
+        "out_of_range",
     }
 
 
@@ -328,17 +334,22 @@ tricky_messages = messages | st.builds(
     lambda a, b, c: a + b + c, messages, _room_lookalike, messages
 )
 tricky_senders = senders | st.builds(lambda a, b: a + b, senders, _room_lookalike)
+# Numbers around the bounds of ``older``'s fields, and past any id.
+_numbers = st.integers(-2, MAX_OLDER_MESSAGES + 2) | st.integers() | st.integers(2**63 - 2, 2**64)
 # Objects that look like client frames, so that the rules past "is it an object" get exercised.
 frame_like = st.fixed_dictionaries(
     {},
     optional={
-        "type": st.sampled_from(["message", "rename", "join", "leave", "rooms"]) | json_values,
+        "type": st.sampled_from(["message", "rename", "join", "leave", "rooms", "older"])
+        | json_values,
         "sender": senders | st.text() | json_values,
         "message": messages | st.text() | json_values,
         "name": senders | json_values,
         "room": rooms | st.text() | json_values,
         "since": st.from_regex(r"[0-9a-f]{0,8}:?[0-9]{1,4}", fullmatch=True) | json_values,
         "id": json_values,
+        "before": _numbers | json_values,
+        "limit": _numbers | json_values,
     },
 )
 
@@ -359,6 +370,10 @@ def parse_anything(text: str | None, data: bytes | None = None) -> None:
     elif isinstance(result, Join | Leave):
         assert is_room_name(result.room)
         assert_one_line_of_utf8_json(left_frame(result.room))
+    elif isinstance(result, Older):
+        assert result.room is None or is_room_name(result.room)
+        assert 1 <= result.before <= MAX_MESSAGE_ID
+        assert 1 <= result.limit <= MAX_OLDER_MESSAGES
     else:
         assert isinstance(result, Rename | ListRooms)
 
@@ -561,7 +576,7 @@ def test_a_message_without_a_room_goes_to_the_first_room() -> None:
     assert parse(frame("ann", "hi", type="message")).room is None
 
 
-@pytest.mark.parametrize("kind", ["message", "join", "leave"])
+@pytest.mark.parametrize("kind", ["message", "join", "leave", "older"])
 @pytest.mark.parametrize(
     ("room", "code"),
     [
@@ -850,3 +865,191 @@ def test_frame_room_of_a_messages_missed_notice_is_none_whatever_it_says(text: s
 def test_body_room_refuses_what_is_not_a_chat_body(not_a_body: str) -> None:
     with pytest.raises(ValueError, match=r"not a chat body|not a room name|substring not found"):
         body_room(not_a_body)
+
+
+# Scrollback: the older frame
+
+
+def older(**fields: Any) -> str:
+    return json.dumps({"type": "older", **fields})
+
+
+@pytest.mark.parametrize(
+    ("document", "expected"),
+    [
+        ({"room": "lobby", "before": 42, "limit": 10}, Older("lobby", 42, 10)),
+        ({"before": 42, "limit": 10}, Older(None, 42, 10)),  # The connection's first room.
+        ({"room": "lobby", "before": 42}, Older("lobby", 42, DEFAULT_OLDER_MESSAGES)),
+        ({"room": "lobby", "before": 1, "limit": 1}, Older("lobby", 1, 1)),
+        ({"before": 7, "limit": MAX_OLDER_MESSAGES}, Older(None, 7, MAX_OLDER_MESSAGES)),
+        ({"before": 7, "sender": "ann", "message": "hi"}, Older(None, 7)),  # Nothing else read.
+        # Past any id the server can give: the newest messages, as for the largest id.
+        ({"before": MAX_MESSAGE_ID}, Older(None, MAX_MESSAGE_ID)),
+        ({"before": MAX_MESSAGE_ID + 1}, Older(None, MAX_MESSAGE_ID)),
+        ({"before": 10**4000}, Older(None, MAX_MESSAGE_ID)),
+    ],
+)
+def test_older_frames(document: dict[str, Any], expected: Older) -> None:
+    assert parse_chat_frame(older(**document), None, LIMITS) == expected
+
+
+def test_older_limits_are_those_of_the_hub_interface() -> None:
+    assert (DEFAULT_OLDER_MESSAGES, MAX_OLDER_MESSAGES) == (50, 100)
+
+
+@pytest.mark.parametrize(
+    ("document", "code", "field"),
+    [
+        ({"room": "lobby"}, ErrorCode.MISSING_FIELD, "before"),
+        ({"room": "lobby", "before": None}, ErrorCode.WRONG_TYPE, "before"),
+        ({"room": "lobby", "before": "42"}, ErrorCode.WRONG_TYPE, "before"),
+        ({"room": "lobby", "before": 42.0}, ErrorCode.WRONG_TYPE, "before"),
+        ({"room": "lobby", "before": True}, ErrorCode.WRONG_TYPE, "before"),  # Not a number.
+        ({"room": "lobby", "before": [42]}, ErrorCode.WRONG_TYPE, "before"),
+        ({"room": "lobby", "before": 0}, ErrorCode.OUT_OF_RANGE, "before"),
+        ({"room": "lobby", "before": -1}, ErrorCode.OUT_OF_RANGE, "before"),
+        ({"room": "lobby", "before": -(10**4000)}, ErrorCode.OUT_OF_RANGE, "before"),
+        ({"room": "lobby", "before": 5, "limit": None}, ErrorCode.WRONG_TYPE, "limit"),
+        ({"room": "lobby", "before": 5, "limit": "10"}, ErrorCode.WRONG_TYPE, "limit"),
+        ({"room": "lobby", "before": 5, "limit": 1.5}, ErrorCode.WRONG_TYPE, "limit"),
+        ({"room": "lobby", "before": 5, "limit": False}, ErrorCode.WRONG_TYPE, "limit"),
+        ({"room": "lobby", "before": 5, "limit": 0}, ErrorCode.OUT_OF_RANGE, "limit"),
+        ({"room": "lobby", "before": 5, "limit": -3}, ErrorCode.OUT_OF_RANGE, "limit"),
+        (
+            {"room": "lobby", "before": 5, "limit": MAX_OLDER_MESSAGES + 1},
+            ErrorCode.OUT_OF_RANGE,
+            "limit",
+        ),
+        ({"room": "lobby", "before": 5, "limit": 10**4000}, ErrorCode.OUT_OF_RANGE, "limit"),
+    ],
+)
+def test_a_bad_before_or_limit_is_refused_and_the_error_names_the_field_and_room(
+    document: dict[str, Any], code: ErrorCode, field: str
+) -> None:
+    error = refused({"type": "older", **document})
+
+    assert error.code == code
+    assert f'"{field}"' in error.message
+    assert error.room == "lobby"  # The frame named a valid room: its error says which.
+    assert json.loads(error.frame())["room"] == "lobby"
+
+
+def test_an_older_frame_out_of_range_says_what_is_allowed() -> None:
+    assert "at least 1" in refused({"type": "older", "before": 0}).message
+    limit = refused({"type": "older", "before": 5, "limit": 101})
+    assert f"from 1 to {MAX_OLDER_MESSAGES}" in limit.message
+    assert limit.room is None  # No room named: the session's first room is not known here.
+
+
+@pytest.mark.parametrize(
+    ("room", "code"),
+    [
+        ("Lobby", ErrorCode.INVALID_ROOM),
+        ("", ErrorCode.INVALID_ROOM),
+        ("x" * 65, ErrorCode.INVALID_ROOM),
+        (None, ErrorCode.WRONG_TYPE),
+        (7, ErrorCode.WRONG_TYPE),
+    ],
+)
+def test_an_older_frame_with_a_bad_room_is_refused_before_its_numbers_are_read(
+    room: Any, code: ErrorCode
+) -> None:
+    error = refused({"type": "older", "room": room, "before": 0, "limit": "x"})
+
+    assert error.code == code
+    assert error.room is None
+
+
+def test_an_older_number_too_long_for_python_is_invalid_json() -> None:
+    # Over the 4300 digits int <-> str allows: refused by the parser, never an escaped error.
+    text = '{"type":"older","before":' + "9" * 5000 + "}"
+
+    assert refusal(text) == ErrorCode.INVALID_JSON
+
+
+def test_older_frame_wraps_the_message_frames_as_they_are() -> None:
+    messages = [
+        stamp_chat_frame(3, 10, encode_chat_body("lobby", ChatMessage("ann", 'say "hi"'))),
+        stamp_chat_frame(9, 20, encode_chat_body("lobby", ChatMessage("zoë", "a\nb"))),
+    ]
+
+    emitted = older_frame("lobby", messages, complete=False)
+
+    assert emitted == (
+        '{"type":"older","room":"lobby","complete":false,"messages":[' + ",".join(messages) + "]}"
+    )
+    assert assert_one_line_of_utf8_json(emitted) == {
+        "type": "older",
+        "room": "lobby",
+        "complete": False,
+        "messages": [json.loads(message) for message in messages],
+    }
+    assert frame_room(emitted) == "lobby"  # What the writer's catch-up reads.
+    assert message_id(emitted) is None and presence_version(emitted) is None
+
+
+def test_an_empty_complete_older_frame() -> None:
+    assert json.loads(older_frame("general", [], complete=True)) == {
+        "type": "older",
+        "room": "general",
+        "complete": True,
+        "messages": [],
+    }
+
+
+@given(
+    rooms,
+    st.lists(st.tuples(st.integers(min_value=1), tricky_senders, tricky_messages), max_size=5),
+    st.booleans(),
+)
+def test_older_frame_round_trips(
+    room: str, stamped: list[tuple[int, str, str]], complete: bool
+) -> None:
+    messages = [
+        stamp_chat_frame(given_id, 0, encode_chat_body(room, ChatMessage(sender, text)))
+        for given_id, sender, text in stamped
+    ]
+
+    decoded = assert_one_line_of_utf8_json(older_frame(room, messages, complete=complete))
+
+    assert decoded == {
+        "type": "older",
+        "room": room,
+        "complete": complete,
+        "messages": [json.loads(message) for message in messages],
+    }
+    assert frame_room(older_frame(room, messages, complete=complete)) == room
+
+
+@given(
+    st.one_of(st.none(), rooms),
+    st.integers(min_value=1, max_value=MAX_MESSAGE_ID),
+    st.integers(min_value=1, max_value=MAX_OLDER_MESSAGES),
+)
+def test_any_valid_older_request_parses_back_to_itself(
+    room: str | None, before: int, limit: int
+) -> None:
+    document: dict[str, Any] = {"type": "older", "before": before, "limit": limit}
+    if room is not None:
+        document["room"] = room
+
+    assert parse_chat_frame(json.dumps(document), None, LIMITS) == Older(room, before, limit)
+
+
+@given(st.integers(), st.integers() | st.none())
+def test_older_numbers_are_accepted_exactly_within_their_range(
+    before: int, limit: int | None
+) -> None:
+    document: dict[str, Any] = {"type": "older", "room": "lobby", "before": before}
+    if limit is not None:
+        document["limit"] = limit
+
+    result = parse_or_error(json.dumps(document))
+
+    if before >= 1 and (limit is None or 1 <= limit <= MAX_OLDER_MESSAGES):
+        expected_limit = DEFAULT_OLDER_MESSAGES if limit is None else limit
+        assert result == Older("lobby", min(before, MAX_MESSAGE_ID), expected_limit)
+    else:
+        assert isinstance(result, ProtocolError)
+        assert result.code == ErrorCode.OUT_OF_RANGE
+        assert result.room == "lobby"

@@ -4,11 +4,12 @@ Nothing here touches a socket, a channel or the clock, so every rule is a plain 
 the tests. Frames are JSON text; docs/protocol.md is the reader's version of this module.
 
 Invariants:
-- ``parse_chat_frame`` either returns a valid ``ChatMessage`` or raises ``ProtocolError``; it
-  never lets another exception out, whatever the input (deep nesting, huge numbers, lone
-  surrogates, binary data).
+- ``parse_chat_frame`` either returns a valid client frame (``ClientFrame``) or raises
+  ``ProtocolError``; it never lets another exception out, whatever the input (deep nesting,
+  huge numbers, lone surrogates, binary data).
 - A chat message is encoded once (``encode_chat_body``) where it enters the system and stamped
-  once (``stamp_chat_frame``) by the hub; every subscriber is sent the very same string.
+  once (``stamp_chat_frame``) by the hub; every subscriber is sent the very same string, and
+  the ``history`` and ``older`` frames wrap it as it is.
 - Every string we emit is valid UTF-8 JSON on one line, so frames can be joined with ``\\n``.
 """
 
@@ -22,6 +23,8 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
+
+from .hub_link.interface import MAX_OLDER_MESSAGES
 
 
 class CloseCode(enum.IntEnum):
@@ -76,6 +79,9 @@ class ErrorCode(enum.StrEnum):
     ALREADY_JOINED = "already_joined"
     #: The hub holds ``TRIO_CHAT_MAX_ROOMS`` rooms and none can be forgotten: no new room now.
     ROOM_LIMIT = "room_limit"
+    #: A number outside the range its field allows (an ``older`` frame's ``before`` or
+    #: ``limit``).
+    OUT_OF_RANGE = "out_of_range"
 
 
 class ProtocolError(Exception):
@@ -159,7 +165,27 @@ class ListRooms:
     """Asks for the busiest rooms (a ``rooms`` frame)."""
 
 
-ClientFrame = ChatMessage | Rename | Join | Leave | ListRooms
+#: Messages an ``older`` frame asks for when it gives no ``limit``; it may ask for up to
+#: ``MAX_OLDER_MESSAGES``.
+DEFAULT_OLDER_MESSAGES = 50
+#: The largest id there can be: ids are 64-bit signed integers in the hub's stores (SQLite,
+#: Redis stream ids). A larger ``before`` asks for the same page (the newest messages), so it
+#: is read as this one, and no store is handed a number it cannot hold.
+MAX_MESSAGE_ID = 2**63 - 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Older:
+    """Asks for a page of a room's scrollback: up to ``limit`` of its messages with ids below
+    ``before`` (an ``older`` frame answers)."""
+
+    #: ``None``: the connection's first room, as for a ``ChatMessage``.
+    room: str | None
+    before: int
+    limit: int = DEFAULT_OLDER_MESSAGES
+
+
+ClientFrame = ChatMessage | Rename | Join | Leave | ListRooms | Older
 
 
 # Line breaks and tabs are fine in a message; other control characters are not (they only serve
@@ -213,6 +239,8 @@ def parse_chat_frame(text: str | None, data: bytes | None, limits: Limits) -> Cl
         return Leave(_room_field(document))
     if kind == "rooms":
         return ListRooms()
+    if kind == "older":
+        return _parse_older(document)
     raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"Unknown frame type {_clip(kind)}.")
 
 
@@ -225,6 +253,31 @@ def _parse_join(document: dict[str, Any]) -> Join:
     if parsed is None:
         return Join(room, since_invalid=True)
     return Join(room, *parsed)
+
+
+def _parse_older(document: dict[str, Any]) -> Older:
+    room = _room_field(document) if "room" in document else None
+    before = _integer_field(document, "before", 1, None, room)
+    limit = DEFAULT_OLDER_MESSAGES
+    if "limit" in document:
+        limit = _integer_field(document, "limit", 1, MAX_OLDER_MESSAGES, room)
+    return Older(room, min(before, MAX_MESSAGE_ID), limit)
+
+
+def _integer_field(
+    document: dict[str, Any], name: str, low: int, high: int | None, room: str | None
+) -> int:
+    """A JSON integer (not a bool, not a float) from ``low`` to ``high`` (``None``: no bound);
+    errors name ``room``, when the frame named a valid one."""
+    if name not in document:
+        raise ProtocolError(ErrorCode.MISSING_FIELD, f'The field "{name}" is missing.', room)
+    value = document[name]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(ErrorCode.WRONG_TYPE, f'The field "{name}" must be an integer.', room)
+    if value < low or (high is not None and value > high):
+        allowed = f"at least {low}" if high is None else f"from {low} to {high}"
+        raise ProtocolError(ErrorCode.OUT_OF_RANGE, f'The field "{name}" must be {allowed}.', room)
+    return value
 
 
 def _room_field(document: dict[str, Any]) -> str:
@@ -410,6 +463,17 @@ def history_frame(room: str, messages: Sequence[str], *, resumed: bool, epoch: s
     """
     flag = "true" if resumed else "false"
     head = f'{{"type":"history","room":"{room}","resumed":{flag},"epoch":{json.dumps(epoch)}'
+    return f'{head},"messages":[{",".join(messages)}]}}'
+
+
+def older_frame(room: str, messages: Sequence[str], *, complete: bool) -> str:
+    """A page of a room's scrollback, answering an ``older`` frame: its message frames,
+    already encoded, wrapped without re-encoding them (as ``history_frame`` does).
+
+    ``complete``: the server keeps nothing of the room older than these.
+    """
+    flag = "true" if complete else "false"
+    head = f'{{"type":"older","room":"{room}","complete":{flag}'
     return f'{head},"messages":[{",".join(messages)}]}}'
 
 

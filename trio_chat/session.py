@@ -12,8 +12,9 @@ in the fan-out first, then asks the hub for the room's snapshot, so that nothing
 meanwhile is missed; the writer sends the snapshot where the room's frames begin in its
 channel (``PendingJoin``) and skips the live frames it covers.
 
-Only the writer task ever sends to the client; the reader hands error frames to it through the
-same bounded channel, so frames never interleave and nothing else waits on this client.
+Only the writer task ever sends to the client; the reader hands error frames, and the answers
+to ``rooms`` and ``older`` frames, to it through the same bounded channel, so frames never
+interleave and nothing else waits on this client.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ from .protocol import (
     Join,
     Leave,
     ListRooms,
+    Older,
     ProtocolError,
     Rename,
     encode_chat_body,
     error_frame,
     invalid_resume_error,
+    older_frame,
     parse_chat_frame,
     parse_connect_query,
     rooms_frame,
@@ -308,6 +311,8 @@ class Session:
                     await self._handle_join(subscriber, frame)
                 elif isinstance(frame, Leave):
                     self._leave(subscriber, frame.room)
+                elif isinstance(frame, Older):
+                    await self._send_older(subscriber, frame)
                 else:
                     assert isinstance(frame, ListRooms)
                     await self._list_rooms(subscriber)
@@ -374,6 +379,29 @@ class Session:
                 "other workers.",
             ) from None
         self._fanout.send_to(subscriber, rooms_frame(rooms))
+
+    async def _send_older(self, subscriber: Subscriber, request: Older) -> None:
+        """A page of a room's scrollback, to this client alone. Like a join or the list of
+        rooms, it holds up the connection's next frames for one hub round trip."""
+        room = request.room or next(iter(subscriber.rooms), None)
+        if room not in subscriber.rooms:
+            raise ProtocolError(
+                ErrorCode.NOT_JOINED,
+                f"You are not in {room}: join it to read its older messages."
+                if room
+                else "You are in no room. Join one first.",
+                room,
+            )
+        try:
+            page = await self._link.older(room, request.before, request.limit)
+        except HubUnavailable:
+            raise ProtocolError(
+                ErrorCode.HUB_UNAVAILABLE,
+                "Older messages cannot be fetched right now: the server cannot reach the other "
+                "workers. Try again in a moment.",
+                room,
+            ) from None
+        self._fanout.send_to(subscriber, older_frame(room, page.messages, complete=page.complete))
 
     def _rename(self, subscriber: Subscriber, name: str) -> None:
         if name != self._name:

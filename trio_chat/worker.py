@@ -18,6 +18,7 @@ from .config import Settings
 from .fanout import Fanout
 from .guards import AddressCounter
 from .hub_link import HubLink, HubUnavailable, RoomCount, Snapshot
+from .hub_link.interface import Older
 from .protocol import CloseCode, Limits, NoticeCode, notice_frame
 from .static import StaticFiles, default_static_dir
 
@@ -122,4 +123,7 @@ class _NotJoined:
         pass
 
     async def rooms(self) -> list[RoomCount]:
+        raise HubUnavailable("this worker has not joined its hub")
+
+    async def older(self, room: str, before: int, limit: int) -> Older:
         raise HubUnavailable("this worker has not joined its hub")

@@ -19,7 +19,7 @@ import trio
 
 from ..hub.core import new_epoch, wall_clock_ms
 from ..hub.state import DEFAULT_MAX_ROOMS, HubState
-from .interface import HubLink, HubListener, HubUnavailable, RoomCount, Snapshot
+from .interface import HubLink, HubListener, HubUnavailable, Older, RoomCount, Snapshot
 
 # Frames are delivered synchronously after every change, so mailboxes never fill.
 _UNBOUNDED = 1 << 30
@@ -118,6 +118,11 @@ class _LocalLink:
         await trio.lowlevel.checkpoint()
         self._check_connected()
         return self._hub.state.rooms()
+
+    async def older(self, room: str, before: int, limit: int) -> Older:
+        await trio.lowlevel.checkpoint()
+        self._check_connected()
+        return self._hub.state.older(room, before, limit)
 
     def _change_presence(self, connection: int, room: str, name: str | None) -> None:
         self._hub.state.update(self._mailbox_id, presence={(connection, room): name})

@@ -22,7 +22,15 @@ from collections.abc import Callable
 import trio
 
 from ...config import Settings
-from ..interface import HubLink, HubListener, HubUnavailable, Member, RoomCount, Snapshot
+from ..interface import (
+    HubLink,
+    HubListener,
+    HubUnavailable,
+    Member,
+    Older,
+    RoomCount,
+    Snapshot,
+)
 from .backend import MAX_BATCH, Backend, Membership
 from .publisher import Publisher
 from .reader import Reader
@@ -136,6 +144,16 @@ class BridgedHub:
             raise HubUnavailable("the hub is unreachable right now")
         try:
             return await self._threads.call(membership.rooms)
+        except self.backend.link_errors as error:
+            raise HubUnavailable("the hub is unreachable right now") from error
+
+    async def older(self, room: str, before: int, limit: int) -> Older:
+        # Reads only: a call abandoned on cancel or timeout (``threads``) changes nothing.
+        membership = self._membership
+        if membership is None:
+            raise HubUnavailable("the hub is unreachable right now")
+        try:
+            return await self._threads.call(membership.older, room, before, limit)
         except self.backend.link_errors as error:
             raise HubUnavailable("the hub is unreachable right now") from error
 
