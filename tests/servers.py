@@ -321,13 +321,14 @@ class StandaloneHub:
     """A hub started by hand (``python -m trio_chat.hub``) on a Unix socket in ``folder``;
     ``env`` points workers at it. It can be killed and started again on the same socket."""
 
-    def __init__(self, folder: Path, nursery: trio.Nursery) -> None:
+    def __init__(self, folder: Path, nursery: trio.Nursery, store: str = "sqlite") -> None:
         self.secret_file = folder / "hub.secret"
         self.socket = folder / "hub.sock"
         self.env = {
             "TRIO_CHAT_HUB": f"unix:{self.socket}",
             "TRIO_CHAT_HUB_SECRET_FILE": str(self.secret_file),
             "TRIO_CHAT_DATA_DIR": str(folder / "data"),
+            "TRIO_CHAT_STORE": store,
         }
         self.process: trio.Process | None = None
         self.output: OutputCollector | None = None
@@ -375,10 +376,11 @@ class StandaloneHub:
 
 
 @asynccontextmanager
-async def standalone_hub(folder: Path) -> AsyncIterator[StandaloneHub]:
-    """A running hub started by hand in ``folder``; stopped at the end, whatever happened."""
+async def standalone_hub(folder: Path, store: str = "sqlite") -> AsyncIterator[StandaloneHub]:
+    """A running hub started by hand in ``folder`` (its store there too, unless ``store`` is
+    ``memory``); stopped at the end, whatever happened."""
     async with trio.open_nursery() as nursery:
-        hub = StandaloneHub(folder, nursery)
+        hub = StandaloneHub(folder, nursery, store)
         try:
             await hub.make_secret()
             await hub.start()

@@ -28,7 +28,7 @@ from trio_chat.hub_link.bridge.membership import JOIN_TIMEOUT_SECONDS
 from trio_chat.hub_link.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND
 from trio_chat.hub_link.bridge.reader import HUB_SILENCE_SECONDS
 from trio_chat.hub_link.bridge.threads import HUB_CALL_TIMEOUT_SECONDS
-from trio_chat.hub_link.interface import Member, RoomCount
+from trio_chat.hub_link.interface import Member, Older, RoomCount
 from trio_chat.protocol import presence_frame, stamp_chat_frame
 
 from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, Recorder, body, joined
@@ -71,13 +71,13 @@ class InProcessBackend:
 
 
 class _Membership:
-    continuous = False
     update_due_in = None
 
     def __init__(self, backend: InProcessBackend, mailbox_id: str) -> None:
         self._backend = backend
         self._mailbox_id = mailbox_id
         self.epoch = backend.core.current_epoch()
+        self.starts_after, self.continuous = backend.core.join_point(mailbox_id)
 
     def fetch(self, max_frames: int) -> Fetched | None:
         self._backend.answering.wait()
@@ -105,6 +105,10 @@ class _Membership:
     def rooms(self) -> list[RoomCount]:
         self._backend.answering.wait()
         return self._backend.core.rooms()
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        self._backend.answering.wait()
+        return self._backend.core.older(room, before, limit)
 
     def leave(self) -> None:
         self._backend.answering.wait()
@@ -235,6 +239,8 @@ async def test_a_hub_that_stops_answering_is_down_until_it_answers_again(
                 await worker.link.snapshot(ROOM, None, None, 1, "bob")
             with pytest.raises(HubUnavailable):
                 await worker.link.rooms()
+            with pytest.raises(HubUnavailable):
+                await worker.link.older(ROOM, 10, 5)
         finally:
             backend.answering.set()  # Also ends the threads given up on.
         await worker.recorder.wait_until(lambda: worker.recorder.missed == 1)  # Re-joined.
@@ -321,12 +327,13 @@ class ScriptedMembership:
 
     def __init__(self, continuous: bool) -> None:
         self.continuous = continuous
+        self.starts_after = 0
         self.update_due_in: float | None = None
         self.left = False
         self.updates = 0
         #: Rooms whose snapshot says ``refused`` (the hub holds its limit of rooms).
         self.full_rooms: set[str] = set()
-        #: Raised by ``snapshot`` and ``rooms`` while set.
+        #: Raised by ``snapshot``, ``rooms`` and ``older`` while set.
         self.failure: Exception | None = None
         self.listing: list[RoomCount] = [("general", 2), ("lobby", 1)]
         self._results: queue.Queue[Fetched | Exception | None] = queue.Queue()
@@ -375,6 +382,11 @@ class ScriptedMembership:
         if self.failure is not None:
             raise self.failure
         return self.listing
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        if self.failure is not None:
+            raise self.failure
+        return Older(room, [message(n) for n in range(max(1, before - limit), before)], True)
 
     def leave(self) -> None:
         self.left = True
@@ -497,6 +509,8 @@ async def test_rejoining_goes_on_until_the_hub_answers_and_the_link_is_down_mean
         with pytest.raises(HubUnavailable):
             await worker.link.rooms()
         with pytest.raises(HubUnavailable):
+            await worker.link.older(ROOM, 10, 5)
+        with pytest.raises(HubUnavailable):
             await worker.publish("ann", "while down")
         # A client whose first room could not be joined stays in it (the session says so).
         worker.link.present(5, ROOM, "dee")
@@ -560,6 +574,31 @@ async def test_rooms_are_listed_through_the_membership() -> None:
         backend.memberships[0].failure = ConnectionError("the link broke mid-call")
         with pytest.raises(HubUnavailable):
             await worker.link.rooms()
+
+
+async def test_older_pages_are_read_through_the_membership() -> None:
+    backend = ScriptedBackend()
+    async with joined(scripted_hub(backend)) as worker:
+        page = await worker.link.older("lobby", 5, 2)
+        assert page == Older("lobby", [message(3), message(4)], complete=True)
+        backend.memberships[0].failure = ConnectionError("the link broke mid-call")
+        with pytest.raises(HubUnavailable):
+            await worker.link.older("lobby", 5, 2)
+
+
+async def test_older_reads_a_rooms_scrollback_from_the_hub(backend: InProcessBackend) -> None:
+    async with joined_worker(backend) as worker:
+        for n in range(5):
+            await worker.publish("ann", f"m{n}")
+            await worker.publish("ann", f"elsewhere {n}", room="lobby")
+        await worker.recorder.wait_for_messages(5)
+        fourth = worker.recorder.messages(ROOM)[3]
+
+        page = await worker.link.older(ROOM, fourth["id"], 2)
+
+        assert page.room == ROOM
+        assert [json.loads(frame)["message"] for frame in page.messages] == ["m1", "m2"]
+        assert not page.complete
 
 
 async def test_a_worker_gets_the_frames_of_the_rooms_its_members_are_in(

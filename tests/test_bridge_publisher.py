@@ -20,7 +20,7 @@ from trio_chat.hub_link import HubUnavailable, Snapshot
 from trio_chat.hub_link.bridge.backend import Fetched
 from trio_chat.hub_link.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND, Publisher
 from trio_chat.hub_link.bridge.threads import HUB_CALL_TIMEOUT_SECONDS, HubThreads
-from trio_chat.hub_link.interface import Member, RoomCount
+from trio_chat.hub_link.interface import Member, Older, RoomCount
 
 from hub_support import ROOM, UnjoinableBackend
 
@@ -56,6 +56,7 @@ class CallsInTrio(HubThreads):
 class RecordingMembership:
     epoch = "epoch"
     continuous = False
+    starts_after = 0
 
     def __init__(self) -> None:
         self.update_due_in: float | None = None
@@ -92,6 +93,9 @@ class RecordingMembership:
 
     def rooms(self) -> list[RoomCount]:
         raise AssertionError("the publisher never lists rooms")
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        raise AssertionError("the publisher never reads scrollback")
 
     def leave(self) -> None:
         raise AssertionError("the publisher never leaves")

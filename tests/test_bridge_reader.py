@@ -19,7 +19,7 @@ from trio_chat.hub_link import Snapshot
 from trio_chat.hub_link.bridge.backend import Fetched
 from trio_chat.hub_link.bridge.reader import HUB_SILENCE_SECONDS, Reader
 from trio_chat.hub_link.bridge.threads import HubThreads
-from trio_chat.hub_link.interface import Member, RoomCount
+from trio_chat.hub_link.interface import Member, Older, RoomCount
 from trio_chat.protocol import presence_frame, stamp_chat_frame
 
 from hub_support import DEADLINE_SECONDS, ROOM, UnjoinableBackend, body
@@ -29,6 +29,7 @@ class QueuedMembership:
     """Each fetch returns the next result queued (raises it, if an exception)."""
 
     continuous = False
+    starts_after = 0
     update_due_in = None
 
     def __init__(self, *results: Fetched | Exception | None, epoch: str = "epoch") -> None:
@@ -59,6 +60,9 @@ class QueuedMembership:
 
     def rooms(self) -> list[RoomCount]:
         raise AssertionError("the reader never lists rooms")
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        raise AssertionError("the reader never reads scrollback")
 
     def leave(self) -> None:
         raise AssertionError("the reader never leaves")

@@ -45,8 +45,10 @@ HUB_UNAVAILABLE_ANSWER_SECONDS = 2.0
 async def test_workers_say_the_hand_started_hub_is_down_and_rejoin_it_when_it_is_back(
     tmp_path: Path,
 ) -> None:
+    # A hub that keeps messages in memory only: when it comes back it has lost them, and the
+    # clients are told (with a store, it gives the workers what they missed: test_e2e_durable).
     async with (
-        standalone_hub(tmp_path) as hub,
+        standalone_hub(tmp_path, store="memory") as hub,
         hypercorn_server(workers=4, env=hub.env) as server,
         AsyncExitStack() as stack,
     ):

@@ -4,7 +4,7 @@ Each test joins several workers to one real hub (a hub process, or a redis-serve
 own) and checks what the ``Hub``/``HubLink`` interface promises, whatever is behind it: per
 room, one order of messages and presence frames for every worker, history and resume by id
 (ids are one sequence for all rooms), presence across workers; the rooms listing and the limit
-on rooms; and leaving.
+on rooms; scrollback (``older``); and leaving.
 
 Routing differs: the in-process and manager hubs give a worker only the frames of rooms it has
 a member in, while with Redis every worker reads every room's frames (its room fan-out drops
@@ -27,7 +27,7 @@ import trio
 from trio_chat.config import Settings
 from trio_chat.hub_address import Endpoint
 from trio_chat.hub_link import Hub
-from trio_chat.hub_link.interface import Snapshot
+from trio_chat.hub_link.interface import Older, Snapshot
 from trio_chat.hub_link.local import LocalHub
 from trio_chat.hub_link.manager.client import HubClient
 from trio_chat.hub_link.manager.hub import ManagerHub
@@ -53,15 +53,21 @@ class HubMaker:
     #: Whether a worker gets only the frames of the rooms it has a member in (else every
     #: room's, and its room fan-out drops the rest).
     routes_by_interest: bool
+    #: Whether messages are kept beyond the history in memory (the SQLite store, Redis): then
+    #: a room's older messages, and a forgotten room's, are still there.
+    durable: bool
 
     def __call__(self) -> Hub:
         return self.make()
 
 
 @pytest.fixture
-def hub_settings() -> Settings:
-    """The hub's settings (a test may parametrize ``hub_settings`` to change them)."""
-    return Settings(history_size=HISTORY_SIZE)
+def hub_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """The hub's settings, with a data folder of the test's own; a test changes them with
+    ``@pytest.mark.parametrize("hub_settings", [{<field>: <value>}], indirect=True)``."""
+    changes: dict[str, Any] = {"history_size": HISTORY_SIZE, "data_dir": tmp_path / "data"}
+    changes.update(getattr(request, "param", {}))
+    return Settings(**changes)
 
 
 @pytest.fixture(
@@ -77,7 +83,7 @@ async def make_hub(
     backend = request.param
     if backend == "local":
         local = LocalHub(hub_settings.history_size, max_rooms=hub_settings.max_rooms)
-        yield HubMaker(lambda: local, routes_by_interest=True)
+        yield HubMaker(lambda: local, routes_by_interest=True, durable=False)
     elif backend == "manager":
         folder = tmp_path / "run"
         folder.mkdir(mode=0o700)
@@ -89,13 +95,15 @@ async def make_hub(
             lock_path=folder / f"hub-{owner}.lock",
         )
         try:
-            yield HubMaker(lambda: ManagerHub(hub_settings, endpoint), routes_by_interest=True)
+            yield HubMaker(
+                lambda: ManagerHub(hub_settings, endpoint), routes_by_interest=True, durable=True
+            )
         finally:
             _stop_automatic_hub(endpoint)
     else:
         async with redis_server(tmp_path) as server:
             settings = dataclasses.replace(hub_settings, hub=server.url)
-            yield HubMaker(lambda: RedisHub(settings), routes_by_interest=False)
+            yield HubMaker(lambda: RedisHub(settings), routes_by_interest=False, durable=True)
 
 
 def _stop_automatic_hub(endpoint: Endpoint) -> None:
@@ -210,8 +218,14 @@ async def test_history_keeps_the_last_messages_and_says_where_it_starts(
         snapshot = await a.link.snapshot(ROOM, None, None, 1, "")
         kept = [json.loads(m) for m in snapshot.messages]
         assert [m["message"] for m in kept] == [f"m{n}" for n in range(3, HISTORY_SIZE + 3)]
-        assert snapshot.first_available == kept[0]["id"]
         assert snapshot.last_id == kept[-1]["id"]
+        if make_hub.durable:
+            # The older ones are kept too, a scroll away.
+            assert snapshot.first_available == 1
+            older = await a.link.older(ROOM, kept[0]["id"], HISTORY_SIZE)
+            assert [json.loads(m)["message"] for m in older.messages] == ["m0", "m1", "m2"]
+        else:
+            assert snapshot.first_available == kept[0]["id"]
 
 
 async def test_presence_counts_every_workers_connections_and_a_joiner_sees_itself(
@@ -355,11 +369,13 @@ async def test_history_and_resume_are_per_room(make_hub: HubMaker) -> None:
         red = a.recorder.messages("red")
         blue = a.recorder.messages("blue")
 
-        # Each room keeps its own last messages, and says where they start: one past the
-        # newest it dropped (ids of other rooms lie between).
+        # Each room sends its own last messages, and says where what it keeps starts: one
+        # past the newest it dropped (ids of other rooms lie between); a durable hub dropped
+        # none.
         snapshot = await a.link.snapshot("red", None, None, 1, "")
         assert texts(snapshot) == [f"red {n}" for n in range(2, HISTORY_SIZE + 2)]
-        assert snapshot.first_available == red[1]["id"] + 1
+        dropped_through = 0 if make_hub.durable else red[1]["id"]
+        assert snapshot.first_available == dropped_through + 1
         assert snapshot.last_id == red[-1]["id"]
         snapshot = await a.link.snapshot("blue", None, None, 1, "")
         assert texts(snapshot) == ["blue 0", "blue 1"]  # Nothing dropped.
@@ -376,10 +392,13 @@ async def test_history_and_resume_are_per_room(make_hub: HubMaker) -> None:
             m["id"] for m in red if m["id"] > blue[-1]["id"]
         ]
 
-        # A room made now keeps nothing older: its first available id is the next one.
+        # A room made now has nothing older. A hub that cannot tell whether the room had
+        # messages before (in memory: forgotten; in Redis: expired) says its first available
+        # id is the next one; the SQLite store knows that nothing of it was ever dropped.
         fresh = await a.link.snapshot("green", None, None, 1, "")
         assert fresh.messages == []
-        assert fresh.first_available == fresh.last_id + 1 == red[-1]["id"] + 1
+        assert fresh.last_id == red[-1]["id"]
+        assert fresh.first_available in (1, fresh.last_id + 1)
 
 
 async def test_presence_is_per_room_and_a_connection_in_two_rooms_counts_in_both(
@@ -422,9 +441,7 @@ async def test_rooms_lists_the_busiest_first_then_by_name(make_hub: HubMaker) ->
 
 
 @pytest.mark.parametrize(
-    "hub_settings",
-    [Settings(history_size=HISTORY_SIZE, max_rooms=MAX_ROOMS)],
-    ids=[f"max_rooms={MAX_ROOMS}"],
+    "hub_settings", [{"max_rooms": MAX_ROOMS}], ids=[f"max_rooms={MAX_ROOMS}"], indirect=True
 )
 async def test_a_new_room_past_the_limit_is_refused_unless_an_empty_room_makes_way(
     make_hub: HubMaker,
@@ -439,7 +456,8 @@ async def test_a_new_room_past_the_limit_is_refused_unless_an_empty_room_makes_w
         assert refused.messages == [] and refused.last_id >= 1
         assert [room for room, _ in await a.link.rooms()] == ["r0", "r1", "r2"]
 
-        # An empty room makes way for a new one, and is forgotten with its history.
+        # An empty room makes way for a new one, and is forgotten (with its history, unless
+        # the hub keeps messages beyond its memory).
         b.link.absent(OBSERVER, "r0")
         await applied(b, "r2")
         made = await a.link.snapshot("one-too-many", None, None, 1, "ann")
@@ -452,7 +470,67 @@ async def test_a_new_room_past_the_limit_is_refused_unless_an_empty_room_makes_w
         await applied(a, "r1")
         again = await b.link.snapshot("r0", None, None, 1, "bea")
         assert not again.refused
-        assert again.messages == [] and again.first_available == again.last_id + 1
+        if make_hub.durable:
+            assert [json.loads(m)["message"] for m in again.messages] == ["soon forgotten"]
+        else:
+            assert again.messages == [] and again.first_available == again.last_id + 1
+
+
+# Scrollback
+
+
+@pytest.mark.parametrize(
+    "hub_settings", [{"history_size": 20}], ids=["history_size=20"], indirect=True
+)
+async def test_older_pages_back_through_exactly_the_rooms_messages_in_order(
+    make_hub: HubMaker,
+) -> None:
+    count, limit = 7, 3
+    async with joined(make_hub()) as a, joined(make_hub()) as b:
+        await enter(b, "red")
+        for n in range(count):
+            await a.publish("ann", f"red {n}", "red")
+            if n % 2:
+                await a.publish("ann", f"blue {n}", "blue")  # Ids of another room in between.
+        await b.recorder.wait_for_messages(count, "red")
+        red = [frame for frame in room_frames(b, "red") if message_id(frame) is not None]
+        last_id = (await b.link.snapshot("red", None, None, 1, "")).last_id
+
+        pages: list[Older] = []
+        before = last_id + 1
+        while not pages or not pages[-1].complete:
+            page = await a.link.older("red", before, limit)
+            assert page.room == "red"
+            assert len(pages) < count, "never complete"
+            pages.append(page)
+            if page.messages:
+                before = json.loads(page.messages[0])["id"]
+
+        # Pages of the newest first, each oldest first; the frames exactly as delivered live.
+        assert [len(page.messages) for page in pages] == [3, 3, 1]
+        assert [page.complete for page in pages] == [False, False, True]
+        assert [frame for page in reversed(pages) for frame in page.messages] == red
+        # Before an id of another room's message (ids are one sequence for all rooms): the
+        # newest of the room's before it. Before the room's first message: nothing.
+        red_ids = [json.loads(frame)["id"] for frame in red]
+        blue_id = min(set(range(red_ids[0], red_ids[-1])) - set(red_ids))
+        below_blue = await b.link.older("red", blue_id, limit)
+        before_blue = [frame for frame, i in zip(red, red_ids, strict=True) if i < blue_id]
+        assert below_blue.messages == before_blue[-limit:]
+        first = await b.link.older("red", red_ids[0], limit)
+        assert (first.messages, first.complete) == ([], True)
+
+
+async def test_older_of_a_room_never_made_is_empty_and_complete_and_makes_no_room(
+    make_hub: HubMaker,
+) -> None:
+    async with joined(make_hub()) as a:
+        await a.publish("ann", "elsewhere", ROOM)
+
+        page = await a.link.older("nowhere", 1_000_000, 10)
+
+        assert page == Older("nowhere", [], complete=True)
+        assert [room for room, _ in await a.link.rooms()] == [ROOM]
 
 
 async def test_a_worker_that_leaves_takes_its_members_out_of_all_their_rooms(

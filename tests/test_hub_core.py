@@ -341,9 +341,8 @@ def test_the_manager_exposes_what_workers_call_and_the_core_serves() -> None:
     """The remote interface is written once (``HubClient``): each name the manager exposes is
     a method of the hub's core, taking the same arguments."""
     assert EXPOSED == (
-        "join", "current_epoch", "caught_up", "leave", "update", "publish", "snapshot", "rooms", "older",
-            "fetch",
-        "statistics",
+        "join", "current_epoch", "join_point", "leave", "update", "publish", "snapshot", "rooms",
+        "older", "fetch", "statistics",
     )  # fmt: skip
     for name in EXPOSED:
         client_parameters = list(inspect.signature(getattr(HubClient, name)).parameters)

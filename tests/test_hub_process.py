@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from trio_chat.config import Settings
 from trio_chat.hub_address import Endpoint, automatic_endpoint
 from trio_chat.hub_link.manager.client import HubClient
 from trio_chat.hub_link.manager.launcher import connect_or_start
@@ -32,6 +33,18 @@ DEADLINE_SECONDS = 20.0
 ROOM = "general"
 MAILBOX_SIZE = 10_000
 HISTORY_SIZE = 100
+
+
+def hub_settings(tmp_path: Path, **changes: int) -> Settings:
+    """What a worker would start the automatic hub with, its store in ``tmp_path``."""
+    return Settings(
+        mailbox_size=MAILBOX_SIZE,
+        history_size=HISTORY_SIZE,
+        data_dir=tmp_path / "data",
+        **changes,  # type: ignore[arg-type]
+    )
+
+
 SPAWN = multiprocessing.get_context("spawn")
 
 
@@ -62,7 +75,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Endpoint]:
     """
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     endpoint = automatic_endpoint()
-    client = connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE)
+    client = connect_or_start(endpoint, hub_settings(tmp_path))
     pid = client.statistics()["pid"]
     yield endpoint
     stop_hub(pid)
@@ -155,7 +168,7 @@ def test_the_automatic_hub_keeps_the_room_limit_it_was_started_with(tmp_path: Pa
     folder = tmp_path / "run"
     folder.mkdir(mode=0o700)
     endpoint = auto_endpoint(folder, os.getpid(), os.urandom(32))
-    client = connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE, max_rooms=2)
+    client = connect_or_start(endpoint, hub_settings(tmp_path, max_rooms=2))
     pid = client.statistics()["pid"]
     try:
         assert "--max-rooms 2" in " ".join(psutil.Process(pid).cmdline())
@@ -168,8 +181,10 @@ def test_the_automatic_hub_keeps_the_room_limit_it_was_started_with(tmp_path: Pa
         stop_hub(pid)
 
 
-def race_to_start(endpoint: Endpoint, report: multiprocessing.connection.Connection) -> None:
-    report.send(connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE).statistics()["pid"])
+def race_to_start(
+    endpoint: Endpoint, settings: Settings, report: multiprocessing.connection.Connection
+) -> None:
+    report.send(connect_or_start(endpoint, settings).statistics()["pid"])
 
 
 def test_workers_starting_at_once_bring_up_exactly_one_hub(tmp_path: Path) -> None:
@@ -177,7 +192,8 @@ def test_workers_starting_at_once_bring_up_exactly_one_hub(tmp_path: Path) -> No
     folder.mkdir(mode=0o700)
     endpoint = auto_endpoint(folder, os.getpid(), os.urandom(32))
     pipes = [SPAWN.Pipe(duplex=False) for _ in range(4)]
-    racers = [SPAWN.Process(target=race_to_start, args=(endpoint, w)) for _, w in pipes]
+    settings = hub_settings(tmp_path)
+    racers = [SPAWN.Process(target=race_to_start, args=(endpoint, settings, w)) for _, w in pipes]
     for racer in racers:
         racer.start()
     hub_pids = set()
@@ -207,7 +223,7 @@ def test_the_automatic_hub_ends_when_its_owner_exits(tmp_path: Path) -> None:
     # A stand-in for the Hypercorn master: it lives until killed.
     owner = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
     endpoint = auto_endpoint(folder, owner.pid, os.urandom(32))
-    hub_pid = connect_or_start(endpoint, MAILBOX_SIZE, HISTORY_SIZE).statistics()["pid"]
+    hub_pid = connect_or_start(endpoint, hub_settings(tmp_path)).statistics()["pid"]
     hub_process = psutil.Process(hub_pid)
     assert hub_process.is_running()
     owner.send_signal(signal.SIGKILL)

@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from trio_chat.config import Settings
 from trio_chat.hub.server import HANDSHAKE_TIMEOUT_SECONDS
 from trio_chat.hub_address import (
     MIN_SECRET_BYTES,
@@ -170,6 +171,7 @@ class StandaloneHub:
 
     def __init__(self, listen: str, secret_file: Path, *options: str) -> None:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("TRIO_CHAT_HUB")}
+        environment["TRIO_CHAT_DATA_DIR"] = str(secret_file.parent / "data")
         command = [sys.executable, "-m", "trio_chat.hub", "--listen", listen]
         self.process = subprocess.Popen(
             [*command, "--secret-file", str(secret_file), *options],
@@ -418,9 +420,9 @@ def test_other_addresses_are_not_local(address: Address) -> None:
     assert not is_loopback(address)
 
 
-def refused_start(listen: str, secret_file: Path) -> str:
+def refused_start(listen: str, secret_file: Path, *options: str) -> str:
     """Start a hub that must refuse to serve (exit code 2); returns what it said."""
-    hub = StandaloneHub(listen, secret_file)
+    hub = StandaloneHub(listen, secret_file, *options)
     try:
         assert hub.wait_for_exit() == 2
     finally:
@@ -445,7 +447,9 @@ def test_allow_remote_lets_a_hub_listen_on_every_interface(secret_file: Path) ->
 def test_a_second_hub_refuses_the_socket_of_a_live_one(tmp_path: Path, secret_file: Path) -> None:
     listen = f"unix:{tmp_path / 'hub.sock'}"
     with standalone_hub(listen, secret_file) as first:
-        assert "already listening" in refused_start(listen, secret_file)
+        # (With a store of its own: the first one's is locked, which would stop it first.)
+        second = refused_start(listen, secret_file, "--data-dir", str(tmp_path / "other"))
+        assert "already listening" in second
         client = HubClient(str(tmp_path / "hub.sock"), read_secret_file(secret_file))
         assert client.statistics()["pid"] == first.process.pid  # The first one serves on.
 
@@ -544,7 +548,8 @@ def test_the_automatic_hub_never_shows_its_secret(
     # standard error, which capfd collects.
     caplog.set_level(logging.DEBUG, logger="trio_chat.hub")
     endpoint = automatic_endpoint()
-    hub_pid = connect_or_start(endpoint, 100, 10).statistics()["pid"]
+    settings = Settings(mailbox_size=100, history_size=10, data_dir=runtime_base / "data")
+    hub_pid = connect_or_start(endpoint, settings).statistics()["pid"]
     try:
         use_verbosely(endpoint.address, endpoint.authkey, HANDSHAKE_TIMEOUT_SECONDS)
         assert_secret_not_shown(endpoint.authkey, hub_pid)

@@ -129,7 +129,7 @@ def test_a_resume_that_missed_more_than_the_history_says_where_it_begins(
     snapshot, _ = state.snapshot(ROOM, 2, state.epoch)
 
     assert texts(snapshot.messages) == ["8", "9", "10"]
-    assert snapshot.first_available == 8  # 3 to 7 are left to scrollback.
+    assert snapshot.first_available == 8  # 3 to 7 are left to scrollback (7 is the newest).
 
 
 def test_a_worker_of_the_same_run_gets_what_it_missed_first(data_dir: Path) -> None:
@@ -146,7 +146,7 @@ def test_a_worker_of_the_same_run_gets_what_it_missed_first(data_dir: Path) -> N
         mailbox, _ = state.join("w", member("ann"), last_id=1, epoch=first.epoch)
 
         frames = state.take(mailbox, 100) or []
-        assert state.caught_up(mailbox)
+        assert state.join_point(mailbox) == (1, True)
         assert texts([f for f in frames if message_id(f) is not None]) == ["missed", "missed too"]
         assert json.loads(frames[-1])["type"] == "presence"  # Its own join, after them.
     finally:
@@ -164,7 +164,7 @@ def test_only_a_worker_of_the_run_is_caught_up(
 
     mailbox, _ = state.join("w", member("ann"), last_id=last_id, epoch=epoch)
 
-    assert not state.caught_up(mailbox)
+    assert not state.join_point(mailbox)[1]
     assert ids(state.take(mailbox, 100) or []) == [None]  # Presence only.
 
 
@@ -176,7 +176,7 @@ def test_a_worker_that_missed_more_than_its_mailbox_is_not_caught_up(
 
     mailbox, _ = state.join("w", member("ann"), last_id=1, epoch=state.epoch)
 
-    assert not state.caught_up(mailbox)
+    assert not state.join_point(mailbox)[1]
 
 
 def test_scrollback_reads_the_store_to_the_first_message(store: MessageStore) -> None:

@@ -105,10 +105,10 @@ class HubCore:
     def current_epoch(self) -> str:
         return self.epoch
 
-    def caught_up(self, mailbox_id: str) -> bool:
-        """Whether a re-joined worker was given all it missed (``HubState.caught_up``)."""
+    def join_point(self, mailbox_id: str) -> tuple[int, bool]:
+        """Where a worker's mailbox begins (``HubState.join_point``)."""
         with self._lock:
-            return self._state.caught_up(mailbox_id)
+            return self._state.join_point(mailbox_id)
 
     def leave(self, mailbox_id: str) -> None:
         """Remove a mailbox and its connections; a ``fetch`` blocked on it returns ``None``."""

@@ -137,7 +137,9 @@ class _Mailbox:
     filled_at: float
     taken_at: float = -math.inf
     frames: collections.deque[str] = dataclasses.field(default_factory=collections.deque)
-    #: It began with what the worker missed (``HubState.caught_up``).
+    #: The last id before the mailbox's first frame, and whether it began with what the
+    #: worker missed (``HubState.join_point``).
+    starts_after: int = 0
     caught_up: bool = False
 
 
@@ -208,17 +210,22 @@ class HubState:
         mailbox_id = f"m{next(self._mailbox_ids)}"
         now = self._monotonic()
         mailbox = self._mailboxes[mailbox_id] = _Mailbox(label, set(), last_seen=now, filled_at=now)
-        if epoch == self.epoch and last_id > 0:
+        mailbox.starts_after = self._sequencer.last_id
+        if epoch == self.epoch:
             mailbox.caught_up = self._catch_up(mailbox_id, last_id, presence or {})
+            if mailbox.caught_up:
+                mailbox.starts_after = last_id
         self._apply_presence(mailbox_id, presence or {})
         return mailbox_id, self._wake()
 
-    def caught_up(self, mailbox_id: str) -> bool:
-        """Whether the worker's mailbox began with every message of its members' rooms that it
-        had not seen (from the store, when it re-joined in the same run of ids): then its
-        clients missed nothing. False for a new worker, and without a store."""
+    def join_point(self, mailbox_id: str) -> tuple[int, bool]:
+        """Where a worker's mailbox begins: every message after that id, in the worker's
+        rooms, comes through it (those before are the past, which snapshots give); and whether
+        it begins with every message of those rooms that the worker had not seen (from the
+        store, when it re-joined in the same run of ids), so that its clients missed nothing.
+        ``(0, False)`` once the mailbox is gone."""
         mailbox = self._mailboxes.get(mailbox_id)
-        return mailbox is not None and mailbox.caught_up
+        return (0, False) if mailbox is None else (mailbox.starts_after, mailbox.caught_up)
 
     @property
     def durable(self) -> bool:
@@ -506,11 +513,12 @@ class HubState:
                 return messages, room.trimmed_through + 1
             return messages, self._store.pruned_through(room.name) + 1
         # Older than the history in memory: the store has them. One more than is sent tells
-        # whether some between ``after`` and the first sent are left out.
+        # whether some between ``after`` and the first sent are left out (the newest of
+        # those, then: all after it are sent).
         stored = self._store.newest(room.name, self._history_size + 1, after=after)
         if len(stored) > self._history_size:
-            stored = stored[1:]
-            first_available = stored[0].id
+            left_out, *stored = stored
+            first_available = left_out.id + 1
         else:
             first_available = self._store.pruned_through(room.name) + 1
         return [message.frame() for message in stored], first_available

@@ -108,7 +108,7 @@ def body_fields(body: str) -> tuple[str, str]:
     anything else."""
     try:
         fields = json.loads(body)
-    except RecursionError:
+    except (ValueError, RecursionError):
         raise ValueError("not a chat body") from None
     if not isinstance(fields, dict):
         raise ValueError("not a chat body")

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from ..interface import Member, RoomCount, Snapshot
+from ..interface import Member, Older, RoomCount, Snapshot
 
 #: Frames taken per fetch, and bodies published per round trip. A batch is queued whole for
 #: each subscriber, so it is also kept to a quarter of a subscriber's buffer.
@@ -33,6 +33,10 @@ class Membership(Protocol):
     #: Whether the frames published since the worker's previous membership all follow (only
     #: a backend with a durable log can know; the others never do).
     continuous: bool
+    #: Every message after this id, of the worker's rooms, comes through this membership (the
+    #: worker has seen what is before, or its clients got it in snapshots); 0 for a backend
+    #: that keeps its own position (Redis).
+    starts_after: int
 
     @property
     def update_due_in(self) -> float | None:
@@ -52,6 +56,9 @@ class Membership(Protocol):
 
     def rooms(self) -> list[RoomCount]:
         """The busiest rooms (``MAX_LISTED_ROOMS`` at most)."""
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        """Up to ``limit`` of the room's messages with ids below ``before``, oldest first."""
 
     def leave(self) -> None: ...
 

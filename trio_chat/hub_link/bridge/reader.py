@@ -57,6 +57,9 @@ class Reader:
         if membership.epoch != self.epoch:
             self.last_id = 0  # Ids of another run mean nothing in this one.
         self.epoch = membership.epoch
+        # Where the worker stands even before a frame comes: a hub that replaces this one
+        # gives it what follows (a worker that never got a frame is past what it joined after).
+        self.last_id = max(self.last_id, membership.starts_after)
         async with trio.open_nursery() as fetching:
             fetcher = Fetcher(membership, self._batch)
             fetching.start_soon(self._threads.run_sync, fetcher.run)

@@ -56,8 +56,8 @@ class HubClient:
     def current_epoch(self) -> str:
         return cast(str, self._hub.current_epoch())
 
-    def caught_up(self, mailbox_id: str) -> bool:
-        return cast(bool, self._hub.caught_up(mailbox_id))
+    def join_point(self, mailbox_id: str) -> tuple[int, bool]:
+        return cast("tuple[int, bool]", self._hub.join_point(mailbox_id))
 
     def leave(self, mailbox_id: str) -> None:
         self._hub.leave(mailbox_id)

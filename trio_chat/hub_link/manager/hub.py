@@ -1,7 +1,8 @@
 """The multiprocessing manager hub as a ``bridge.Backend``: the default, zero-setup backend.
 
 The hub process keeps a mailbox per worker (``HubCore``); a worker's reader fetches from it.
-It cannot tell what a worker missed while its link was down, so every re-join counts as a gap.
+With a store, a worker that re-joins in the same run of ids finds what it missed while its link
+was down at the head of its new mailbox; without one, every re-join counts as a gap.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from ...config import Settings
 from ...hub_address import Endpoint, resolve_endpoint
 from ..bridge import BridgedHub, Fetched
-from ..interface import Member, RoomCount, Snapshot
+from ..interface import Member, Older, RoomCount, Snapshot
 from .client import HUB_ERRORS, HubClient
 from .launcher import HubStartError, connect_or_start
 
@@ -48,22 +49,19 @@ class ManagerBackend:
     def join(
         self, label: str, presence: Mapping[Member, str], last_id: int, epoch: str
     ) -> _ManagerMembership:
-        settings = self._settings
-        client = connect_or_start(
-            self.endpoint, settings.mailbox_size, settings.history_size, settings.max_rooms
-        )
+        client = connect_or_start(self.endpoint, self._settings)
         mailbox_id = client.join(label, presence, last_id, epoch)
         return _ManagerMembership(client, mailbox_id, client.current_epoch())
 
 
 class _ManagerMembership:
-    # The mailbox only holds what was published since the join.
-    continuous: bool = False
-
     def __init__(self, client: HubClient, mailbox_id: str, epoch: str) -> None:
         self._client = client
         self._mailbox_id = mailbox_id
         self.epoch = epoch
+        # The hub began the mailbox with all the worker missed (from its store), or it only
+        # holds what was published since the join (``HubState.join_point``).
+        self.starts_after, self.continuous = client.join_point(mailbox_id)
 
     @property
     def update_due_in(self) -> None:
@@ -83,6 +81,9 @@ class _ManagerMembership:
 
     def rooms(self) -> list[RoomCount]:
         return self._client.rooms()
+
+    def older(self, room: str, before: int, limit: int) -> Older:
+        return self._client.older(room, before, limit)
 
     def leave(self) -> None:
         self._client.leave(self._mailbox_id)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from ...hub.state import DEFAULT_MAX_ROOMS
+from ...config import Settings
 from ...hub_address import Endpoint
 from ...process_watch import has_exited
 from .client import HubClient
@@ -39,10 +39,9 @@ class HubStartError(Exception):
     pass
 
 
-def connect_or_start(
-    endpoint: Endpoint, mailbox_size: int, history_size: int, max_rooms: int = DEFAULT_MAX_ROOMS
-) -> HubClient:
-    """Connect to the endpoint's hub, starting it first if it is automatic and not running."""
+def connect_or_start(endpoint: Endpoint, settings: Settings) -> HubClient:
+    """Connect to the endpoint's hub, starting it first (with the hub's ``settings``: sizes,
+    limits, store) if it is automatic and not running."""
     if not endpoint.autostart:
         return HubClient(endpoint.address, endpoint.authkey)
     assert endpoint.lock_path is not None and endpoint.owner_pid is not None
@@ -57,7 +56,7 @@ def connect_or_start(
             # open files, say) say nothing about the hub: they go up, and the caller retries.
         if has_exited(endpoint.owner_pid):
             _refuse_for_a_server_gone(endpoint)
-        _start_hub(endpoint, mailbox_size, history_size, max_rooms)
+        _start_hub(endpoint, settings)
     return HubClient(endpoint.address, endpoint.authkey)
 
 
@@ -80,7 +79,7 @@ def _exclusive_lock(path: Path):  # type: ignore[no-untyped-def]
         os.close(fd)  # Also releases the lock.
 
 
-def _start_hub(endpoint: Endpoint, mailbox_size: int, history_size: int, max_rooms: int) -> None:
+def _start_hub(endpoint: Endpoint, settings: Settings) -> None:
     assert isinstance(endpoint.address, str)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(endpoint.address)  # A dead hub's socket; we hold the lock, so no one uses it.
@@ -95,11 +94,16 @@ def _start_hub(endpoint: Endpoint, mailbox_size: int, history_size: int, max_roo
         "--lock-file",
         str(endpoint.lock_path),
         "--mailbox-size",
-        str(mailbox_size),
+        str(settings.mailbox_size),
         "--history-size",
-        str(history_size),
+        str(settings.history_size),
         "--max-rooms",
-        str(max_rooms),
+        str(settings.max_rooms),
+        "--store",
+        settings.store,
+        # The worker's own view of a relative folder: the hub must open the same one.
+        "--data-dir",
+        str(settings.data_dir.absolute()),
         "--secret-stdin",
     ]
     if logger.isEnabledFor(logging.DEBUG):
