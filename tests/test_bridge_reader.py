@@ -32,8 +32,11 @@ class QueuedMembership:
     starts_after = 0
     update_due_in = None
 
-    def __init__(self, *results: Fetched | Exception | None, epoch: str = "epoch") -> None:
+    def __init__(
+        self, *results: Fetched | Exception | None, epoch: str = "epoch", starts_after: int = 0
+    ) -> None:
         self.epoch = epoch
+        self.starts_after = starts_after
         self._results: queue.Queue[Fetched | Exception | None] = queue.Queue()
         for result in results:
             self.put(result)
@@ -164,6 +167,20 @@ async def test_the_place_in_the_order_is_kept_within_an_epoch_and_reset_by_anoth
 
     await read(reader, QueuedMembership(None, epoch="b"), listener)
     assert (reader.epoch, reader.last_id) == ("b", 0)
+
+
+async def test_the_place_in_the_order_begins_where_the_membership_does() -> None:
+    """A worker that got no frame yet is still past what its mailbox began after: a hub that
+    replaces this one must not give it the history its clients had in snapshots."""
+    reader, listener = new_reader(), Listener()
+    await read(reader, QueuedMembership(None, epoch="a", starts_after=40), listener)
+    assert reader.last_id == 40
+
+    await read(reader, QueuedMembership(Fetched([message(41)]), None, epoch="a"), listener)
+    assert reader.last_id == 41
+    # A caught-up membership begins where the worker was: its place does not go back.
+    await read(reader, QueuedMembership(None, epoch="a", starts_after=12), listener)
+    assert reader.last_id == 41
 
 
 async def test_a_hub_silent_for_the_silence_timeout_ends_the_read(

@@ -153,6 +153,33 @@ def test_a_worker_of_the_same_run_gets_what_it_missed_first(data_dir: Path) -> N
         store.close()
 
 
+def test_a_new_worker_begins_after_the_last_id_given(store: MessageStore) -> None:
+    state = stored_state(store)
+    publish(state, "one", "two")
+
+    mailbox, _ = state.join("w", member("ann"))
+
+    assert state.join_point(mailbox) == (2, False)
+    assert state.join_point("gone") == (0, False)
+
+
+def test_a_worker_of_the_run_that_saw_nothing_is_given_nothing_again(store: MessageStore) -> None:
+    """It joined after "one" and "two" (its clients had them in snapshots) and got nothing
+    since: re-joining, it starts after them, and gets only what came after."""
+    state = stored_state(store)
+    publish(state, "one", "two")
+    first, _ = state.join("w", member("ann"))
+    starts_after, _ = state.join_point(first)
+    publish(state, "three")
+    state.leave(first)  # Its link broke before it fetched "three".
+
+    again, _ = state.join("w", member("ann"), last_id=starts_after, epoch=state.epoch)
+
+    frames = state.take(again, 100) or []
+    assert texts([f for f in frames if message_id(f) is not None]) == ["three"]
+    assert state.join_point(again) == (2, True)
+
+
 @pytest.mark.parametrize(
     ("epoch", "last_id"), [("another run", 1), ("", 0)], ids=["other run", "new worker"]
 )
