@@ -185,6 +185,24 @@ def test_a_new_run_begins_after_the_machine_went_down(tmp_path: Path) -> None:
         second.close()
 
 
+def test_a_restored_backup_begins_a_new_run_once_told(tmp_path: Path) -> None:
+    """docs/deployment.md: after restoring, delete the epoch; the next hub begins a run."""
+    first = MessageStore.open(tmp_path)
+    first.append([message(1)])
+    epoch = first.epoch
+    first.close()
+    with sqlite3.connect(tmp_path / DATABASE_NAME) as db:
+        db.execute("DELETE FROM meta WHERE key = 'epoch'")
+    db.close()
+
+    second = MessageStore.open(tmp_path)
+    try:
+        assert second.epoch != epoch
+        assert (second.last_id, second.newest("general", 10)) == (1, [message(1)])
+    finally:
+        second.close()
+
+
 def test_a_second_hub_on_the_same_folder_is_refused(store: MessageStore, tmp_path: Path) -> None:
     with pytest.raises(
         StoreInUse, match=rf"{tmp_path / 'data'} is in use .* \(pid {os.getpid()}\)"
