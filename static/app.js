@@ -8,6 +8,8 @@
 //   outbox     the messages typed and not yet back (outbox.js), sent through
 //   pacer      which keeps everything sent under the server's rate limit (send-pacer.js)
 //   status     the countdown to the next attempt (status-display.js)
+//   scrollback the requests for older messages out (scrollback.js); what each room's log shows
+//              of its past is the log's (message-log.js)
 
 import { BusiestRooms } from './busiest-rooms.js';
 import { ChatConnection, chatUrl } from './chat-connection.js';
@@ -23,6 +25,7 @@ import { RoomList } from './room-list.js';
 import { isRoomName } from './room-names.js';
 import { Rooms } from './rooms.js';
 import { saveSnapshot } from './saved-rooms.js';
+import { Scrollback } from './scrollback.js';
 import { SendPacer } from './send-pacer.js';
 import { StatusDisplay } from './status-display.js';
 import { createView } from './view.js';
@@ -34,7 +37,7 @@ const RENAME_RECENT_MS = 3_000;
 const TOO_BIG = 1009; // the close code of a frame past the server's size limit
 
 function main() {
-  const view = createView(document);
+  const view = createView(document, { wantOlder: (log) => scrollback.ask(log) });
   const { els } = view;
   const limits = { ...DEFAULT_LIMITS };
   let conn = null;
@@ -68,6 +71,8 @@ function main() {
       retrying: (room, text) => view.log(room.name).addSystem(text, 'notice', 'hub_unavailable'),
     },
   });
+
+  const scrollback = new Scrollback({ rooms, view, pacer, limits, ownName: () => nameField.name });
 
   function sendRename() {
     renameSentAt = performance.now();
@@ -124,6 +129,7 @@ function main() {
     const renamed = performance.now() - renameSentAt < RENAME_RECENT_MS;
     return () => {
       joins.askAgain();
+      scrollback.askAgain();
       if (renamed) sendRename();
       resendMessage();
     };
@@ -140,6 +146,7 @@ function main() {
     } else if (state === 'offline') {
       pacer.reset();
       joins.disconnected();
+      scrollback.disconnected();
       view.setPresence(null);
       // 1009 means the server refused what we just sent: give it back. Otherwise a message out
       // is kept: the next history of its room tells whether it arrived.
@@ -149,7 +156,7 @@ function main() {
 
   const status = new StatusDisplay(view);
   const handleFrame = createFrameHandler({
-    view, limits, nameField, outbox, rooms, joins, pacer, afterRateLimit,
+    view, limits, nameField, outbox, rooms, joins, pacer, scrollback, afterRateLimit,
     welcomed: () => {
       composer.refresh();
       busiest.refresh();

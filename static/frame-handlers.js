@@ -12,29 +12,36 @@ function str(value, fallback = '') {
   return typeof value === 'string' ? value : fallback;
 }
 
+// A message frame (live, or from a history or an older frame) in the shape the view wants, or
+// null if it is not a message.
+function readMessage(frame) {
+  if (!frame || typeof frame !== 'object') return null;
+  if (frame.type !== undefined && frame.type !== 'message') return null;
+  const id = Number.isSafeInteger(frame.id) ? frame.id : null;
+  const ts = Number.isFinite(frame.ts) ? frame.ts : null;
+  return { id, ts, sender: str(frame.sender, '?'), message: str(frame.message) };
+}
+
 /**
  * Returns `handleFrame(frame)`. What it reads and changes comes in `parts`: the `view`, the
- * server's `limits`, the `nameField`, the `outbox`, the `rooms` and their `joins`, the `pacer`;
- * `afterRateLimit()` says what to send again once a `rate_limited` hold is over, and
- * `welcomed(frame)` is told of each welcome.
+ * server's `limits`, the `nameField`, the `outbox`, the `rooms` and their `joins`, the `pacer`,
+ * the `scrollback`; `afterRateLimit()` says what to send again once a `rate_limited` hold is
+ * over, and `welcomed(frame)` is told of each welcome.
  */
 export function createFrameHandler(parts) {
-  const { view, limits, nameField, outbox, rooms, joins, pacer, afterRateLimit, welcomed } = parts;
+  const { view, limits, nameField, outbox, rooms, joins, pacer, scrollback } = parts;
+  const { afterRateLimit, welcomed } = parts;
 
   function roomOf(frame) {
     if (frame.room === undefined) return rooms.get(joins.urlRoom) ?? rooms.first;
     return typeof frame.room === 'string' ? rooms.get(frame.room) : null;
   }
 
-  // A message frame (live or from a history frame) in the shape the view wants, or null if it
-  // is not a message or was shown already in its room.
+  // A message of a history frame or a live one, unless it was shown already in its room.
   function acceptMessage(room, frame) {
-    if (!frame || typeof frame !== 'object') return null;
-    if (frame.type !== undefined && frame.type !== 'message') return null;
-    const id = Number.isSafeInteger(frame.id) ? frame.id : null;
-    const ts = Number.isFinite(frame.ts) ? frame.ts : null;
-    if (id !== null && !room.resume.accept(id, ts)) return null;
-    return { id, ts, sender: str(frame.sender, '?'), message: str(frame.message) };
+    const message = readMessage(frame);
+    if (message === null || message.id === null) return message;
+    return room.resume.accept(message.id, message.ts) ? message : null;
   }
 
   // Shows a message in its room; returns whether it is one of ours.
@@ -60,6 +67,7 @@ export function createFrameHandler(parts) {
       if (Number.isSafeInteger(frame.worker)) view.setWorker(frame.worker);
       view.addToEveryLog('Connected', 'welcome');
       welcomed(frame);
+      scrollback.welcome();
       joins.welcome();
     },
     history(frame) {
@@ -68,9 +76,13 @@ export function createFrameHandler(parts) {
       const adopt = isRoomName(frame.room) && !joins.leaving.has(frame.room);
       const room = roomOf(frame) ?? (adopt ? rooms.add(frame.room) : null);
       if (!room) return;
-      room.resume.joinRun(frame.epoch);
       const resumed = frame.resumed === true;
       const log = view.log(room.name);
+      // A resume carries on the run of ids shown; anything else is a new one (scrollback).
+      const { epoch } = room.resume;
+      const sameRun = !epoch || typeof frame.epoch !== 'string' || frame.epoch === epoch;
+      if (!resumed || !sameRun) log.newRun();
+      room.resume.joinRun(frame.epoch);
       log.markHistory(resumed ? 'resumed' : 'fresh');
       const entries = Array.isArray(frame.messages) ? frame.messages : [];
       const unseen = entries.map((entry) => acceptMessage(room, entry)).filter(Boolean);
@@ -81,7 +93,10 @@ export function createFrameHandler(parts) {
           for (const message of unseen) if (!render(room, message, true)) others += 1;
         });
       }
+      // A join's history is the newest messages of the room: none means none at all.
+      if (!resumed && !entries.length) log.reachedBeginning();
       joins.historyArrived(room);
+      scrollback.joined(room);
       if (resumed) unread(room, others);
       // Live messages follow the history with no gap: one of ours still out is not coming.
       outbox.settle(room.name, resumed && room.clean);
@@ -90,6 +105,13 @@ export function createFrameHandler(parts) {
       const room = roomOf(frame);
       const message = room && acceptMessage(room, frame);
       if (message && !render(room, message, false)) unread(room, 1);
+    },
+    older(frame) {
+      const room = roomOf(frame);
+      if (!room) return;
+      const entries = Array.isArray(frame.messages) ? frame.messages : [];
+      const messages = entries.map(readMessage).filter((message) => message && message.id !== null);
+      scrollback.answered(room, messages, frame.complete === true);
     },
     error(frame) {
       const code = str(frame.code);
@@ -110,6 +132,7 @@ export function createFrameHandler(parts) {
         return;
       }
       if (named !== null && joins.refused(code, named)) return;
+      if (scrollback.failed(code, named)) return;
       const text = (named !== null && roomErrorText(code, named)) || str(frame.message);
       view.showError(text || errorFallback(code, limits), code);
       outbox.refused(named);
@@ -118,8 +141,11 @@ export function createFrameHandler(parts) {
       const code = str(frame.code);
       const text = noticeText(code) || str(frame.message) || code || 'notice';
       if (code === 'messages_missed') {
-        // No room: the worker lost messages of every room, and maybe our own in flight.
-        for (const room of rooms.list) room.resume.switchRun(frame.epoch);
+        // No room: the worker lost messages of every room, and maybe our own in flight. A new
+        // hub brings its own run of ids.
+        for (const room of rooms.list) {
+          if (room.resume.switchRun(frame.epoch)) view.log(room.name).newRun();
+        }
         outbox.unsure();
         view.addToEveryLog(text, 'notice', code);
         return;

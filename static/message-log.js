@@ -1,46 +1,43 @@
-// One room's conversation on screen: its messages and system lines, at most MAX_ENTRIES of
-// them, following new entries only while the reader is at the bottom. Every room has its own
-// log and only the shown one is visible, so a hidden room's arrivals are neither seen nor read
-// out by screen readers (a hidden live region is silent).
+// One room's conversation on screen: its messages and system lines, following new entries only
+// while the reader is at the bottom, and the top of its scrollback (history-edge.js). Every
+// room has its own log and only the shown one is visible, so a hidden room's arrivals are
+// neither seen nor read out by screen readers (a hidden live region is silent).
 //
-// Everything that came from the network goes through textContent (or dataset / title, which
-// are never parsed as HTML).
+// Scrollback. The messages below the edge are one run of the server's ids, oldest first: the
+// history of a join or a resume, then live ones, each newer than the last. Older messages of
+// that run go just below the edge, so their ids must be below the first one there. When the
+// ids start again (the server lost our place, or a new hub took over), the edge moves down to
+// the end of the log and a new run starts below it; what is above it stays, as it was said.
+//
+// Bounded: a log holds at most MAX_ENTRIES elements, its edge included. New entries always go
+// in at the bottom, and past the bound the oldest one goes (as before scrollback). Older
+// messages only fill the room left, and never push the newest out: once the log is full, the
+// edge says that nothing older is kept and no more is asked for. So live messages always show
+// at the bottom, and no gap is ever shown as one conversation: a message of the run cut from
+// its top takes the edge from "ready" (or "complete") to "full" too.
 
-const MAX_ENTRIES = 1000; // per room: keeps the DOM bounded in long-running tabs
+import { HistoryEdge } from './history-edge.js';
+import { messageEntry, systemEntry } from './message-entry.js';
+
+export const MAX_ENTRIES = 1000; // per room: keeps the DOM bounded in long-running tabs
 const BOTTOM_SLACK_PX = 40; // "at the bottom" tolerance for auto-scroll
+const NEAR_TOP_PX = 100; // this close to the top, the reader wants what is older
 
-function pad2(n) {
-  return String(n).padStart(2, '0');
-}
-
-// "14:05" today; history can reach back further, so older days get a date.
-function shortTime(when, now = new Date()) {
-  const hm = `${pad2(when.getHours())}:${pad2(when.getMinutes())}`;
-  if (when.toDateString() === now.toDateString()) return hm;
-  return `${when.toLocaleDateString(undefined, { month: 'short', day: 'numeric' })} ${hm}`;
-}
-
-// A stable hue per sender so people are easy to tell apart.
-function senderHue(name) {
-  let h = 0;
-  for (const ch of name) h = (h * 31 + ch.codePointAt(0)) >>> 0;
-  return h % 360;
-}
-
-export function el(doc, tag, className, text) {
-  const node = doc.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
+// The id of a message entry, or null for a system line (or a message without one).
+function idOf(node) {
+  return node.dataset.id === undefined ? null : Number(node.dataset.id);
 }
 
 export class MessageLog {
-  /** `onBehind(log, behind)` is told when entries wait below what the reader sees, and when not. */
-  constructor(doc, room, onBehind) {
-    this.doc = doc;
-    this.room = room;
-    this.onBehind = onBehind;
-    const list = el(doc, 'div', 'room-log');
+  /**
+   * `onBehind(log, behind)` is told when entries wait below what the reader sees, and when not;
+   * `onWantOlder(log)` when the reader asks for older messages (scrolled to the top, or the
+   * button), and asking makes sense.
+   */
+  constructor(doc, room, { onBehind, onWantOlder }) {
+    Object.assign(this, { doc, room, onBehind, onWantOlder });
+    const list = doc.createElement('div');
+    list.className = 'room-log';
     Object.assign(list, { tabIndex: 0, hidden: true });
     list.dataset.room = room;
     list.setAttribute('role', 'log');
@@ -48,6 +45,10 @@ export class MessageLog {
     list.setAttribute('aria-relevant', 'additions');
     list.setAttribute('aria-label', `Messages in #${room}`);
     this.element = list;
+    const onAsk = () => this.wantOlder();
+    this.edge = new HistoryEdge(doc, { room, maxEntries: MAX_ENTRIES, onAsk });
+    list.append(this.edge.element);
+    this.run = 0; // counts the runs of ids started below the edge: an answer is for one of them
     // Whether the reader is following the conversation. Tracked from scroll events rather
     // than measured on demand, because the list also changes size (error box shown, phone
     // keyboard opening) without any scrolling; and kept while the log is hidden.
@@ -55,10 +56,12 @@ export class MessageLog {
     this.pinnedAt = 0; // scrollTop when `pinned` was last decided
     this.behind = false; // entries wait below
     this.savedTop = 0; // where the reader was when the room was hidden
+    this.savedPlace = null; // and what they were looking at (see placeOfReader)
 
     list.addEventListener('scroll', () => {
       this.setPinned(this.isAtBottom());
       if (this.pinned) this.setBehind(false);
+      if (this.shown && list.scrollTop <= NEAR_TOP_PX) this.wantOlder();
     }, { passive: true });
     if (typeof ResizeObserver === 'function') {
       new ResizeObserver(() => { if (this.pinned && this.shown) this.scrollToBottom(); }).observe(list);
@@ -72,7 +75,7 @@ export class MessageLog {
   show() {
     this.element.hidden = false;
     if (this.pinned) this.scrollToBottom();
-    else this.element.scrollTop = this.savedTop;
+    else if (!this.keepPlace(this.savedPlace)) this.element.scrollTop = this.savedTop;
     this.onBehind(this, this.behind);
   }
 
@@ -80,6 +83,8 @@ export class MessageLog {
     if (this.shown) {
       this.pinned = this.isFollowing();
       this.savedTop = this.element.scrollTop;
+      // Older messages may come in while hidden: the place is kept by what was in view.
+      this.savedPlace = this.placeOfReader();
     }
     this.element.hidden = true;
   }
@@ -118,44 +123,74 @@ export class MessageLog {
     this.setBehind(false);
   }
 
+  /**
+   * What the reader is looking at: the first entry (not the edge) at least partly in view, and
+   * how far below the top of the list it is; null if the log is hidden or empty.
+   */
+  placeOfReader() {
+    if (!this.shown) return null;
+    const top = this.element.getBoundingClientRect().top;
+    for (const node of this.element.children) {
+      if (node === this.edge.element) continue;
+      const box = node.getBoundingClientRect();
+      if (box.bottom > top) return { node, offset: box.top - top };
+    }
+    return null;
+  }
+
+  /**
+   * Scrolls so that the entry of `place` (from placeOfReader) is where it was on screen, however
+   * much was put in or taken out above it. (The browser's own scroll anchoring is off for the
+   * log, see style.css: not every browser has it, and it would move the place a second time.)
+   * Returns false if it cannot: no place, or its entry is gone.
+   */
+  keepPlace(place) {
+    if (!place || place.node.parentNode !== this.element || !this.shown) return false;
+    const now = place.node.getBoundingClientRect().top - this.element.getBoundingClientRect().top;
+    this.element.scrollTop += now - place.offset;
+    return true;
+  }
+
   // Append while preserving the reader's position: follow new entries only if they were
   // already at the bottom (or it's their own message).
   append(node, { forceScroll = false } = {}) {
     const list = this.element;
     const follow = forceScroll || this.isFollowing();
+    const place = !follow && list.childElementCount >= MAX_ENTRIES ? this.placeOfReader() : null;
     list.append(node);
-    while (list.childElementCount > MAX_ENTRIES) list.firstElementChild.remove();
+    this.trim();
+    this.renderEdge();
+    this.keepPlace(place);
     if (!follow) this.setBehind(true);
     else if (this.shown) this.scrollToBottom();
   }
 
+  // Past MAX_ENTRIES, the oldest entries go (never the edge).
+  trim() {
+    const list = this.element;
+    const { edge } = this;
+    while (list.childElementCount > MAX_ENTRIES) {
+      const top = list.firstElementChild;
+      const first = top === edge.element ? top.nextElementSibling : top;
+      // The run below the edge no longer reaches back to where it started.
+      if (first.previousElementSibling === edge.element && idOf(first) !== null) {
+        edge.complete = false;
+        edge.full = true;
+      }
+      first.remove();
+    }
+  }
+
   /**
-   * Renders a chat message; returns the element. `history` marks one that was sent before this
-   * connection (history on joining, or a resume).
+   * Renders a chat message at the bottom; returns the element. `history` marks one that was
+   * sent before this connection (history on joining, or a resume).
    */
-  addMessage({ id, ts, sender, message }, { own = false, history = false } = {}) {
-    const { doc } = this;
-    const item = el(doc, 'div', 'message');
-    item.classList.toggle('own', own);
-    item.classList.toggle('history', history);
-    if (id !== undefined && id !== null) item.dataset.id = String(id);
-    item.dataset.sender = sender;
-    item.style.setProperty('--sender-hue', String(senderHue(sender)));
-
-    const meta = el(doc, 'div', 'meta');
-    // dir=auto: a name or a text in a right-to-left script reads and aligns as one.
-    const name = el(doc, 'span', 'sender', sender);
-    name.dir = 'auto';
-    meta.append(name);
-    const when = new Date(Number.isFinite(ts) ? ts : Date.now());
-    const time = el(doc, 'time', 'time', shortTime(when));
-    time.dateTime = when.toISOString();
-    time.title = when.toLocaleString();
-    meta.append(time);
-
-    const text = el(doc, 'div', 'text', message);
-    text.dir = 'auto';
-    item.append(meta, text);
+  addMessage(message, { own = false, history = false } = {}) {
+    const { id } = message;
+    const newest = this.newestId();
+    // Ids only grow within a run: one that does not starts a new run.
+    if (id !== null && id !== undefined && newest !== null && id <= newest) this.newRun();
+    const item = messageEntry(this.doc, message, { own, history });
     this.append(item, { forceScroll: own && !history });
     return item;
   }
@@ -165,10 +200,7 @@ export class MessageLog {
    * presence, history, rename); `code` is the server's code.
    */
   addSystem(text, kind = 'info', code = '') {
-    const item = el(this.doc, 'div', 'system', text);
-    item.dir = 'auto';
-    item.dataset.kind = kind;
-    if (code) item.dataset.code = code;
+    const item = systemEntry(this.doc, text, kind, code);
     this.append(item);
     return item;
   }
@@ -197,4 +229,119 @@ export class MessageLog {
       item.classList.toggle('own', item.dataset.sender === name);
     }
   }
+
+  // Scrollback (see the module comment)
+
+  /** The id of the oldest message below the edge: what older messages are older than. */
+  oldestId() {
+    for (let node = this.edge.element.nextElementSibling; node; node = node.nextElementSibling) {
+      const id = idOf(node);
+      if (id !== null) return id;
+    }
+    return null;
+  }
+
+  /** The id of the newest message below the edge. */
+  newestId() {
+    let node = this.element.lastElementChild;
+    for (; node !== this.edge.element; node = node.previousElementSibling) {
+      const id = idOf(node);
+      if (id !== null) return id;
+    }
+    return null;
+  }
+
+  /**
+   * The messages from now on are of a new run of ids, which older ones of the last run say
+   * nothing about: the edge moves below what is shown (unless nothing of the last run is).
+   */
+  newRun() {
+    this.run += 1;
+    if (this.oldestId() !== null) this.element.append(this.edge.element);
+    this.edge.reset();
+    this.renderEdge();
+  }
+
+  /** The server has nothing older than what is below the edge (its history was all there is). */
+  reachedBeginning() {
+    this.edge.complete = !this.edge.full;
+    this.renderEdge();
+  }
+
+  /** Whether older messages can be asked for on this connection (shows the button or not). */
+  setOlderAvailable(available) {
+    this.edge.available = available;
+    this.renderEdge();
+  }
+
+  /** The reader asked for older messages: the owner is told, if asking makes sense now. */
+  wantOlder() {
+    if (this.edge.askable) this.onWantOlder(this);
+  }
+
+  /**
+   * What to ask for, at most `pageSize` messages: `{before, limit, run}`; null if nothing (the
+   * log may be found full meanwhile, and then says so).
+   */
+  olderRequest(pageSize) {
+    const before = this.oldestId();
+    if (before === null || !this.edge.askable) return null;
+    const room = MAX_ENTRIES - this.element.childElementCount;
+    if (room < 1) {
+      this.edge.full = true;
+      this.renderEdge();
+      return null;
+    }
+    return { before, limit: Math.min(pageSize, room), run: this.run };
+  }
+
+  /** A request is out (loading), or no more. */
+  setLoading(loading) {
+    this.edge.loading = loading;
+    if (loading) this.edge.failure = '';
+    this.renderEdge();
+  }
+
+  /** The last request failed, for the reason `text`: the button offers to try again. */
+  olderFailed(text) {
+    this.edge.loading = false;
+    this.edge.failure = text;
+    this.renderEdge();
+  }
+
+  /**
+   * Puts `messages` (of `request`, from olderRequest; oldest first) just below the edge, keeping
+   * what the reader looks at where it is on screen; `complete`: the server has nothing older;
+   * `ownName` marks ours. Only messages older than the oldest shown are taken, and only as many
+   * as there is room for; nothing if the run changed or was cut meanwhile. Returns how many.
+   */
+  prependOlder(messages, { request, complete, ownName }) {
+    if (request.run !== this.run || request.before !== this.oldestId()) return 0;
+    const older = oldestFirst(messages.filter((message) => message.id < request.before));
+    const room = MAX_ENTRIES - this.element.childElementCount;
+    // The newest of them join up with what is shown; any older ones do not fit.
+    const fitting = older.slice(Math.max(0, older.length - Math.max(0, room)));
+    const place = this.placeOfReader();
+    const entries = fitting.map((message) => messageEntry(this.doc, message, {
+      own: message.sender === ownName,
+      history: true,
+    }));
+    this.batch(() => this.edge.element.after(...entries));
+    const roomLeft = room - fitting.length;
+    if (fitting.length < older.length || (!complete && roomLeft < 1)) this.edge.full = true;
+    else if (complete) this.edge.complete = true;
+    this.renderEdge(); // before keeping the place: the edge is above it, and may change size
+    this.keepPlace(place);
+    return fitting.length;
+  }
+
+  renderEdge() {
+    this.edge.render(this.oldestId() !== null);
+  }
+}
+
+// Sorted by id, each id once.
+function oldestFirst(messages) {
+  const sorted = [...messages].sort((a, b) => a.id - b.id);
+  return sorted.filter((message, index) => index === 0 || message.id !== sorted[index - 1].id);
 }

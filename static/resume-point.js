@@ -24,12 +24,13 @@ export class ResumePoint {
 
   /**
    * A notice names the run of ids of a hub that took over. Its ids may repeat ours: forget
-   * them, and resume from its run next time.
+   * them, and resume from its run next time. Returns whether it is a new run.
    */
   switchRun(epoch) {
-    if (typeof epoch !== 'string' || epoch === this.epoch) return;
+    if (typeof epoch !== 'string' || epoch === this.epoch) return false;
     this.epoch = epoch;
     this.seen.clear();
+    return true;
   }
 
   /**

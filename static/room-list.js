@@ -6,7 +6,7 @@
 // count is part of its name ("#dev, 3 unread") so that it is read out with the room. Lists are
 // updated in place, never rebuilt under the focus.
 
-import { el } from './message-log.js';
+import { el } from './dom.js';
 import { roomNameProblem, tidyRoomName } from './room-names.js';
 
 const NARROW = '(max-width: 720px)'; // style.css folds the panel at the same width

@@ -33,6 +33,28 @@ export const INVALID_RESUME_TEXT =
 
 export const NOT_CONNECTED_TEXT = 'Not connected — your message was not sent. Reconnecting…';
 
+// Scrollback: the top of a room's log (history-edge.js) and what scrollback.js says.
+export const LOAD_OLDER_TEXT = 'Load older messages';
+export const LOADING_OLDER_TEXT = 'Loading older messages…';
+export const BEGINNING_TEXT = 'Beginning of the conversation';
+export const OLDER_UNAVAILABLE_TEXT =
+  'Older messages could not be loaded: chat is temporarily unavailable. Try again.';
+export const OLDER_NO_ANSWER_TEXT = 'The server did not answer in time. Try again.';
+
+/** Why nothing older is loaded into a log that holds `max` entries already. */
+export function olderNotKeptText(max) {
+  return `Older messages are not shown: this page keeps the latest ${max} lines of a room.`;
+}
+
+/** What screen readers hear once `count` older messages of `room` are in. */
+export function olderLoadedText(count, room, complete) {
+  const said = [];
+  const messages = count === 1 ? '1 older message' : `${count} older messages`;
+  if (count) said.push(`Loaded ${messages} in #${room}.`);
+  if (complete) said.push(`${BEGINNING_TEXT}.`);
+  return said.join(' ');
+}
+
 export const UNSENT_TEXT =
   'The connection dropped before your message came back: it may not have been sent.';
 

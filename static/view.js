@@ -2,9 +2,11 @@
 // error line, and the rooms' logs (message-log.js), of which one is shown at a time.
 // Everything that came from the network goes through textContent.
 
-import { MessageLog, el } from './message-log.js';
+import { el } from './dom.js';
+import { MessageLog } from './message-log.js';
 
-export function createView(doc = document) {
+/** `wantOlder(log)` is told when the reader of a room's log asks for older messages. */
+export function createView(doc = document, { wantOlder = () => {} } = {}) {
   const byId = (id) => doc.getElementById(id);
   const els = {
     logs: byId('messages'),
@@ -46,7 +48,7 @@ export function createView(doc = document) {
     log(room) {
       let log = logs.get(room);
       if (!log) {
-        log = new MessageLog(doc, room, onBehind);
+        log = new MessageLog(doc, room, { onBehind, onWantOlder: wantOlder });
         logs.set(room, log);
         els.logs.append(log.element);
       }

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -201,13 +202,16 @@ def wait_gone(pid: int, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
 
 
 def running_server(**options: Any) -> Iterator[ServerProcess]:
-    """A started ServerProcess (``options`` as for it, but the port), stopped after use."""
-    server = ServerProcess(free_port(), **options)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    """A started ServerProcess (``options`` as for it, but the port), stopped after use, with a
+    store of its own that its restarts keep (unless ``env`` names one)."""
+    with tempfile.TemporaryDirectory(prefix="trio-chat-") as data_dir:
+        env = {"TRIO_CHAT_DATA_DIR": data_dir, **(options.pop("env", None) or {})}
+        server = ServerProcess(free_port(), env=env, **options)
+        try:
+            server.start()
+            yield server
+        finally:
+            server.stop()
 
 
 @dataclass
