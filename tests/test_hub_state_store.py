@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_hub_state import ROOM, TS_MS, FakeClock, body, member
 
-from trio_chat.hub.state import HubState
+from trio_chat.hub.state import HubState, Wake
 from trio_chat.hub.store import MessageStore, Retention, StoreWriteError
 from trio_chat.hub_link.interface import Older
 from trio_chat.protocol import message_id
@@ -70,7 +70,7 @@ def test_a_message_is_stored_before_anyone_gets_it(store: MessageStore) -> None:
     assert (stored.sender, stored.text, stored.ts) == ("ann", "hello", TS_MS)
 
 
-def test_a_failed_write_hands_out_nothing_and_gives_no_id(store: MessageStore) -> None:
+def test_a_failed_write_hands_out_no_message_and_gives_no_id(store: MessageStore) -> None:
     state = stored_state(store)
     mailbox, _ = state.join("w", member("ann"))
     publish(state, "one")
@@ -80,7 +80,11 @@ def test_a_failed_write_hands_out_nothing_and_gives_no_id(store: MessageStore) -
     with pytest.raises(StoreWriteError):
         state.update(mailbox, [body("lost"), body("too")], {(2, ROOM): "bob"})
 
-    assert state.take(mailbox, 100) == []  # Nothing shown, not even the presence change.
+    # No message shown; the presence change went through, its frame left for the caller to
+    # wake the worker for.
+    assert state.take_wake() == Wake(filled=frozenset({mailbox}))
+    [presence] = state.take(mailbox, 100) or []
+    assert json.loads(presence)["users"] == ["ann", "bob"]
     assert texts(state.snapshot(ROOM, None)[0].messages) == ["one"]
     store._db.execute("PRAGMA query_only = 0")
     publish(state, "two")
@@ -246,3 +250,64 @@ def test_without_a_store_scrollback_is_the_history_in_memory() -> None:
     assert state.older(ROOM, 5, 10) == Older(ROOM, state.snapshot(ROOM, None)[0].messages[:2], True)
     assert not state.durable
     assert state.prune(Retention(max_age_ms=0, per_room=1), now_ms=TS_MS) is False
+
+
+def test_a_resume_from_zero_is_a_resume(store: MessageStore) -> None:
+    """The page resumes a room it saw empty with ``since=<epoch>:0``."""
+    state = stored_state(store)
+    publish(state, *map(str, range(1, 11)))
+
+    snapshot, _ = state.snapshot(ROOM, 0, state.epoch)
+
+    assert texts(snapshot.messages) == ["8", "9", "10"]
+    assert snapshot.first_available == 8  # More than fits: the client is told.
+
+
+def test_a_catch_up_leaves_room_in_the_mailbox_for_the_join_itself(store: MessageStore) -> None:
+    state = stored_state(store, mailbox_size=4)
+    publish(state, "one", "two", "three")
+
+    mailbox, _ = state.join("w", member("ann"), last_id=0, epoch=state.epoch)
+
+    # Three would leave no room for the join's presence frame, which would evict the mailbox
+    # at once, and again at every re-join: the worker is told what it missed instead.
+    assert state.join_point(mailbox) == (3, False)
+    assert state.waiting(mailbox) == 1
+
+
+def test_a_worker_whose_missed_messages_retention_deleted_is_not_caught_up(
+    store: MessageStore,
+) -> None:
+    state = stored_state(store)
+    publish(state, "one", "two", "three")
+    while state.prune(Retention(max_age_ms=10**12, per_room=1), now_ms=TS_MS):
+        pass
+
+    mailbox, _ = state.join("w", member("ann"), last_id=1, epoch=state.epoch)
+
+    assert state.join_point(mailbox) == (3, False)
+
+
+def test_presence_versions_keep_growing_across_hubs_that_share_a_store(data_dir: Path) -> None:
+    """Clients compare a new hub's presence versions with an old hub's snapshots."""
+    first_store = MessageStore.open(data_dir)
+    first = HubState(
+        mailbox_size=100, history_size=3, epoch=first_store.epoch, monotonic=FakeClock(),
+        clock_ms=lambda: 1_000, store=first_store,
+    )  # fmt: skip
+    first.join("w", member("ann"))
+    for n in range(50):
+        first.update("m1", presence={(2, ROOM): f"guest{n}"})
+    old_version = first.snapshot(ROOM, None)[0].presence_version
+    first_store.close()
+
+    store = MessageStore.open(data_dir)
+    try:
+        second = HubState(
+            mailbox_size=100, history_size=3, epoch=store.epoch, monotonic=FakeClock(),
+            clock_ms=lambda: 1_001, store=store,
+        )  # fmt: skip
+        second.join("w", member("ann"))
+        assert second.snapshot(ROOM, None)[0].presence_version > old_version
+    finally:
+        store.close()

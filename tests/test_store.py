@@ -9,8 +9,12 @@ a message naming the file; a failed write leaves nothing behind.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import stat
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -308,6 +312,29 @@ def test_retention_keeps_the_newest_of_each_room(store: MessageStore) -> None:
     assert store.pruned_through("busy") == 15
 
 
+def test_retention_by_age_and_by_count_counts_each_message_once(store: MessageStore) -> None:
+    store.append([message(i, ts=1 if i <= 10 else 100) for i in range(1, 1001)])
+
+    while store.prune_step(Retention(max_age_ms=50, per_room=900), now_ms=100):
+        pass
+
+    assert [m.id for m in store.newest("general", 10**6)] == list(range(101, 1001))
+    kept = store._db.execute("SELECT kept FROM rooms WHERE name = 'general'").fetchone()[0]
+    assert kept == 900
+
+
+def test_scrollback_reuses_its_connections_whatever_thread_asks(store: MessageStore) -> None:
+    """The hub's threads come and go with its clients: a connection each would pile up."""
+    store.append([message(1)])
+
+    for _ in range(20):
+        thread = threading.Thread(target=store.older, args=("general", 10, 10))
+        thread.start()
+        thread.join()
+
+    assert len(store._idle_readers) == 1
+
+
 def test_retention_works_a_batch_at_a_time(store: MessageStore) -> None:
     store.append([message(i, ts=1) for i in range(1, PRUNE_BATCH + 11)])
 
@@ -353,3 +380,30 @@ def _abandon(opened: MessageStore) -> None:
     """Let go of the store as a killed process does: no clean close."""
     opened._db.close()
     os.close(opened._lock_fd)
+
+
+def test_what_a_killed_hub_committed_is_there_for_the_next(tmp_path: Path) -> None:
+    """A process that commits and is killed at once (its WAL not checkpointed, the store not
+    closed): the next one finds every message and goes on in the same run."""
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from trio_chat.hub.store import MessageStore, StoredMessage\n"
+        "store = MessageStore.open(Path(sys.argv[1]))\n"
+        "print(store.epoch, flush=True)\n"
+        "store.append([StoredMessage(i, 'general', 1, 'ann', str(i)) for i in range(1, 4)])\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / f"{DATABASE_NAME}-wal").exists()  # Never checkpointed.
+
+    reopened = MessageStore.open(tmp_path)
+    try:
+        assert reopened.epoch == killed.stdout.strip()
+        assert [m.text for m in reopened.newest("general", 10)] == ["1", "2", "3"]
+        assert reopened.last_id == 3
+    finally:
+        reopened.close()

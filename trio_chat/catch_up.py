@@ -51,10 +51,14 @@ class CatchUp:
     """Sends each join's snapshot where it belongs, and drops the live frames it covers.
 
     Frames of a room queued after its join may be older than its snapshot: a room's frames
-    start with a run the snapshot covers, then everything is new, and no more checks are
-    needed for that room (nor for any once every room has caught up). A ``messages_missed``
-    notice also ends the catching up: what follows it comes from a new hub, whose ids and
-    presence versions start a new run and say nothing about the snapshots.
+    start with a run the snapshot covers, then everything is new. Its first message newer than
+    the snapshot ends the checks for that room (nor are any needed once every room has caught
+    up): later messages have later ids, and a worker that re-joins a hub is given only what
+    follows the last message it delivered. Until then, a message the snapshot covers may also
+    come again after such a re-join (the worker had not delivered it yet), and is dropped then
+    too; presence frames are checked by version all along (they keep growing across hubs that
+    share a store). A ``messages_missed`` notice ends the catching up: what follows it comes
+    from a new run of ids, which says nothing about the snapshots.
 
     A join that failed was undone in the fan-out, but the room's frames that came meanwhile are
     queued after it: they are dropped, until the room is joined again.
@@ -92,8 +96,8 @@ class CatchUp:
                 kept.append(frame)
                 continue
             covered = covered_by(frame, snapshot)
-            if covered is False:
-                del self._catching_up[snapshot.room]  # The room's first new frame: caught up.
+            if covered is False and message_id(frame) is not None:
+                del self._catching_up[snapshot.room]  # The room's first new message: caught up.
             if not covered:
                 kept.append(frame)
         return kept

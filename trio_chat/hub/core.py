@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,8 +33,10 @@ from .store import MessageStore, Retention, StoreWriteError
 
 logger = logging.getLogger("trio_chat.hub")
 
-#: Retention runs this often: it deletes what has aged out since, a batch at a time.
+#: Retention runs this often: it deletes what has aged out since, a batch at a time, with a
+#: pause between batches (the lock is not fair: without it, publishers could wait for many).
 PRUNE_INTERVAL_SECONDS = 60.0
+PRUNE_PAUSE_SECONDS = 0.005
 
 
 def wall_clock_ms() -> int:
@@ -126,8 +129,10 @@ class HubCore:
             try:
                 last_id, wake = self._state.update(mailbox_id, bodies, presence)
             except StoreWriteError as error:
-                # The worker tells the senders; the next update tries again.
+                # The worker tells the senders; the next update tries again. The presence
+                # changes went through: their frames are woken for.
                 self._note_store_health(error)
+                self._wake(self._state.take_wake())
                 raise
             self._note_store_health(None)
             self._wake(wake)
@@ -206,7 +211,7 @@ class HubCore:
         lock, so that publishing waits for one batch at most."""
         while True:
             while self.prune():
-                pass
+                time.sleep(PRUNE_PAUSE_SECONDS)
             time.sleep(interval)
 
     def prune(self) -> bool:
@@ -218,7 +223,10 @@ class HubCore:
                 return self._state.prune(self._retention, self._clock_ms())
             except StoreWriteError as error:
                 self._note_store_health(error)
-                return False
+            except sqlite3.Error:
+                # A read failed: retention waits for its next turn rather than end for good.
+                logger.exception("event=retention_failed")
+            return False
 
     def describe_store(self) -> str:
         if self._store is None:

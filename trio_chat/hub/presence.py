@@ -36,12 +36,14 @@ class PresenceState:
 
 
 class PresenceBook:
-    def __init__(self, room: str) -> None:
+    def __init__(self, room: str, first_version: int = 0) -> None:
+        """``first_version``: the version before the book's first frame (see
+        ``HubState``: versions that must keep growing across hubs start high)."""
         self.room = room
         self._by_worker: dict[str, dict[int, str]] = {}
         self._names: Counter[str] = Counter()
         self._online = 0
-        self._version = 0
+        self._version = first_version
         self._published_users: frozenset[str] = frozenset()
         self.dirty = False
 

@@ -165,6 +165,7 @@ class HubState:
         self.epoch = epoch
         self._monotonic = monotonic
         self._sequencer = Sequencer(clock_ms)
+        self._clock_ms = clock_ms
         #: Where every message is written before it is handed out (``None``: kept in memory
         #: only, ``history_size`` per room). Room histories are then its newest messages.
         self._store = store
@@ -248,12 +249,22 @@ class HubState:
         Returns the last id given. Changes from a mailbox that is gone are ignored: that worker
         re-joins with all its members anyway. A body that is not a chat body of a room is
         dropped (and counted): workers only send what ``encode_chat_body`` made.
+
+        If the store refuses the bodies (``StoreWriteError``), none is published, but the
+        presence changes still are (people who left must not stay listed while the disk is
+        full): what they change is then waiting in ``take_wake``.
         """
-        if bodies:
-            self._publish(bodies)
-        if presence and mailbox_id in self._mailboxes:
-            self._apply_presence(mailbox_id, presence)
+        try:
+            if bodies:
+                self._publish(bodies)
+        finally:
+            if presence and mailbox_id in self._mailboxes:
+                self._apply_presence(mailbox_id, presence)
         return self._sequencer.last_id, self._wake()
+
+    def take_wake(self) -> Wake:
+        """What a call that raised changed, for its caller to wake (see ``update``)."""
+        return self._wake()
 
     def publish(self, bodies: Sequence[str]) -> tuple[int, Wake]:
         """Publish from outside any worker (tools and tests)."""
@@ -283,7 +294,8 @@ class HubState:
             self._apply_presence(mailbox_id, {(c, room): name for c, name in presence.items()})
         since_valid = since is None or (since <= last_id and epoch in (None, self.epoch))
         after = since if since is not None and since_valid else 0
-        messages, first_available = self._history_after(state, after, resuming=after > 0)
+        resuming = since is not None and since_valid
+        messages, first_available = self._history_after(state, after, resuming=resuming)
         current = state.presence.current()
         snapshot = Snapshot(
             room=room,
@@ -456,7 +468,7 @@ class HubState:
             room = self._rooms[name] = _Room(
                 name,
                 history,
-                PresenceBook(name),
+                PresenceBook(name, self._first_presence_version()),
                 trimmed_through=trimmed_through,
                 active_at=self._monotonic(),
             )
@@ -504,6 +516,14 @@ class HubState:
                 self._broadcast(room, run)
                 run = []
 
+    def _first_presence_version(self) -> int:
+        """Where a new room's presence versions start. With a store, a hub that replaces a dead
+        one goes on in the same run of ids, and its workers' clients compare its presence
+        versions with those of the old hub's snapshots (``catch_up``): so they start at the
+        wall clock in microseconds, above any version an earlier hub gave (at most a few a
+        second per room). Without a store, a new hub's run tells the clients to start over."""
+        return 0 if self._store is None else self._clock_ms() * 1000
+
     def _history_after(self, room: _Room, after: int, *, resuming: bool) -> tuple[list[str], int]:
         """The room's newest ``history_size`` message frames after ``after``, and the first
         id from which none is missing (``Snapshot.first_available``)."""
@@ -525,10 +545,12 @@ class HubState:
 
     def _catch_up(self, mailbox_id: str, last_id: int, presence: Mapping[Member, str]) -> bool:
         """Fill a re-joining worker's new mailbox with what its rooms had after ``last_id``;
-        False when that is not possible (no store, or more than the mailbox holds)."""
+        False when that is not possible (no store, retention deleted some of it, or more than
+        half the mailbox holds: the join's own presence frames must fit after it)."""
         if self._store is None:
             return False
-        missed = self._store.after(last_id, {room for _, room in presence}, self._mailbox_size)
+        rooms = {room for _, room in presence}
+        missed = self._store.after(last_id, rooms, self._mailbox_size // 2)
         if missed is None:
             return False
         if missed:

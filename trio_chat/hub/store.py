@@ -37,7 +37,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ..protocol import ChatMessage, encode_chat_body, stamp_chat_frame
@@ -50,13 +50,13 @@ LOCK_NAME = "hub.lock"
 #: Rows one retention step deletes at most: a step holds the hub's lock (publishing waits), so
 #: it is kept to a few milliseconds.
 PRUNE_BATCH = 500
-#: Rows a returning worker's catch-up scans at most (see ``after``).
-MAX_CATCH_UP_SCAN = 200_000
 MS_PER_DAY = 86_400_000
 #: The WAL file is truncated back to this after a checkpoint (it grows with bursts of writes).
 JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
-#: Page cache of each scrollback reader's connection (SQLite's unit: KiB when negative).
+#: Page cache of each scrollback reader's connection (SQLite's unit: KiB when negative), and
+#: how many idle ones are kept.
 READER_CACHE_KIB = 512
+IDLE_READERS = 8
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -133,9 +133,10 @@ class MessageStore:
         self.path = data_dir / DATABASE_NAME
         self._db = connection
         self._lock_fd = lock_fd
-        self._readers = threading.local()
-        self._reader_connections: list[sqlite3.Connection] = []
+        #: Read-only connections for scrollback, idle ones kept for the next call.
+        self._idle_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._closed = False
         #: The run of ids this store's messages belong to.
         self.epoch = ""
         #: The highest id ever stored (retention may have deleted it since).
@@ -197,31 +198,33 @@ class MessageStore:
     def older(self, room: str, before: int, limit: int) -> tuple[list[StoredMessage], bool]:
         """The room's newest ``limit`` messages with ids below ``before``, oldest first, and
         whether they reach its oldest message kept. Any thread; never waits for a write."""
-        rows = (
-            self._reader()
-            .execute(
+        with self._reader() as reader:
+            rows = reader.execute(
                 "SELECT id, room, ts, sender, text FROM messages WHERE room = ? AND id < ? "
                 "ORDER BY id DESC LIMIT ?",
                 (room, before, limit + 1),
-            )
-            .fetchall()
-        )
+            ).fetchall()
         complete = len(rows) <= limit
         return [StoredMessage(*row) for row in reversed(rows[:limit])], complete
 
     def after(self, last_id: int, rooms: Iterable[str], limit: int) -> list[StoredMessage] | None:
         """Every message of ``rooms`` with an id above ``last_id``, in order (what a worker
-        missed while its link was down); ``None`` if there are more than ``limit``, or too many
-        messages of other rooms to look through (``MAX_CATCH_UP_SCAN``)."""
-        wanted = set(rooms)
-        rows = self._db.execute(
-            "SELECT id, room, ts, sender, text FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-            (last_id, MAX_CATCH_UP_SCAN),
-        ).fetchall()
-        if len(rows) == MAX_CATCH_UP_SCAN:
-            return None
-        found = [StoredMessage(*row) for row in rows if row[1] in wanted]
-        return found if len(found) <= limit else None
+        missed while its link was down); ``None`` if there are more than ``limit``, or if
+        retention deleted some of them. One indexed read per room: other rooms' messages cost
+        nothing."""
+        found: list[StoredMessage] = []
+        for room in rooms:
+            if self.pruned_through(room) > last_id:
+                return None
+            rows = self._db.execute(
+                "SELECT id, room, ts, sender, text FROM messages WHERE room = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (room, last_id, limit + 1 - len(found)),
+            ).fetchall()
+            found += [StoredMessage(*row) for row in rows]
+            if len(found) > limit:
+                return None
+        return sorted(found, key=lambda message: message.id)
 
     def pruned_through(self, room: str) -> int:
         """The newest id of the room that retention deleted (0: none)."""
@@ -236,7 +239,10 @@ class MessageStore:
         (empty once nothing is left to delete). Raises ``StoreWriteError``."""
         doomed = self._too_old(now_ms - retention.max_age_ms)
         if len(doomed) < PRUNE_BATCH:
-            doomed += self._beyond_count(retention.per_room, PRUNE_BATCH - len(doomed))
+            # The oldest of a room may be too old as well: each row is counted once.
+            chosen = set(doomed)
+            extra = self._beyond_count(retention.per_room, PRUNE_BATCH - len(doomed), chosen)
+            doomed += [row for row in extra if row not in chosen]
         if not doomed:
             return {}
         through: dict[str, int] = {}
@@ -274,9 +280,10 @@ class MessageStore:
     def close(self) -> None:
         """Close cleanly: the next hub need not suspect lost commits."""
         with self._readers_lock:
-            for reader in self._reader_connections:
+            self._closed = True  # Readers in use are closed when their call ends.
+            for reader in self._idle_readers:
                 reader.close()
-            self._reader_connections.clear()
+            self._idle_readers.clear()
         try:
             self._db.execute("DELETE FROM meta WHERE key = 'open_on_boot'")
         except sqlite3.Error as error:
@@ -348,32 +355,51 @@ class MessageStore:
             doomed.append((message_id, room))
         return doomed
 
-    def _beyond_count(self, per_room: int, limit: int) -> list[tuple[int, str]]:
+    def _beyond_count(
+        self, per_room: int, limit: int, chosen: set[tuple[int, str]]
+    ) -> list[tuple[int, str]]:
+        """The oldest rows of rooms holding more than ``per_room`` (``chosen`` rows are going
+        anyway: they count as gone)."""
         doomed: list[tuple[int, str]] = []
         crowded = self._db.execute(
             "SELECT name, kept - ? FROM rooms WHERE kept > ? LIMIT ?", (per_room, per_room, limit)
         ).fetchall()
         for room, excess in crowded:
+            already = sum(1 for _, name in chosen if name == room)
+            wanted = min(excess - already, limit - len(doomed))
+            if wanted <= 0:
+                continue
             rows = self._db.execute(
                 "SELECT id FROM messages WHERE room = ? ORDER BY id LIMIT ?",
-                (room, min(excess, limit - len(doomed))),
+                (room, wanted + already),
             ).fetchall()
-            doomed += [(row[0], room) for row in rows]
+            doomed += [(row[0], room) for row in rows if (row[0], room) not in chosen][:wanted]
             if len(doomed) >= limit:
                 break
         return doomed
 
-    def _reader(self) -> sqlite3.Connection:
-        reader: sqlite3.Connection | None = getattr(self._readers, "connection", None)
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection for one call: an idle one, or a new one. At most
+        ``IDLE_READERS`` are kept between calls (the hub's threads come and go with its
+        clients' connections, so one per thread would pile up)."""
+        with self._readers_lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError(f"{self.path} is closed")
+            reader = self._idle_readers.pop() if self._idle_readers else None
         if reader is None:
             reader = sqlite3.connect(
                 f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False
             )
             reader.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
-            self._readers.connection = reader
+        try:
+            yield reader
+        finally:
             with self._readers_lock:
-                self._reader_connections.append(reader)
-        return reader
+                if self._closed or len(self._idle_readers) >= IDLE_READERS:
+                    reader.close()
+                else:
+                    self._idle_readers.append(reader)
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -434,11 +460,20 @@ def _boot_id() -> str:
 
 def _open_problem(path: Path, error: BaseException) -> str:
     reason = error.strerror if isinstance(error, OSError) else str(error)
+    if isinstance(error, (OSError, sqlite3.OperationalError)):
+        # Permissions, a full disk, an I/O error: the file itself may well be sound.
+        advice = (
+            "check that the server's user can read and write it and its folder, and that the "
+            "disk has room"
+        )
+    else:
+        advice = (
+            "the file is damaged: move it aside (with its -wal and -shm files) to start with an "
+            "empty history, or restore it from a backup"
+        )
     return (
-        f"cannot open the message store {path}: {reason}. If the file is damaged, move it "
-        "aside (with its -wal and -shm files) to start with an empty history, or restore it "
-        "from a backup; if it is a permissions problem, let the server's user read and write "
-        "it; or set TRIO_CHAT_STORE=memory to keep no history on disk"
+        f"cannot open the message store {path}: {reason}. {advice}; or set "
+        "TRIO_CHAT_STORE=memory to keep no history on disk"
     )
 
 

@@ -12,9 +12,10 @@ import socket
 from collections.abc import Mapping, Sequence
 
 from ...config import Settings
+from ...hub.store import StoreWriteError
 from ...hub_address import Endpoint, resolve_endpoint
 from ..bridge import BridgedHub, Fetched
-from ..interface import Member, Older, RoomCount, Snapshot
+from ..interface import HubUnavailable, Member, Older, RoomCount, Snapshot
 from .client import HUB_ERRORS, HubClient
 from .launcher import HubStartError, connect_or_start
 
@@ -72,7 +73,12 @@ class _ManagerMembership:
         return None if frames is None else Fetched(frames)
 
     def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
-        self._client.update(self._mailbox_id, bodies, presence)
+        try:
+            self._client.update(self._mailbox_id, bodies, presence)
+        except StoreWriteError as error:
+            # The hub is fine but could not store the bodies (a full disk, say): the senders
+            # are told, as when the hub is out of reach, and this is no bug of ours to log.
+            raise HubUnavailable(str(error)) from error
 
     def snapshot(
         self, room: str, since: int | None, epoch: str | None, connection: int, name: str

@@ -15,6 +15,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,12 +28,18 @@ logger = logging.getLogger("trio_chat.hub")
 
 #: How long a new hub process may take to listen (a Python start-up and two imports).
 HUB_START_TIMEOUT_SECONDS = 30.0
+#: After a hub this worker started failed to start (its store cannot be opened, say), it
+#: starts no other for this long: its re-joins keep trying to connect, every second at most,
+#: but do not spawn a process and check the store each time.
+HUB_RESTART_BACKOFF_SECONDS = 15.0
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
 
 # Hubs this process started. The hub outlives us as a rule (it ends with the Hypercorn master),
 # but one that dies first is reaped here rather than left a zombie.
 _started: list[subprocess.Popen[bytes]] = []
+# When a hub this process started last failed to start (``time.monotonic``), and why.
+_last_failure: tuple[float, str] | None = None
 
 
 class HubStartError(Exception):
@@ -56,7 +63,7 @@ def connect_or_start(endpoint: Endpoint, settings: Settings) -> HubClient:
             # open files, say) say nothing about the hub: they go up, and the caller retries.
         if has_exited(endpoint.owner_pid):
             _refuse_for_a_server_gone(endpoint)
-        _start_hub(endpoint, settings)
+        _start_hub_unless_it_just_failed(endpoint, settings)
     return HubClient(endpoint.address, endpoint.authkey)
 
 
@@ -77,6 +84,20 @@ def _exclusive_lock(path: Path):  # type: ignore[no-untyped-def]
         yield
     finally:
         os.close(fd)  # Also releases the lock.
+
+
+def _start_hub_unless_it_just_failed(endpoint: Endpoint, settings: Settings) -> None:
+    global _last_failure
+    if _last_failure is not None:
+        failed_at, reason = _last_failure
+        if time.monotonic() - failed_at < HUB_RESTART_BACKOFF_SECONDS:
+            raise HubStartError(f"{reason} (not tried again yet)")
+    try:
+        _start_hub(endpoint, settings)
+    except HubStartError as error:
+        _last_failure = (time.monotonic(), str(error))
+        raise
+    _last_failure = None
 
 
 def _start_hub(endpoint: Endpoint, settings: Settings) -> None:

@@ -27,7 +27,7 @@ set_member(label, connection .. ' ' .. room, name)
 prune_history(room)
 local due = settle_presence()
 local valid = since == '' or (tonumber(since) <= last and (since_epoch == '' or since_epoch == '=' .. epoch))
-local resuming = since ~= '' and valid and tonumber(since) > 0
+local resuming = since ~= '' and valid
 local after = resuming and since or '0'
 -- One more than is sent tells whether a resume is sent all it missed.
 local entries = redis.call('XREVRANGE', history_key(room), '+', '(' .. after .. '-0',
