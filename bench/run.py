@@ -1,8 +1,8 @@
 """Run the whole benchmark: trio_chat against the baseline, side by side, and write the table.
 
-    python bench/run.py                      # every scenario, 3 runs each, about 25 minutes
+    python bench/run.py                      # every scenario, 3 runs each, about 35 minutes
     python bench/run.py --scenario fanout    # one scenario (fanout, sweep, batch, scale, browser,
-                                             # rooms)
+                                             # rooms, store)
     python bench/run.py --quick              # short durations: checks that everything works
     python bench/run.py --runs 5             # medians of 5 runs
 
@@ -12,7 +12,9 @@ ports, and measures them in turn, alternating which goes first, N times. Every f
 median of the N runs; every ratio is the median of the N ratios measured in the same run.
 Servers are started in their own process group and always stopped (with the hub, which lives
 in a session of its own); a server that did not hold a measurement is restarted before the
-next one. Results go to bench/results.md (and the raw figures to bench/results.json).
+next one. Each server gets a fresh data directory (``TRIO_CHAT_DATA_DIR``, for the hub's SQLite
+store), removed when it stops. Results go to bench/results.md (and the raw figures to
+bench/results.json).
 
 The browser scenario compares trio_chat with itself instead: default settings and
 ``TRIO_CHAT_WEBSOCKET_COMPRESSION=on``, each measured with the plain load generator and with
@@ -22,6 +24,10 @@ The rooms scenario measures three setups side by side at the same deliveries per
 trio_chat with one room, trio_chat with 100 rooms of 10, and the baseline with one room; then,
 on a fresh server of each hub backend, what a worker pays for a room it has no member in
 (``room_cost.py``).
+
+The store scenario compares trio_chat with itself: the hub's SQLite store (the default) and
+``TRIO_CHAT_STORE=memory``, under the fan-out load, the rooms scenario's 100 rooms of 10 and the
+sweep; then the store's own rate and its share of the hub's write path (``store_rate.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -55,6 +62,7 @@ sys.path.insert(0, str(BENCH))
 import loadgen  # noqa: E402
 import redis_server  # noqa: E402
 import room_cost  # noqa: E402
+import store_rate  # noqa: E402
 
 SERVER_START_TIMEOUT_SECONDS = 60.0
 SERVER_STOP_TIMEOUT_SECONDS = 10.0
@@ -85,6 +93,13 @@ TRIO_CHAT_COMPRESSION = dataclasses.replace(
     name="trio_chat-compression",
     env=(("TRIO_CHAT_WEBSOCKET_COMPRESSION", "on"),),
 )
+#: The store scenario's two servers: the first is the numerator of its ratios.
+TRIO_CHAT_SQLITE = dataclasses.replace(
+    TRIO_CHAT, name="trio_chat-sqlite", env=(("TRIO_CHAT_STORE", "sqlite"),)
+)
+TRIO_CHAT_MEMORY = dataclasses.replace(
+    TRIO_CHAT, name="trio_chat-memory", env=(("TRIO_CHAT_STORE", "memory"),)
+)
 BASELINE = ServerSpec(
     "baseline",
     1,
@@ -105,7 +120,15 @@ class Server:
         self.spec = spec
         self.port = free_port()
         self.log_path = log_dir / f"{spec.name}-{self.port}.log"
-        environment = {**os.environ, "TRIO_CHAT_RATE": "0", **dict(spec.env)}
+        # A data directory of its own, fresh: two servers on one are refused (the hub locks
+        # it), and a store left by an earlier measurement would make this one's differ.
+        self.data_dir = Path(tempfile.mkdtemp(prefix=f"data-{spec.name}-", dir=log_dir))
+        environment = {
+            **os.environ,
+            "TRIO_CHAT_RATE": "0",
+            "TRIO_CHAT_DATA_DIR": str(self.data_dir),
+            **dict(spec.env),
+        }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 spec.command(self.port),
@@ -157,6 +180,7 @@ class Server:
             with contextlib.suppress(psutil.Error):
                 process.kill()
         psutil.wait_procs(alive, timeout=5)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def _safe_tree(pid: int) -> list[psutil.Process]:
@@ -207,7 +231,9 @@ class Servers:
 class Scenario:
     name: str
     title: str
-    kind: str  # "load" (one measurement), "sweep", or "browser" (see run_browser_scenario)
+    #: "load" (one measurement), "sweep", or the kind of a scenario with a runner of its own:
+    #: "browser", "rooms", "store" (see ``run_<kind>_scenario``).
+    kind: str
     load: dict[str, Any]
     quick: dict[str, Any]
     start_rate: float = 0.0
@@ -302,6 +328,28 @@ SCENARIOS["rooms"] = Scenario(
     FANOUT_QUICK,
 )
 
+#: The store scenario's loads, each another scenario's: (key, load, quick). It also sweeps as
+#: (b) does, and ends with ``store_rate.py``'s measurements.
+STORE_LOADS = (
+    ("fanout", FANOUT_LOAD, FANOUT_QUICK),
+    ("many_rooms", ROOMS_MANY, ROOMS_MANY_QUICK),
+)
+STORE_SWEEP = "sweep"
+#: The key of ``store_rate.measure``'s result in the store scenario's results.
+STORE_RATE = "store_rate"
+STORE_RATE_SECONDS = 2.0
+STORE_RATE_SECONDS_QUICK = 0.5
+SCENARIOS["store"] = Scenario(
+    "store",
+    "(g) durable history: trio_chat with the SQLite store and with TRIO_CHAT_STORE=memory, side "
+    "by side, under the fan-out load of (a), the 100 rooms of 10 of (f) and the sweep of (b); "
+    "then the store's own rate",
+    "store",
+    FANOUT_LOAD,
+    FANOUT_QUICK,
+    start_rate=SCENARIOS[STORE_SWEEP].start_rate,
+)
+
 SWEEP_FACTOR = 1.5
 SWEEP_MAX_STEPS = 25
 #: Later runs of a sweep start this many x1.5 steps below the previous run's best rate.
@@ -389,14 +437,64 @@ def run_scenario(
             outcomes = measure_sweeps(servers, order, config_args, next_start, scenario.start_rate)
             for name, outcome in outcomes.items():
                 results[name].append(outcome)
-            # The next run starts a few steps below the slower server's result.
-            bests = [o["best"]["config"]["rate"] for o in outcomes.values() if o["best"]]
-            if len(bests) == len(outcomes):
-                next_start = max(
-                    scenario.start_rate, min(bests) / SWEEP_FACTOR**SWEEP_RESTART_STEPS
-                )
+            next_start = next_sweep_start(outcomes, scenario.start_rate) or next_start
     finally:
         servers.stop_all()
+    return results
+
+
+def next_sweep_start(outcomes: dict[str, dict[str, Any]], floor: float) -> float | None:
+    """Where the next run's sweep starts: a few steps below the slower server's result (None
+    if a server had none)."""
+    bests = [o["best"]["config"]["rate"] for o in outcomes.values() if o["best"]]
+    if len(bests) != len(outcomes):
+        return None
+    return max(floor, float(min(bests)) / SWEEP_FACTOR**SWEEP_RESTART_STEPS)
+
+
+def load_args(
+    load: dict[str, Any], quick_load: dict[str, Any], quick: bool, procs: int | None
+) -> dict[str, Any]:
+    args = {**load, **(quick_load if quick else {})}
+    if procs:
+        args["procs"] = procs
+    return args
+
+
+def run_store_scenario(
+    scenario: Scenario, runs: int, quick: bool, procs: int | None, log_dir: Path
+) -> dict[str, list[Any]]:
+    """Each run measures both servers (``TRIO_CHAT_SQLITE``, ``TRIO_CHAT_MEMORY``) one after the
+    other (in reverse order every other run) under each of ``STORE_LOADS``, then sweeps them in
+    step, then stops them: every run starts with fresh servers and an empty store. Then
+    ``store_rate.py``'s measurements, with the servers stopped. Results are keyed
+    ``<load>/<server>``, and ``STORE_RATE``."""
+    log(f"\n{scenario.title}" + (" [quick]" if quick else ""))
+    specs = (TRIO_CHAT_SQLITE, TRIO_CHAT_MEMORY)
+    keys = [key for key, _, _ in STORE_LOADS] + [STORE_SWEEP]
+    results: dict[str, list[Any]] = {f"{k}/{spec.name}": [] for k in keys for spec in specs}
+    sweep = SCENARIOS[STORE_SWEEP]
+    sweep_args = load_args(sweep.load, sweep.quick, quick, procs)
+    next_start = sweep.start_rate
+    servers = Servers(log_dir)
+    try:
+        for run in range(runs):
+            log(f" run {run + 1}/{runs}")
+            order = specs if run % 2 == 0 else specs[::-1]
+            for key, load, quick_load in STORE_LOADS:
+                args = load_args(load, quick_load, quick, procs)
+                for spec in order:
+                    result = measure_load(servers, spec, args, f"{key} {spec.name}")
+                    results[f"{key}/{spec.name}"].append(result)
+            outcomes = measure_sweeps(servers, order, sweep_args, next_start, sweep.start_rate)
+            for name, outcome in outcomes.items():
+                results[f"{STORE_SWEEP}/{name}"].append(outcome)
+            next_start = next_sweep_start(outcomes, sweep.start_rate) or next_start
+            servers.stop_all()
+    finally:
+        servers.stop_all()
+    seconds = STORE_RATE_SECONDS_QUICK if quick else STORE_RATE_SECONDS
+    results[STORE_RATE] = [store_rate.measure(store_rate.RateConfig(runs, seconds), log)]
     return results
 
 
@@ -768,12 +866,22 @@ def _fmt(fmt: str, value: float) -> str:
 
 
 def table(name: str, results: dict[str, list[Any]]) -> list[str]:
-    ours, base = results[TRIO_CHAT.name], results[BASELINE.name]
+    return comparison_table(figures_for(name), results[TRIO_CHAT.name], results[BASELINE.name])
+
+
+def comparison_table(
+    figures: list[Figure],
+    ours: list[Any],
+    base: list[Any],
+    columns: tuple[str, str] = ("trio_chat -w 4", "baseline -w 1"),
+) -> list[str]:
+    """A row per figure: the medians of both columns' runs, and the median of the runs'
+    ratios (``ours[i]`` / ``base[i]``, measured side by side)."""
     lines = [
-        "| figure | trio_chat -w 4 | baseline -w 1 | ratio | target | met |",
+        f"| figure | {columns[0]} | {columns[1]} | ratio | target | met |",
         "| --- | ---: | ---: | ---: | --- | :-: |",
     ]
-    for figure in figures_for(name):
+    for figure in figures:
         a = [figure.get(r) for r in ours]
         b = [figure.get(r) for r in base]
         med_a, med_b = _median(a), _median(b)
@@ -1035,6 +1143,83 @@ def per_run_lines(name: str, results: dict[str, list[Any]]) -> list[str]:
     return lines
 
 
+def _hub_per_message(r: dict[str, Any]) -> float | None:
+    """The hub process's CPU per message sent (µs): where the store's writes are paid."""
+    hub, sent = r["server_cpu_by_role"].get("hub"), r["messages_sent"]
+    return hub / sent * 1e6 if hub is not None and sent else None
+
+
+#: Within 10 % of ``TRIO_CHAT_STORE=memory`` (issue 16).
+STORE_CPU_TARGET = 1.10
+STORE_RATE_TARGET = 0.90
+STORE_LOAD_FIGURES = [
+    Figure(
+        "server CPU per delivery (µs)",
+        lambda r: r["server_cpu_us_per_delivery"],
+        "{:.2f}",
+        f"≤ {STORE_CPU_TARGET:.2f} x memory",
+        lambda v, q: q <= STORE_CPU_TARGET,
+    ),
+    Figure("  of which the hub (µs)", _hub_per_delivery, "{:.2f}"),
+    Figure("server CPU per message (µs)", _per_message, "{:,.0f}"),
+    Figure("hub CPU per message (µs)", _hub_per_message, "{:,.1f}"),
+    # (a)'s latency target is not this one's: shown without it.
+    *[
+        dataclasses.replace(f, target="", check=None)
+        for f in LOAD_FIGURES["fanout"]
+        if f.label.startswith(("latency p", "deliveries/s"))
+    ],
+    *[f for f in LOAD_FIGURES["fanout"] if not f.show_ratio],
+]
+STORE_SWEEP_FIGURES = [
+    dataclasses.replace(
+        sweep_figures(batch=False)[0],
+        target=f"≥ {STORE_RATE_TARGET:.2f} x memory",
+        check=lambda v, q: q >= STORE_RATE_TARGET,
+    ),
+    *sweep_figures(batch=False)[1:4],
+    Figure("  of which the hub (µs)", _best(_hub_per_delivery), "{:.2f}"),
+    Figure("  hub CPU per message (µs)", _best(_hub_per_message), "{:,.1f}"),
+    *[
+        f
+        for f in sweep_figures(batch=False)[4:]
+        if "frame" not in f.label and "batch" not in f.label
+    ],
+]
+
+
+def _shape(args: dict[str, Any]) -> str:
+    rooms = args.get("rooms", 0)
+    room = f"{rooms} rooms of {args['clients'] // rooms}" if rooms else "one room"
+    return (
+        f"{args['clients']:,} clients in {room}, {args['senders']} senders, "
+        f"{args['rate']:,.0f} msg/s in total, {args['duration']:g} s"
+    )
+
+
+def store_table(results: dict[str, list[Any]], quick: bool) -> list[str]:
+    """A table per load and one for the sweep, SQLite against memory (medians; ratios side by
+    side)."""
+    columns = ("SQLite store", "memory")
+    sqlite, memory = TRIO_CHAT_SQLITE.name, TRIO_CHAT_MEMORY.name
+    lines = []
+    for key, load, quick_load in STORE_LOADS:
+        title = _shape(load_args(load, quick_load, quick, None))
+        lines += [f"### {key}: {title}", ""]
+        lines += comparison_table(
+            STORE_LOAD_FIGURES, results[f"{key}/{sqlite}"], results[f"{key}/{memory}"], columns
+        )
+        lines.append("")
+    lines += [f"### {SCENARIOS[STORE_SWEEP].title.removeprefix('(b) ')}", ""]
+    lines += comparison_table(
+        STORE_SWEEP_FIGURES,
+        results[f"{STORE_SWEEP}/{sqlite}"],
+        results[f"{STORE_SWEEP}/{memory}"],
+        columns,
+    )
+    return lines
+
+
 def machine() -> dict[str, str]:
     model = platform.processor() or "?"
     with contextlib.suppress(OSError):
@@ -1082,7 +1267,8 @@ def write_results(
         "",
         f"`python bench/run.py {' '.join(sys.argv[1:])}`: medians of {args.runs} runs; "
         "each ratio is trio_chat / baseline (in the browser scenario: this row / the default "
-        "server with plain clients; in the rooms scenario, as its ratio table says), the "
+        "server with plain clients; in the rooms scenario, as its ratio table says; in the store "
+        "scenario, the SQLite store / TRIO_CHAT_STORE=memory), the "
         "median of the ratios measured side by side in the same run. Each figure is a median "
         "of its own, so figures of one server may come from different runs."
         f" Took {elapsed / 60:.1f} minutes.",
@@ -1096,6 +1282,15 @@ def write_results(
     for name, results in all_results.items():
         scenario = SCENARIOS[name]
         lines += ["", f"## {scenario.title}" + (" [quick]" if args.quick else ""), ""]
+        if scenario.kind == "store":
+            lines += store_table(results, args.quick)
+            lines += ["", "<details><summary>every measurement</summary>", ""]
+            lines += per_run_lines(name, {k: v for k, v in results.items() if k != STORE_RATE})
+            lines += ["", "</details>"]
+            # Last, so that ``store_rate.py --append`` can replace it alone.
+            if results.get(STORE_RATE):
+                lines += ["", *store_rate.report_lines(results[STORE_RATE][0], heading="###")]
+            continue
         if scenario.kind == "rooms":
             lines += rooms_table(results, args.quick)
             lines += ["", "<details><summary>every run</summary>", ""]
@@ -1140,9 +1335,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="trio-chat-bench-") as log_dir:
         for name in names:
             scenario = SCENARIOS[name]
-            runner = {"browser": run_browser_scenario, "rooms": run_rooms_scenario}.get(
-                scenario.kind, run_scenario
-            )
+            runner = {
+                "browser": run_browser_scenario,
+                "rooms": run_rooms_scenario,
+                "store": run_store_scenario,
+            }.get(scenario.kind, run_scenario)
             all_results[name] = runner(scenario, args.runs, args.quick, args.procs, Path(log_dir))
             write_results(args.output, all_results, args, time.monotonic() - started)
     log(f"\nwrote {args.output} in {(time.monotonic() - started) / 60:.1f} minutes")
