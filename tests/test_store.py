@@ -335,6 +335,24 @@ def test_scrollback_reuses_its_connections_whatever_thread_asks(store: MessageSt
     assert len(store._idle_readers) == 1
 
 
+def test_commits_leave_checkpoints_to_their_own_thread(store: MessageStore) -> None:
+    """A checkpoint's fsyncs must not happen inside a commit, under the hub's lock."""
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    for i in range(1, 2001):  # Some 30 MB of WAL: many times what would trigger one.
+        store.append([message(i)])
+    wal = store.path.with_name(f"{DATABASE_NAME}-wal")
+    assert wal.stat().st_size > 20 * 1024 * 1024
+
+    copied_in = threading.Thread(target=store.checkpoint)
+    copied_in.start()
+    copied_in.join()
+
+    assert store.checkpoint() == 0  # All of it is in the database file now.
+    size = wal.stat().st_size
+    store.append([message(2001)])
+    assert wal.stat().st_size <= size  # The WAL starts over rather than grow.
+
+
 def test_retention_works_a_batch_at_a_time(store: MessageStore) -> None:
     store.append([message(i, ts=1) for i in range(1, PRUNE_BATCH + 11)])
 

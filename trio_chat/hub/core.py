@@ -37,6 +37,9 @@ logger = logging.getLogger("trio_chat.hub")
 #: pause between batches (the lock is not fair: without it, publishers could wait for many).
 PRUNE_INTERVAL_SECONDS = 60.0
 PRUNE_PAUSE_SECONDS = 0.005
+#: The store's WAL is copied into its file this often, outside the lock (``checkpoint``): the
+#: WAL then holds about this long's writes (commits write whole pages: some 15 KB each).
+CHECKPOINT_INTERVAL_SECONDS = 1.0
 
 
 def wall_clock_ms() -> int:
@@ -213,6 +216,20 @@ class HubCore:
             while self.prune():
                 time.sleep(PRUNE_PAUSE_SECONDS)
             time.sleep(interval)
+
+    def run_checkpoints(self, interval: float = CHECKPOINT_INTERVAL_SECONDS) -> None:
+        """Copy the store's WAL into its file forever (a hub thread), without the lock:
+        publishing goes on meanwhile, and its commits never wait for a checkpoint's fsyncs."""
+        if self._store is None:
+            return
+        while True:
+            time.sleep(interval)
+            try:
+                self._store.checkpoint()
+            except sqlite3.ProgrammingError:
+                return  # The store was closed: the hub is ending.
+            except sqlite3.Error:
+                logger.exception("event=checkpoint_failed")  # The WAL grows until one works.
 
     def prune(self) -> bool:
         """One step of retention; returns whether there may be more to delete."""

@@ -111,6 +111,7 @@ def _serve_core(
         signal.signal(signal.SIGINT, _exit_quietly)
         threading.Thread(target=core.run_housekeeping, name="housekeeping", daemon=True).start()
         threading.Thread(target=core.run_pruning, name="retention", daemon=True).start()
+        threading.Thread(target=core.run_checkpoints, name="checkpoints", daemon=True).start()
         if watch_pid is not None:
             threading.Thread(
                 target=_stop_when_gone, args=(watch_pid,), name="watch-owner", daemon=True

@@ -6,6 +6,10 @@ the same folder is refused (``StoreInUse``) instead of interleaving its ids with
 that replaces one killed with SIGKILL opens the same file and goes on with the same run of
 ids (``epoch``) after the highest id stored.
 
+Checkpoints (copying the WAL into the database file, with its fsyncs) are not left to the
+commits, which run under the hub's lock: ``checkpoint`` does them from a thread of their own
+(a connection of its own, PASSIVE: writers go on meanwhile).
+
 Durability: WAL mode with ``synchronous=NORMAL``. A commit is in the operating system's hands
 when ``append`` returns, so it survives the hub process being killed; a power loss or kernel
 crash may roll back the last commits. The store notices that case (the hub did not close it
@@ -137,6 +141,8 @@ class MessageStore:
         self._idle_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        #: The connection ``checkpoint`` uses (its thread's alone), made at its first call.
+        self._checkpointer: sqlite3.Connection | None = None
         #: The run of ids this store's messages belong to.
         self.epoch = ""
         #: The highest id ever stored (retention may have deleted it since).
@@ -270,6 +276,19 @@ class MessageStore:
             raise StoreWriteError(f"cannot prune {self.path}: {error}") from error
         return through
 
+    def checkpoint(self) -> int:
+        """Copy what the WAL holds into the database file, without stopping writers (any
+        thread but the writer's; one at a time). Returns the WAL's frames not copied yet
+        (those a reader still needs, or written meanwhile)."""
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+        _, log_frames, copied = self._checkpointer.execute(
+            "PRAGMA wal_checkpoint(PASSIVE)"
+        ).fetchone()
+        return max(0, int(log_frames) - int(copied))
+
     def statistics(self) -> dict[str, int]:
         count, size = self._db.execute(
             "SELECT (SELECT count(*) FROM messages), "
@@ -284,6 +303,8 @@ class MessageStore:
             for reader in self._idle_readers:
                 reader.close()
             self._idle_readers.clear()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         try:
             self._db.execute("DELETE FROM meta WHERE key = 'open_on_boot'")
         except sqlite3.Error as error:
@@ -319,6 +340,7 @@ class MessageStore:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
+        self._db.execute("PRAGMA wal_autocheckpoint = 0")  # ``checkpoint`` does them.
         return not tables
 
     def _begin_run(self) -> None:
