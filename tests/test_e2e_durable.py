@@ -26,6 +26,7 @@ import trio
 
 from trio_chat.hub.store import DATABASE_NAME
 
+from file_faults import read_only
 from servers import (
     CHAT_BACK_SECONDS,
     DEFAULT_ROOM,
@@ -249,6 +250,34 @@ async def test_a_full_store_refuses_messages_with_errors_and_keeps_what_it_ackno
         assert seen == acknowledged == [text for _, _, text in stored_messages(data_dir)]
         assert server.hub_pids == [hub] and server.process.returncode is None
         assert "event=store_write_failed" in "\n".join(server.output)
+
+
+async def test_a_store_that_turns_read_only_refuses_messages_until_it_is_writable_again(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    async with (
+        hypercorn_server(workers=2, env=server_env(data_dir)) as server,
+        chat_client(server) as sender,
+        chat_client(server) as watcher,
+    ):
+        [hub] = server.hub_pids
+        await sender.send("ann", "stored")
+        assert (await watcher.receive_type("message"))["message"] == "stored"
+
+        with read_only(data_dir / f"{DATABASE_NAME}-wal"):
+            await sender.send("ann", "refused")
+            error = await sender.receive_type("error")
+            assert (error["code"], error["room"]) == ("hub_unavailable", ROOM)
+            assert "not sent" in error["message"]
+
+        await sender.send("ann", "stored again")
+        assert (await watcher.receive_type("message"))["message"] == "stored again"
+        # The refused message was shown to nobody, and is not in the store.
+        assert [text for _, _, text in stored_messages(data_dir)] == ["stored", "stored again"]
+        assert server.hub_pids == [hub]
+        log = "\n".join(server.output)
+        assert "event=store_write_failed" in log and "event=store_writable_again" in log
 
 
 async def test_scrollback_reaches_the_first_message_of_a_room(tmp_path: Path) -> None:
