@@ -492,3 +492,44 @@ async def open_chat(
         opening = await client.read_opening()
         assert opening[0]["type"] == "welcome", opening
         yield client
+
+
+# Shared by the tests of rooms and of scrollback.
+
+#: Most tests send faster than the default rate allows; the rate limit has a test of its own.
+NO_RATE_LIMIT = Settings(rate=0)
+#: So small that a bucket never refills during a test: exactly ``burst`` frames get through.
+NEGLIGIBLE_RATE = 1e-9
+#: A message frame's keys, in order.
+MESSAGE_KEYS = ["type", "id", "ts", "room", "sender", "message"]
+
+
+@asynccontextmanager
+async def worker(
+    hub: LocalHub, settings: Settings = NO_RATE_LIMIT
+) -> AsyncIterator[tuple[ChatApp, dict[str, Any]]]:
+    """A started worker on ``hub``: its app and lifespan state."""
+    app = chat_app(hub, settings)
+    async with running_worker(app) as state:
+        yield app, state
+
+
+async def settled(client: WebSocketClient) -> list[dict[str, Any]]:
+    """Once the app has done all it can: every frame sent to ``client`` not read yet,
+    presence frames included."""
+    await trio.testing.wait_all_tasks_blocked()
+    return client.frames_nowait()
+
+
+async def assert_nothing_more(*clients: WebSocketClient) -> None:
+    await trio.testing.wait_all_tasks_blocked()
+    for client in clients:
+        assert client.frames_nowait() == []
+
+
+def assert_error(frame: dict[str, Any], code: str, room: str | None = None) -> None:
+    """An error frame with ``code``, with ``"room"`` last exactly when it is about one."""
+    keys = ["type", "code", "message"] + (["room"] if room is not None else [])
+    assert list(frame) == keys, frame
+    assert (frame["type"], frame["code"], frame.get("room")) == ("error", code, room)
+    assert isinstance(frame["message"], str) and frame["message"]

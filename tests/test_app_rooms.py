@@ -10,8 +10,7 @@ autojump clock. The rules are docs/protocol.md's (Rooms).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -28,31 +27,21 @@ from trio_chat.worker import ROOMS_LIST_MAX_AGE_SECONDS
 
 from asgi_driver import (
     DEFAULT_ROOM,
+    MESSAGE_KEYS,
+    NEGLIGIBLE_RATE,
     GatedHub,
     WebSocketClient,
+    assert_error,
+    assert_nothing_more,
     chat_app,
     chat_frame,
     fixed_clock_hub,
     open_chat,
     request,
     running_worker,
+    settled,
+    worker,
 )
-
-#: Most tests send faster than the default rate allows; the rate limit has a test of its own.
-NO_RATE_LIMIT = Settings(rate=0)
-#: So small that a bucket never refills during a test: exactly ``burst`` frames get through.
-NEGLIGIBLE_RATE = 1e-9
-MESSAGE_KEYS = ["type", "id", "ts", "room", "sender", "message"]
-
-
-@asynccontextmanager
-async def worker(
-    hub: LocalHub, settings: Settings = NO_RATE_LIMIT
-) -> AsyncIterator[tuple[ChatApp, dict[str, Any]]]:
-    """A started worker on ``hub``: its app and lifespan state."""
-    app = chat_app(hub, settings)
-    async with running_worker(app) as state:
-        yield app, state
 
 
 def chat(message_id: int, room: str, sender: str, message: str) -> dict[str, Any]:
@@ -83,27 +72,6 @@ def of_type(frames: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]
 def history_of(frames: list[dict[str, Any]]) -> dict[str, Any]:
     [history] = of_type(frames, "history")
     return history
-
-
-async def settled(client: WebSocketClient) -> list[dict[str, Any]]:
-    """Once the app has done all it can: every frame sent to ``client`` not read yet,
-    presence frames included."""
-    await trio.testing.wait_all_tasks_blocked()
-    return client.frames_nowait()
-
-
-async def assert_nothing_more(*clients: WebSocketClient) -> None:
-    await trio.testing.wait_all_tasks_blocked()
-    for client in clients:
-        assert client.frames_nowait() == []
-
-
-def assert_error(frame: dict[str, Any], code: str, room: str | None = None) -> None:
-    """An error frame with ``code``, with ``"room"`` last exactly when it is about one."""
-    keys = ["type", "code", "message"] + (["room"] if room is not None else [])
-    assert list(frame) == keys, frame
-    assert (frame["type"], frame["code"], frame.get("room")) == ("error", code, room)
-    assert isinstance(frame["message"], str) and frame["message"]
 
 
 async def assert_still_talking(client: WebSocketClient, room: str) -> None:

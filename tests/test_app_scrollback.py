@@ -9,50 +9,35 @@ and ``older`` reads from what it keeps). Nothing sleeps: "nothing more was sent"
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from trio_chat import ChatApp
 from trio_chat.config import Settings
 from trio_chat.hub_link.interface import MAX_OLDER_MESSAGES
-from trio_chat.hub_link.local import LocalHub
 from trio_chat.protocol import DEFAULT_OLDER_MESSAGES
 from trio_chat.session import BATCH_SUBPROTOCOL
 
 from asgi_driver import (
     DEFAULT_ROOM,
+    MESSAGE_KEYS,
+    NEGLIGIBLE_RATE,
     GatedHub,
     WebSocketClient,
-    chat_app,
+    assert_error,
+    assert_nothing_more,
     chat_frame,
     fixed_clock_hub,
     open_chat,
-    running_worker,
+    settled,
+    worker,
 )
 
-#: Most tests send faster than the default rate allows; the rate limit has a test of its own.
-NO_RATE_LIMIT = Settings(rate=0)
-#: So small that a bucket never refills during a test: exactly ``burst`` frames get through.
-NEGLIGIBLE_RATE = 1e-9
 OLDER_KEYS = ["type", "room", "complete", "messages"]
-MESSAGE_KEYS = ["type", "id", "ts", "room", "sender", "message"]
 #: Past any id of these tests: the newest messages.
 NEWEST = 10**6
-
-
-@asynccontextmanager
-async def worker(
-    hub: LocalHub, settings: Settings = NO_RATE_LIMIT
-) -> AsyncIterator[tuple[ChatApp, dict[str, Any]]]:
-    """A started worker on ``hub``: its app and lifespan state."""
-    app = chat_app(hub, settings)
-    async with running_worker(app) as state:
-        yield app, state
 
 
 async def say(client: WebSocketClient, room: str, message: str) -> dict[str, Any]:
@@ -76,27 +61,6 @@ async def older(client: WebSocketClient, **fields: Any) -> dict[str, Any]:
     for message in answer["messages"]:
         assert list(message) == MESSAGE_KEYS, message
     return answer
-
-
-async def settled(client: WebSocketClient) -> list[dict[str, Any]]:
-    """Once the app has done all it can: every frame sent to ``client`` not read yet,
-    presence frames included."""
-    await trio.testing.wait_all_tasks_blocked()
-    return client.frames_nowait()
-
-
-async def assert_nothing_more(*clients: WebSocketClient) -> None:
-    await trio.testing.wait_all_tasks_blocked()
-    for client in clients:
-        assert client.frames_nowait() == []
-
-
-def assert_error(frame: dict[str, Any], code: str, room: str | None = None) -> None:
-    """An error frame with ``code``, with ``"room"`` last exactly when it is about one."""
-    keys = ["type", "code", "message"] + (["room"] if room is not None else [])
-    assert list(frame) == keys, frame
-    assert (frame["type"], frame["code"], frame.get("room")) == ("error", code, room)
-    assert isinstance(frame["message"], str) and frame["message"]
 
 
 async def assert_still_talking(client: WebSocketClient, room: str) -> None:
