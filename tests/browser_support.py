@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -572,3 +573,26 @@ def reconnect(chat: ChatPage, script: ScriptedServer) -> None:
     expect(chat.system("disconnect")).to_have_count(drops + 1)
     expect(chat.status).to_have_attribute("data-state", "online", timeout=RECONNECT_TIMEOUT_MS)
     assert len(script.sockets) == drops + 2
+
+
+#: Opens a page of the chat (options as for ``ChatPage.open``).
+OpenChat = Callable[..., ChatPage]
+
+
+@contextmanager
+def chat_pages(browser: Browser, origin: str, *, check_errors: bool = True) -> Iterator[OpenChat]:
+    """Opens pages of the chat at ``origin``; closes them at the end, and (``check_errors``)
+    checks that none threw or logged an error."""
+    opened: list[ChatPage] = []
+
+    def open_chat(**options: Any) -> ChatPage:
+        chat = ChatPage.open(browser, origin, **options)
+        opened.append(chat)
+        return chat
+
+    yield open_chat
+    for chat in opened:
+        errors = chat.errors
+        chat.close()
+        if check_errors:
+            assert errors == []

@@ -49,7 +49,7 @@ import itertools
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -63,8 +63,10 @@ from browser_support import (
     ChatPage,
     FlakyLink,
     HandshakeLog,
+    OpenChat,
     ScriptedServer,
     ServerProcess,
+    chat_pages,
     chromium_browser,
     history,
     message,
@@ -163,23 +165,12 @@ def module_page(browser: Browser, server: ServerProcess) -> Iterator[Page]:
         context.close()
 
 
-OpenChat = Callable[..., ChatPage]
-
-
 @pytest.fixture
 def open_chat(browser: Browser, server: ServerProcess) -> Iterator[OpenChat]:
     """Opens pages on the module's server (options as for ``ChatPage.open``); closes them after
     the test."""
-    opened: list[ChatPage] = []
-
-    def open_chat(**options: Any) -> ChatPage:
-        chat = ChatPage.open(browser, server.origin, **options)
-        opened.append(chat)
-        return chat
-
-    yield open_chat
-    for chat in opened:
-        chat.close()
+    with chat_pages(browser, server.origin, check_errors=False) as open_chat:
+        yield open_chat
 
 
 def open_on_another_worker(open_chat: OpenChat, worker: int, **options: Any) -> ChatPage:

@@ -10,7 +10,7 @@ tests sharing the server do not see each other's messages or presence.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,8 +20,10 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from browser_support import (
     RECONNECT_TIMEOUT_MS,
     ChatPage,
+    OpenChat,
     ScriptedServer,
     ServerProcess,
+    chat_pages,
     chromium_browser,
     history,
     message,
@@ -65,25 +67,12 @@ def server(browser: Browser) -> Iterator[ServerProcess]:
     yield from running_server()
 
 
-OpenChat = Callable[..., ChatPage]
-
-
 @pytest.fixture
 def open_chat(browser: Browser, server: ServerProcess) -> Iterator[OpenChat]:
     """Opens pages on the module's server (options as for ``ChatPage.open``); closes them after
     the test, and checks that none threw or was refused anything by its policy."""
-    opened: list[ChatPage] = []
-
-    def open_chat(**options: Any) -> ChatPage:
-        chat = ChatPage.open(browser, server.origin, **options)
-        opened.append(chat)
-        return chat
-
-    yield open_chat
-    for chat in opened:
-        errors = chat.errors
-        chat.close()
-        assert errors == []
+    with chat_pages(browser, server.origin) as open_chat:
+        yield open_chat
 
 
 @pytest.fixture

@@ -27,8 +27,10 @@ from playwright.sync_api import Browser, Locator, expect
 
 from browser_support import (
     ChatPage,
+    OpenChat,
     ScriptedServer,
     ServerProcess,
+    chat_pages,
     chromium_browser,
     history,
     message,
@@ -94,25 +96,12 @@ def server(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield from running_server(env=env)
 
 
-OpenChat = Callable[..., ChatPage]
-
-
 @pytest.fixture
 def open_chat(browser: Browser, server: ServerProcess) -> Iterator[OpenChat]:
     """Opens pages on the module's server (options as for ``ChatPage.open``); closes them after
     the test, and checks that none threw or logged an error."""
-    opened: list[ChatPage] = []
-
-    def open_chat(**options: Any) -> ChatPage:
-        chat = ChatPage.open(browser, server.origin, **options)
-        opened.append(chat)
-        return chat
-
-    yield open_chat
-    for chat in opened:
-        errors = chat.errors
-        chat.close()
-        assert errors == []
+    with chat_pages(browser, server.origin) as open_chat:
+        yield open_chat
 
 
 @pytest.fixture
