@@ -93,8 +93,9 @@ export function createFrameHandler(parts) {
           for (const message of unseen) if (!render(room, message, true)) others += 1;
         });
       }
-      // A join's history is the newest messages of the room: none means none at all.
-      if (!resumed && !entries.length) log.reachedBeginning();
+      // A join's history is the newest messages of the room: the server says when nothing
+      // older is kept (one that does not say: none means none at all).
+      if (!resumed && (frame.complete === true || !entries.length)) log.reachedBeginning();
       joins.historyArrived(room);
       scrollback.joined(room);
       if (resumed) unread(room, others);

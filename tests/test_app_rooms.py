@@ -111,6 +111,7 @@ async def test_a_join_answers_the_rooms_history_then_its_presence_and_nothing_el
                 "room": "x",
                 "resumed": False,
                 "epoch": epoch,
+                "complete": True,  # The room's first message is in it.
                 "messages": [chat(1, "x", "ann", "in x")],
             },
             {
@@ -124,7 +125,7 @@ async def test_a_join_answers_the_rooms_history_then_its_presence_and_nothing_el
             },
         ]
         assert [list(frame) for frame in answer] == [
-            ["type", "room", "resumed", "epoch", "messages"],
+            ["type", "room", "resumed", "epoch", "complete", "messages"],
             ["type", "version", "room", "online", "users", "joined", "left"],
         ]
         await assert_nothing_more(bob)

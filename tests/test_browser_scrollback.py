@@ -247,6 +247,25 @@ def test_a_second_room_pages_back_from_the_keyboard(
     assert [text for text in chat.texts("general") if tag in text] == []
 
 
+def test_a_room_whose_history_holds_its_first_message_shows_the_beginning_at_once(
+    open_chat: OpenChat, server: ServerProcess
+) -> None:
+    tag = token()
+    room = f"short-{tag}"
+    said = [f"{room} says {n}" for n in range(1, HISTORY_SIZE)]
+    publish(server, room, said)
+
+    chat = open_chat(name=f"ann-{tag}", path=f"/#{room}")
+    chat.wait_in_room(room)
+
+    expect(chat.messages).to_have_count(len(said))
+    # The history frame said nothing older is kept: no button, and nothing asked.
+    edge = edge_of(chat.log)
+    expect(edge).to_have_attribute("data-state", "complete")
+    expect(edge.get_by_role("button")).to_be_hidden()
+    assert older_sent(chat) == []
+
+
 # Against a scripted server: errors, the bound, and a new run of ids
 
 

@@ -213,17 +213,26 @@ async def test_history_keeps_the_last_messages_and_says_where_it_starts(
     make_hub: HubMaker,
 ) -> None:
     async with joined(make_hub()) as a:
+        # A room's snapshot says whether anything older than its first message is kept.
+        empty = await a.link.snapshot("quiet", None, None, 1, "")
+        assert (empty.messages, empty.complete) == ([], True)
+        await a.publish("ann", "first", "quiet")
+        whole = await a.link.snapshot("quiet", None, None, 1, "")
+        assert (len(whole.messages), whole.complete) == (1, True)
+        after_it = await a.link.snapshot("quiet", whole.last_id, whole.epoch, 1, "")
+        assert (after_it.messages, after_it.complete) == ([], False)  # "first" is kept.
         for n in range(HISTORY_SIZE + 3):
             await a.publish("ann", f"m{n}")
         snapshot = await a.link.snapshot(ROOM, None, None, 1, "")
         kept = [json.loads(m) for m in snapshot.messages]
         assert [m["message"] for m in kept] == [f"m{n}" for n in range(3, HISTORY_SIZE + 3)]
         assert snapshot.last_id == kept[-1]["id"]
+        # Whether anything older is kept: a durable hub keeps the older ones, a scroll away.
+        assert snapshot.complete is not make_hub.durable
         if make_hub.durable:
-            # The older ones are kept too, a scroll away.
-            assert snapshot.first_available == 1
             older = await a.link.older(ROOM, kept[0]["id"], HISTORY_SIZE)
             assert [json.loads(m)["message"] for m in older.messages] == ["m0", "m1", "m2"]
+            assert snapshot.first_available <= json.loads(older.messages[0])["id"]
         else:
             assert snapshot.first_available == kept[0]["id"]
 

@@ -311,3 +311,30 @@ def test_presence_versions_keep_growing_across_hubs_that_share_a_store(data_dir:
         assert second.snapshot(ROOM, None)[0].presence_version > old_version
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("published", "since", "complete"),
+    [(0, None, True), (3, None, True), (4, None, False), (10, 8, False), (10, 0, False)],
+    ids=["empty", "all of it", "one more", "resumed late", "resumed from the start"],
+)
+def test_a_snapshot_says_whether_anything_older_is_kept(
+    store: MessageStore, published: int, since: int | None, complete: bool
+) -> None:
+    state = stored_state(store)
+    publish(state, *map(str, range(1, published + 1)))
+
+    snapshot, _ = state.snapshot(ROOM, since, state.epoch)
+
+    assert snapshot.complete is complete
+
+
+def test_without_a_store_a_snapshot_is_complete_once_it_holds_all_of_memory() -> None:
+    state = HubState(
+        mailbox_size=100, history_size=HISTORY_SIZE, epoch="memory", monotonic=FakeClock(),
+        clock_ms=lambda: TS_MS,
+    )  # fmt: skip
+    publish(state, *map(str, range(1, 6)))
+
+    assert state.snapshot(ROOM, None)[0].complete  # Nothing older is kept: it is gone.
+    assert not state.snapshot(ROOM, 4, state.epoch)[0].complete  # 3 is older, and kept.

@@ -770,16 +770,18 @@ def test_rooms_frame_lists_rooms_in_the_order_given() -> None:
     assert json.loads(rooms_frame([])) == {"type": "rooms", "rooms": []}
 
 
-def test_history_frame_names_its_room() -> None:
+@pytest.mark.parametrize("complete", [True, False])
+def test_history_frame_names_its_room_and_whether_anything_older_is_kept(complete: bool) -> None:
     message = stamp_chat_frame(5, 0, encode_chat_body("lobby", ChatMessage("a", "b")))
 
-    emitted = history_frame("lobby", [message], resumed=True, epoch="e1")
+    emitted = history_frame("lobby", [message], resumed=True, epoch="e1", complete=complete)
 
     assert json.loads(emitted) == {
         "type": "history",
         "room": "lobby",
         "resumed": True,
         "epoch": "e1",
+        "complete": complete,
         "messages": [json.loads(message)],
     }
 

@@ -42,7 +42,15 @@ def opening_frames(snapshot: Snapshot, since: int | None) -> list[str]:
             )
         )
     resumed = since is not None and snapshot.since_valid
-    frames.append(history_frame(room, snapshot.messages, resumed=resumed, epoch=snapshot.epoch))
+    frames.append(
+        history_frame(
+            room,
+            snapshot.messages,
+            resumed=resumed,
+            epoch=snapshot.epoch,
+            complete=snapshot.complete,
+        )
+    )
     frames.append(snapshot.presence)
     return frames
 

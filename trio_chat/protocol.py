@@ -455,15 +455,24 @@ def is_messages_missed(frame: str) -> bool:
     return frame.startswith(_MESSAGES_MISSED_PREFIX)
 
 
-def history_frame(room: str, messages: Sequence[str], *, resumed: bool, epoch: str) -> str:
+def history_frame(
+    room: str, messages: Sequence[str], *, resumed: bool, epoch: str, complete: bool = False
+) -> str:
     """A room's message frames, already encoded, wrapped as one history frame without
     re-encoding them.
 
     ``epoch`` names the run of ids; a client resumes with ``since=<epoch>:<id>``.
+    ``complete``: nothing of the room older than these is kept (``Snapshot.complete``).
     """
-    flag = "true" if resumed else "false"
-    head = f'{{"type":"history","room":"{room}","resumed":{flag},"epoch":{json.dumps(epoch)}'
+    head = (
+        f'{{"type":"history","room":"{room}","resumed":{_json_bool(resumed)},'
+        f'"epoch":{json.dumps(epoch)},"complete":{_json_bool(complete)}'
+    )
     return f'{head},"messages":[{",".join(messages)}]}}'
+
+
+def _json_bool(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def older_frame(room: str, messages: Sequence[str], *, complete: bool) -> str:
@@ -472,8 +481,7 @@ def older_frame(room: str, messages: Sequence[str], *, complete: bool) -> str:
 
     ``complete``: the server keeps nothing of the room older than these.
     """
-    flag = "true" if complete else "false"
-    head = f'{{"type":"older","room":"{room}","complete":{flag}'
+    head = f'{{"type":"older","room":"{room}","complete":{_json_bool(complete)}'
     return f'{head},"messages":[{",".join(messages)}]}}'
 
 

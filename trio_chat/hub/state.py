@@ -51,7 +51,7 @@ from ..hub_link.interface import (
     RoomCount,
     Snapshot,
 )
-from ..protocol import body_room, stamp_chat_frame
+from ..protocol import body_room, message_id, stamp_chat_frame
 from .presence import PresenceBook
 from .store import MessageStore, Retention, StoredMessage, body_fields
 
@@ -296,6 +296,7 @@ class HubState:
         after = since if since is not None and since_valid else 0
         resuming = since is not None and since_valid
         messages, first_available = self._history_after(state, after, resuming=resuming)
+        first_sent = message_id(messages[0]) if messages else None
         current = state.presence.current()
         snapshot = Snapshot(
             room=room,
@@ -306,6 +307,7 @@ class HubState:
             presence_version=current.version,
             epoch=self.epoch,
             since_valid=since_valid,
+            complete=self._keeps_nothing_before(state, first_sent),
         )
         return snapshot, self._wake()
 
@@ -515,6 +517,14 @@ class HubState:
             if index + 1 == len(routed) or routed[index + 1][0] is not room:
                 self._broadcast(room, run)
                 run = []
+
+    def _keeps_nothing_before(self, room: _Room, first: int | None) -> bool:
+        """Whether nothing of the room older than message ``first`` is kept (``None``: whether
+        nothing at all is)."""
+        before = self._sequencer.last_id + 1 if first is None else first
+        if self._store is not None:
+            return self._store.older(room.name, before, 1)[0] == []
+        return not room.history or room.history[0][0] >= before
 
     def _first_presence_version(self) -> int:
         """Where a new room's presence versions start. With a store, a hub that replaces a dead

@@ -77,6 +77,9 @@ class Snapshot:
     #: The room did not exist and the hub holds its limit of rooms: the client is not in it,
     #: and the rest of the snapshot is empty.
     refused: bool = False
+    #: Nothing of the room older than the first of ``messages`` (with none: nothing at all) is
+    #: kept: there is nothing to scroll back to. False when the hub cannot tell.
+    complete: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

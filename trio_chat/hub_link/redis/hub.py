@@ -360,9 +360,10 @@ class _RedisMembership:
             self._due_at = min(self._due_at, time.monotonic() + due_ms / 1000)
         if refused:
             return Snapshot(room, [], last_id, first_available, "", 0, hub_epoch, refused=True)
-        version, online, listed_json, names = reply[6:10]
+        complete = bool(reply[6])
+        version, online, listed_json, names = reply[7:11]
         listed = json.loads(listed_json) or []
-        rest = reply[10:]
+        rest = reply[11:]
         return Snapshot(
             room=room,
             messages=[
@@ -377,6 +378,7 @@ class _RedisMembership:
             presence_version=version,
             epoch=hub_epoch,
             since_valid=bool(valid),
+            complete=complete,
         )
 
     def rooms(self) -> list[RoomCount]:

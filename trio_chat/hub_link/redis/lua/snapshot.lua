@@ -4,9 +4,9 @@
 -- since's epoch ("": none given), connection, name.
 -- Returns: false if the worker must re-join first (see in_step); else epoch, 1 if since is
 -- valid, the last id, the room's first id kept (of a resume: from which the messages sent
--- miss none), in how many ms to call update, 1 if refused
--- (and nothing follows), then the room's presence state (version, online, listed names as
--- JSON, number of names), then id, ts, body per message.
+-- miss none), in how many ms to call update, 1 if refused (and nothing follows), 1 if
+-- nothing older than the messages sent is kept, then the room's presence state (version,
+-- online, listed names as JSON, number of names), then id, ts, body per message.
 local label, worker_epoch, seen = ARGV[FIRST_ARG], ARGV[FIRST_ARG + 1], tonumber(ARGV[FIRST_ARG + 2])
 local room, since, since_epoch = ARGV[FIRST_ARG + 3], ARGV[FIRST_ARG + 4], ARGV[FIRST_ARG + 5]
 local connection, name = ARGV[FIRST_ARG + 6], ARGV[FIRST_ARG + 7]
@@ -40,7 +40,11 @@ if #entries > HISTORY_SIZE then
     first_available = tonumber(string.match(left_out[1], '^%d+')) + 1
   end
 end
-local reply = {epoch, valid and 1 or 0, last, first_available, due, 0}
+-- Whether the room keeps nothing older than the oldest message sent (nothing at all, if none).
+local oldest = entries[#entries]
+local older_kept = redis.call('XREVRANGE', history_key(room),
+  oldest and ('(' .. oldest[1]) or '+', '-', 'COUNT', 1)
+local reply = {epoch, valid and 1 or 0, last, first_available, due, 0, #older_kept == 0 and 1 or 0}
 for _, value in ipairs(presence_state(room)) do
   reply[#reply + 1] = value
 end
