@@ -523,7 +523,7 @@ class HubState:
         nothing at all is)."""
         before = self._sequencer.last_id + 1 if first is None else first
         if self._store is not None:
-            return self._store.older(room.name, before, 1)[0] == []
+            return not self._store.keeps_older(room.name, before)
         return not room.history or room.history[0][0] >= before
 
     def _first_presence_version(self) -> int:

@@ -61,6 +61,7 @@ JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 #: how many idle ones are kept.
 READER_CACHE_KIB = 512
 IDLE_READERS = 8
+READER_BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
@@ -212,6 +213,14 @@ class MessageStore:
             ).fetchall()
         complete = len(rows) <= limit
         return [StoredMessage(*row) for row in reversed(rows[:limit])], complete
+
+    def keeps_older(self, room: str, before: int) -> bool:
+        """Whether any message of the room with an id below ``before`` is kept (the hub's
+        connection: under the hub's lock, never waiting on a reader's)."""
+        row = self._db.execute(
+            "SELECT 1 FROM messages WHERE room = ? AND id < ? LIMIT 1", (room, before)
+        ).fetchone()
+        return row is not None
 
     def after(self, last_id: int, rooms: Iterable[str], limit: int) -> list[StoredMessage] | None:
         """Every message of ``rooms`` with an id above ``last_id``, in order (what a worker
@@ -414,6 +423,8 @@ class MessageStore:
                 f"{self.path.as_uri()}?mode=ro", uri=True, check_same_thread=False
             )
             reader.execute(f"PRAGMA cache_size = -{READER_CACHE_KIB}")
+            # A read may find the WAL being reset or checkpointed: wait a moment, not fail.
+            reader.execute(f"PRAGMA busy_timeout = {READER_BUSY_TIMEOUT_MS}")
         try:
             yield reader
         finally:
