@@ -428,3 +428,11 @@ def test_what_a_killed_hub_committed_is_there_for_the_next(tmp_path: Path) -> No
         assert reopened.last_id == 3
     finally:
         reopened.close()
+
+
+def test_whether_older_messages_are_kept_is_asked_of_the_room_alone(store: MessageStore) -> None:
+    store.append([message(1, "side"), message(2), message(3)])
+
+    assert store.keeps_older("general", 3)
+    assert not store.keeps_older("general", 2)  # 1 is another room's.
+    assert not store.keeps_older("nobody", 10)
