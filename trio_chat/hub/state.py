@@ -103,7 +103,12 @@ class Sequencer:
 
     def stamp(self, bodies: Sequence[str]) -> list[tuple[int, str]]:
         first, ts_ms = self.reserve(len(bodies))
-        return [(first + i, stamp_chat_frame(first + i, ts_ms, b)) for i, b in enumerate(bodies)]
+        return stamped(first, ts_ms, bodies)
+
+
+def stamped(first: int, ts_ms: int, bodies: Sequence[str]) -> list[tuple[int, str]]:
+    """``bodies`` as frames with ids from ``first`` on, all stamped ``ts_ms``."""
+    return [(first + i, stamp_chat_frame(first + i, ts_ms, b)) for i, b in enumerate(bodies)]
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -503,14 +508,11 @@ class HubState:
             except BaseException:
                 self._sequencer.give_back(first)
                 raise
-        stamped = [
-            (first + i, stamp_chat_frame(first + i, ts_ms, body))
-            for i, (_, body) in enumerate(routed)
-        ]
+        frames = stamped(first, ts_ms, [body for _, body in routed])
         now = self._monotonic()
         # Runs of frames of one room go to its mailboxes together, in the one order.
         run: list[str] = []
-        for index, ((room, _), message) in enumerate(zip(routed, stamped, strict=True)):
+        for index, ((room, _), message) in enumerate(zip(routed, frames, strict=True)):
             room.keep(message)
             room.active_at = now
             run.append(message[1])
