@@ -320,15 +320,12 @@ class Session:
                 self._reject(subscriber, error.code, error.message, error.room)
 
     async def _publish(self, subscriber: Subscriber, chat: ChatMessage) -> None:
-        room = chat.room or next(iter(subscriber.rooms), None)
-        if room not in subscriber.rooms:
-            raise ProtocolError(
-                ErrorCode.NOT_JOINED,
-                f"Your message was not sent: you are not in {room}."
-                if room
-                else "Your message was not sent: you are in no room. Join one first.",
-                room,
-            )
+        room = joined_room(
+            subscriber,
+            chat.room,
+            not_in="Your message was not sent: you are not in {room}.",
+            in_none="Your message was not sent: you are in no room. Join one first.",
+        )
         self._rename(subscriber, chat.sender)  # Sending under another name is a rename too.
         not_published = functools.partial(
             self._reject,
@@ -383,15 +380,12 @@ class Session:
     async def _send_older(self, subscriber: Subscriber, request: Older) -> None:
         """A page of a room's scrollback, to this client alone. Like a join or the list of
         rooms, it holds up the connection's next frames for one hub round trip."""
-        room = request.room or next(iter(subscriber.rooms), None)
-        if room not in subscriber.rooms:
-            raise ProtocolError(
-                ErrorCode.NOT_JOINED,
-                f"You are not in {room}: join it to read its older messages."
-                if room
-                else "You are in no room. Join one first.",
-                room,
-            )
+        room = joined_room(
+            subscriber,
+            request.room,
+            not_in="You are not in {room}: join it to read its older messages.",
+            in_none="You are in no room. Join one first.",
+        )
         try:
             page = await self._link.older(room, request.before, request.limit)
         except HubUnavailable:
@@ -467,3 +461,15 @@ def _is_cancellation(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return error.split(trio.Cancelled)[1] is None
     return isinstance(error, trio.Cancelled)
+
+
+def joined_room(subscriber: Subscriber, room: str | None, *, not_in: str, in_none: str) -> str:
+    """The room a frame is about (``None``: the connection's first room), which the connection
+    must be in; else ``not_joined``, said with ``not_in`` (``{room}`` in it) or, when the
+    connection is in no room at all, ``in_none``."""
+    room = room or next(iter(subscriber.rooms), None)
+    if room is None:
+        raise ProtocolError(ErrorCode.NOT_JOINED, in_none)
+    if room not in subscriber.rooms:
+        raise ProtocolError(ErrorCode.NOT_JOINED, not_in.format(room=room), room)
+    return room

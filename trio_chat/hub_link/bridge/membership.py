@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
@@ -37,6 +38,8 @@ from .reader import Reader
 from .threads import HubThreads
 
 logger = logging.getLogger("trio_chat.hub")
+
+T = TypeVar("T")
 
 RECONNECT_FIRST_DELAY_SECONDS = 0.05
 RECONNECT_MAX_DELAY_SECONDS = 1.0
@@ -139,21 +142,19 @@ class BridgedHub:
         self._publisher.change_presence((connection, room), None)
 
     async def rooms(self) -> list[RoomCount]:
-        membership = self._membership
-        if membership is None:
-            raise HubUnavailable("the hub is unreachable right now")
-        try:
-            return await self._threads.call(membership.rooms)
-        except self.backend.link_errors as error:
-            raise HubUnavailable("the hub is unreachable right now") from error
+        return await self._read(lambda membership: membership.rooms())
 
     async def older(self, room: str, before: int, limit: int) -> Older:
-        # Reads only: a call abandoned on cancel or timeout (``threads``) changes nothing.
+        return await self._read(lambda membership: membership.older(room, before, limit))
+
+    async def _read(self, call: Callable[[Membership], T]) -> T:
+        """A hub call that only reads (``call`` of the membership in use, in a hub thread):
+        abandoned on cancel or timeout (``threads``), it changes nothing."""
         membership = self._membership
         if membership is None:
             raise HubUnavailable("the hub is unreachable right now")
         try:
-            return await self._threads.call(membership.older, room, before, limit)
+            return await self._threads.call(call, membership)
         except self.backend.link_errors as error:
             raise HubUnavailable("the hub is unreachable right now") from error
 
