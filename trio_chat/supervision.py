@@ -34,6 +34,7 @@ import trio
 
 from . import process_watch
 from .logs import log_event
+from .protocol import CloseCode
 
 #: After closing every session on SIGTERM, how long Hypercorn has to shut the worker down (the
 #: ``graceful_timeout`` of hypercorn.toml).
@@ -64,7 +65,7 @@ class Supervised(Protocol):
     def open_sessions(self) -> int:
         """Sessions running, evicted ones still closing included."""
 
-    def close_all_sessions(self) -> None: ...
+    def close_all_sessions(self, code: CloseCode = CloseCode.GOING_AWAY) -> None: ...
 
 
 async def supervise(

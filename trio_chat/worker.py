@@ -61,9 +61,11 @@ class Worker:
         """Sessions subscribed to the fan-out."""
         return len(self.fanout)
 
-    def close_all_sessions(self) -> None:
+    def close_all_sessions(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+        """Close every session with ``code`` (1001 when the server stops, 1012 when it
+        restarts), and take no new ones."""
         self.closing = True
-        self.fanout.evict_all(CloseCode.GOING_AWAY)
+        self.fanout.evict_all(code)
 
     def next_connection_id(self) -> int:
         return next(self._connection_ids)
