@@ -314,6 +314,8 @@ class WebSocketClient:
         self.send_stalled = trio.Event()
         #: The frames of a batched text frame (one JSON object per line) not read yet.
         self._batched: collections.deque[str] = collections.deque()
+        #: The text of every frame the app has sent (read or not), in order.
+        self.texts_sent: list[str] = []
 
     async def run_app(self) -> None:
         try:
@@ -331,6 +333,8 @@ class WebSocketClient:
                 await self._reading_again.wait()
             if self._gone:
                 return  # Hypercorn drops what is sent to a closed connection.
+        if message["type"] == "websocket.send" and message.get("text") is not None:
+            self.texts_sent.append(message["text"])
         self._app_send.send_nowait(message)
 
     # What the client does.

@@ -6,6 +6,7 @@ tests wait on conditions over them (under a deadline, on the real clock: the hub
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from trio_chat.config import Settings
 from trio_chat.hub_link import Hub, HubLink
 from trio_chat.hub_link.bridge import Membership
 from trio_chat.hub_link.interface import Member
+from trio_chat.metrics.figures import WorkerFigures, WorkerReport
 from trio_chat.protocol import (
     ChatMessage,
     encode_chat_body,
@@ -26,14 +28,21 @@ from trio_chat.protocol import (
 )
 
 DEADLINE_SECONDS = 20.0
+#: Recorders report made-up pids of their own: hubs tell workers apart by pid, and the
+#: workers of a test share one process.
+_PIDS = itertools.count(4_000_001)
 #: The room of the helpers that take no room: what a connection starts in.
 ROOM = Settings().default_room
 
 
 class Recorder:
-    """A worker's side of a hub link: records frames and the notices of missed messages."""
+    """A worker's side of a hub link: records frames and the notices of missed messages, and
+    reports ``figures`` (which tests fill in) under a pid of its own."""
 
     def __init__(self) -> None:
+        self.pid = next(_PIDS)
+        self.connections = 0
+        self.figures = WorkerFigures()
         self.frames: list[str] = []
         self.missed = 0
         self.epochs: list[str] = []  # The epoch each notice named.
@@ -47,6 +56,9 @@ class Recorder:
         self.missed += 1
         self.epochs.append(epoch)
         self._notify()
+
+    def report(self) -> WorkerReport:
+        return self.figures.report(self.pid, self.connections, hub_up=True)
 
     def _notify(self) -> None:
         self._changed.set()

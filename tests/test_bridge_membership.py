@@ -24,11 +24,13 @@ from trio_chat.config import Settings
 from trio_chat.hub.core import HubCore
 from trio_chat.hub_link import HubUnavailable, Snapshot
 from trio_chat.hub_link.bridge import BridgedHub, Fetched
+from trio_chat.hub_link.bridge import membership as membership_module
 from trio_chat.hub_link.bridge.membership import JOIN_TIMEOUT_SECONDS
 from trio_chat.hub_link.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND
 from trio_chat.hub_link.bridge.reader import HUB_SILENCE_SECONDS
 from trio_chat.hub_link.bridge.threads import HUB_CALL_TIMEOUT_SECONDS
 from trio_chat.hub_link.interface import Member, Older, RoomCount
+from trio_chat.metrics.figures import Counts, ServerFigures, WorkerReport
 from trio_chat.protocol import presence_frame, stamp_chat_frame
 
 from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, Recorder, body, joined
@@ -50,6 +52,8 @@ class InProcessBackend:
         self.updates_fail = False
         #: The bodies of each ``update`` call that carried any, in call order.
         self.published_batches: list[list[str]] = []
+        #: ``update`` calls that went through, with or without bodies.
+        self.updates = 0
         #: Cleared, the hub stops answering, as a stopped hub process does (its connections
         #: stay open, nothing fails): every call waits until it is set again.
         self.answering = threading.Event()
@@ -95,6 +99,7 @@ class _Membership:
         if bodies:
             self._backend.published_batches.append(list(bodies))
         self._backend.core.update(self._mailbox_id, bodies, presence)
+        self._backend.updates += 1
 
     def snapshot(
         self, room: str, since: int | None, epoch: str | None, connection: int, name: str
@@ -109,6 +114,14 @@ class _Membership:
     def older(self, room: str, before: int, limit: int) -> Older:
         self._backend.answering.wait()
         return self._backend.core.older(room, before, limit)
+
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        self._backend.answering.wait()
+        return self._backend.core.exchange_figures(report)
+
+    def final_figures(self, report: WorkerReport) -> None:
+        self._backend.answering.wait()
+        self._backend.core.final_figures(report)
 
     def leave(self) -> None:
         self._backend.answering.wait()
@@ -201,6 +214,63 @@ async def test_what_waits_to_be_published_goes_out_when_the_worker_leaves(
         backend.updates_open.set()
     history = backend.core.snapshot(ROOM, None).messages
     assert [json.loads(frame)["message"] for frame in history] == ["under way", "waiting"]
+
+
+async def test_the_worker_counts_its_messages_and_times_each_round_trip_once(
+    backend: InProcessBackend,
+) -> None:
+    async with joined_worker(backend) as worker:
+        await submit_and_hold(worker, backend, "0")
+        for n in range(1, 5):
+            await worker.link.submit(body("ann", str(n)), on_failure=_unexpected_failure)
+        backend.updates_open.set()
+        await worker.recorder.wait_for_messages(5)
+        backend.updates_fail = True
+        with pytest.raises(HubUnavailable):
+            await worker.publish("ann", "not published")
+    figures = worker.recorder.figures
+    assert [len(batch) for batch in backend.published_batches] == [1, 4]
+    assert figures.messages_published == 5
+    # Every round trip that went through (presence changes too), once, whatever it carried.
+    assert figures.hub_round_trip.figures().count == backend.updates
+    assert figures.hub_reconnects == 0
+
+
+async def test_the_worker_hands_in_its_final_figures_after_what_waited_went_out(
+    backend: InProcessBackend,
+) -> None:
+    async with joined_worker(backend) as worker:
+        await submit_and_hold(worker, backend, "under way")
+        await worker.link.submit(body("ann", "waiting"), on_failure=_unexpected_failure)
+        worker.leave()
+        backend.updates_open.set()
+    anyone = WorkerReport(1, 0, True, Counts())
+    figures = backend.core.exchange_figures(anyone)
+    assert [report.pid for report in figures.workers] == [1]  # The worker has left...
+    assert figures.retired == worker.recorder.figures.counts()  # ...with all it counted.
+    assert figures.retired.messages_published == 2
+
+
+async def test_the_worker_reports_its_figures_while_joined(
+    backend: InProcessBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(membership_module, "REPORT_INTERVAL_SECONDS", 0.01)
+    anyone = WorkerReport(1, 0, True, Counts())
+    async with joined_worker(backend) as worker:
+        worker.recorder.connections = 3
+        worker.recorder.figures.frames_sent += 7
+        with trio.fail_after(DEADLINE_SECONDS):
+            while True:  # Reports come on a real timer: no event says when.
+                reported = backend.core.exchange_figures(anyone).workers[1:]
+                if reported:
+                    break
+                await trio.sleep(0.01)
+        assert reported[0].pid == worker.recorder.pid
+        assert (reported[0].connections, reported[0].counts.frames_sent) == (3, 7)
+        # And whenever asked, at once.
+        worker.recorder.figures.frames_sent += 1
+        figures = await worker.link.exchange_figures(worker.recorder.report())
+        assert figures.totals.frames_sent == 8
 
 
 async def test_a_failing_report_does_not_stop_the_publisher(backend: InProcessBackend) -> None:
@@ -336,6 +406,9 @@ class ScriptedMembership:
         #: Raised by ``snapshot``, ``rooms`` and ``older`` while set.
         self.failure: Exception | None = None
         self.listing: list[RoomCount] = [("general", 2), ("lobby", 1)]
+        #: The worker's reports of its figures, and its final one.
+        self.reports: list[WorkerReport] = []
+        self.final_report: WorkerReport | None = None
         self._results: queue.Queue[Fetched | Exception | None] = queue.Queue()
         self._changed = threading.Condition()
 
@@ -387,6 +460,15 @@ class ScriptedMembership:
         if self.failure is not None:
             raise self.failure
         return Older(room, [message(n) for n in range(max(1, before - limit), before)], True)
+
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        if self.failure is not None:
+            raise self.failure
+        self.reports.append(report)
+        return ServerFigures((report,), Counts(), rooms=None, hub_pid=None)
+
+    def final_figures(self, report: WorkerReport) -> None:
+        self.final_report = report
 
     def leave(self) -> None:
         self.left = True
@@ -451,7 +533,9 @@ async def test_a_dropped_worker_rejoins_with_its_connections_and_place_and_tells
         assert worker.recorder.epochs == ["run 1"]
         assert "event=hub_down hub=scripted" in caplog.text
         assert "event=hub_up hub=scripted" in caplog.text
+        assert worker.recorder.figures.hub_reconnects == 1
     assert backend.memberships[1].left
+    assert backend.memberships[1].final_report == worker.recorder.report()
 
 
 async def test_a_rejoin_that_continues_the_log_tells_the_clients_nothing() -> None:

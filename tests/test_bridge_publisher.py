@@ -21,6 +21,7 @@ from trio_chat.hub_link.bridge.backend import Fetched
 from trio_chat.hub_link.bridge.publisher import UPDATE_BURST, UPDATES_PER_SECOND, Publisher
 from trio_chat.hub_link.bridge.threads import HUB_CALL_TIMEOUT_SECONDS, HubThreads
 from trio_chat.hub_link.interface import Member, Older, RoomCount
+from trio_chat.metrics.figures import ServerFigures, WorkerReport
 
 from hub_support import ROOM, UnjoinableBackend
 
@@ -96,6 +97,12 @@ class RecordingMembership:
 
     def older(self, room: str, before: int, limit: int) -> Older:
         raise AssertionError("the publisher never reads scrollback")
+
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        raise AssertionError("the publisher never reports figures")
+
+    def final_figures(self, report: WorkerReport) -> None:
+        raise AssertionError("the publisher never reports figures")
 
     def leave(self) -> None:
         raise AssertionError("the publisher never leaves")

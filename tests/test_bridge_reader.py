@@ -20,6 +20,7 @@ from trio_chat.hub_link.bridge.backend import Fetched
 from trio_chat.hub_link.bridge.reader import HUB_SILENCE_SECONDS, Reader
 from trio_chat.hub_link.bridge.threads import HubThreads
 from trio_chat.hub_link.interface import Member, Older, RoomCount
+from trio_chat.metrics.figures import ServerFigures, WorkerFigures, WorkerReport
 from trio_chat.protocol import presence_frame, stamp_chat_frame
 
 from hub_support import DEADLINE_SECONDS, ROOM, UnjoinableBackend, body
@@ -67,6 +68,12 @@ class QueuedMembership:
     def older(self, room: str, before: int, limit: int) -> Older:
         raise AssertionError("the reader never reads scrollback")
 
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        raise AssertionError("the reader never reports figures")
+
+    def final_figures(self, report: WorkerReport) -> None:
+        raise AssertionError("the reader never reports figures")
+
     def leave(self) -> None:
         raise AssertionError("the reader never leaves")
 
@@ -77,6 +84,10 @@ class Listener:
     def __init__(self, *, broken: bool = False) -> None:
         self.broken = broken
         self.told: list[tuple[str, object]] = []
+        self.figures = WorkerFigures()
+
+    def report(self) -> WorkerReport:
+        raise AssertionError("the reader never reports figures")
 
     def deliver(self, frames: Sequence[str]) -> None:
         if self.broken:

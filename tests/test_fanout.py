@@ -3,6 +3,7 @@
 A frame of no room (``frame_room`` is None: a ``messages_missed`` notice, or any text that is no
 frame of a room, like the short strings of the policy tests) goes to every subscriber. The room
 tests use real frames, and show what each subscriber got as short descriptions (``described``).
+The delivery lag tests move a wall clock of their own by hand.
 """
 
 from __future__ import annotations
@@ -266,8 +267,10 @@ def test_a_batch_of_one_room_goes_shared_to_the_rooms_members_only() -> None:
         enter(fanout, elsewhere, "c")
         batch = (message("a", "1"), presence_frame("a", 1, 2, [], [], []), message("a", "2"))
         fanout.broadcast(batch)
-        assert first.receive_channel.receive_nowait() is batch
-        assert second.receive_channel.receive_nowait() is batch
+        # One batch, shared (as a ``TimedBatch``: it has messages, whose lag is observed).
+        shared = first.receive_channel.receive_nowait()
+        assert shared is second.receive_channel.receive_nowait()
+        assert list(frames_of(shared)) == list(batch)
         assert drain(elsewhere) == drain(nowhere) == []
 
 
@@ -460,3 +463,112 @@ def test_a_subscriber_may_be_in_no_room_and_still_get_notices() -> None:
         fanout.broadcast([NOTICE])
         assert drain(subscriber) == [NOTICE]
         assert subscriber.rooms == {}
+
+
+# Delivery lag: observed once per batch, when the last subscriber holding it lets go.
+
+
+class WallClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timed_message(room: str, text: str, ts_ms: int, message_id: int = 1) -> str:
+    return stamp_chat_frame(message_id, ts_ms, encode_chat_body(room, ChatMessage("ann", text)))
+
+
+def lags(fanout: Fanout) -> tuple[int, float]:
+    """How many lags were observed, and their sum."""
+    figures = fanout.lag.figures()
+    return figures.count, figures.sum
+
+
+def take_one(subscriber: Subscriber) -> None:
+    """The subscriber's writer sends its next item."""
+    subscriber.taken(subscriber.receive_channel.receive_nowait())
+
+
+def test_a_batchs_lag_is_observed_once_when_its_last_subscriber_has_sent_it() -> None:
+    clock = WallClock(1000.0)
+    fanout = Fanout(buffer_size=8, wall_clock=clock)
+    with (
+        fanout.subscribe(never) as first,
+        fanout.subscribe(never) as second,
+        fanout.subscribe(never) as third,
+    ):
+        for subscriber in (first, second, third):
+            enter(fanout, subscriber, "a")
+        # The newest message's hub time counts: the batch left when the last one did.
+        fanout.broadcast(
+            [timed_message("a", "1", 999_000), timed_message("a", "2", 999_750, message_id=2)]
+        )
+        clock.now = 1000.25
+        take_one(first)
+        take_one(second)
+        assert lags(fanout) == (0, 0.0)
+        clock.now = 1000.5
+        take_one(third)
+        assert lags(fanout) == (1, 0.75)
+
+
+def test_a_batch_dropped_with_an_evicted_or_departed_subscriber_counts_as_let_go() -> None:
+    clock = WallClock(10.0)
+    fanout = Fanout(buffer_size=8, wall_clock=clock)
+    with fanout.subscribe(never) as reader:
+        enter(fanout, reader, "a")
+        with fanout.subscribe(lambda code: None) as evicted, fanout.subscribe(never) as departed:
+            enter(fanout, evicted, "a")
+            enter(fanout, departed, "a")
+            fanout.broadcast([timed_message("a", "1", 9_000)])
+            take_one(reader)
+            fanout.evict(evicted, CloseCode.GOING_AWAY)
+            assert lags(fanout) == (0, 0.0)
+        # ``departed`` left with the batch still queued for it.
+        assert lags(fanout) == (1, 1.0)
+
+
+def test_batches_without_messages_or_without_subscribers_are_not_observed() -> None:
+    fanout = Fanout(buffer_size=8, wall_clock=WallClock(10.0))
+    with fanout.subscribe(never) as subscriber:
+        enter(fanout, subscriber, "a")
+        fanout.broadcast([presence_frame("a", 1, 1, [], [], []), NOTICE])
+        fanout.broadcast([timed_message("b", "nobody here", 9_000)])
+        drain(subscriber)
+        assert lags(fanout) == (0, 0.0)
+
+
+def test_a_mixed_batch_is_observed_once_whoever_gets_which_part() -> None:
+    fanout = Fanout(buffer_size=16, wall_clock=WallClock(10.0))
+    with (
+        fanout.subscribe(never) as in_a,
+        fanout.subscribe(never) as in_b,
+        fanout.subscribe(never) as in_both,
+    ):
+        enter(fanout, in_a, "a")
+        enter(fanout, in_b, "b")
+        enter(fanout, in_both, "a", "b")
+        fanout.broadcast([timed_message("a", "1", 9_500), presence_frame("b", 1, 2, [], [], [])])
+        for subscriber in (in_a, in_b):
+            drain(subscriber)
+        assert lags(fanout) == (0, 0.0)
+        drain(in_both)
+        assert lags(fanout) == (1, 0.5)
+
+
+def test_every_batch_is_observed_once_however_many_subscribers_get_it() -> None:
+    fanout = Fanout(buffer_size=64, wall_clock=WallClock(10.0))
+    with (
+        fanout.subscribe(never) as first,
+        fanout.subscribe(never) as second,
+        fanout.subscribe(never) as third,
+    ):
+        for subscriber in (first, second, third):
+            enter(fanout, subscriber, "a")
+        for n in range(5):
+            fanout.broadcast([timed_message("a", str(n), 9_000, message_id=n + 1)])
+        for subscriber in (first, second, third):
+            drain(subscriber)
+        assert lags(fanout)[0] == 5

@@ -4,7 +4,8 @@ Each test joins several workers to one real hub (a hub process, or a redis-serve
 own) and checks what the ``Hub``/``HubLink`` interface promises, whatever is behind it: per
 room, one order of messages and presence frames for every worker, history and resume by id
 (ids are one sequence for all rooms), presence across workers; the rooms listing and the limit
-on rooms; scrollback (``older``); and leaving.
+on rooms; scrollback (``older``); leaving; and the whole server's figures from every worker's
+reports.
 
 Routing differs: the in-process and manager hubs give a worker only the frames of rooms it has
 a member in, while with Redis every worker reads every room's frames (its room fan-out drops
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,22 @@ from trio_chat.hub_link.interface import Older, Snapshot
 from trio_chat.hub_link.local import LocalHub
 from trio_chat.hub_link.manager.client import HubClient
 from trio_chat.hub_link.manager.hub import ManagerHub
-from trio_chat.hub_link.redis.hub import RedisHub
+from trio_chat.hub_link.redis.hub import (
+    FIGURES_KEPT_SECONDS,
+    RedisBackend,
+    RedisHub,
+    server_name,
+)
+from trio_chat.metrics.figures import (
+    HUB_ROUND_TRIP_BUCKETS,
+    Counts,
+    HistogramFigures,
+    ServerFigures,
+    WorkerReport,
+)
 from trio_chat.protocol import frame_room, message_id
 
-from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, joined
+from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, Recorder, joined
 from servers import redis_server
 
 HISTORY_SIZE = 5
@@ -56,6 +69,8 @@ class HubMaker:
     #: Whether messages are kept beyond the history in memory (the SQLite store, Redis): then
     #: a room's older messages, and a forgotten room's, are still there.
     durable: bool
+    #: "local", "manager" or "redis".
+    name: str = ""
 
     def __call__(self) -> Hub:
         return self.make()
@@ -83,7 +98,7 @@ async def make_hub(
     backend = request.param
     if backend == "local":
         local = LocalHub(hub_settings.history_size, max_rooms=hub_settings.max_rooms)
-        yield HubMaker(lambda: local, routes_by_interest=True, durable=False)
+        yield HubMaker(lambda: local, routes_by_interest=True, durable=False, name=backend)
     elif backend == "manager":
         folder = tmp_path / "run"
         folder.mkdir(mode=0o700)
@@ -96,14 +111,19 @@ async def make_hub(
         )
         try:
             yield HubMaker(
-                lambda: ManagerHub(hub_settings, endpoint), routes_by_interest=True, durable=True
+                lambda: ManagerHub(hub_settings, endpoint),
+                routes_by_interest=True,
+                durable=True,
+                name=backend,
             )
         finally:
             _stop_automatic_hub(endpoint)
     else:
         async with redis_server(tmp_path) as server:
             settings = dataclasses.replace(hub_settings, hub=server.url)
-            yield HubMaker(lambda: RedisHub(settings), routes_by_interest=False, durable=True)
+            yield HubMaker(
+                lambda: RedisHub(settings), routes_by_interest=False, durable=True, name=backend
+            )
 
 
 def _stop_automatic_hub(endpoint: Endpoint) -> None:
@@ -556,3 +576,109 @@ async def test_a_worker_that_leaves_takes_its_members_out_of_all_their_rooms(
         await a.recorder.wait_for_presence(1, ["ann"], "red")
         await a.recorder.wait_for_presence(1, ["ann"], "blue")
         assert sorted(await a.link.rooms()) == [("blue", 1), ("red", 1)]
+
+
+# The whole server's figures
+
+
+def fill(recorder: Recorder, published: int, sent: int, *, connections: int) -> None:
+    """Counts as a worker's sessions and link would have made them."""
+    figures = recorder.figures
+    figures.messages_published += published
+    figures.frames_sent += sent
+    figures.bytes_sent += 10 * sent
+    figures.disconnects[1000] += 1
+    figures.frames_refused["rate_limited"] += published
+    figures.hub_round_trip.observe(0.002 * published)
+    figures.delivery_lag.observe(0.01)
+    recorder.connections = connections
+
+
+async def test_every_worker_gets_the_whole_servers_figures_and_a_leaver_is_folded_in(
+    make_hub: HubMaker,
+) -> None:
+    async with joined(make_hub()) as a:
+        await enter(a, ROOM)
+        async with joined(make_hub()) as b:
+            fill(a.recorder, 3, 10, connections=2)
+            fill(b.recorder, 5, 20, connections=4)
+            await a.link.exchange_figures(a.recorder.report())
+            from_b = await b.link.exchange_figures(b.recorder.report())
+            from_a = await a.link.exchange_figures(a.recorder.report())
+
+            reports = sorted([a.recorder.report(), b.recorder.report()], key=lambda r: r.pid)
+            for figures in (from_a, from_b):
+                assert steady(figures.workers) == steady(reports)
+                assert figures.retired == Counts()
+                assert steady_counts(figures.totals) == steady_counts(
+                    reports[0].counts + reports[1].counts
+                )
+                assert figures.connections == 6
+                assert figures.rooms == 1  # The room with a member; none in any other.
+            # Only the manager hub is a process of the server's own.
+            assert (from_a.hub_pid is not None) is (make_hub.name == "manager")
+            assert from_a.hub_pid != os.getpid()
+
+            fill(b.recorder, 1, 1, connections=0)  # Counted after its last report.
+            b.leave()
+        final = b.recorder.report().counts  # Nothing counts in a worker that has left.
+        figures = await a.link.exchange_figures(a.recorder.report())
+        assert [worker.pid for worker in figures.workers] == [a.recorder.pid]
+        assert figures.connections == 2
+        assert figures.retired == final  # Its final report, all of it.
+        assert figures.retired.messages_published == 6
+        assert steady_counts(figures.totals) == steady_counts(a.recorder.report().counts + final)
+
+
+def steady_counts(counts: Counts) -> Counts:
+    """Counts but for the hub round trips, which a worker's link adds to whenever it updates
+    the hub (a presence change, Redis's heartbeat)."""
+    return dataclasses.replace(
+        counts, hub_round_trip=HistogramFigures.empty(HUB_ROUND_TRIP_BUCKETS)
+    )
+
+
+def steady(reports: Sequence[WorkerReport]) -> list[WorkerReport]:
+    return [dataclasses.replace(r, counts=steady_counts(r.counts)) for r in reports]
+
+
+@pytest.mark.process
+async def test_the_redis_script_keeps_the_figures_as_the_board_does(
+    tmp_path: Path, hub_settings: Settings
+) -> None:
+    """``lua/figures.lua`` by ``metrics.board``'s rules (``test_metrics_board.py``), on Redis's
+    own clock with a short lease."""
+    lease = 0.3
+
+    def report(pid: int, published: int, connections: int = 1) -> WorkerReport:
+        return WorkerReport(pid, connections, True, Counts(messages_published=published))
+
+    def published(figures: ServerFigures) -> tuple[list[int], int, int]:
+        pids = [worker.pid for worker in figures.workers]
+        return pids, figures.retired.messages_published, figures.totals.messages_published
+
+    async with redis_server(tmp_path) as server:
+        settings = dataclasses.replace(hub_settings, hub=server.url)
+        backend = RedisBackend(settings, lease_seconds=lease)
+        backend.figures("report", report(1, 5))
+        assert published(backend.figures("report", report(2, 3, connections=4))) == ([1, 2], 0, 8)
+        late = backend.figures("report", report(2, 2, connections=9))  # Overtaken.
+        assert (published(late), late.connections) == (([1, 2], 0, 8), 5)
+
+        backend.figures("final", report(2, 4, connections=0))
+        assert published(backend.figures("report", report(1, 6))) == ([1], 4, 10)
+        assert published(backend.figures("report", report(2, 3))) == ([1], 4, 10)  # Late.
+
+        # Worker 1 falls silent: retired with its last report once its lease has run out...
+        with trio.fail_after(DEADLINE_SECONDS):
+            while True:  # Until Redis's clock is past the lease: no event announces it.
+                figures = backend.figures("report", report(3, 0))
+                if published(figures)[0] == [3]:
+                    break
+                await trio.sleep(lease / 4)
+        assert published(figures) == ([3], 10, 10)
+        # ...and counted once should it come back.
+        assert published(backend.figures("report", report(1, 7))) == ([1, 3], 4, 11)
+        assert backend.figures("report", report(3, 0)).rooms == 0
+        key = f"{settings.redis_prefix}:figures:{server_name()}"
+        assert 0 < backend._client.pttl(key) <= FIGURES_KEPT_SECONDS * 1000

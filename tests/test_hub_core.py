@@ -342,7 +342,7 @@ def test_the_manager_exposes_what_workers_call_and_the_core_serves() -> None:
     a method of the hub's core, taking the same arguments."""
     assert EXPOSED == (
         "join", "current_epoch", "join_point", "leave", "update", "publish", "snapshot", "rooms",
-        "older", "fetch", "statistics",
+        "older", "exchange_figures", "final_figures", "fetch", "statistics",
     )  # fmt: skip
     for name in EXPOSED:
         client_parameters = list(inspect.signature(getattr(HubClient, name)).parameters)

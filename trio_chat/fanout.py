@@ -20,19 +20,28 @@ channel is closed, its ``close_code`` becomes 1013 ("try again later") and its `
 callback runs with that code (the session then closes the connection with it). Memory per
 subscriber is therefore bounded, and nobody else waits. ``evict_all`` does the same to
 everyone at shutdown, with 1001.
+
+Delivery lag (``lag``, a histogram of the worker's figures) is observed once per batch, never
+per recipient: a batch with a chat message in it is queued as a ``TimedBatch``, which knows the
+hub's time (``ts``) of its newest message and how many subscribers still hold it. Each one's
+``taken`` (its writer has sent it, or it was dropped with an evicted or departed subscriber)
+counts down, and the last one observes the wall clock now minus that time. Batches of presence
+frames alone, and batches queued for nobody, are not observed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import trio
 
 from .hub_link import Snapshot
-from .protocol import CloseCode, frame_room, left_frame
+from .metrics.figures import DELIVERY_LAG_BUCKETS, Histogram
+from .protocol import CloseCode, frame_room, left_frame, message_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +80,33 @@ class PendingJoin:
     def fail(self, frames: list[str]) -> None:
         self.frames, self.joined = frames, False
         self.done.set()
+
+
+class BatchTiming:
+    """When the newest message of a batch was stamped by the hub, and how many subscribers'
+    queues still hold (part of) the batch: the last to let go observes the delivery lag."""
+
+    __slots__ = ("_clock", "_lag", "holders", "hub_seconds")
+
+    def __init__(self, hub_seconds: float, lag: Histogram, clock: Callable[[], float]) -> None:
+        self.hub_seconds = hub_seconds
+        self._lag = lag
+        self._clock = clock
+        self.holders = 0
+
+    def observe(self) -> None:
+        """The last holder has let go (``Subscriber.taken`` counts ``holders`` down)."""
+        self._lag.observe(self._clock() - self.hub_seconds)
+
+
+class TimedBatch(list[str]):
+    """Frames queued for subscribers, with the timing of the batch they belong to."""
+
+    __slots__ = ("timing",)
+
+    def __init__(self, frames: Iterable[str], timing: BatchTiming) -> None:
+        super().__init__(frames)
+        self.timing = timing
 
 
 #: What a subscriber's channel carries: batches of frames, and joins.
@@ -146,11 +182,24 @@ class Subscriber:
                 return
 
     def taken(self, item: Queued) -> None:
-        """The writer has sent ``item``: its frames no longer count as waiting."""
-        self.waiting -= queued_frames(item)
+        """The writer has sent ``item`` (or it is dropped): its frames no longer count as
+        waiting."""
+        # The hot path (once per batch per subscriber): no call for a batch of messages.
+        if type(item) is TimedBatch:
+            self.waiting -= len(item)
+            timing = item.timing
+            timing.holders -= 1
+            if not timing.holders:
+                timing.observe()
+        else:
+            self.waiting -= queued_frames(item)
 
     def close(self) -> None:
         self._send_channel.close()
+
+
+#: Where a message frame's hub time follows its id (``protocol.stamp_chat_frame``).
+_TS_KEY = ',"ts":'
 
 
 def queued_frames(item: Queued) -> int:
@@ -159,8 +208,17 @@ def queued_frames(item: Queued) -> int:
 
 
 class Fanout:
-    def __init__(self, buffer_size: int) -> None:
+    def __init__(
+        self,
+        buffer_size: int,
+        *,
+        lag: Histogram | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._buffer_size = buffer_size
+        #: Where delivery lags are observed (the worker's figures), on ``wall_clock`` (seconds).
+        self.lag = Histogram(DELIVERY_LAG_BUCKETS) if lag is None else lag
+        self._wall_clock = wall_clock
         self._subscribers: dict[int, Subscriber] = {}
         #: Each room's subscribers.
         self._members: dict[str, dict[int, Subscriber]] = {}
@@ -187,6 +245,7 @@ class Fanout:
         finally:
             self._drop(subscriber)
             subscriber.close()
+            subscriber.discard_waiting()  # Batches it held are let go (delivery lag).
             subscriber.receive_channel.close()
 
     def enter(self, subscriber: Subscriber, room: str) -> PendingJoin:
@@ -214,11 +273,16 @@ class Fanout:
         """
         rooms = [frame_room(frame) for frame in frames]
         first = rooms[0] if rooms else None
+        timing = self._timing(frames)
         if rooms.count(first) == len(rooms):  # The common case: one room (or notices only).
             members = self._subscribers if first is None else self._members.get(first, {})
+            if timing is not None and members:
+                frames = TimedBatch(frames, timing)
             slow = [s for s in members.values() if not s.offer(frames)]
+            if timing is not None:
+                timing.holders = len(members) - len(slow)
         else:
-            slow = self._broadcast_mixed(frames, rooms)
+            slow = self._broadcast_mixed(frames, rooms, timing)
         for subscriber in slow:
             self.evict(subscriber, CloseCode.TRY_AGAIN_LATER)
 
@@ -249,12 +313,28 @@ class Fanout:
             return False
         return True
 
-    def _broadcast_mixed(self, frames: Sequence[str], rooms: list[str | None]) -> list[Subscriber]:
+    def _timing(self, frames: Sequence[str]) -> BatchTiming | None:
+        """The timing of a batch with a chat message in it (its newest: the last); None for
+        a batch without one."""
+        for frame in reversed(frames):
+            if message_id(frame) is not None:
+                start = frame.index(_TS_KEY) + len(_TS_KEY)
+                hub_ms = int(frame[start : frame.index(",", start)])
+                return BatchTiming(hub_ms / 1000, self.lag, self._wall_clock)
+        return None
+
+    def _broadcast_mixed(
+        self, frames: Sequence[str], rooms: list[str | None], timing: BatchTiming | None
+    ) -> list[Subscriber]:
         """A batch of several rooms: each room's frames (with the notices among them) are
         shared by its members; a subscriber in several of the rooms gets a list of its own."""
         for_everyone = None in rooms
+
+        def new_batch() -> list[str]:
+            return [] if timing is None else TimedBatch((), timing)
+
         by_room: dict[str, list[str]] = {
-            r: [] for r in rooms if r is not None and r in self._members
+            r: new_batch() for r in rooms if r is not None and r in self._members
         }
         for frame, room in zip(frames, rooms, strict=True):
             if room is None:
@@ -267,14 +347,23 @@ class Fanout:
         else:
             recipients = {s.id: s for r in by_room for s in self._members[r].values()}.values()
         slow = []
+        holders = 0
         for subscriber in recipients:
             present = [room for room in subscriber.rooms if room in by_room]
             if len(present) == 1:
                 batch = by_room[present[0]]
             else:
-                batch = [f for f, r in zip(frames, rooms, strict=True) if r is None or r in present]
-            if batch and not subscriber.offer(batch):
-                slow.append(subscriber)
+                batch = new_batch()
+                batch.extend(
+                    f for f, r in zip(frames, rooms, strict=True) if r is None or r in present
+                )
+            if batch:
+                if subscriber.offer(batch):
+                    holders += 1
+                else:
+                    slow.append(subscriber)
+        if timing is not None:
+            timing.holders = holders
         return slow
 
     def _drop(self, subscriber: Subscriber) -> None:

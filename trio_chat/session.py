@@ -15,6 +15,10 @@ channel (``PendingJoin``) and skips the live frames it covers.
 Only the writer task ever sends to the client; the reader hands error frames, and the answers
 to ``rooms`` and ``older`` frames, to it through the same bounded channel, so frames never
 interleave and nothing else waits on this client.
+
+Counted in the worker's figures (``WorkerFigures``): handshakes refused by reason, error frames
+by code, sessions ended by close code, and each frame the writer sends with its bytes (one
+``+=`` pair per frame: a batch-mode frame is one).
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ async def serve_websocket(
     refusal = _refusal(scope, worker)
     if refusal is not None:
         log_event("refused", path=_clip(scope["path"]), reason=refusal)
+        if worker is not None:
+            worker.figures.handshakes_refused[refusal] += 1
         # Closing before accepting makes Hypercorn answer the handshake with 403.
         await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         return
@@ -100,6 +106,7 @@ async def serve_websocket(
     address = _client_address(scope)
     if not worker.addresses.try_open(address):
         log_event("refused", client=address, reason="too_many_connections")
+        worker.figures.handshakes_refused["too_many_connections"] += 1
         await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         return
     batching = BATCH_SUBPROTOCOL in scope.get("subprotocols", ())
@@ -160,6 +167,7 @@ class Session:
         self._receive = receive
         self._send = send
         self._worker = worker
+        self._figures = worker.figures
         self._fanout = worker.fanout
         self._link = worker.link
         self._id = worker.next_connection_id()
@@ -224,6 +232,7 @@ class Session:
             log_event(
                 "disconnect", level, conn=self._id, by=ended_by.value, code=int(code), **errors
             )
+            self._figures.disconnects[int(code)] += 1
 
     def _greeting(self) -> list[str]:
         """The frames a client gets first: welcome, and what was wrong with its URL."""
@@ -231,8 +240,14 @@ class Session:
         for error in self._request.errors:
             # ``since`` in the URL is for the first room.
             room = self._first_room if error.code is ErrorCode.INVALID_RESUME else error.room
-            frames.append(error_frame(error.code, error.message, room=room))
+            frames.append(self._error_frame(error.code, error.message, room))
         return frames
+
+    def _error_frame(self, code: ErrorCode, message: str, room: str | None = None) -> str:
+        """An error frame for this client, counted by its code (every one made is sent,
+        unless the client goes first)."""
+        self._figures.frames_refused[code.value] += 1
+        return error_frame(code, message, room=room)
 
     async def _join(
         self,
@@ -260,7 +275,7 @@ class Session:
                     "The history cannot be fetched right now: the server cannot reach the "
                     "other workers. New messages will show as they come."
                 )
-                pending.settle([error_frame(ErrorCode.HUB_UNAVAILABLE, message, room=room)], None)
+                pending.settle([self._error_frame(ErrorCode.HUB_UNAVAILABLE, message, room)], None)
                 return
             self._link.absent(self._id, room)  # In case the hub took it in before failing.
             message = (
@@ -273,13 +288,16 @@ class Session:
             message = f"You did not join {room}: the server holds as many rooms as it can."
             self._undo_join(subscriber, pending, ErrorCode.ROOM_LIMIT, message)
             return
+        if not snapshot.since_valid:
+            # The opening frames begin with an ``invalid_resume`` error frame.
+            self._figures.frames_refused[ErrorCode.INVALID_RESUME.value] += 1
         pending.settle(opening_frames(snapshot, since), snapshot)
 
     def _undo_join(
         self, subscriber: Subscriber, pending: PendingJoin, code: ErrorCode, message: str
     ) -> None:
         self._fanout.leave(subscriber, pending.room, announce=False)
-        pending.fail([error_frame(code, message, room=pending.room)])
+        pending.fail([self._error_frame(code, message, pending.room)])
 
     def _on_evict(self, code: CloseCode) -> None:
         # Logged now: the close frame itself may wait for a stalled client to read again.
@@ -414,20 +432,27 @@ class Session:
             self._error_logged_at, self._errors_unlogged = now, 0
         else:
             self._errors_unlogged += 1
-        self._fanout.send_to(subscriber, error_frame(code, message, room=room))
+        self._fanout.send_to(subscriber, self._error_frame(code, message, room))
 
     async def _write(self, subscriber: Subscriber, greeting: list[str]) -> None:
         send = self._send
+        figures = self._figures
         for frame in greeting:
             await send({"type": "websocket.send", "text": frame})
+            figures.frames_sent += 1
+            figures.bytes_sent += utf8_length(frame)
         fresh = CatchUp()
         if self._batching:
             await self._write_batches(subscriber, fresh)
             return
         async for item in subscriber.receive_channel:
-            for frame in await fresh.frames_of(item):
-                await send({"type": "websocket.send", "text": frame})
-            subscriber.taken(item)
+            try:
+                for frame in await fresh.frames_of(item):
+                    await send({"type": "websocket.send", "text": frame})
+                    figures.frames_sent += 1
+                    figures.bytes_sent += utf8_length(frame)
+            finally:
+                subscriber.taken(item)  # Even if cancelled on the way: it is let go of.
 
     async def _write_batches(self, subscriber: Subscriber, fresh: CatchUp) -> None:
         """Everything waiting goes out in one frame, a JSON object per line, paced by
@@ -446,15 +471,25 @@ class Session:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 waiting += queued_frames(items[-1])
-            frames = [frame for each in items for frame in await fresh.frames_of(each)]
-            if frames:
-                pacer.spend()
-                await self._send({"type": "websocket.send", "text": "\n".join(frames)})
-            for each in items:
-                subscriber.taken(each)
+            try:
+                frames = [frame for each in items for frame in await fresh.frames_of(each)]
+                if frames:
+                    pacer.spend()
+                    text = "\n".join(frames)
+                    await self._send({"type": "websocket.send", "text": text})
+                    self._figures.frames_sent += 1
+                    self._figures.bytes_sent += utf8_length(text)
+            finally:
+                for each in items:
+                    subscriber.taken(each)
 
     async def _close(self, code: int) -> None:
         await self._send({"type": "websocket.close", "code": int(code)})
+
+
+def utf8_length(text: str) -> int:
+    """The bytes of ``text`` on the wire; most frames are ASCII, whose length is free to tell."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _is_cancellation(error: BaseException) -> bool:

@@ -1,4 +1,5 @@
-"""What one worker process shares among its connections: settings, the fan-out and the hub link.
+"""What one worker process shares among its connections: settings, the fan-out, the hub link and
+what the worker counts (``WorkerFigures``), and the whole server's figures from any worker.
 
 Made at lifespan startup and handed to every connection through the ASGI lifespan ``state``
 (Hypercorn copies it into each connection's scope), so that nothing is a module global and a
@@ -7,6 +8,7 @@ test can build as many workers as it likes in one process.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -19,6 +21,8 @@ from .fanout import Fanout
 from .guards import AddressCounter
 from .hub_link import HubLink, HubUnavailable, RoomCount, Snapshot
 from .hub_link.interface import Older
+from .logs import logger
+from .metrics.figures import Counts, ServerFigures, WorkerFigures, WorkerReport
 from .protocol import CloseCode, Limits, NoticeCode, notice_frame
 from .static import StaticFiles, default_static_dir
 
@@ -26,6 +30,9 @@ STATE_KEY = "trio_chat.worker"
 #: The busiest rooms are asked of the hub at most this often per worker: a page polling
 #: ``GET /rooms`` or clients sending ``rooms`` frames cost the hub nothing more.
 ROOMS_LIST_MAX_AGE_SECONDS = 1.0
+#: The whole server's figures are asked of the hub for at most this long (a scrape must not
+#: wait for a hub that hangs): then the worker answers with the last it got.
+FIGURES_TIMEOUT_SECONDS = 2.0
 
 
 class Worker:
@@ -33,9 +40,11 @@ class Worker:
         self.settings = settings
         #: This worker's side of the hub, set once it has joined (``lifespan``).
         self.link: HubLink = _NotJoined()
-        self.fanout = Fanout(settings.subscriber_buffer)
-        #: Where the hub link hands the frames it fetches.
-        self.listener = FanoutListener(self.fanout)
+        #: What this worker counts; the whole server's figures add up every worker's.
+        self.figures = WorkerFigures()
+        self.fanout = Fanout(settings.subscriber_buffer, lag=self.figures.delivery_lag)
+        #: Where the hub link hands the frames it fetches, and gets the worker's figures.
+        self.listener = FanoutListener(self)
         self.limits = Limits(
             max_sender_chars=settings.max_sender_chars,
             max_message_bytes=settings.max_message_bytes,
@@ -55,6 +64,8 @@ class Worker:
         self._rooms_list: list[RoomCount] = []
         self._rooms_listed_at = -math.inf
         self._rooms_lock = trio.Lock()
+        #: The whole server's figures as the hub last gave them.
+        self._server_figures: ServerFigures | None = None
 
     @property
     def connections(self) -> int:
@@ -79,12 +90,42 @@ class Worker:
                 self._rooms_listed_at = trio.current_time()
             return self._rooms_list
 
+    def report(self) -> WorkerReport:
+        """This worker's figures as of now."""
+        return self.figures.report(self.pid, self.connections, self.link.connected)
+
+    async def server_figures(self) -> ServerFigures:
+        """Sends this worker's fresh report to the hub and gets the whole server's figures
+        back (one round trip). If the hub cannot be reached: the last whole-server figures it
+        got, with this worker's own report (``hub_up`` False) in place of its old one; if it
+        never got any, just its own report. Never raises."""
+        with trio.move_on_after(FIGURES_TIMEOUT_SECONDS):
+            try:
+                figures = await self.link.exchange_figures(self.report())
+            except HubUnavailable:
+                pass
+            except Exception:
+                logger.exception("event=figures_error")  # A bug: logged, the figures go on.
+            else:
+                self._server_figures = figures
+                return figures
+        mine = dataclasses.replace(self.report(), hub_up=False)
+        if self._server_figures is None:
+            return ServerFigures(workers=(mine,), retired=Counts(), rooms=None, hub_pid=None)
+        return self._server_figures.with_report(mine)
+
 
 class FanoutListener:
-    """The worker's ``HubListener``: frames from the hub go straight to its fan-out."""
+    """The worker's ``HubListener``: frames from the hub go straight to its fan-out; the link
+    counts in the worker's figures and reports them."""
 
-    def __init__(self, fanout: Fanout) -> None:
-        self._fanout = fanout
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+        self._fanout = worker.fanout
+        self.figures = worker.figures
+
+    def report(self) -> WorkerReport:
+        return self._worker.report()
 
     def deliver(self, frames: Sequence[str]) -> None:
         self._fanout.broadcast(frames)
@@ -128,4 +169,7 @@ class _NotJoined:
         raise HubUnavailable("this worker has not joined its hub")
 
     async def older(self, room: str, before: int, limit: int) -> Older:
+        raise HubUnavailable("this worker has not joined its hub")
+
+    async def exchange_figures(self, report: WorkerReport) -> ServerFigures:
         raise HubUnavailable("this worker has not joined its hub")

@@ -7,6 +7,9 @@ only the waiting: a condition per mailbox for the fetches blocked on it, one for
 housekeeping thread, and the real clocks. After each change it wakes exactly what the state
 says to wake, so a worker's reader never polls for frames and the housekeeper sleeps until a
 held-back presence frame is due.
+
+It also keeps the whole server's figures (a ``MetricsBoard``) from its workers' reports, under
+a lock of their own: a report never waits for publishing, nor publishing for a report.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from ..hub_link.interface import (
     RoomCount,
     Snapshot,
 )
+from ..metrics.board import MetricsBoard
+from ..metrics.figures import ServerFigures, WorkerReport
 from .state import DEFAULT_MAX_ROOMS, HubState, Wake
 from .store import MessageStore, Retention, StoreWriteError
 
@@ -88,6 +93,8 @@ class HubCore:
         self._ready: dict[str, threading.Condition] = {}
         self._fetch_linger = fetch_linger
         self._monotonic = monotonic
+        self._board = MetricsBoard(hub_pid=os.getpid())
+        self._board_lock = threading.Lock()
 
     @property
     def epoch(self) -> str:
@@ -171,6 +178,18 @@ class HubCore:
             return self._state.older(room, before, limit)
         with self._lock:
             return self._state.older(room, before, limit)
+
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        """Take a worker's report (``MetricsBoard.report``); the whole server's figures."""
+        with self._lock:
+            rooms = self._state.occupied_rooms()
+        with self._board_lock:
+            return self._board.report(report, self._monotonic(), rooms=rooms)
+
+    def final_figures(self, report: WorkerReport) -> None:
+        """A worker's last report: it leaves the server (``MetricsBoard.leave``)."""
+        with self._board_lock:
+            self._board.leave(report.pid, report, self._monotonic())
 
     def fetch(
         self, mailbox_id: str, max_frames: int, timeout: float = FETCH_HEARTBEAT_SECONDS

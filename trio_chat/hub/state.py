@@ -321,6 +321,10 @@ class HubState:
         counts = [(room.name, room.presence.online) for room in self._rooms.values()]
         return heapq.nsmallest(limit, counts, key=lambda count: (-count[1], count[0]))
 
+    def occupied_rooms(self) -> int:
+        """Rooms with a member online now (one pass over at most ``max_rooms`` rooms)."""
+        return sum(1 for room in self._rooms.values() if room.presence.online)
+
     def older(self, room: str, before: int, limit: int) -> Older:
         """Up to ``limit`` of the room's messages with ids below ``before``, oldest first.
 

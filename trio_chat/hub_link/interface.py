@@ -8,6 +8,11 @@ worker reads everything and its fan-out drops what no member of its wants). Join
 (``Hub.run``) gives the worker a ``HubLink``, its side of the hub. Backends: ``ManagerHub`` (a
 multiprocessing manager process; the default), ``RedisHub`` (several hosts) and ``LocalHub``
 (in-process: one worker in production, several in tests).
+
+Every backend also adds up the workers' figures for the whole server (``trio_chat.metrics``):
+a joined worker's link sends the hub its report (``HubListener.report``) every
+``REPORT_INTERVAL_SECONDS`` and a final one when it leaves, and ``HubLink.exchange_figures``
+sends a fresh one and gets the whole server's figures back.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import trio
 
+    from ..metrics.figures import ServerFigures, WorkerFigures, WorkerReport
+
 __all__ = [
     "FETCH_HEARTBEAT_SECONDS",
     "LEASE_SECONDS",
     "MAX_LISTED_ROOMS",
     "MAX_LISTED_USERS",
     "MAX_OLDER_MESSAGES",
+    "REPORT_INTERVAL_SECONDS",
     "Hub",
     "HubLink",
     "HubListener",
@@ -39,6 +47,8 @@ __all__ = [
 FETCH_HEARTBEAT_SECONDS = 5.0
 #: A worker not heard from for this long has died without leaving: its users leave presence.
 LEASE_SECONDS = 3 * FETCH_HEARTBEAT_SECONDS
+#: A joined worker sends the hub its figures this often (and a final report when it leaves).
+REPORT_INTERVAL_SECONDS = 1.0
 #: Names listed in a presence frame at most; past this the frame says it is truncated.
 MAX_LISTED_USERS = 1000
 #: Rooms listed (busiest first) in a ``rooms`` frame and by ``GET /rooms`` at most.
@@ -111,6 +121,13 @@ class HubListener(Protocol):
         one, whose ids may repeat ones the clients saw).
         """
 
+    @property
+    def figures(self) -> WorkerFigures:
+        """Where the link counts what it does: messages published, re-joins, round trips."""
+
+    def report(self) -> WorkerReport:
+        """The worker's figures as of now, for the hub; must not block."""
+
 
 class HubLink(Protocol):
     """One worker's membership of the hub."""
@@ -156,6 +173,10 @@ class HubLink(Protocol):
         """Up to ``limit`` (at most ``MAX_OLDER_MESSAGES``) of ``room``'s messages with ids
         below ``before``, from the hub's store; raises ``HubUnavailable``."""
 
+    async def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        """Hand the hub this worker's ``report`` and get the whole server's figures back, in
+        one round trip; raises ``HubUnavailable``."""
+
 
 class Hub(Protocol):
     async def run(
@@ -165,6 +186,10 @@ class Hub(Protocol):
         task_status: trio.TaskStatus[HubLink] = ...,
     ) -> None:
         """Join the hub and feed ``listener`` until cancelled; then leave.
+
+        Meanwhile the worker's report (``listener.report()``) goes to the hub every
+        ``REPORT_INTERVAL_SECONDS``, and a last one as it leaves, so that the whole server's
+        counts lose nothing of a worker that ends (a reload replaces every worker).
 
         Starts with the worker's ``HubLink`` once joined. Raises ``HubUnavailable`` if the
         first attempt to join fails (so that a worker with no hub does not start); later

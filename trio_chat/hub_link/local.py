@@ -7,6 +7,10 @@ serves deployments that need no hub process (``TRIO_CHAT_HUB=local``, ``hypercor
 Nothing ever waits on the state here, so what its calls say to wake is not needed: every
 mailbox is emptied after every change. Nor is housekeeping: a worker leaves when its ``run``
 ends, and presence frames are never held back (no presence interval).
+
+The whole server's figures are a ``MetricsBoard`` here, on Trio's clock. It keys workers by pid,
+as every hub does: workers that share a ``LocalHub`` in one process (tests) must report pids of
+their own to be told apart.
 """
 
 from __future__ import annotations
@@ -19,7 +23,17 @@ import trio
 
 from ..hub.core import new_epoch, wall_clock_ms
 from ..hub.state import DEFAULT_MAX_ROOMS, HubState
-from .interface import HubLink, HubListener, HubUnavailable, Older, RoomCount, Snapshot
+from ..metrics.board import MetricsBoard
+from ..metrics.figures import ServerFigures, WorkerFigures, WorkerReport
+from .interface import (
+    REPORT_INTERVAL_SECONDS,
+    HubLink,
+    HubListener,
+    HubUnavailable,
+    Older,
+    RoomCount,
+    Snapshot,
+)
 
 # Frames are delivered synchronously after every change, so mailboxes never fill.
 _UNBOUNDED = 1 << 30
@@ -48,6 +62,7 @@ class LocalHub:
         self._labels = itertools.count(1)
         #: Tests set this to False to play a hub that cannot be reached.
         self.connected = True
+        self.board = MetricsBoard()
 
     async def run(
         self,
@@ -59,12 +74,20 @@ class LocalHub:
         self._listeners[mailbox_id] = listener
         try:
             self.deliver_all()
-            task_status.started(_LocalLink(self, mailbox_id))
-            await trio.sleep_forever()
+            task_status.started(_LocalLink(self, mailbox_id, listener.figures))
+            while True:
+                await trio.sleep(REPORT_INTERVAL_SECONDS)
+                if self.connected:
+                    self.exchange_figures(listener.report())
         finally:
             del self._listeners[mailbox_id]
             self.state.leave(mailbox_id)
             self.deliver_all()
+            final = listener.report()
+            self.board.leave(final.pid, final, trio.current_time())
+
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        return self.board.report(report, trio.current_time(), rooms=self.state.occupied_rooms())
 
     async def publish(self, body: str) -> None:
         """Publish from outside any worker, as a tool would (tests use it)."""
@@ -80,9 +103,10 @@ class LocalHub:
 
 
 class _LocalLink:
-    def __init__(self, hub: LocalHub, mailbox_id: str) -> None:
+    def __init__(self, hub: LocalHub, mailbox_id: str, figures: WorkerFigures) -> None:
         self._hub = hub
         self._mailbox_id = mailbox_id
+        self._figures = figures
 
     @property
     def connected(self) -> bool:
@@ -92,6 +116,7 @@ class _LocalLink:
         await trio.lowlevel.checkpoint()
         self._check_connected()
         self._hub.state.update(self._mailbox_id, [body])
+        self._figures.messages_published += 1
         self._hub.deliver_all()
 
     async def submit(self, body: str, on_failure: Callable[[], None]) -> None:
@@ -123,6 +148,11 @@ class _LocalLink:
         await trio.lowlevel.checkpoint()
         self._check_connected()
         return self._hub.state.older(room, before, limit)
+
+    async def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        await trio.lowlevel.checkpoint()
+        self._check_connected()
+        return self._hub.exchange_figures(report)
 
     def _change_presence(self, connection: int, room: str, name: str | None) -> None:
         self._hub.state.update(self._mailbox_id, presence={(connection, room): name})

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..interface import Member, Older, RoomCount, Snapshot
+
+if TYPE_CHECKING:
+    from ...metrics.figures import ServerFigures, WorkerReport
 
 #: Frames taken per fetch, and bodies published per round trip. A batch is queued whole for
 #: each subscriber, so it is also kept to a quarter of a subscriber's buffer.
@@ -59,6 +62,12 @@ class Membership(Protocol):
 
     def older(self, room: str, before: int, limit: int) -> Older:
         """Up to ``limit`` of the room's messages with ids below ``before``, oldest first."""
+
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        """Hand the hub the worker's report; the whole server's figures."""
+
+    def final_figures(self, report: WorkerReport) -> None:
+        """The worker's last report: it is leaving the server for good (a re-join does not)."""
 
     def leave(self) -> None: ...
 

@@ -5,12 +5,14 @@ is joined and a ``Reader`` on one membership after another: when the reader lose
 hub dropped the worker, the link broke, the hub hangs), the worker re-joins with backoff, with
 the names of all its connections, and tells the listener when messages may have been missed
 meanwhile. While the link is down, publishing and snapshots fail at once with
-``HubUnavailable``.
+``HubUnavailable``. While joined, it sends the hub the worker's figures every
+``REPORT_INTERVAL_SECONDS``, and counts its re-joins.
 
 Cancellation: a join is abandoned if cancelled or unanswered (``JOIN_TIMEOUT_SECONDS``; e.g. a
 shutdown while a hub is being started): a membership it may still make is dropped by the hub
 when its lease runs out. Leaving (``run`` cancelled) closes the publisher, whose round trip
-under way and flush get ``LEAVE_TIMEOUT_SECONDS``, then leaves within as long again.
+under way and flush get ``LEAVE_TIMEOUT_SECONDS``, then hands in the worker's final figures
+and leaves, each within as long again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import TypeVar
 import trio
 
 from ...config import Settings
+from ...metrics.figures import ServerFigures, WorkerFigures, WorkerReport
 from ..interface import (
+    REPORT_INTERVAL_SECONDS,
     HubLink,
     HubListener,
     HubUnavailable,
@@ -62,6 +66,8 @@ class BridgedHub:
         self._membership: Membership | None = None
         #: Every member's name: what a join sends.
         self._presence: dict[Member, str] = {}
+        #: Where re-joins are counted: the listener's, once running.
+        self._figures = WorkerFigures()
 
     @property
     def connected(self) -> bool:
@@ -73,6 +79,7 @@ class BridgedHub:
         *,
         task_status: trio.TaskStatus[HubLink] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        self._figures = self._publisher.figures = listener.figures
         try:
             membership = await self._join()
         except self.backend.link_errors as error:
@@ -81,6 +88,7 @@ class BridgedHub:
             ) from error
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publisher.run)
+            nursery.start_soon(self._report_figures, listener)
             task_status.started(self)
             try:
                 rejoined = dropped = False
@@ -94,12 +102,16 @@ class BridgedHub:
                         # If the hub is still there (only our link failed), leave it properly.
                         await self._leave(membership)
                     membership, rejoined = await self._rejoin(), True
+                    self._figures.hub_reconnects += 1
             finally:
                 self._link_down()  # No more submits: they are told the hub is down.
                 with trio.CancelScope(shield=True):
                     # What sessions submitted before they ended goes out before we leave.
                     deadline = trio.current_time() + LEAVE_TIMEOUT_SECONDS
                     await self._publisher.close(membership, deadline=deadline)
+                    # Counted to the end (the publisher's flush included), so that the
+                    # server's counts lose nothing of this worker.
+                    await self._hand_in_figures(membership, listener)
                     await self._leave(membership)
 
     async def publish(self, body: str) -> None:
@@ -147,9 +159,38 @@ class BridgedHub:
     async def older(self, room: str, before: int, limit: int) -> Older:
         return await self._read(lambda membership: membership.older(room, before, limit))
 
+    async def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        return await self._read(lambda membership: membership.exchange_figures(report))
+
+    async def _report_figures(self, listener: HubListener) -> None:
+        """The worker's report goes to the hub every ``REPORT_INTERVAL_SECONDS`` while the
+        link is up; one the hub does not get is as good as the next."""
+        while True:
+            await trio.sleep(REPORT_INTERVAL_SECONDS)
+            if self._membership is None:
+                continue
+            try:
+                await self.exchange_figures(listener.report())
+            except HubUnavailable:
+                pass  # The reader notices a broken link, and re-joins.
+            except Exception:
+                logger.exception("event=figures_report_error")  # A bug: logged, and we go on.
+
+    async def _hand_in_figures(self, membership: Membership, listener: HubListener) -> None:
+        """The worker's final report, within ``LEAVE_TIMEOUT_SECONDS``: should it not arrive,
+        the hub retires the worker with its last report once its lease runs out."""
+        with trio.move_on_after(LEAVE_TIMEOUT_SECONDS):
+            try:
+                await self._threads.run_sync(membership.final_figures, listener.report())
+            except self.backend.link_errors:
+                pass  # The hub is gone: so are its figures.
+            except Exception:
+                logger.exception("event=figures_report_error")
+
     async def _read(self, call: Callable[[Membership], T]) -> T:
-        """A hub call that only reads (``call`` of the membership in use, in a hub thread):
-        abandoned on cancel or timeout (``threads``), it changes nothing."""
+        """A hub call that only reads, or only replaces what this worker reported before
+        (``call`` of the membership in use, in a hub thread): abandoned on cancel or timeout
+        (``threads``), it changes nothing the next one would not."""
         membership = self._membership
         if membership is None:
             raise HubUnavailable("the hub is unreachable right now")

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 
 import trio
 
 from ...guards import TokenBucket
+from ...metrics.figures import WorkerFigures
 from ..interface import HubUnavailable, Member
 from .backend import MAX_BATCH, Backend, Membership
 from .outbox import Outbox, Pending, Wake
@@ -59,6 +61,8 @@ class Publisher:
         self._leave_deadline = math.inf
         self._closing = trio.Event()
         self._stopped = trio.Event()
+        #: Where messages published and round trips are counted (the worker's, once joined).
+        self.figures = WorkerFigures()
 
     async def run(self) -> None:
         """Publish until ``close``."""
@@ -161,10 +165,15 @@ class Publisher:
         bodies = [pending.body for pending in batch]
         try:
             deadline = min(self._leave_deadline, trio.current_time() + HUB_CALL_TIMEOUT_SECONDS)
+            started = time.perf_counter()  # Real time, whatever clock Trio runs on.
             with trio.CancelScope(shield=True, deadline=deadline) as self._round_trip:
                 await self._threads.run_sync(membership.update, bodies, changes)
             if self._round_trip.cancelled_caught:
                 raise HubUnavailable("the hub did not answer")
+            # One observation per round trip, whatever it carried (thread hops included: the
+            # time a batch's senders wait).
+            self.figures.hub_round_trip.observe(time.perf_counter() - started)
+            self.figures.messages_published += len(batch)
         except Exception as error:
             # The changes go again with the next update (newer ones for the same connection
             # win), whether the reader re-joins meanwhile or only this call failed (a hub

@@ -13,6 +13,7 @@ from multiprocessing.managers import BaseManager, BaseProxy, RemoteError
 from typing import Any, cast
 
 from ...hub_address import Address
+from ...metrics.figures import ServerFigures, WorkerReport
 from ..interface import MAX_LISTED_ROOMS, Member, Older, RoomCount, Snapshot
 
 HUB_TYPEID = "hub"
@@ -87,6 +88,12 @@ class HubClient:
 
     def older(self, room: str, before: int, limit: int) -> Older:
         return cast(Older, self._hub.older(room, before, limit))
+
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        return cast(ServerFigures, self._hub.exchange_figures(report))
+
+    def final_figures(self, report: WorkerReport) -> None:
+        self._hub.final_figures(report)
 
     def fetch(self, mailbox_id: str, max_frames: int) -> list[str] | None:
         return cast("list[str] | None", self._hub.fetch(mailbox_id, max_frames))

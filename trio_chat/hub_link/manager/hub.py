@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from ...config import Settings
 from ...hub.store import StoreWriteError
 from ...hub_address import Endpoint, resolve_endpoint
+from ...metrics.figures import ServerFigures, WorkerReport
 from ..bridge import BridgedHub, Fetched
 from ..interface import HubUnavailable, Member, Older, RoomCount, Snapshot
 from .client import HUB_ERRORS, HubClient
@@ -90,6 +91,12 @@ class _ManagerMembership:
 
     def older(self, room: str, before: int, limit: int) -> Older:
         return self._client.older(room, before, limit)
+
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        return self._client.exchange_figures(report)
+
+    def final_figures(self, report: WorkerReport) -> None:
+        self._client.final_figures(report)
 
     def leave(self) -> None:
         self._client.leave(self._mailbox_id)

@@ -22,7 +22,11 @@ runs atomically, so the one order, the rooms and the presence counts never race;
   written to within that time, and no more;
 - per **worker**: a hash of its members (``"<connection> <room>"`` -> name) and a lease,
   renewed by its heartbeat, so that the users of a host that died leave presence (in all their
-  rooms) when its lease runs out.
+  rooms) when its lease runs out;
+- per **server** (the workers of one Hypercorn master on one host): their figures, which each
+  worker hands in every second and gets its server's back (``lua/figures.lua``, the same books
+  as ``metrics.board``). Servers that share a Redis are one chat, but each reports its own
+  figures (Prometheus adds servers up); ``rooms`` is the chat's.
 
 Routing: unlike the manager and in-process hubs, which give a worker only the frames of rooms
 it has a member in, one log cannot route by interest: every worker reads every room's frames,
@@ -45,6 +49,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import secrets
 import socket
@@ -62,6 +67,8 @@ from redis.retry import Retry
 from ...config import Settings
 from ...hub.state import EMPTY_ROOM_SECONDS
 from ...hub_address import HubConfigError, read_secret_file
+from ...metrics.board import LAPSED_KEPT_SECONDS
+from ...metrics.figures import Counts, ServerFigures, WorkerReport, sorted_by_pid
 from ...protocol import body_room, is_room_name, presence_frame, stamp_chat_frame
 from ..bridge import BridgedHub, Fetched
 from ..interface import (
@@ -86,6 +93,8 @@ PRESENCE_INTERVAL_SECONDS = 0.25
 SOCKET_TIMEOUT_SECONDS = READ_BLOCK_SECONDS + 5.0
 CONNECT_TIMEOUT_SECONDS = 2.0
 MS_PER_DAY = 24 * 60 * 60 * 1000
+#: A server none of whose workers has reported for this long is gone: its figures are dropped.
+FIGURES_KEPT_SECONDS = LAPSED_KEPT_SECONDS
 #: Marks a member that left its room, in presence changes sent to Redis (names have no
 #: controls).
 _GONE = "\0"
@@ -173,8 +182,9 @@ class RedisBackend:
         self._rooms_key = f"{settings.redis_prefix}:rooms"
         self._scripts = {
             name: self._client.register_script(_script_source(name))
-            for name in ("join", "update", "snapshot", "leave")
+            for name in ("join", "update", "snapshot", "leave", "figures")
         }
+        self._server = server_name()
         #: Where the reader is in the log, and the last message id before it (None: not
         #: known): kept across memberships, so that a re-join reads on from there.
         self.position = ""
@@ -236,6 +246,31 @@ class RedisBackend:
             complete=len(entries) == len(page),
         )
 
+    def disconnect(self) -> None:
+        """Close every connection to Redis (a later call would open one again)."""
+        self._client.connection_pool.disconnect()
+
+    def figures(self, what: str, report: WorkerReport) -> ServerFigures:
+        """Hand in a worker's report (``what``: "report", or "final" as it leaves); its
+        server's figures."""
+        reply = self.call(
+            "figures",
+            self._server,
+            what,
+            report.pid,
+            report.counts.tally,
+            json.dumps(report.to_json(), separators=(",", ":")),
+            int(FIGURES_KEPT_SECONDS * 1000),
+            int(LAPSED_KEPT_SECONDS * 1000),
+        )
+        rooms, retired, *live = reply
+        return ServerFigures(
+            workers=sorted_by_pid(WorkerReport.from_json(json.loads(w)) for w in live),
+            retired=Counts.from_json(json.loads(retired)),
+            rooms=int(rooms),
+            hub_pid=None,
+        )
+
     def read(self, max_entries: int) -> Fetched:
         """The next entries of the log after the reader's position, as frames."""
         reply: Any = self._client.xread(
@@ -270,6 +305,13 @@ class RedisBackend:
                 continue
             frames.append(frame)
         return Fetched(frames, missed)
+
+
+def server_name() -> str:
+    """Names this worker's server: its host, and its Hypercorn master's pid (the worker's own
+    when it has no master)."""
+    master = multiprocessing.parent_process()
+    return f"{socket.gethostname()}:{os.getpid() if master is None else master.pid}"
 
 
 def _member(member: Member) -> str:
@@ -387,8 +429,20 @@ class _RedisMembership:
     def older(self, room: str, before: int, limit: int) -> Older:
         return self._backend.older(room, before, limit)
 
+    def exchange_figures(self, report: WorkerReport) -> ServerFigures:
+        return self._backend.figures("report", report)
+
+    def final_figures(self, report: WorkerReport) -> None:
+        self._backend.figures("final", report)
+
     def leave(self) -> None:
-        self._backend.call("leave", self._label)
+        try:
+            self._backend.call("leave", self._label)
+        finally:
+            # The worker's last call (a re-join replaces a membership without leaving it): its
+            # connections are closed now rather than whenever they are collected, the one a
+            # thread abandoned in a read included (it fails, and its result is dropped).
+            self._backend.disconnect()
 
     def _seen(self) -> int:
         return self._backend.last_message_id or 0

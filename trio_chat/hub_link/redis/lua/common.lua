@@ -34,6 +34,7 @@
 --                        frame -> when their next frame is due (ms)
 --   :bad_bodies          bodies dropped because they are not the chat body of a room
 --   :refused_rooms       joins of a new room refused because no room could make way
+--   :figures:<server>    hash: the figures of one server's workers (see figures.lua)
 --
 -- Common arguments: ARGV[1] prefix, ARGV[2] history size (messages a join gets at most, per
 -- room), ARGV[3] log length (approximate), ARGV[4] names listed in a presence frame at most,
