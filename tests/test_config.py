@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from trio_chat.config import ConfigError, Settings
 from trio_chat.hub.state import DEFAULT_MAX_ROOMS
+from trio_chat.metrics.access import ANYONE, MetricsAccess
 from trio_chat.protocol import ROOM_NAME_RULE, Limits
 
 
@@ -41,6 +43,7 @@ def test_defaults() -> None:
         log_level="INFO",
         websocket_compression=False,  # Off: browsers' deflate costs memory and CPU per client.
         static_dir=None,
+        metrics=ANYONE,  # On: counts only, like /healthz.
     )
     # Every field is pinned above, not compared with its own default.
     assert {f.name for f in dataclasses.fields(Settings)} == {
@@ -68,6 +71,7 @@ def test_defaults() -> None:
         "log_level",
         "websocket_compression",
         "static_dir",
+        "metrics",
     }
 
 
@@ -120,6 +124,20 @@ def test_unrelated_variables_are_ignored() -> None:
         ("TRIO_CHAT_STATIC_DIR", "/srv/chat", "static_dir", Path("/srv/chat")),
         ("TRIO_CHAT_WEBSOCKET_COMPRESSION", "on", "websocket_compression", True),
         ("TRIO_CHAT_WEBSOCKET_COMPRESSION", "OFF", "websocket_compression", False),
+        ("TRIO_CHAT_METRICS", "on", "metrics", MetricsAccess()),
+        ("TRIO_CHAT_METRICS", "Off", "metrics", MetricsAccess(enabled=False)),
+        (
+            "TRIO_CHAT_METRICS",
+            "127.0.0.1, 10.0.0.0/8,::1",
+            "metrics",
+            MetricsAccess(
+                allowed=(
+                    ipaddress.ip_network("127.0.0.1/32"),
+                    ipaddress.ip_network("10.0.0.0/8"),
+                    ipaddress.ip_network("::1/128"),
+                )
+            ),
+        ),
     ],
 )
 def test_each_variable_is_parsed(variable: str, raw: str, field: str, value: Any) -> None:
@@ -176,6 +194,10 @@ def test_blank_value_means_the_default(raw: str) -> None:
         ("TRIO_CHAT_REDIS_PREFIX", "{chat}"),
         ("TRIO_CHAT_WEBSOCKET_COMPRESSION", "yes please"),
         ("TRIO_CHAT_WEBSOCKET_COMPRESSION", "deflate"),
+        ("TRIO_CHAT_METRICS", "yes"),
+        ("TRIO_CHAT_METRICS", "127.0.0.1,localhost"),
+        ("TRIO_CHAT_METRICS", "10.0.0.0/33"),
+        ("TRIO_CHAT_METRICS", ",,"),
     ],
 )
 def test_bad_value_raises_config_error_naming_the_variable(variable: str, raw: str) -> None:
@@ -213,3 +235,15 @@ def test_settings_are_immutable() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.hub = "local"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "entry"),
+    [("127.0.0.1,localhost", "'localhost'"), ("::1, 10.0.0.300 ,10.0.0.0/8", "'10.0.0.300'")],
+)
+def test_a_bad_metrics_allowlist_entry_is_named(raw: str, entry: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TRIO_CHAT_METRICS": raw})
+
+    message = str(caught.value)
+    assert message.startswith(f"TRIO_CHAT_METRICS={raw!r}: {entry} is not an address or network")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from .metrics.access import ANYONE, MetricsAccess, parse_metrics_access
 from .protocol import ROOM_NAME_RULE, is_room_name
 
 KIB = 1024
@@ -85,6 +86,12 @@ class Settings:
     websocket_compression: bool = False
     #: Folder the page is served from; by default the ``static/`` folder shipped with the app.
     static_dir: Path | None = None
+    #: Who may read ``/metrics`` (the whole server's figures, for Prometheus) and ``/status``
+    #: (a page plotting them): ``on`` (the default: anyone who can reach the chat, like
+    #: ``/healthz``; no names or messages are in them), ``off`` (both answer 404), or a
+    #: comma-separated allowlist of client addresses and networks (``127.0.0.1,10.0.0.0/8,::1``),
+    #: outside which a client gets 403. See ``metrics/access.py``.
+    metrics: MetricsAccess = ANYONE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -135,6 +142,7 @@ class Settings:
                 "WEBSOCKET_COMPRESSION", _on_off, defaults.websocket_compression
             ),
             static_dir=read("STATIC_DIR", Path, defaults.static_dir),
+            metrics=read("METRICS", parse_metrics_access, defaults.metrics),
         )
 
 
