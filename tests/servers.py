@@ -8,6 +8,7 @@ and always stop what they started, hub included.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -464,3 +465,47 @@ async def redis_server(
             with trio.CancelScope(shield=True):
                 await server.kill()
             nursery.cancel_scope.cancel()
+
+
+@dataclasses.dataclass(frozen=True)
+class Exited:
+    """What a server that stopped by itself left: its exit status and its two outputs."""
+
+    returncode: int
+    stdout: list[str]
+    stderr: list[str]
+
+
+async def run_server_until_it_exits(
+    port: int, env: Mapping[str, str], workers: int = 4, within: float = STARTUP_TIMEOUT_SECONDS
+) -> Exited:
+    """``hypercorn -c hypercorn.toml -k trio -w N`` on ``port``, expected to stop by itself
+    within ``within`` seconds (if not, its process group is killed and the test fails)."""
+    process = await trio.lowlevel.open_process(
+        hypercorn_command(port, workers),
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+
+    async def read(stream: trio.abc.ReceiveStream | None, into: list[bytes]) -> None:
+        assert stream is not None
+        async for chunk in stream:
+            into.append(bytes(chunk))
+
+    try:
+        with trio.fail_after(within):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, process.stdout, chunks["stdout"])
+                nursery.start_soon(read, process.stderr, chunks["stderr"])
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    stdout, stderr = (b"".join(chunks[name]).decode(errors="replace") for name in chunks)
+    assert process.returncode is not None
+    return Exited(process.returncode, stdout.splitlines(), stderr.splitlines())

@@ -1,27 +1,38 @@
 """The worker's lifespan: startup joins the hub and publishes the worker; shutdown undoes it all.
 
 Failures to start answer ``lifespan.startup.failed`` with a message saying what to fix, so that
-Hypercorn stops instead of serving a worker that cannot chat.
+the server stops instead of serving a worker that cannot chat; in a Hypercorn worker process
+the worker ends the server itself, with that message as its one line.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any, NoReturn
 
 import pytest
 import trio
+import trio.testing
 
-from trio_chat import ChatApp
+from trio_chat import ChatApp, hypercorn_worker
 from trio_chat.config import Settings
 from trio_chat.fanout import PendingJoin, Queued
+from trio_chat.hub.port_claim import claim_ports
 from trio_chat.hub_address import HubConfigError
 from trio_chat.hub_link import Hub, HubLink, HubListener, HubUnavailable
 from trio_chat.hub_link.local import LocalHub
+from trio_chat.hub_link.manager.launcher import HubRefused
+from trio_chat.hypercorn_worker import ListeningPort
+from trio_chat.metrics.figures import WorkerFigures, WorkerReport
 from trio_chat.protocol import frame_room
 from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import chat_app, open_lifespan, running_worker
+from servers import free_port
+
+Message = dict[str, Any]
 
 
 class RecordingHub(LocalHub):
@@ -82,6 +93,10 @@ class Frames:
 
     def __init__(self) -> None:
         self.frames: list[str] = []
+        self.figures = WorkerFigures()
+
+    def report(self) -> WorkerReport:
+        return self.figures.report(pid=0, connections=0, hub_up=True)
 
     def deliver(self, frames: Sequence[str]) -> None:
         self.frames.extend(frames)
@@ -245,3 +260,132 @@ async def test_settings_come_from_the_environment_at_startup(
     assert isinstance(worker, Worker)
     assert worker.settings.subscriber_buffer == 3
     assert type(worker.link).__name__ == "_LocalLink"  # TRIO_CHAT_HUB=local: no hub process
+
+
+# In a Hypercorn worker process: the worker ends the server itself (fail_startup), saying why
+# in one line; the real one, end to end: test_e2e_lifecycle.py.
+
+
+class WorkerEnded(BaseException):
+    """Stands for the end of the worker process (``os._exit``)."""
+
+
+class FakeShutdownEvent:
+    def __init__(self) -> None:
+        self.flag = False
+
+    def is_set(self) -> bool:
+        return self.flag
+
+
+class FakeHypercornWorker:
+    """This process as a Hypercorn worker: its master's event, its ports, and its end."""
+
+    def __init__(self, ports: tuple[ListeningPort, ...] = ()) -> None:
+        self.master_pid = os.getppid()
+        self.shutdown_event = FakeShutdownEvent()
+        self.tcp_ports = ports
+        self.failed = 0
+
+    def fail_startup(self, report: Callable[[], None]) -> NoReturn:
+        self.failed += 1
+        report()
+        raise WorkerEnded
+
+
+@pytest.fixture
+def in_hypercorn(monkeypatch: pytest.MonkeyPatch) -> FakeHypercornWorker:
+    worker = FakeHypercornWorker()
+    monkeypatch.setattr(hypercorn_worker, "current", lambda: worker)
+    return worker
+
+
+async def start_until_the_worker_ends(app: ChatApp) -> list[Message]:
+    """Run the lifespan's startup until the worker ends; what it sent Hypercorn meanwhile."""
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    # The nursery wraps the end when it comes from inside it.
+    with pytest.RaisesGroup(WorkerEnded, allow_unwrapped=True, flatten_subgroups=True):
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    return sent
+
+
+async def test_in_a_hypercorn_worker_a_bad_setting_ends_it_with_one_line_and_no_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    in_hypercorn: FakeHypercornWorker,
+) -> None:
+    monkeypatch.setenv("TRIO_CHAT_MAX_MESSAGE_BYTES", "lots")
+
+    sent = await start_until_the_worker_ends(ChatApp())
+
+    assert sent == []  # Not lifespan.startup.failed: Hypercorn would print a traceback.
+    assert in_hypercorn.failed == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("trio_chat configuration error: TRIO_CHAT_MAX_MESSAGE_BYTES='lots'")
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_in_a_hypercorn_worker_a_bug_keeps_its_traceback_and_its_line(
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    in_hypercorn: FakeHypercornWorker,
+) -> None:
+    sent = await start_until_the_worker_ends(chat_app(UnreachableHub(RuntimeError("boom"))))
+
+    assert sent == []
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("trio_chat failed to start: RuntimeError: boom (a bug")
+    [logged] = [r for r in caplog.records if r.getMessage() == "event=startup_error"]
+    assert logged.exc_info is not None and logged.exc_info[0] is RuntimeError
+
+
+async def test_in_a_hypercorn_worker_a_hub_that_refused_to_start_gives_its_own_reason(
+    capsys: pytest.CaptureFixture[str], in_hypercorn: FakeHypercornWorker
+) -> None:
+    reason = "port 8000 (to serve 127.0.0.1:8000) is taken by another trio_chat server"
+    error = HubUnavailable(f"cannot reach the hub at unix:/run/hub.sock: {reason}")
+    error.__cause__ = HubRefused(reason)
+
+    await start_until_the_worker_ends(chat_app(UnreachableHub(error)))
+
+    assert capsys.readouterr().err.splitlines() == [f"trio_chat cannot start: {reason}"]
+
+
+async def test_a_server_of_a_shared_hub_will_not_start_on_a_port_another_chat_holds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    worker = FakeHypercornWorker((ListeningPort(port, f"127.0.0.1:{port}", shared=True),))
+    monkeypatch.setattr(hypercorn_worker, "current", lambda: worker)
+    claims = claim_ports(os.getpid(), {port: f"0.0.0.0:{port}"})
+    claims.answer_in_background()
+    try:
+        await start_until_the_worker_ends(ChatApp(Settings(hub="local")))
+    finally:
+        claims.close()
+
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"trio_chat cannot start: port {port} (to serve 127.0.0.1:{port})")
+    assert f"Hypercorn master pid {os.getpid()}, serving 0.0.0.0:{port}" in line
+
+
+async def test_in_a_hypercorn_worker_the_masters_event_closes_the_sessions(
+    in_hypercorn: FakeHypercornWorker, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running_worker(chat_app(LocalHub())) as state:
+        worker = state[STATE_KEY]
+        assert isinstance(worker, Worker)
+        assert not worker.closing
+
+        in_hypercorn.shutdown_event.flag = True
+        await worker.shutting_down.wait()
+
+        assert worker.closing

@@ -43,6 +43,9 @@ class Endpoint:
     #: the lock file under which exactly one worker starts it.
     owner_pid: int | None = None
     lock_path: Path | None = None
+    #: For the automatic hub: the ports it claims for its server (``hub.port_claim``), each
+    #: with the address served on it: those its master bound with ``SO_REUSEPORT``.
+    claimed_ports: tuple[tuple[int, str], ...] = ()
 
     @property
     def autostart(self) -> bool:
@@ -131,7 +134,19 @@ def automatic_endpoint() -> Endpoint:
         authkey=bytes(multiprocessing.current_process().authkey),
         owner_pid=owner_pid,
         lock_path=folder / f"hub-{owner_pid}.lock",
+        claimed_ports=shared_ports(),
     )
+
+
+def shared_ports() -> tuple[tuple[int, str], ...]:
+    """The ports this Hypercorn worker's server listens on through ``SO_REUSEPORT``, each with
+    its address; none outside a Hypercorn worker."""
+    from . import hypercorn_worker  # Hypercorn itself is no business of the hub process.
+
+    worker = hypercorn_worker.current()
+    if worker is None:
+        return ()
+    return tuple((port.port, port.address) for port in worker.tcp_ports if port.shared)
 
 
 def private_runtime_dir() -> Path:

@@ -2,23 +2,34 @@
 shutdown, leave the hub and stop everything that startup started.
 
 The lifespan call itself owns the worker's nursery, so the hub link and the worker's
-supervision (``supervision.py``: SIGTERM, an orphaned worker, the exit watchdog) cannot outlive
-the worker, and a failure to start is reported with ``lifespan.startup.failed`` and a message
-saying what to fix (Hypercorn then stops the server instead of serving a deaf worker).
+supervision (``supervision.py``: the master's shutdown event, SIGTERM, an orphaned worker, the
+exit watchdog) cannot outlive the worker.
+
+A failure to start (a bad setting, a hub that cannot start or be joined, another server on the
+port or in the data folder, a bug) ends the server with one line saying what to fix, and a
+failed exit status. In a Hypercorn worker process that is ``HypercornWorker.fail_startup``,
+which ends the server itself (Hypercorn, told, would print a traceback per worker, a "Running
+on" line, and exit 0); a configuration error shows no traceback, a bug keeps its own. Under
+any other server (or a test) the failure is answered with ``lifespan.startup.failed`` and the
+same message, and the server decides.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 
 import trio
 
-from . import hypercorn_hook, logs
+from . import hypercorn_hook, hypercorn_worker, logs
 from .asgi_types import Receive, Scope, Send
 from .config import ConfigError, Settings
+from .hub.port_claim import PortClaimed, check_port
 from .hub_address import HubConfigError
 from .hub_link import Hub, HubUnavailable, open_hub
+from .hub_link.manager.launcher import HubRefused
+from .hypercorn_worker import HypercornWorker, HypercornWorkerError
 from .logs import log_event
 from .supervision import (
     in_worker_process,
@@ -28,6 +39,10 @@ from .supervision import (
 from .worker import STATE_KEY, Worker
 
 HubFactory = Callable[[Settings], Hub]
+#: What the one line a failed startup writes begins with.
+FAILURE_PREFIX = "trio_chat"
+#: ``TRIO_CHAT_HUB`` values for the automatic hub: the one kind that claims its ports itself.
+AUTOMATIC_HUB = ("", "auto")
 
 
 async def run_lifespan(
@@ -41,41 +56,51 @@ async def run_lifespan(
     if message["type"] != "lifespan.startup":
         return
     try:
+        hypercorn = hypercorn_worker.current()
+    except HypercornWorkerError as error:
+        await _fail(
+            send,
+            None,
+            f"{FAILURE_PREFIX} cannot run in this Hypercorn: {error}. This Hypercorn is not one "
+            "trio_chat was tested with: install the version pyproject.toml asks for.",
+        )
+        return
+    try:
         settings = settings or Settings.from_env()
         logs.configure(settings.log_level)
         compression = _apply_websocket_compression(settings, receive)
+        _check_ports_of_a_shared_hub(settings, hypercorn)
         hub = hub_factory(settings)
     except (ConfigError, HubConfigError) as error:
-        await _fail(send, f"trio_chat configuration error: {error}")
+        await _fail(send, hypercorn, f"{FAILURE_PREFIX} configuration error: {error}")
+        return
+    except PortClaimed as error:
+        await _fail(send, hypercorn, f"{FAILURE_PREFIX} cannot start: {error}")
         return
     except hypercorn_hook.HookError as error:
         await _fail(
             send,
-            f"trio_chat cannot set WebSocket compression: {error}. This Hypercorn is not one "
-            "trio_chat was tested with: install the version pyproject.toml asks for.",
+            hypercorn,
+            f"{FAILURE_PREFIX} cannot set WebSocket compression: {error}. This Hypercorn is not "
+            "one trio_chat was tested with: install the version pyproject.toml asks for.",
         )
         return
     except Exception as error:
-        await _fail_with_traceback(send, error)
+        await _fail_with_traceback(send, hypercorn, error)
         return
     worker = Worker(settings)
     async with trio.open_nursery() as nursery:
         try:
             worker.link = await nursery.start(hub.run, worker.listener)
         except (HubUnavailable, HubConfigError) as error:
-            await _fail(
-                send,
-                f"trio_chat could not join its hub: {error}. With TRIO_CHAT_HUB unset the hub "
-                "starts by itself; for a hub started by hand, check that it runs and that "
-                "TRIO_CHAT_HUB and TRIO_CHAT_HUB_SECRET_FILE match it.",
-            )
+            await _fail(send, hypercorn, _join_failure(error))
             return
         except Exception as error:
-            # Whatever it was, Hypercorn must hear that startup failed: an exception escaping
-            # here makes it carry on "without lifespan support", a worker with no hub, deaf.
-            await _fail_with_traceback(send, error)
+            # Whatever it was, the server must hear that startup failed: an exception escaping
+            # here makes Hypercorn carry on "without lifespan support", a worker with no hub.
+            await _fail_with_traceback(send, hypercorn, error)
             return
-        await nursery.start(supervise, worker)
+        await nursery.start(supervise, worker, hypercorn and hypercorn.shutdown_event)
         if "state" in scope:
             scope["state"][STATE_KEY] = worker
         if in_worker_process():
@@ -94,6 +119,32 @@ async def run_lifespan(
     await send({"type": "lifespan.shutdown.complete"})
 
 
+def _check_ports_of_a_shared_hub(settings: Settings, hypercorn: HypercornWorker | None) -> None:
+    """A server whose hub is shared (started by hand, Redis) claims no port: servers of one
+    hub are one chat and may share one. But a port held by a server with an automatic hub is
+    another chat's: ``PortClaimed``. (The automatic hub claims its server's ports itself.)"""
+    if hypercorn is None or settings.hub in AUTOMATIC_HUB:
+        return
+    for listening in hypercorn.tcp_ports:
+        if listening.shared:
+            check_port(listening.port, listening.address)
+
+
+def _join_failure(error: HubUnavailable | HubConfigError) -> str:
+    """What to say when the first join failed: the hub's own reason if it refused to start
+    (another server has the port or the data folder), or what to check."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, HubRefused):
+            return f"{FAILURE_PREFIX} cannot start: {cause}"
+        cause = cause.__cause__
+    return (
+        f"{FAILURE_PREFIX} could not join its hub: {error}. With TRIO_CHAT_HUB unset the hub "
+        "starts by itself; for a hub started by hand, check that it runs and that "
+        "TRIO_CHAT_HUB and TRIO_CHAT_HUB_SECRET_FILE match it."
+    )
+
+
 def _apply_websocket_compression(settings: Settings, receive: Receive) -> str:
     """Hook Hypercorn's handshake as ``TRIO_CHAT_WEBSOCKET_COMPRESSION`` says; returns what the
     worker's log line says of it."""
@@ -105,15 +156,34 @@ def _apply_websocket_compression(settings: Settings, receive: Receive) -> str:
     return "on" if settings.websocket_compression else "off"
 
 
-async def _fail_with_traceback(send: Send, error: Exception) -> None:
-    logs.logger.error("event=startup_error", exc_info=error)
+async def _fail_with_traceback(
+    send: Send, hypercorn: HypercornWorker | None, error: Exception
+) -> None:
     await _fail(
         send,
-        f"trio_chat failed to start: {type(error).__name__}: {error} (a bug: the traceback is "
-        "in the log above; please report it)",
+        hypercorn,
+        f"{FAILURE_PREFIX} failed to start: {type(error).__name__}: {error} (a bug: the "
+        "traceback is in the log above; please report it)",
+        error,
     )
 
 
-async def _fail(send: Send, message: str) -> None:
+async def _fail(
+    send: Send, hypercorn: HypercornWorker | None, message: str, bug: Exception | None = None
+) -> None:
+    """Fail the startup with ``message``; ``bug``: the unexpected error, logged with its
+    traceback first."""
+    if hypercorn is not None:
+        hypercorn.fail_startup(lambda: _report(message, bug))
+    if bug is not None:
+        logs.logger.error("event=startup_error", exc_info=bug)
     log_event("startup_failed", logging.ERROR, reason=message)
     await send({"type": "lifespan.startup.failed", "message": message})
+
+
+def _report(message: str, bug: Exception | None) -> None:
+    """The server's last word: a bug's traceback in the log, then the reason as one plain line
+    on standard error, whatever the logging configuration."""
+    if bug is not None:
+        logs.logger.error("event=startup_error", exc_info=bug)
+    print(" ".join(message.split()), file=sys.stderr, flush=True)

@@ -2,6 +2,13 @@
 
 Run by the lifespan for the worker's whole life, beside the hub link:
 
+- **The master's shutdown event.** Hypercorn's master tells its workers that a stop (SIGINT or
+  SIGTERM to the master) or a reload (SIGHUP) has begun only by setting a shared
+  ``multiprocessing.Event``; its worker then stops accepting and waits up to
+  ``graceful_timeout`` for open connections to finish, which a chat's never do, without telling
+  the app. So the worker polls the event too (``hypercorn_worker``) and, once it is set,
+  closes every session at once with 1001 (going away): Hypercorn then finds nothing to wait
+  for, a stop takes a fraction of a second, and a reload's outage is the new workers' start.
 - **SIGTERM.** Hypercorn's master stops the remaining workers with SIGTERM as soon as the first
   one exits (and again from its exit handler), which would cut every open WebSocket without a
   close frame. So the worker handles SIGTERM itself: the first one closes every session with
@@ -32,13 +39,18 @@ from typing import Protocol
 
 import trio
 
-from . import process_watch
+from . import hypercorn_worker, process_watch
+from .hypercorn_worker import ShutdownEvent
 from .logs import log_event
 from .protocol import CloseCode
 
 #: After closing every session on SIGTERM, how long Hypercorn has to shut the worker down (the
 #: ``graceful_timeout`` of hypercorn.toml).
 EXIT_GRACE_SECONDS = 5.0
+#: How often the master's shutdown event is looked at: a stop or a reload closes the sessions
+#: this long after it began, at most. (Hypercorn's own worker looks every 0.1 s.) Each look
+#: takes the event's lock, a semaphore the master holds only while it sets or clears the flag.
+SHUTDOWN_EVENT_POLL_SECONDS = 0.05
 #: Cyclic garbage collector thresholds of a serving worker (Python's defaults: 700, 10, 10). See
 #: ``tune_worker_process``.
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -69,15 +81,20 @@ class Supervised(Protocol):
 
 
 async def supervise(
-    worker: Supervised, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    worker: Supervised,
+    shutdown_event: ShutdownEvent | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Watch over ``worker`` until cancelled (at the end of the lifespan); started once every
-    watch is in place."""
+    watch is in place. ``shutdown_event``: the Hypercorn master's, in a Hypercorn worker."""
     async with trio.open_nursery() as nursery:
         # Each watch is started once it is in place (the signal handler installed, the
         # master's pidfd open): a SIGTERM right after startup must not find the default action.
         await nursery.start(close_sessions_on_sigterm, worker)
         nursery.start_soon(exit_if_stuck, worker)
+        if shutdown_event is not None:
+            nursery.start_soon(close_sessions_on_shutdown_event, worker, shutdown_event)
         master = multiprocessing.parent_process()
         if master is not None and master.pid is not None:
             await nursery.start(shut_down_when_orphaned, worker, master.pid)
@@ -106,6 +123,36 @@ async def close_sessions_on_sigterm(
                 continue  # The master's second SIGTERM: already on our way out.
             log_event("terminating", pid=worker.pid, connections=worker.connections)
             _begin_shutdown(worker)
+
+
+async def close_sessions_on_shutdown_event(worker: Supervised, event: ShutdownEvent) -> None:
+    """Once the master has set its shutdown event, close every session at once.
+
+    Which close code: a stop and a reload look the same from here. The master sets the one
+    event for both (``shutdown()`` on SIGINT/SIGTERM, ``reload()`` on SIGHUP, in
+    hypercorn/run.py), no signal reaches the workers, and what differs comes later (on a stop
+    the master SIGTERMs the other workers once the first has exited; on a reload it waits for
+    every worker and starts new ones), after the sessions had to be closed. So both get 1001
+    (going away), which is true of both: this worker is going away either way. 1012 (service
+    restart) would be false on a stop, and its registration asks clients to wait 5 to 30 s
+    before reconnecting, which a reload does not need (the master keeps the sockets listening,
+    and new connections wait in the backlog for the new workers).
+    """
+    # ``is_set`` takes the event's lock: briefly, as the master only holds it to set or clear
+    # the flag; Hypercorn's own worker calls it from its Trio thread the same way. Polled: the
+    # event has nothing to wait on from an event loop but a thread, and one look every 50 ms is
+    # cheaper than a thread blocked for the worker's whole life.
+    while not event.is_set():  # noqa: ASYNC110
+        await trio.sleep(SHUTDOWN_EVENT_POLL_SECONDS)
+    if not worker.closing:  # Else SIGTERM or an orphaned worker got there first.
+        log_event("shutdown_begun", pid=worker.pid, connections=worker.connections)
+        _begin_shutdown(worker)
+    # Hypercorn then waits for the connections to end, its WebSocket pingers included, which
+    # sleep for the ping interval before they see that their WebSocket has closed: they are
+    # ended as soon as they are all that is left of a connection (until the lifespan ends).
+    while True:
+        hypercorn_worker.end_closed_websockets()
+        await trio.sleep(SHUTDOWN_EVENT_POLL_SECONDS)
 
 
 async def shut_down_when_orphaned(

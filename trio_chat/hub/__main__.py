@@ -5,7 +5,10 @@
     TRIO_CHAT_HUB_SECRET_FILE=/etc/trio-chat/hub.secret trio-chat-hub
 
 then start Hypercorn with the same two variables. Workers also use this entry point to start
-the automatic hub, handing it the secret on standard input.
+the automatic hub, handing it the secret on standard input; such a hub answers on standard
+output with one line, ``ready`` once it listens or ``error <why>`` if it cannot start
+(``--refusal-on-stdout``), and its starter reports the reason (a hub started by hand writes it
+to standard error).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..hub_address import (
     parse_address,
     read_secret_file,
 )
+from .port_claim import PortClaimed, PortClaims, claim_ports
 from .server import HANDSHAKE_TIMEOUT_SECONDS, serve
 from .store import MS_PER_DAY, MessageStore, Retention, StoreError
 
@@ -49,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.allow_remote:
             _refuse_remote(address)
         authkey = _read_secret(args, settings)
+        # Before the store: a second server on the same port and in the same folder is told
+        # about the port, the root of the clash.
+        claims = _claim_ports(args)
         store = _open_store(args, settings)
-    except (ConfigError, HubConfigError, StoreError) as error:
-        print(f"trio-chat-hub: {error}", file=sys.stderr)
-        return 2
+    except (ConfigError, HubConfigError, StoreError, PortClaimed) as error:
+        return _refuse(args, str(error))
+    claims.answer_in_background()
     try:
         serve(
             address,
@@ -70,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             on_ready=_announce_ready if args.secret_stdin else lambda: None,
         )
     except HubConfigError as error:
-        print(f"trio-chat-hub: {error}", file=sys.stderr)
-        return 2
+        return _refuse(args, str(error))
     finally:
         if args.lock_file is not None:
             # The automatic hub ends after its server: nobody can be waiting on the lock.
@@ -115,7 +121,37 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--secret-stdin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--watch-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--lock-file", type=Path, help=argparse.SUPPRESS)
+    # Say why the hub cannot start on standard output (``error <why>``), for its starter.
+    parser.add_argument("--refusal-on-stdout", action="store_true", help=argparse.SUPPRESS)
+    # PORT=ADDRESS, once per port the server listens on through SO_REUSEPORT (``port_claim``);
+    # the server is the one whose master is --watch-pid.
+    parser.add_argument(
+        "--claim-port", action="append", default=[], type=_port_and_address, help=argparse.SUPPRESS
+    )
     return parser
+
+
+def _port_and_address(text: str) -> tuple[int, str]:
+    port, sep, address = text.partition("=")
+    if not sep or not port.isdigit() or not address:
+        raise argparse.ArgumentTypeError(f"{text}: expected PORT=ADDRESS")
+    return int(port), address
+
+
+def _claim_ports(args: argparse.Namespace) -> PortClaims:
+    if args.claim_port and args.watch_pid is None:
+        raise HubConfigError("--claim-port needs --watch-pid, the server's master")
+    return claim_ports(args.watch_pid or 0, dict(args.claim_port))
+
+
+def _refuse(args: argparse.Namespace, reason: str) -> int:
+    """Say why the hub cannot start: to its starter on standard output (a worker, which
+    reports it as its server's reason not to start), or on standard error."""
+    if args.refusal_on_stdout:
+        print(f"error {' '.join(reason.split())}", flush=True)
+    else:
+        print(f"trio-chat-hub: {reason}", file=sys.stderr)
+    return 2
 
 
 def _positive_seconds(text: str) -> float:

@@ -4,6 +4,10 @@ Workers call ``connect_or_start`` at startup and after losing the hub. Under an 
 on the server's lock file, the first one finds no hub answering, starts one and waits until it
 listens; the others then find it answering. Everything here blocks: it runs in a thread of the
 Trio bridge.
+
+The hub claims its server's ports (``hub.port_claim``) and opens its store before it listens;
+if it cannot (another server has the port, or the data folder), it says why in one line, and
+``HubRefused`` carries that line up to the worker's startup, which fails with it.
 """
 
 from __future__ import annotations
@@ -39,11 +43,16 @@ _PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
 # but one that dies first is reaped here rather than left a zombie.
 _started: list[subprocess.Popen[bytes]] = []
 # When a hub this process started last failed to start (``time.monotonic``), and why.
-_last_failure: tuple[float, str] | None = None
+_last_failure: tuple[float, HubStartError] | None = None
 
 
 class HubStartError(Exception):
     pass
+
+
+class HubRefused(HubStartError):
+    """The hub would not start, and said why: its server must not start either (another
+    server has its port or its data folder, or a setting is wrong)."""
 
 
 def connect_or_start(endpoint: Endpoint, settings: Settings) -> HubClient:
@@ -89,13 +98,13 @@ def _exclusive_lock(path: Path):  # type: ignore[no-untyped-def]
 def _start_hub_unless_it_just_failed(endpoint: Endpoint, settings: Settings) -> None:
     global _last_failure
     if _last_failure is not None:
-        failed_at, reason = _last_failure
+        failed_at, failure = _last_failure
         if time.monotonic() - failed_at < HUB_RESTART_BACKOFF_SECONDS:
-            raise HubStartError(f"{reason} (not tried again yet)")
+            raise type(failure)(f"{failure} (not tried again yet)")
     try:
         _start_hub(endpoint, settings)
     except HubStartError as error:
-        _last_failure = (time.monotonic(), str(error))
+        _last_failure = (time.monotonic(), error)
         raise
     _last_failure = None
 
@@ -126,7 +135,10 @@ def _start_hub(endpoint: Endpoint, settings: Settings) -> None:
         "--data-dir",
         str(settings.data_dir.absolute()),
         "--secret-stdin",
+        "--refusal-on-stdout",
     ]
+    for port, address in endpoint.claimed_ports:
+        command += ["--claim-port", f"{port}={address}"]
     if logger.isEnabledFor(logging.DEBUG):
         # The hub logs to our stderr; it is as talkative as we are asked to be about it.
         command += ["--log-level", "DEBUG"]
@@ -150,9 +162,12 @@ def _start_hub(endpoint: Endpoint, settings: Settings) -> None:
     with process.stdout:
         readable, _, _ = select.select([process.stdout], [], [], HUB_START_TIMEOUT_SECONDS)
         line = process.stdout.readline() if readable else b""
-    if line.strip() != b"ready":
+    answer = line.decode(errors="replace").strip()
+    if answer != "ready":
         process.kill()
         process.wait()
+        if answer.startswith("error "):
+            raise HubRefused(answer.removeprefix("error "))
         raise HubStartError(
             f"the hub process did not start (exit code {process.returncode}); see its log above"
         )
