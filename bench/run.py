@@ -82,6 +82,8 @@ class ServerSpec:
     args: tuple[str, ...]
     #: Environment variables set for this server, over the caller's and TRIO_CHAT_RATE=0.
     env: tuple[tuple[str, str], ...] = ()
+    #: The folder it starts from: this checkout, or another one (``metrics_cost.py``).
+    root: Path = ROOT
 
     def command(self, port: int) -> list[str]:
         return [sys.executable, "-m", "hypercorn", *self.args, "-b", f"127.0.0.1:{port}"]
@@ -132,7 +134,7 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 spec.command(self.port),
-                cwd=ROOT,
+                cwd=spec.root,
                 env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
