@@ -19,6 +19,8 @@ const MORE_REASONS = { 1005: 'closed without a code', other: 'codes of the clien
 const PROBLEMS = {
   403: ['forbidden', 'Forbidden: this address may not read the server’s figures (TRIO_CHAT_METRICS limits them to an allowlist).'],
   404: ['off', 'The server’s figures are turned off (TRIO_CHAT_METRICS=off).'],
+  // The worker that answered cannot reach the hub, which adds up every worker's figures.
+  503: ['unreachable', 'The server cannot add up its figures right now: its hub cannot be reached.'],
 };
 
 const whole = new Intl.NumberFormat('en', { maximumFractionDigits: 0 });

@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ PROCESS_FAMILIES = {
 # Pids of the fake /proc: two workers of this server (children of this process's parent, as
 # Hypercorn's workers are of its master), one of another machine's, and a hub.
 WORKER_A, WORKER_B, ELSEWHERE, HUB = 40001, 40002, 40003, 40010
+HUB_COMMAND = ("/usr/bin/python3", "-m", "trio_chat.hub", "--listen", "unix:/run/hub.sock")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BOOT_TIME = 1_700_000_000
@@ -132,9 +133,19 @@ class FakeProc:
         self.root = root
         (root / "stat").write_text(f"cpu  1 2 3 4\nbtime {BOOT_TIME}\n")
 
-    def add(self, pid: int, parent: int, *, rss_pages: int, cpu_ticks: int, fds: int) -> None:
+    def add(
+        self,
+        pid: int,
+        parent: int,
+        *,
+        rss_pages: int,
+        cpu_ticks: int,
+        fds: int,
+        cmdline: Sequence[str] = ("python", "-c", "from multiprocessing.spawn import ..."),
+    ) -> None:
         folder = self.root / str(pid)
         (folder / "fd").mkdir(parents=True)
+        (folder / "cmdline").write_bytes(b"".join(a.encode() + b"\0" for a in cmdline))
         for fd in range(fds):
             (folder / "fd" / str(fd)).touch()
         # After "(comm)": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
@@ -159,7 +170,7 @@ def proc(tmp_path: Path) -> FakeProc:
     proc.add(WORKER_A, os.getppid(), rss_pages=1000, cpu_ticks=3 * CLOCK_TICKS, fds=7)
     proc.add(WORKER_B, os.getppid(), rss_pages=2000, cpu_ticks=5 * CLOCK_TICKS, fds=9)
     proc.add(ELSEWHERE, os.getpid(), rss_pages=1, cpu_ticks=1, fds=1)
-    proc.add(HUB, 1, rss_pages=500, cpu_ticks=CLOCK_TICKS, fds=4)
+    proc.add(HUB, 1, rss_pages=500, cpu_ticks=CLOCK_TICKS, fds=4, cmdline=HUB_COMMAND)
     return proc
 
 
@@ -401,6 +412,32 @@ def test_a_worker_that_is_not_a_sibling_has_no_process_metrics(proc: FakeProc) -
     assert workers == {str(WORKER_A), str(WORKER_B)}
     # Its chat figures are the server's all the same.
     assert values(rendered["trio_chat_connections"]) == {NO_LABELS: 8}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("/usr/bin/python3", "-m", "trio_chat.hub", "--secret-stdin"),
+        ("/usr/bin/python3", "/srv/chat/.venv/bin/trio-chat-hub"),
+    ],
+)
+def test_the_hub_is_known_by_its_command_line(proc: FakeProc, command: Sequence[str]) -> None:
+    proc.add(HUB + 1, 1, rss_pages=77, cpu_ticks=1, fds=1, cmdline=command)
+    figures = ServerFigures((), RETIRED, rooms=0, hub_pid=HUB + 1)
+
+    rss = values(families(figures, proc)["process_resident_memory_bytes"])
+
+    assert rss == {frozenset({("process", "hub")}): 77 * PAGE_SIZE}
+
+
+def test_a_hub_on_another_machine_has_no_process_metrics(proc: FakeProc) -> None:
+    # A hub started by hand elsewhere (tcp://): its pid here is some other process.
+    figures = ServerFigures(FIGURES.workers, RETIRED, rooms=4, hub_pid=ELSEWHERE)
+
+    rendered = families(figures, proc)
+
+    processes = {dict(labels)["process"] for labels in values(rendered["process_open_fds"])}
+    assert processes == {"worker"}
 
 
 def test_a_process_gone_since_it_reported_is_left_out(proc: FakeProc) -> None:

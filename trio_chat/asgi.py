@@ -143,14 +143,18 @@ class ChatApp:
         return verdict is Verdict.ALLOWED
 
     async def _metrics(self, scope: Scope, send: Send) -> None:
-        """The whole server's figures, whichever worker takes the scrape."""
+        """The whole server's figures, whichever worker takes the scrape; 503 while the hub
+        cannot be reached (the whole server's figures cannot be had, and this worker's alone
+        would make the counters look reset)."""
         worker = _worker(scope)
         assert worker is not None  # _metrics_allowed answered 503 otherwise.
-        figures = await worker.server_figures()
-        # Rendered here, in the worker's Trio thread: about 2 ms of CPU with four workers and
-        # the hub's process metrics (measured), once per scrape (every 15 s or so): not worth
-        # a thread, and threads stay in the hub bridge.
-        body = exposition.render(figures)
+        head = scope["method"] == "HEAD"
+        try:
+            figures = await worker.server_figures()
+        except HubUnavailable:
+            await send_error(send, 503, "Service Unavailable: the hub cannot be reached", head=head)
+            return
+        body = await worker.render_metrics(figures)
         await send_response(
             send,
             200,
@@ -159,7 +163,7 @@ class ChatApp:
             # Which worker answered: the figures are the whole server's whichever it was, and
             # this says so to whoever checks (the end-to-end tests do).
             headers=[(b"cache-control", b"no-store"), (WORKER_HEADER, str(worker.pid).encode())],
-            head=scope["method"] == "HEAD",
+            head=head,
         )
 
 

@@ -64,6 +64,9 @@ KNOWN_ERROR_CODES = tuple(sorted(code.value for code in ErrorCode))
 KNOWN_REFUSAL_REASONS = ("not_serving", "origin", "too_many_connections", "unknown_path")
 
 PROC = "/proc"
+#: How a hub process's command line names it.
+HUB_MODULE = b"trio_chat.hub"
+HUB_SCRIPT = b"trio-chat-hub"
 
 K = TypeVar("K", str, int)
 
@@ -215,12 +218,13 @@ class ServerProcessesCollector(Collector):
             for report in figures.workers
             if _is_sibling_worker(report.pid, proc)
         ]
-        if figures.hub_pid is not None:
+        if figures.hub_pid is not None and _is_hub(figures.hub_pid, proc):
             self._processes.append((figures.hub_pid, {"process": "hub"}))
 
     def collect(self) -> Iterator[Metric]:
-        # Read in the worker's Trio thread: /proc files are made by the kernel on reading,
-        # with no disk behind them, so they never block for long.
+        # /proc files are made by the kernel on reading, with no disk behind them; counting a
+        # process's file descriptors still takes milliseconds when it has thousands, so the
+        # worker renders in a thread (``Worker.render_metrics``).
         families: dict[str, Metric] = {}
         for pid, labels in self._processes:
             # registry=None: a reader of one pid's /proc, not registered anywhere.
@@ -243,6 +247,19 @@ def _constant(pid: int) -> Callable[[], int]:
 def _is_sibling_worker(pid: int, proc: str) -> bool:
     """Whether ``pid`` is this process or another child of its parent (Hypercorn's master)."""
     return pid == os.getpid() or _parent_pid(pid, proc) == os.getppid()
+
+
+def _is_hub(pid: int, proc: str) -> bool:
+    """Whether ``pid`` is a trio_chat hub on this machine. A hub started by hand may be on
+    another machine (``tcp://``), and its pid here an unrelated process."""
+    try:
+        with open(os.path.join(proc, str(pid), "cmdline"), "rb") as cmdline:
+            arguments = cmdline.read().split(b"\0")
+    except OSError:
+        return False
+    # ``python -m trio_chat.hub`` (the automatic hub, or by hand), or the ``trio-chat-hub``
+    # script.
+    return HUB_MODULE in arguments or any(a.endswith(HUB_SCRIPT) for a in arguments)
 
 
 def _parent_pid(pid: int, proc: str) -> int | None:
