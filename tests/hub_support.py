@@ -131,9 +131,10 @@ class JoinedWorker:
 
 
 @asynccontextmanager
-async def joined(hub: Hub) -> AsyncIterator[JoinedWorker]:
-    """A worker joined to ``hub`` until the block ends (or ``leave``)."""
-    recorder = Recorder()
+async def joined(hub: Hub, recorder: Recorder | None = None) -> AsyncIterator[JoinedWorker]:
+    """A worker joined to ``hub`` until the block ends (or ``leave``); ``recorder``: its
+    listener, if not a new one (one that counted things before, with another hub)."""
+    recorder = recorder or Recorder()
     async with trio.open_nursery() as nursery:
         with trio.fail_after(DEADLINE_SECONDS):
             link = await nursery.start(hub.run, recorder)

@@ -262,7 +262,7 @@ async def test_the_worker_reports_its_figures_while_joined(
         with trio.fail_after(DEADLINE_SECONDS):
             while True:  # Reports come on a real timer: no event says when.
                 reported = backend.core.exchange_figures(anyone).workers[1:]
-                if reported:
+                if reported and reported[0].connections == 3:
                     break
                 await trio.sleep(0.01)
         assert reported[0].pid == worker.recorder.pid
@@ -464,8 +464,14 @@ class ScriptedMembership:
     def exchange_figures(self, report: WorkerReport) -> ServerFigures:
         if self.failure is not None:
             raise self.failure
-        self.reports.append(report)
+        with self._changed:
+            self.reports.append(report)
+            self._changed.notify_all()
         return ServerFigures((report,), Counts(), rooms=None, hub_pid=None)
+
+    def wait_for_reports(self, count: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.reports) >= count, DEADLINE_SECONDS)
 
     def final_figures(self, report: WorkerReport) -> None:
         self.final_report = report
@@ -536,6 +542,31 @@ async def test_a_dropped_worker_rejoins_with_its_connections_and_place_and_tells
         assert worker.recorder.figures.hub_reconnects == 1
     assert backend.memberships[1].left
     assert backend.memberships[1].final_report == worker.recorder.report()
+
+
+async def test_the_worker_reports_as_it_joins_and_at_once_after_each_rejoin() -> None:
+    """The first report a hub gets of a worker is its baseline there: a new worker's is all
+    zeros (sent before it serves anyone), and a new hub gets one as soon as the worker is
+    back."""
+    backend = ScriptedBackend()
+    recorder = Recorder()
+    recorder.connections = 2
+    async with trio.open_nursery() as nursery:
+        link = await nursery.start(scripted_hub(backend).run, recorder)
+        first = backend.memberships[0]
+        # In before ``run`` started: nothing counted yet, and the link up.
+        [joined_report] = first.reports
+        assert joined_report.counts == Counts()
+        assert (joined_report.pid, joined_report.connections) == (recorder.pid, 2)
+        assert joined_report.hub_up
+
+        recorder.figures.frames_sent += 5
+        first.put(None)  # The hub dropped the worker (say, a new hub took its place).
+        await wait_for_joins(backend, 2)
+        await trio.to_thread.run_sync(backend.memberships[1].wait_for_reports, 1)
+        assert backend.memberships[1].reports[0].counts.frames_sent == 5
+        assert link.connected
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_rejoin_that_continues_the_log_tells_the_clients_nothing() -> None:

@@ -66,6 +66,8 @@ class RecordingMembership:
         #: Each update made: its bodies, its presence changes, and when.
         self.updates: list[tuple[list[str], dict[Member, str | None]]] = []
         self.update_times: list[float] = []
+        #: What ``update`` says the hub took of its bodies (None: it does not say).
+        self.accepted: int | None = None
         self._updated = trio.Event()
 
     def bodies(self) -> list[list[str]]:
@@ -74,13 +76,14 @@ class RecordingMembership:
     def fetch(self, max_frames: int) -> Fetched | None:
         raise AssertionError("the publisher never fetches")
 
-    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> int | None:
         if self.failure is not None:
             raise self.failure
         self.updates.append((list(bodies), dict(presence)))
         self.update_times.append(trio.current_time())
         self._updated.set()
         self._updated = trio.Event()
+        return self.accepted
 
     async def wait_for_updates(self, count: int) -> None:
         """Until ``count`` updates in all have been made."""
@@ -165,6 +168,20 @@ async def test_bodies_submitted_during_a_round_trip_share_the_next_one_in_order(
         await trio.testing.wait_all_tasks_blocked()
 
         assert membership.bodies() == [["0"], [str(n) for n in range(1, 20)]]
+
+
+async def test_only_bodies_the_hub_took_in_its_order_count_as_published(
+    membership: RecordingMembership, calls: CallsInTrio
+) -> None:
+    async with publishing(membership, calls) as publisher:
+        await publisher.publish("all of it")  # A backend that does not say: all count.
+        assert publisher.figures.messages_published == 1
+        membership.accepted = 0  # The hub dropped it (not a chat body of a room).
+        await publisher.publish("dropped")
+        assert publisher.figures.messages_published == 1
+        membership.accepted = 1
+        await publisher.publish("taken")
+        assert publisher.figures.messages_published == 2
 
 
 async def test_round_trips_beyond_the_burst_are_paced_and_carry_what_waited(

@@ -572,3 +572,16 @@ def test_every_batch_is_observed_once_however_many_subscribers_get_it() -> None:
         for subscriber in (first, second, third):
             drain(subscriber)
         assert lags(fanout)[0] == 5
+
+
+def test_a_lag_from_a_hub_clock_ahead_of_ours_is_observed_as_zero() -> None:
+    """With Redis, the hub's time is another host's clock: a little ahead, it would make the lag
+    negative."""
+    fanout = Fanout(buffer_size=8, wall_clock=WallClock(10.0))
+    with fanout.subscribe(never) as subscriber:
+        enter(fanout, subscriber, "a")
+        fanout.broadcast([timed_message("a", "from the future", 10_250)])
+        take_one(subscriber)
+        figures = fanout.lag.figures()
+        assert (figures.count, figures.sum) == (1, 0.0)
+        assert figures.counts[0] == 1  # In the lowest bucket.

@@ -14,21 +14,26 @@ the rest), so there the tests check that each frame carries its room instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from subprocess import PIPE
+from typing import Any, Protocol
 
 import psutil
 import pytest
 import trio
+import trio.testing
 
 from trio_chat.config import Settings
+from trio_chat.hub.core import HubCore
 from trio_chat.hub_address import Endpoint
 from trio_chat.hub_link import Hub
-from trio_chat.hub_link.interface import Older, Snapshot
+from trio_chat.hub_link.interface import LEASE_SECONDS, Older, Snapshot
 from trio_chat.hub_link.local import LocalHub
 from trio_chat.hub_link.manager.client import HubClient
 from trio_chat.hub_link.manager.hub import ManagerHub
@@ -38,12 +43,14 @@ from trio_chat.hub_link.redis.hub import (
     RedisHub,
     server_name,
 )
+from trio_chat.metrics.board import LAPSED_KEPT_SECONDS
 from trio_chat.metrics.figures import (
     HUB_ROUND_TRIP_BUCKETS,
     Counts,
     HistogramFigures,
     ServerFigures,
     WorkerReport,
+    read_process_start,
 )
 from trio_chat.protocol import frame_room, message_id
 
@@ -630,6 +637,63 @@ async def test_every_worker_gets_the_whole_servers_figures_and_a_leaver_is_folde
         assert steady_counts(figures.totals) == steady_counts(a.recorder.report().counts + final)
 
 
+async def test_a_worker_new_to_the_hub_counts_from_its_first_report(make_hub: HubMaker) -> None:
+    """As when it re-joins a new hub (the automatic hub restarted, Redis's figures expired):
+    what it counted before is not new, so the whole server's counters start again near 0 (a
+    reset Prometheus understands) instead of jumping by every worker's whole counts."""
+    veteran = Recorder()
+    fill(veteran, 1_000, 50, connections=2)  # Counted while linked to the hub before.
+    before = veteran.report().counts
+    async with joined(make_hub(), veteran) as a:
+        # Its report as it joined is its baseline.
+        figures = await a.link.exchange_figures(a.recorder.report())
+        [shown] = figures.workers
+        assert steady_counts(shown.counts) == steady_counts(Counts())
+        assert figures.connections == 2
+        fill(a.recorder, 3, 4, connections=2)
+        figures = await a.link.exchange_figures(a.recorder.report())
+        assert figures.totals.messages_published == 3
+        assert steady_counts(figures.totals) == steady_counts(a.recorder.report().counts - before)
+    async with joined(make_hub()) as b:
+        # It left with what it counted here, and no more.
+        figures = await b.link.exchange_figures(b.recorder.report())
+        assert figures.retired.messages_published == 3
+        assert figures.retired.frames_sent == 4
+
+
+async def test_a_worker_of_this_machine_that_died_is_dropped_at_once_by_the_manager_hub(
+    make_hub: HubMaker,
+) -> None:
+    """The manager hub sees its workers' processes (its own machine: the automatic hub's
+    always are); other hubs keep a silent worker until its lease runs out."""
+    process = await trio.lowlevel.open_process([sys.executable, "-c", "input()"], stdin=PIPE)
+    try:
+        start = read_process_start(process.pid)
+        assert start is not None
+        async with joined(make_hub()) as a:
+            await a.link.exchange_figures(WorkerReport(process.pid, 0, True, Counts(), start))
+            figures = await a.link.exchange_figures(
+                WorkerReport(process.pid, 3, True, Counts(messages_published=4), start)
+            )
+            assert [w.pid for w in figures.workers] == sorted([a.recorder.pid, process.pid])
+            process.kill()
+            await process.wait()
+
+            figures = await a.link.exchange_figures(a.recorder.report())
+            if make_hub.name == "manager":
+                assert [w.pid for w in figures.workers] == [a.recorder.pid]
+                assert figures.retired.messages_published == 4
+                assert figures.connections == 0
+            else:
+                assert [w.pid for w in figures.workers] == sorted([a.recorder.pid, process.pid])
+                assert figures.connections == 3
+            assert figures.totals.messages_published == 4
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
 def steady_counts(counts: Counts) -> Counts:
     """Counts but for the hub round trips, which a worker's link adds to whenever it updates
     the hub (a presence change, Redis's heartbeat)."""
@@ -642,43 +706,168 @@ def steady(reports: Sequence[WorkerReport]) -> list[WorkerReport]:
     return [dataclasses.replace(r, counts=steady_counts(r.counts)) for r in reports]
 
 
+# The books every hub keeps of its workers' figures (``metrics.board``'s rules), driven by hand
+# with made-up workers: ``LocalHub``'s on Trio's clock, ``HubCore``'s (the manager hub's) on a
+# clock of the test's, and ``lua/figures.lua`` on Redis's own clock.
+
+
+class Books(Protocol):
+    def report(self, report: WorkerReport) -> ServerFigures: ...
+
+    def final(self, report: WorkerReport) -> None: ...
+
+    def past_lease(self) -> None:
+        """The next call comes after the lease of every worker ran out."""
+
+    def past_lapsed_kept(self) -> None:
+        """The next call comes after every worker silent past its lease was forgotten."""
+
+
+class LocalBooks:
+    def __init__(self, clock: trio.testing.MockClock) -> None:
+        self.hub = LocalHub()
+        self._clock = clock
+
+    def report(self, report: WorkerReport) -> ServerFigures:
+        return self.hub.exchange_figures(report)
+
+    def final(self, report: WorkerReport) -> None:
+        self.hub.board.leave(report.pid, report, trio.current_time())
+
+    def past_lease(self) -> None:
+        self._clock.jump(LEASE_SECONDS + 1)
+
+    def past_lapsed_kept(self) -> None:
+        self._clock.jump(LAPSED_KEPT_SECONDS + 1)
+
+
+class CoreBooks:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.core = HubCore(mailbox_size=8, history_size=8, monotonic=lambda: self.now)
+
+    def report(self, report: WorkerReport) -> ServerFigures:
+        return self.core.exchange_figures(report)
+
+    def final(self, report: WorkerReport) -> None:
+        self.core.final_figures(report)
+
+    def past_lease(self) -> None:
+        self.now += LEASE_SECONDS + 1
+
+    def past_lapsed_kept(self) -> None:
+        self.now += LAPSED_KEPT_SECONDS + 1
+
+
+class RedisBooks:
+    """Redis's clock cannot be moved: a call made with a lease (and a time kept) of less than
+    nothing sees every worker past it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.backend = RedisBackend(settings)
+        self._past_lease = RedisBackend(settings, lease_seconds=-0.001)
+        self._past_kept = RedisBackend(settings, lease_seconds=-0.001, lapsed_kept_seconds=-0.001)
+        self._next = self.backend
+
+    def report(self, report: WorkerReport) -> ServerFigures:
+        backend, self._next = self._next, self.backend
+        return backend.figures("report", report)
+
+    def final(self, report: WorkerReport) -> None:
+        backend, self._next = self._next, self.backend
+        backend.figures("final", report)
+
+    def past_lease(self) -> None:
+        self._next = self._past_lease
+
+    def past_lapsed_kept(self) -> None:
+        self._next = self._past_kept
+
+
+def worker_report(pid: int, published: int, connections: int = 1) -> WorkerReport:
+    return WorkerReport(pid, connections, True, Counts(messages_published=published))
+
+
+def seen(figures: ServerFigures) -> list[tuple[int, bool, int]]:
+    """Each worker shown: its pid, whether its hub link is up, its connections."""
+    return [(w.pid, w.hub_up, w.connections) for w in figures.workers]
+
+
+def published(figures: ServerFigures) -> tuple[int, int]:
+    return figures.retired.messages_published, figures.totals.messages_published
+
+
+def keep_the_books(books: Books) -> None:
+    # A worker counts from the first report the hub gets of it (a new one's is all zeros).
+    figures = books.report(worker_report(1, 1_000_000, connections=3))
+    assert (seen(figures), published(figures)) == ([(1, True, 3)], (0, 0))
+    books.report(worker_report(2, 0))
+    figures = books.report(worker_report(1, 1_000_005, connections=3))
+    assert (seen(figures), published(figures)) == ([(1, True, 3), (2, True, 1)], (0, 5))
+    late = books.report(worker_report(1, 1_000_004, connections=9))  # Overtaken: ignored.
+    assert (seen(late), published(late)) == ([(1, True, 3), (2, True, 1)], (0, 5))
+
+    # Silent past its lease, a worker shows its hub link down, its clients still there...
+    books.past_lease()
+    figures = books.report(worker_report(2, 1))
+    assert (seen(figures), published(figures)) == ([(1, False, 3), (2, True, 1)], (0, 6))
+    # ...until it reports again, counted once.
+    figures = books.report(worker_report(1, 1_000_007, connections=3))
+    assert (seen(figures), published(figures)) == ([(1, True, 3), (2, True, 1)], (0, 8))
+
+    # Forgotten after a while: its gauges go, its counts are retired, and should it report
+    # again, that report is its baseline (nothing counted twice).
+    books.past_lease()
+    books.report(worker_report(2, 1))
+    books.past_lapsed_kept()
+    figures = books.report(worker_report(2, 2))  # Forgotten too: this is its baseline.
+    assert (seen(figures), published(figures)) == ([(2, True, 1)], (8, 8))
+    assert published(books.report(worker_report(1, 1_000_010, connections=3))) == (8, 8)
+    figures = books.report(worker_report(1, 1_000_011, connections=3))
+    assert (seen(figures), published(figures)) == ([(1, True, 3), (2, True, 1)], (8, 9))
+
+    # A worker that leaves hands in its final counts, exactly however large.
+    books.report(WorkerReport(3, 0, True, Counts()))
+    books.report(WorkerReport(3, 0, True, Counts(bytes_sent=BIG - 1, frames_sent=BIG - 5)))
+    books.final(WorkerReport(3, 0, True, Counts(bytes_sent=BIG, frames_sent=BIG - 3)))
+    books.report(WorkerReport(4, 0, True, Counts()))
+    books.final(WorkerReport(4, 0, True, Counts(bytes_sent=BIG + 2)))
+    figures = books.report(worker_report(2, 2))
+    assert [w.pid for w in figures.workers] == [1, 2]
+    assert figures.retired.bytes_sent == 2 * BIG + 2
+    assert figures.retired.frames_sent == BIG - 3
+    assert figures.retired.messages_published == 8
+    late_one = books.report(WorkerReport(3, 0, True, Counts(bytes_sent=BIG - 1)))
+    assert [w.pid for w in late_one.workers] == [1, 2]  # Sent before it left: ignored.
+
+    # Another process with a worker's pid (it started at another time): the old one's counts
+    # are retired, the new one counts from its first report.
+    books.report(WorkerReport(6, 0, True, Counts(), process_start=100))
+    books.report(WorkerReport(6, 0, True, Counts(messages_published=30), process_start=100))
+    figures = books.report(WorkerReport(6, 0, True, Counts(), process_start=200))
+    assert published(figures) == (38, 39)
+    figures = books.report(WorkerReport(6, 0, True, Counts(messages_published=2), 200))
+    assert published(figures) == (38, 41)
+
+
+#: Above 1e15: more digits than Lua's cjson writes (14), fewer than a double holds exactly.
+BIG = 1_234_567_890_123_457
+
+
+async def test_the_in_process_hub_keeps_the_books(mock_clock: trio.testing.MockClock) -> None:
+    keep_the_books(LocalBooks(mock_clock))
+
+
+async def test_the_manager_hub_keeps_the_books() -> None:
+    keep_the_books(CoreBooks())
+
+
 @pytest.mark.process
-async def test_the_redis_script_keeps_the_figures_as_the_board_does(
-    tmp_path: Path, hub_settings: Settings
-) -> None:
-    """``lua/figures.lua`` by ``metrics.board``'s rules (``test_metrics_board.py``), on Redis's
-    own clock with a short lease."""
-    lease = 0.3
-
-    def report(pid: int, published: int, connections: int = 1) -> WorkerReport:
-        return WorkerReport(pid, connections, True, Counts(messages_published=published))
-
-    def published(figures: ServerFigures) -> tuple[list[int], int, int]:
-        pids = [worker.pid for worker in figures.workers]
-        return pids, figures.retired.messages_published, figures.totals.messages_published
-
+async def test_the_redis_hub_keeps_the_books(tmp_path: Path, hub_settings: Settings) -> None:
     async with redis_server(tmp_path) as server:
         settings = dataclasses.replace(hub_settings, hub=server.url)
-        backend = RedisBackend(settings, lease_seconds=lease)
-        backend.figures("report", report(1, 5))
-        assert published(backend.figures("report", report(2, 3, connections=4))) == ([1, 2], 0, 8)
-        late = backend.figures("report", report(2, 2, connections=9))  # Overtaken.
-        assert (published(late), late.connections) == (([1, 2], 0, 8), 5)
-
-        backend.figures("final", report(2, 4, connections=0))
-        assert published(backend.figures("report", report(1, 6))) == ([1], 4, 10)
-        assert published(backend.figures("report", report(2, 3))) == ([1], 4, 10)  # Late.
-
-        # Worker 1 falls silent: retired with its last report once its lease has run out...
-        with trio.fail_after(DEADLINE_SECONDS):
-            while True:  # Until Redis's clock is past the lease: no event announces it.
-                figures = backend.figures("report", report(3, 0))
-                if published(figures)[0] == [3]:
-                    break
-                await trio.sleep(lease / 4)
-        assert published(figures) == ([3], 10, 10)
-        # ...and counted once should it come back.
-        assert published(backend.figures("report", report(1, 7))) == ([1, 3], 4, 11)
-        assert backend.figures("report", report(3, 0)).rooms == 0
+        books = RedisBooks(settings)
+        keep_the_books(books)
+        assert books.report(worker_report(5, 0)).rooms == 0
         key = f"{settings.redis_prefix}:figures:{server_name()}"
-        assert 0 < backend._client.pttl(key) <= FIGURES_KEPT_SECONDS * 1000
+        assert 0 < books.backend._client.pttl(key) <= FIGURES_KEPT_SECONDS * 1000

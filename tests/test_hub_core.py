@@ -341,10 +341,21 @@ def test_the_manager_exposes_what_workers_call_and_the_core_serves() -> None:
     """The remote interface is written once (``HubClient``): each name the manager exposes is
     a method of the hub's core, taking the same arguments."""
     assert EXPOSED == (
-        "join", "current_epoch", "join_point", "leave", "update", "publish", "snapshot", "rooms",
+        "join", "current_epoch", "join_point", "leave", "update",
+        "update_and_count", "publish", "snapshot", "rooms",
         "older", "exchange_figures", "final_figures", "fetch", "statistics",
     )  # fmt: skip
     for name in EXPOSED:
         client_parameters = list(inspect.signature(getattr(HubClient, name)).parameters)
         core_parameters = list(inspect.signature(getattr(HubCore, name)).parameters)
         assert client_parameters == core_parameters[: len(client_parameters)], name
+
+
+def test_an_update_says_how_many_of_its_bodies_were_published() -> None:
+    """What a worker counts as published: the hub drops a body that is no room's chat body."""
+    core = hub_core(FakeClock())
+    mailbox = join_member(core, "w")
+    last_id, published = core.update_and_count(mailbox, [body("one"), "{}", body("two")])
+    assert (last_id, published) == (2, 2)
+    assert core.update_and_count(mailbox, ["not json"]) == (2, 0)
+    assert core.update(mailbox, [body("three")]) == 3

@@ -38,11 +38,14 @@ def test_the_hub_process_loads_neither_trio_nor_redis_nor_the_app() -> None:
     ] == []
 
 
-def test_threads_are_entered_in_one_module() -> None:
+def test_threads_are_entered_in_two_named_places() -> None:
+    """The hub bridge, whose calls block on the hub; and the rendering of ``/metrics``, whose
+    reading of ``/proc`` takes milliseconds with thousands of connections
+    (``Worker.render_metrics``)."""
     users = sorted(
         str(path.relative_to(PACKAGE))
         for path in PACKAGE.rglob("*.py")
         if "to_thread" in path.read_text()
     )
 
-    assert users == ["hub_link/bridge/threads.py"]
+    assert users == ["hub_link/bridge/threads.py", "worker.py"]

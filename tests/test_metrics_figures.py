@@ -7,9 +7,14 @@ hold to the bit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -24,6 +29,7 @@ from trio_chat.metrics.figures import (
     ServerFigures,
     WorkerFigures,
     WorkerReport,
+    read_process_start,
 )
 from trio_chat.protocol import CloseCode, ErrorCode
 
@@ -55,7 +61,12 @@ counts = st.builds(
     delivery_lag=histograms(DELIVERY_LAG_BUCKETS),
 )
 reports = st.builds(
-    WorkerReport, st.integers(1, 2**22), st.integers(0, 10**6), st.booleans(), counts
+    WorkerReport,
+    st.integers(1, 2**22),
+    st.integers(0, 10**6),
+    st.booleans(),
+    counts,
+    st.none() | st.integers(0, 2**40),
 )
 server_figures = st.builds(
     ServerFigures,
@@ -90,6 +101,36 @@ def test_a_sum_has_every_key_of_either_and_the_tally_adds(a: Counts, b: Counts) 
     for code, count in total.disconnects.items():
         assert count == a.disconnects.get(code, 0) + b.disconnects.get(code, 0)
     assert total.tally == a.tally + b.tally
+
+
+@given(counts, counts)
+def test_subtracting_what_was_added_gives_back_the_counts(a: Counts, b: Counts) -> None:
+    """A hub's baseline of a worker is taken off its later reports."""
+    difference = (a + b) - b
+    assert difference.tally == a.tally
+    # Keys under which nothing was counted are left out.
+    assert difference.disconnects == {k: v for k, v in a.disconnects.items() if v}
+    assert difference.frames_refused == {k: v for k, v in a.frames_refused.items() if v}
+    assert difference.hub_round_trip.counts == a.hub_round_trip.counts
+    assert difference.delivery_lag.sum == pytest.approx(a.delivery_lag.sum)
+
+
+@given(counts)
+def test_counts_less_themselves_are_zero(a: Counts) -> None:
+    nothing = a - a
+    assert nothing.tally == 0
+    assert (nothing.frames_refused, nothing.handshakes_refused, nothing.disconnects) == ({},) * 3
+    assert a - Counts() == dataclasses.replace(
+        a,
+        frames_refused={k: v for k, v in a.frames_refused.items() if v},
+        handshakes_refused={k: v for k, v in a.handshakes_refused.items() if v},
+        disconnects={k: v for k, v in a.disconnects.items() if v},
+    )
+
+
+def test_subtracting_histograms_of_other_bounds_is_refused() -> None:
+    with pytest.raises(ValueError, match="bounds"):
+        _ = HistogramFigures.empty((1.0,)) - HistogramFigures.empty((2.0,))
 
 
 def test_adding_histograms_of_other_bounds_is_refused() -> None:
@@ -174,6 +215,28 @@ def test_a_worker_report_is_what_was_counted_then_and_stays_so() -> None:
     assert report.counts.disconnects == {1013: 1}
     assert report.counts.delivery_lag.count == 1
     assert figures.report(7, 4, True).counts.tally > report.counts.tally
+    assert report.process_start is None  # Not this process's pid: its start is not known.
+
+
+def test_a_report_of_this_process_names_its_start_time() -> None:
+    report = WorkerFigures().report(pid=os.getpid(), connections=0, hub_up=True)
+    assert report.process_start is not None
+    assert report.process_start == read_process_start(os.getpid())
+    assert WorkerReport.from_json(json.loads(json.dumps(report.to_json()))) == report
+
+
+def test_the_start_time_of_a_process_that_is_gone_is_none(tmp_path: Path) -> None:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert process.wait(timeout=30) == 0
+    assert read_process_start(process.pid) is None
+    # A zombie (exited, not yet reaped) is gone too.
+    proc = tmp_path / "proc"
+    (proc / "5").mkdir(parents=True)
+    (proc / "5" / "stat").write_text("5 (a (b) c) Z 1 " + "0 " * 17 + "12345 0")
+    (proc / "6").mkdir()
+    (proc / "6" / "stat").write_text("6 (a (b) c) S 1 " + "0 " * 17 + "12345 0")
+    assert read_process_start(5, str(proc)) is None
+    assert read_process_start(6, str(proc)) == 12345
 
 
 def test_the_totals_are_the_retired_counts_and_every_live_workers() -> None:

@@ -8,7 +8,10 @@ The real clock runs; every wait is on a condition under a deadline.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,12 +20,13 @@ import pytest
 import redis
 import trio
 
+from trio_chat import hypercorn_worker
 from trio_chat.config import Settings
 from trio_chat.hub_address import HubConfigError
 from trio_chat.hub_link import HubUnavailable, open_hub
 from trio_chat.hub_link.bridge import Fetched
 from trio_chat.hub_link.interface import Older
-from trio_chat.hub_link.redis.hub import HubStateLost, RedisBackend, RedisHub
+from trio_chat.hub_link.redis.hub import HubStateLost, RedisBackend, RedisHub, server_name
 from trio_chat.protocol import message_id
 
 from hub_support import DEADLINE_SECONDS, ROOM, JoinedWorker, Recorder, body, joined
@@ -297,7 +301,10 @@ async def test_log_entries_name_their_room_and_bodies_of_no_room_get_no_id(
         backend = RedisBackend(Settings(hub=server.url))
         member = backend.join("writer", {}, 0, "")
         not_of_a_room = ['{"sender":"ann","message":"no room"}', body("ann", "x")[1:], "{}"]
-        member.update([body("ann", "red", "red"), *not_of_a_room, body("ann", "blue", "blue")], {})
+        published = member.update(
+            [body("ann", "red", "red"), *not_of_a_room, body("ann", "blue", "blue")], {}
+        )
+        assert published == 2  # What the publisher counts: the bodies given an id.
 
         frames = [json.loads(frame) for frame in message_frames(backend.read(10))]
         assert [(m["id"], m["room"], m["message"]) for m in frames] == [
@@ -544,3 +551,43 @@ async def test_a_history_far_over_its_count_is_trimmed_a_bounded_number_per_call
         assert client.xlen("trio_chat:history:red") == 10
         # Ids 1193 to 1202 are kept: red's last eight, then the two new ones.
         assert member.snapshot("red", None, None, 1, "").first_available == ids_of(red)[-8]
+
+
+# Whose figures: every server answering on one host's ports shares them
+
+
+class _Listening:
+    def __init__(self, *ports: int) -> None:
+        self.tcp_ports = [
+            hypercorn_worker.ListeningPort(port, f"0.0.0.0:{port}", shared=True) for port in ports
+        ]
+
+
+def test_a_servers_figures_are_named_by_its_host_and_tcp_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two servers sharing a port on one host (a rolling deploy) share one hash: a scrape of
+    that port gives the same figures whichever answers."""
+    host = socket.gethostname()
+    monkeypatch.setattr(hypercorn_worker, "current", lambda: _Listening(8443, 8000, 8000))
+    assert server_name() == f"{host}:tcp:8000,8443"
+    monkeypatch.setattr(hypercorn_worker, "current", lambda: _Listening())
+    master = multiprocessing.parent_process()
+    assert server_name() == f"{host}:pid:{os.getpid() if master is None else master.pid}"
+
+
+def test_outside_a_hypercorn_worker_a_servers_figures_are_named_by_its_master() -> None:
+    assert hypercorn_worker.current() is None  # A test run.
+    master = multiprocessing.parent_process()
+    expected = os.getpid() if master is None else master.pid
+    assert server_name() == f"{socket.gethostname()}:pid:{expected}"
+
+
+def test_a_worker_hypercorn_did_not_start_as_expected_names_its_figures_by_its_master(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def misshapen() -> None:
+        raise hypercorn_worker.HypercornWorkerError("not as expected")
+
+    monkeypatch.setattr(hypercorn_worker, "current", misshapen)
+    assert server_name().startswith(f"{socket.gethostname()}:pid:")

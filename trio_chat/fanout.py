@@ -19,13 +19,15 @@ would go past it when a batch arrives is evicted on the spot: it leaves the fan-
 channel is closed, its ``close_code`` becomes 1013 ("try again later") and its ``on_evict``
 callback runs with that code (the session then closes the connection with it). Memory per
 subscriber is therefore bounded, and nobody else waits. ``evict_all`` does the same to
-everyone at shutdown, with 1001.
+everyone at shutdown, with the code it is given (1001 when the server stops, 1012 when it
+restarts).
 
 Delivery lag (``lag``, a histogram of the worker's figures) is observed once per batch, never
 per recipient: a batch with a chat message in it is queued as a ``TimedBatch``, which knows the
 hub's time (``ts``) of its newest message and how many subscribers still hold it. Each one's
 ``taken`` (its writer has sent it, or it was dropped with an evicted or departed subscriber)
-counts down, and the last one observes the wall clock now minus that time. Batches of presence
+counts down, and the last one observes the wall clock now minus that time (at least 0: the
+hub's time may come from another host's clock, a little ahead of ours). Batches of presence
 frames alone, and batches queued for nobody, are not observed.
 """
 
@@ -96,7 +98,9 @@ class BatchTiming:
 
     def observe(self) -> None:
         """The last holder has let go (``Subscriber.taken`` counts ``holders`` down)."""
-        self._lag.observe(self._clock() - self.hub_seconds)
+        # Clamped: with the Redis hub the hub's time is another host's clock, which may be a
+        # little ahead of this one's; a lag is never negative.
+        self._lag.observe(max(0.0, self._clock() - self.hub_seconds))
 
 
 class TimedBatch(list[str]):

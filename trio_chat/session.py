@@ -460,18 +460,19 @@ class Session:
         channel = subscriber.receive_channel
         pacer = TokenBucket(BATCH_FRAMES_PER_SECOND, BATCH_BURST_FRAMES, clock=trio.current_time)
         async for item in channel:
-            due = pacer.next_token_at()
-            if trio.current_time() < due:
-                await subscriber.linger(due)  # Let more join this frame.
             items = [item]
-            waiting = queued_frames(item)
-            while waiting < MAX_FRAMES_PER_BATCH:
-                try:
-                    items.append(channel.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                waiting += queued_frames(items[-1])
+            # From here on every item received is let go of, even if cancelled while lingering.
             try:
+                due = pacer.next_token_at()
+                if trio.current_time() < due:
+                    await subscriber.linger(due)  # Let more join this frame.
+                waiting = queued_frames(item)
+                while waiting < MAX_FRAMES_PER_BATCH:
+                    try:
+                        items.append(channel.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    waiting += queued_frames(items[-1])
                 frames = [frame for each in items for frame in await fresh.frames_of(each)]
                 if frames:
                     pacer.spend()

@@ -137,7 +137,8 @@ class Worker:
         reading every process's ``/proc`` counts its file descriptors, and a worker with
         10,000 connections has as many, which takes milliseconds per process (measured: 16 ms
         for 20,000), too long for the Trio thread that serves the clients. Scrapes that share
-        an exchange (``server_figures``) share its rendering too.
+        an exchange (``server_figures``) share its rendering too. Not abandoned on
+        cancellation: a cancelled scrape waits the few milliseconds the rendering has left.
         """
         async with self._render_limiter:
             if self._rendered is None or self._rendered[0] is not figures:

@@ -9,7 +9,9 @@ says to wake, so a worker's reader never polls for frames and the housekeeper sl
 held-back presence frame is due.
 
 It also keeps the whole server's figures (a ``MetricsBoard``) from its workers' reports, under
-a lock of their own: a report never waits for publishing, nor publishing for a report.
+a lock of their own: a report never waits for publishing, nor publishing for a report. The
+board knows a worker of this machine by its pid and process start time, and retires one whose
+process is gone at once (a worker elsewhere only by its silence).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..hub_link.interface import (
     Snapshot,
 )
 from ..metrics.board import MetricsBoard
-from ..metrics.figures import ServerFigures, WorkerReport
+from ..metrics.figures import ServerFigures, WorkerReport, read_process_start
 from .state import DEFAULT_MAX_ROOMS, HubState, Wake
 from .store import MessageStore, Retention, StoreWriteError
 
@@ -93,7 +95,9 @@ class HubCore:
         self._ready: dict[str, threading.Condition] = {}
         self._fetch_linger = fetch_linger
         self._monotonic = monotonic
-        self._board = MetricsBoard(hub_pid=os.getpid())
+        # Its workers may be on this machine (the automatic hub's always are): those it sees
+        # here (their pid and start time) and whose process is gone are retired at once.
+        self._board = MetricsBoard(hub_pid=os.getpid(), process_start=read_process_start)
         self._board_lock = threading.Lock()
 
     @property
@@ -135,7 +139,18 @@ class HubCore:
         presence: Mapping[Member, str | None] | None = None,
     ) -> int:
         """Publish and apply presence changes (``HubState.update``); returns the last id."""
+        return self.update_and_count(mailbox_id, bodies, presence)[0]
+
+    def update_and_count(
+        self,
+        mailbox_id: str,
+        bodies: Sequence[str] = (),
+        presence: Mapping[Member, str | None] | None = None,
+    ) -> tuple[int, int]:
+        """``update``; returns the last id and how many of ``bodies`` were published (a body
+        that is not a chat body of a room is dropped): what the worker counts as published."""
         with self._lock:
+            before = self._state.last_id
             try:
                 last_id, wake = self._state.update(mailbox_id, bodies, presence)
             except StoreWriteError as error:
@@ -146,7 +161,7 @@ class HubCore:
                 raise
             self._note_store_health(None)
             self._wake(wake)
-            return last_id
+            return last_id, last_id - before
 
     def publish(self, bodies: Sequence[str]) -> int:
         """Publish from outside any worker (tools and tests)."""

@@ -234,6 +234,11 @@ class HubState:
         return (0, False) if mailbox is None else (mailbox.starts_after, mailbox.caught_up)
 
     @property
+    def last_id(self) -> int:
+        """The last message id given (0: none yet)."""
+        return self._sequencer.last_id
+
+    @property
     def durable(self) -> bool:
         """Whether messages are stored (then ``older`` only reads the store, from any thread)."""
         return self._store is not None

@@ -10,11 +10,14 @@ ends, and presence frames are never held back (no presence interval).
 
 The whole server's figures are a ``MetricsBoard`` here, on Trio's clock. It keys workers by pid,
 as every hub does: workers that share a ``LocalHub`` in one process (tests) must report pids of
-their own to be told apart.
+their own to be told apart. A worker's first report goes in as it joins, before it has served
+anyone: the board's baseline of it. Its workers are in its process, so never dead while it
+runs: one that stops reporting (a test's ``connected`` False) lapses, ``hub_up`` False.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -74,6 +77,9 @@ class LocalHub:
         self._listeners[mailbox_id] = listener
         try:
             self.deliver_all()
+            if self.connected:
+                # The board's baseline of it; joined, whatever the worker's link says yet.
+                self.exchange_figures(dataclasses.replace(listener.report(), hub_up=True))
             task_status.started(_LocalLink(self, mailbox_id, listener.figures))
             while True:
                 await trio.sleep(REPORT_INTERVAL_SECONDS)
@@ -115,8 +121,10 @@ class _LocalLink:
     async def publish(self, body: str) -> None:
         await trio.lowlevel.checkpoint()
         self._check_connected()
-        self._hub.state.update(self._mailbox_id, [body])
-        self._figures.messages_published += 1
+        before = self._hub.state.last_id
+        last_id, _ = self._hub.state.update(self._mailbox_id, [body])
+        # What the hub took in the order: a body it drops as bad is not published.
+        self._figures.messages_published += last_id - before
         self._hub.deliver_all()
 
     async def submit(self, body: str, on_failure: Callable[[], None]) -> None:

@@ -7,9 +7,12 @@ mode needs a directory wiped at startup and a hook for dead workers that Hyperco
 
 Invariants:
 
-- Counters are the server's totals (``ServerFigures.totals``: retired workers' counts plus every
-  live worker's), so they never go backwards when workers are replaced.
-- Gauges about one worker carry a ``worker`` label (its pid) and exist only while it lives.
+- Counters are the server's totals (``ServerFigures.totals``: retired workers' counts plus
+  what every known worker counted since the hub's first report of it), so they never go
+  backwards when workers are replaced.
+- Gauges about one worker carry a ``worker`` label (its pid) and exist while the hub knows the
+  worker: one it has not heard from for its lease shows ``trio_chat_hub_up`` 0 with its last
+  connections, until it is forgotten or known to be dead.
 - The codes and reasons that label counters are always present for the known ones (the close
   codes we send or see, every error frame code, every handshake refusal reason), at 0 until they
   happen, so that dashboards have series from the start and ``rate()`` sees the first one.
@@ -91,7 +94,7 @@ class FiguresCollector(Collector):
         totals = figures.totals
         yield GaugeMetricFamily(
             "trio_chat_connections",
-            "WebSocket sessions open now on the whole server (every live worker).",
+            "WebSocket sessions open now on the whole server (every worker the hub knows of).",
             value=figures.connections,
         )
         per_worker = GaugeMetricFamily(
@@ -111,7 +114,8 @@ class FiguresCollector(Collector):
         yield hub_up
         yield GaugeMetricFamily(
             "trio_chat_workers",
-            "Worker processes alive now that have reported their figures.",
+            "Worker processes the hub knows of: those reporting, and those it has not heard from "
+            "for its lease (trio_chat_hub_up 0) until it forgets them.",
             value=len(figures.workers),
         )
         if figures.rooms is not None:

@@ -1,12 +1,16 @@
 """What a server counts, as plain data: one worker's report, and the whole server's figures.
 
-Sans I/O and without Trio: the hub process imports it too. Everything here is picklable (the
-manager hub) and converts to and from plain JSON documents (the Redis hub keeps reports as
-JSON, and its Lua script adds them up: see ``lua/figures.lua``).
+Sans I/O (but for reading a process's start time, ``read_process_start``) and without Trio:
+the hub process imports it too. Everything here is picklable (the manager hub) and converts to
+and from plain JSON documents (the Redis hub keeps reports as JSON, and its Lua script adds
+them up: see ``lua/figures.lua``).
 
-Counts only ever grow within one worker process, so the sum of every worker's latest counts
-and what gone workers had counted (``ServerFigures.retired``) never goes backwards, however
-workers come and go. Gauges (connections, whether the hub is up) belong to live workers only.
+Counts only ever grow within one worker process. A hub counts each worker from the first report
+it gets of it (its baseline): what the worker counted after that (``Counts`` subtract). So the
+sum of every worker's counts since its baseline and what gone workers had counted
+(``ServerFigures.retired``) never goes backwards, however workers come and go, and a new hub
+starts from about 0 instead of from the live workers' whole counts. Gauges (connections,
+whether the hub is up) belong to the workers the hub knows, and go with them.
 Histograms keep non-cumulative bucket counts (the last one is the ``+Inf`` bucket); their upper
 bounds are Prometheus's ``le``: a value equal to a bound falls in that bound's bucket.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
@@ -40,6 +46,8 @@ DELIVERY_LAG_BUCKETS = (
 )  # fmt: skip
 
 K = TypeVar("K")
+
+PROC = "/proc"
 
 
 class Histogram:
@@ -80,6 +88,15 @@ class HistogramFigures:
             raise ValueError(f"cannot add histograms of bounds {self.bounds} and {other.bounds}")
         counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
         return HistogramFigures(self.bounds, counts, self.sum + other.sum)
+
+    def __sub__(self, other: HistogramFigures) -> HistogramFigures:
+        """What was observed after ``other`` (an earlier state of the same histogram)."""
+        if other.bounds != self.bounds:
+            raise ValueError(
+                f"cannot subtract histograms of bounds {self.bounds} and {other.bounds}"
+            )
+        counts = tuple(a - b for a, b in zip(self.counts, other.counts, strict=True))
+        return HistogramFigures(self.bounds, counts, self.sum - other.sum)
 
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, ``math.inf`` last; how many observations were at most that)."""
@@ -146,6 +163,21 @@ class Counts:
             delivery_lag=self.delivery_lag + other.delivery_lag,
         )
 
+    def __sub__(self, other: Counts) -> Counts:
+        """What was counted after ``other`` (an earlier report of the same worker): a hub's
+        baseline of a worker is taken off its reports."""
+        return Counts(
+            messages_published=self.messages_published - other.messages_published,
+            frames_sent=self.frames_sent - other.frames_sent,
+            bytes_sent=self.bytes_sent - other.bytes_sent,
+            hub_reconnects=self.hub_reconnects - other.hub_reconnects,
+            frames_refused=_subtract(self.frames_refused, other.frames_refused),
+            handshakes_refused=_subtract(self.handshakes_refused, other.handshakes_refused),
+            disconnects=_subtract(self.disconnects, other.disconnects),
+            hub_round_trip=self.hub_round_trip - other.hub_round_trip,
+            delivery_lag=self.delivery_lag - other.delivery_lag,
+        )
+
     @property
     def tally(self) -> int:
         """One number that grows whenever any count does: of two reports of one worker, the
@@ -208,6 +240,14 @@ def _add(a: Mapping[K, int], b: Mapping[K, int]) -> dict[K, int]:
     return total
 
 
+def _subtract(a: Mapping[K, int], b: Mapping[K, int]) -> dict[K, int]:
+    """Keys whose count did not change are left out: nothing was counted under them."""
+    difference = dict(a)
+    for key, count in b.items():
+        difference[key] = difference.get(key, 0) - count
+    return {key: count for key, count in difference.items() if count}
+
+
 def _mapping(document: Any, key_type: type[K]) -> dict[K, int]:
     # An empty object may come back from Lua as an empty list (cjson cannot tell them apart).
     if not document:
@@ -224,13 +264,21 @@ def _histogram_or_empty(
 
 @dataclasses.dataclass(frozen=True)
 class WorkerReport:
-    """One worker's figures as of now: its gauges and its counts."""
+    """One worker's figures as of now: its gauges and its counts.
+
+    In ``ServerFigures``, ``counts`` are what the worker counted since its hub's baseline of it,
+    and ``hub_up`` is False for a worker the hub has not heard from for its lease.
+    """
 
     pid: int
     #: Sessions subscribed now.
     connections: int
     hub_up: bool
     counts: Counts
+    #: When the worker's process started, in the kernel's clock ticks since boot
+    #: (``process_start``); None where unknown. With the pid it names the process on its
+    #: machine: a hub on the same machine can tell a worker that died from one cut off.
+    process_start: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -238,15 +286,18 @@ class WorkerReport:
             "connections": self.connections,
             "hub_up": self.hub_up,
             "counts": self.counts.to_json(),
+            "process_start": self.process_start,
         }
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> WorkerReport:
+        process_start = document.get("process_start")
         return cls(
             pid=int(document["pid"]),
             connections=int(document["connections"]),
             hub_up=bool(document["hub_up"]),
             counts=Counts.from_json(document["counts"]),
+            process_start=None if process_start is None else int(process_start),
         )
 
 
@@ -254,7 +305,9 @@ class WorkerReport:
 class ServerFigures:
     """The whole server's figures, as its hub has them."""
 
-    #: Live workers only, sorted by pid.
+    #: The workers the hub knows, sorted by pid: those reporting, and those silent past the
+    #: lease (``hub_up`` False) until the hub forgets them. Their counts are what they counted
+    #: since the hub's baseline of them.
     workers: tuple[WorkerReport, ...]
     #: What workers that are gone had counted.
     retired: Counts
@@ -265,7 +318,7 @@ class ServerFigures:
 
     @property
     def totals(self) -> Counts:
-        """Retired workers' counts and every live worker's."""
+        """Retired workers' counts and every known worker's (since its baseline)."""
         return sum((worker.counts for worker in self.workers), self.retired)
 
     @property
@@ -273,7 +326,8 @@ class ServerFigures:
         return sum(worker.connections for worker in self.workers)
 
     def with_report(self, report: WorkerReport) -> ServerFigures:
-        """These figures with ``report`` in place of its worker's older one (or added)."""
+        """These figures with ``report`` in place of its worker's older one (or added). Its
+        counts must be since the hub's baseline, like the others'."""
         others = [worker for worker in self.workers if worker.pid != report.pid]
         return dataclasses.replace(self, workers=sorted_by_pid([*others, report]))
 
@@ -351,4 +405,32 @@ class WorkerFigures:
         )
 
     def report(self, pid: int, connections: int, hub_up: bool) -> WorkerReport:
-        return WorkerReport(pid, connections, hub_up, self.counts())
+        """``process_start`` is filled in when ``pid`` is this process's."""
+        start = process_start(pid) if pid == os.getpid() else None
+        return WorkerReport(pid, connections, hub_up, self.counts(), start)
+
+
+@functools.cache
+def _started(pid: int, proc: str) -> int | None:
+    return read_process_start(pid, proc)
+
+
+def process_start(pid: int, proc: str = PROC) -> int | None:
+    """When this process (``pid``: its own) started (``read_process_start``), read once."""
+    return _started(pid, proc)
+
+
+def read_process_start(pid: int, proc: str = PROC) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``); None if
+    it has exited (a zombie included) or the system has no ``/proc``. The one I/O here."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as stat:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after
+            # the last ')'; the start time is the 22nd field, the 20th after comm.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    try:
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])
+    except (IndexError, ValueError):
+        return None

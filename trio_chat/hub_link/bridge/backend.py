@@ -50,8 +50,10 @@ class Membership(Protocol):
     def fetch(self, max_frames: int) -> Fetched | None:
         """Wait (up to a heartbeat) for frames; None once the hub has dropped this member."""
 
-    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
-        """Publish ``bodies`` in order and apply presence changes (None: gone)."""
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> int | None:
+        """Publish ``bodies`` in order and apply presence changes (None: gone). Returns how
+        many of the bodies the hub took in its order (it drops one that is not a chat body of
+        a room); None: the backend does not tell, and all of them count as published."""
 
     def snapshot(
         self, room: str, since: int | None, epoch: str | None, connection: int, name: str

@@ -6,7 +6,9 @@ hub dropped the worker, the link broke, the hub hangs), the worker re-joins with
 the names of all its connections, and tells the listener when messages may have been missed
 meanwhile. While the link is down, publishing and snapshots fail at once with
 ``HubUnavailable``. While joined, it sends the hub the worker's figures every
-``REPORT_INTERVAL_SECONDS``, and counts its re-joins.
+``REPORT_INTERVAL_SECONDS``, and counts its re-joins. Its first report goes as soon as it has
+joined, before ``run`` starts (so before the worker serves anyone: the hub's baseline of a new
+worker is all zeros), and again at once after every re-join (a new hub's baseline of it).
 
 Cancellation: a join is abandoned if cancelled or unanswered (``JOIN_TIMEOUT_SECONDS``; e.g. a
 shutdown while a hub is being started): a membership it may still make is dropped by the hub
@@ -18,6 +20,7 @@ and leaves, each within as long again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import TypeVar
@@ -89,13 +92,16 @@ class BridgedHub:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publisher.run)
             nursery.start_soon(self._report_figures, listener)
+            await self._report_joined(membership, listener)
             task_status.started(self)
             try:
                 rejoined = dropped = False
                 while True:
                     self._link_up(membership)
-                    if rejoined and (dropped or not membership.continuous):
-                        listener.messages_missed(membership.epoch)
+                    if rejoined:
+                        nursery.start_soon(self._report_joined, membership, listener)
+                        if dropped or not membership.continuous:
+                            listener.messages_missed(membership.epoch)
                     dropped = await self._reader.read_until_lost(membership, listener)
                     self._link_down()
                     if not self.backend.rejoin_replaces:
@@ -175,6 +181,20 @@ class BridgedHub:
                 pass  # The reader notices a broken link, and re-joins.
             except Exception:
                 logger.exception("event=figures_report_error")  # A bug: logged, and we go on.
+
+    async def _report_joined(self, membership: Membership, listener: HubListener) -> None:
+        """The worker's report as it has (re-)joined: the first a new hub gets of it, which is
+        its baseline there (``metrics.board``). The link is up, whatever the worker's link
+        attribute says yet. One the hub does not get is as good as the next."""
+        report = dataclasses.replace(listener.report(), hub_up=True)
+        try:
+            await self._threads.call(membership.exchange_figures, report)
+        except self.backend.link_errors:
+            pass  # The reader notices a broken link, and re-joins.
+        except HubUnavailable:
+            pass  # The hub did not answer: nor will the reader's fetches.
+        except Exception:
+            logger.exception("event=figures_report_error")  # A bug: logged, and we go on.
 
     async def _hand_in_figures(self, membership: Membership, listener: HubListener) -> None:
         """The worker's final report, within ``LEAVE_TIMEOUT_SECONDS``: should it not arrive,

@@ -166,14 +166,16 @@ class Publisher:
         try:
             deadline = min(self._leave_deadline, trio.current_time() + HUB_CALL_TIMEOUT_SECONDS)
             started = time.perf_counter()  # Real time, whatever clock Trio runs on.
+            accepted: int | None = None
             with trio.CancelScope(shield=True, deadline=deadline) as self._round_trip:
-                await self._threads.run_sync(membership.update, bodies, changes)
+                accepted = await self._threads.run_sync(membership.update, bodies, changes)
             if self._round_trip.cancelled_caught:
                 raise HubUnavailable("the hub did not answer")
             # One observation per round trip, whatever it carried (thread hops included: the
             # time a batch's senders wait).
             self.figures.hub_round_trip.observe(time.perf_counter() - started)
-            self.figures.messages_published += len(batch)
+            # What the hub took in its order: bodies it dropped as bad are not published.
+            self.figures.messages_published += len(batch) if accepted is None else accepted
         except Exception as error:
             # The changes go again with the next update (newer ones for the same connection
             # win), whether the reader re-joins meanwhile or only this call failed (a hub

@@ -68,6 +68,14 @@ class HubClient:
     ) -> int:
         return cast(int, self._hub.update(mailbox_id, list(bodies), dict(presence)))
 
+    def update_and_count(
+        self, mailbox_id: str, bodies: Sequence[str], presence: Mapping[Member, str | None]
+    ) -> tuple[int, int]:
+        """``update``, and how many of the bodies the hub took in its order (the others were
+        not chat bodies)."""
+        counted = self._hub.update_and_count(mailbox_id, list(bodies), dict(presence))
+        return cast("tuple[int, int]", counted)
+
     def publish(self, bodies: Sequence[str]) -> int:
         return cast(int, self._hub.publish(list(bodies)))
 

@@ -73,9 +73,9 @@ class _ManagerMembership:
         frames = self._client.fetch(self._mailbox_id, max_frames)
         return None if frames is None else Fetched(frames)
 
-    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> int:
         try:
-            self._client.update(self._mailbox_id, bodies, presence)
+            return self._client.update_and_count(self._mailbox_id, bodies, presence)[1]
         except StoreWriteError as error:
             # The hub is fine but could not store the bodies (a full disk, say): the senders
             # are told, as when the hub is out of reach, and this is no bug of ours to log.

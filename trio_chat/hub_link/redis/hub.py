@@ -23,10 +23,12 @@ runs atomically, so the one order, the rooms and the presence counts never race;
 - per **worker**: a hash of its members (``"<connection> <room>"`` -> name) and a lease,
   renewed by its heartbeat, so that the users of a host that died leave presence (in all their
   rooms) when its lease runs out;
-- per **server** (the workers of one Hypercorn master on one host): their figures, which each
-  worker hands in every second and gets its server's back (``lua/figures.lua``, the same books
-  as ``metrics.board``). Servers that share a Redis are one chat, but each reports its own
-  figures (Prometheus adds servers up); ``rooms`` is the chat's.
+- per **server address** (a host and the TCP ports its Hypercorn master listens on): the
+  figures of the workers answering there, which each worker hands in every second and gets
+  back for all of them (``lua/figures.lua``, the same books as ``metrics.board``). Servers
+  that share a Redis are one chat, but each address reports its own figures (Prometheus adds
+  targets up); two servers sharing a port on one host (a rolling deploy) share its figures,
+  so a scrape of that port gives the same whichever answers. ``rooms`` is the chat's.
 
 Routing: unlike the manager and in-process hubs, which give a worker only the frames of rooms
 it has a member in, one log cannot route by interest: every worker reads every room's frames,
@@ -46,6 +48,7 @@ re-join starts a new run of ids (epoch); every worker tells its clients.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -64,6 +67,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ... import hypercorn_worker
 from ...config import Settings
 from ...hub.state import EMPTY_ROOM_SECONDS
 from ...hub_address import HubConfigError, read_secret_file
@@ -138,6 +142,7 @@ class RedisBackend:
         *,
         lease_seconds: float = LEASE_SECONDS,
         empty_room_seconds: float = EMPTY_ROOM_SECONDS,
+        lapsed_kept_seconds: float = LAPSED_KEPT_SECONDS,
     ) -> None:
         password = None
         if settings.hub_secret_file is not None:
@@ -185,6 +190,7 @@ class RedisBackend:
             for name in ("join", "update", "snapshot", "leave", "figures")
         }
         self._server = server_name()
+        self._lapsed_kept = lapsed_kept_seconds
         #: Where the reader is in the log, and the last message id before it (None: not
         #: known): kept across memberships, so that a re-join reads on from there.
         self.position = ""
@@ -259,13 +265,14 @@ class RedisBackend:
             what,
             report.pid,
             report.counts.tally,
+            "-" if report.process_start is None else report.process_start,
             json.dumps(report.to_json(), separators=(",", ":")),
             int(FIGURES_KEPT_SECONDS * 1000),
-            int(LAPSED_KEPT_SECONDS * 1000),
+            int(self._lapsed_kept * 1000),
         )
-        rooms, retired, *live = reply
+        rooms, retired, *workers = reply
         return ServerFigures(
-            workers=sorted_by_pid(WorkerReport.from_json(json.loads(w)) for w in live),
+            workers=sorted_by_pid(_counted(*workers[i : i + 3]) for i in range(0, len(workers), 3)),
             retired=Counts.from_json(json.loads(retired)),
             rooms=int(rooms),
             hub_pid=None,
@@ -307,11 +314,30 @@ class RedisBackend:
         return Fetched(frames, missed)
 
 
+def _counted(state: str, baseline: str, report: str) -> WorkerReport:
+    """A worker as the script keeps it, as its server's figures show it: its counts since its
+    baseline, its hub link down if it has lapsed."""
+    newest = WorkerReport.from_json(json.loads(report))
+    counts = newest.counts - WorkerReport.from_json(json.loads(baseline)).counts
+    return dataclasses.replace(newest, counts=counts, hub_up=newest.hub_up and state == "live")
+
+
 def server_name() -> str:
-    """Names this worker's server: its host, and its Hypercorn master's pid (the worker's own
-    when it has no master)."""
+    """Names this worker's server by what a scrape reaches it at: its host and the TCP ports
+    its Hypercorn master listens on (``tcp:8000,8443``). Servers that share a Redis may share
+    a port on one host (a rolling deploy): they then share one hash of figures, so a scrape of
+    that port gives the same figures whichever of them answers. Outside a Hypercorn worker
+    process (or one with no TCP port): its master's pid (``pid:<n>``), or its own without a
+    master."""
+    try:
+        worker = hypercorn_worker.current()
+    except hypercorn_worker.HypercornWorkerError:
+        worker = None  # Its startup fails for that anyway (``lifespan``).
+    ports = sorted({listening.port for listening in worker.tcp_ports}) if worker else []
+    if ports:
+        return f"{socket.gethostname()}:tcp:{','.join(map(str, ports))}"
     master = multiprocessing.parent_process()
-    return f"{socket.gethostname()}:{os.getpid() if master is None else master.pid}"
+    return f"{socket.gethostname()}:pid:{os.getpid() if master is None else master.pid}"
 
 
 def _member(member: Member) -> str:
@@ -367,19 +393,20 @@ class _RedisMembership:
             return None
         return self._backend.read(max_frames)
 
-    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> None:
+    def update(self, bodies: Sequence[str], presence: Mapping[Member, str | None]) -> int:
         pairs = [
             item
             for member, name in presence.items()
             for item in (_member(member), _GONE if name is None else name)
         ]
-        last_id, due_ms = self._backend.call(
+        last_id, due_ms, published = self._backend.call(
             "update", self._label, self.epoch, self._seen(), len(bodies), *bodies, *pairs
         )
         if last_id < 0:
             raise self._state_lost()
         with self._lock:
             self._due_at = time.monotonic() + due_ms / 1000
+        return int(published)
 
     def snapshot(
         self, room: str, since: int | None, epoch: str | None, connection: int, name: str
