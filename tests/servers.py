@@ -173,12 +173,13 @@ async def hypercorn_server(
     *,
     shipped_config: bool = True,
     preexec_fn: Callable[[], None] | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[HypercornServer]:
     """``hypercorn -c hypercorn.toml -k trio -w N trio_chat:app`` on a free loopback port
     (without ``-c hypercorn.toml`` if not ``shipped_config``: Hypercorn's defaults).
     ``preexec_fn`` runs in the master before it starts (e.g. to set resource limits, which
-    its workers and their hub inherit)."""
-    port = free_port()
+    its workers and their hub inherit). ``port``: that one instead (another server's, say)."""
+    port = port or free_port()
     command = hypercorn_command(port, workers, args, shipped_config=shipped_config)
     environment = {**os.environ, **(env or {})}
     with contextlib.ExitStack() as cleanup:

@@ -1,7 +1,8 @@
 """End to end under ``hypercorn -c hypercorn.toml -k trio -w 4``: the server's life as an
 operator lives it. A stop (SIGTERM to the master) and a reload (SIGHUP) close every client at
 once instead of waiting out ``graceful_timeout``; a second server on a running one's port is
-refused; a server that cannot start says why in one line and exits with a failed status.
+refused unless both serve one chat (one Redis hub, one key prefix); a server that cannot start
+says why in one line and exits with a failed status.
 
 Localhost only, a free port per server, every wait bounded by ``trio.fail_after`` with the
 real clock, every process stopped at the end.
@@ -17,6 +18,7 @@ import pytest
 import trio
 
 from servers import (
+    MAX_CONNECTIONS_TO_REACH_EVERY_WORKER,
     SHIPPED_CONFIG,
     STARTUP_TIMEOUT_SECONDS,
     HypercornServer,
@@ -25,15 +27,17 @@ from servers import (
     free_port,
     hypercorn_server,
     one_message_from_each_worker_reaches_everyone,
+    redis_server,
     run_server_until_it_exits,
     wait_gone,
     workers_of,
 )
-from wsclient import HandshakeRefused, WebSocketClient
+from wsclient import ConnectionClosed, HandshakeRefused, WebSocketClient
 
 pytestmark = [pytest.mark.e2e, pytest.mark.process]
 
 GOING_AWAY = 1001
+ABNORMAL_CLOSURE = 1006
 #: A worker that is shutting down refuses new sessions with this status.
 NOT_SERVING = 403
 #: Every client is closed this soon after the master is told to stop or reload (the issue's
@@ -41,6 +45,8 @@ NOT_SERVING = 403
 CLOSED_WITHIN_SECONDS = 1.0
 #: ... and the stopped server, hub included, is gone this soon after that.
 GONE_WITHIN_SECONDS = 2.0
+#: What a worker logs when another chat's server turned up on its port while it ran.
+ANOTHER_CHAT_WARNING = "event=port_shared_with_another_chat"
 
 
 def test_the_shipped_graceful_timeout_is_what_a_prompt_stop_must_beat() -> None:
@@ -111,12 +117,20 @@ async def test_a_reload_closes_every_client_at_once_and_the_chat_carries_on_in_n
 
 
 async def come_back(server: HypercornServer, stack: AsyncExitStack, path: str) -> WebSocketClient:
+    """Connect as the page does after a close: again whenever the attempt fails, but only in
+    the ways an old worker on its way out fails it (refused as not serving; or accepted by its
+    Hypercorn as it stopped, then dropped)."""
     while True:
         try:
             return await stack.enter_async_context(chat_client(server, path))
         except HandshakeRefused as refused:
             if refused.status != NOT_SERVING:
                 raise
+        except ConnectionClosed as closed:
+            if closed.code not in (ABNORMAL_CLOSURE, GOING_AWAY):
+                raise
+        except (ConnectionResetError, trio.BrokenResourceError):
+            pass
 
 
 async def test_a_second_server_on_the_same_port_is_refused_and_the_first_chats_on(
@@ -139,6 +153,78 @@ async def test_a_second_server_on_the_same_port_is_refused_and_the_first_chats_o
         # The first server's clients noticed nothing.
         await one_message_from_each_worker_reaches_everyone(by_worker, clients)
         assert all(client.close_code is None for client in clients)
+
+
+async def test_a_server_with_its_own_hub_is_refused_the_port_of_a_redis_hub_server(
+    tmp_path: Path,
+) -> None:
+    """The Redis hub server has no hub process of its own: one of its workers holds the port."""
+    async with (
+        redis_server(tmp_path) as redis,
+        hypercorn_server(workers=4, env={"TRIO_CHAT_HUB": redis.url}) as first,
+        AsyncExitStack() as stack,
+    ):
+        clients = await clients_on_every_worker(first, stack)
+        by_worker = {client.welcome["worker"]: client for client in clients}
+
+        second = await run_server_until_it_exits(
+            first.port, {"TRIO_CHAT_DATA_DIR": str(tmp_path / "data")}
+        )
+
+        assert second.returncode != 0
+        [line] = second.stderr
+        print(line)
+        assert line.startswith(f"trio_chat cannot start: port {first.port} ")
+        assert (
+            f"(Hypercorn master pid {first.process.pid}, serving 127.0.0.1:{first.port}) of "
+            "another chat"
+        ) in line
+        await one_message_from_each_worker_reaches_everyone(by_worker, clients)
+        assert all(client.close_code is None for client in clients)
+
+
+async def test_a_server_of_another_redis_chat_is_refused_the_port(tmp_path: Path) -> None:
+    """Same Redis, another key prefix: another chat."""
+    async with (
+        redis_server(tmp_path) as redis,
+        hypercorn_server(
+            workers=2, env={"TRIO_CHAT_HUB": redis.url, "TRIO_CHAT_REDIS_PREFIX": "production"}
+        ) as first,
+    ):
+        second = await run_server_until_it_exits(
+            first.port, {"TRIO_CHAT_HUB": redis.url, "TRIO_CHAT_REDIS_PREFIX": "staging"}
+        )
+
+        assert second.returncode != 0
+        [line] = second.stderr
+        print(line)
+        assert line.startswith(f"trio_chat cannot start: port {first.port} ")
+        assert f"Hypercorn master pid {first.process.pid}, serving 127.0.0.1:{first.port}" in line
+        assert f"its hub: {redis.url}, prefix production; this one's: {redis.url}, prefix " in line
+        assert first.process.returncode is None
+
+
+async def test_servers_of_one_redis_chat_share_a_port(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as redis:
+        env = {"TRIO_CHAT_HUB": redis.url, "TRIO_CHAT_REDIS_PREFIX": "production"}
+        async with (
+            hypercorn_server(workers=2, env=env) as first,
+            hypercorn_server(workers=2, env=env, port=first.port) as second,
+            AsyncExitStack() as stack,
+        ):
+            servers = [set(first.child_pids), set(second.child_pids)]
+            # The kernel spreads connections to the port over both servers' workers.
+            clients: list[WebSocketClient] = []
+            with trio.fail_after(STARTUP_TIMEOUT_SECONDS):
+                while not all(workers_of(clients) & workers for workers in servers):
+                    assert len(clients) < MAX_CONNECTIONS_TO_REACH_EVERY_WORKER
+                    clients.append(await stack.enter_async_context(chat_client(first)))
+
+            # One chat: what is said on one server reaches the other's clients too.
+            await clients[0].send("ann", "one port, one chat")
+            for client in clients:
+                assert (await client.receive_type("message"))["message"] == "one port, one chat"
+            assert not any(ANOTHER_CHAT_WARNING in line for line in first.output + second.output)
 
 
 async def test_a_bad_setting_exits_with_a_failed_status_and_one_line(tmp_path: Path) -> None:

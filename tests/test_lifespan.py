@@ -19,14 +19,15 @@ import trio.testing
 from trio_chat import ChatApp, hypercorn_worker
 from trio_chat.config import Settings
 from trio_chat.fanout import PendingJoin, Queued
-from trio_chat.hub.port_claim import claim_ports
-from trio_chat.hub_address import HubConfigError
+from trio_chat.hub.port_claim import Claimant, automatic_chat, claim_ports
+from trio_chat.hub_address import HubConfigError, chat_identity
 from trio_chat.hub_link import Hub, HubLink, HubListener, HubUnavailable
 from trio_chat.hub_link.local import LocalHub
 from trio_chat.hub_link.manager.launcher import HubRefused
 from trio_chat.hypercorn_worker import ListeningPort
 from trio_chat.metrics.figures import WorkerFigures, WorkerReport
 from trio_chat.protocol import frame_room
+from trio_chat.supervision import ask_holder
 from trio_chat.worker import STATE_KEY, Worker
 
 from asgi_driver import chat_app, open_lifespan, running_worker
@@ -365,7 +366,7 @@ async def test_a_server_of_a_shared_hub_will_not_start_on_a_port_another_chat_ho
     port = free_port()
     worker = FakeHypercornWorker((ListeningPort(port, f"127.0.0.1:{port}", shared=True),))
     monkeypatch.setattr(hypercorn_worker, "current", lambda: worker)
-    claims = claim_ports(os.getpid(), {port: f"0.0.0.0:{port}"})
+    claims = claim_ports(os.getpid(), {port: f"0.0.0.0:{port}"}, automatic_chat(os.getpid()))
     claims.answer_in_background()
     try:
         await start_until_the_worker_ends(ChatApp(Settings(hub="local")))
@@ -375,6 +376,24 @@ async def test_a_server_of_a_shared_hub_will_not_start_on_a_port_another_chat_ho
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"trio_chat cannot start: port {port} (to serve 127.0.0.1:{port})")
     assert f"Hypercorn master pid {os.getpid()}, serving 0.0.0.0:{port}" in line
+
+
+async def test_workers_of_a_shared_hub_hold_their_port_for_their_chat_until_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    listening = ListeningPort(port, f"127.0.0.1:{port}", shared=True)
+    monkeypatch.setattr(hypercorn_worker, "current", lambda: FakeHypercornWorker((listening,)))
+    hub = LocalHub()
+    settings = Settings(hub="unix:/run/trio-chat/hub.sock")
+    chat = chat_identity(settings, os.getppid())
+
+    async with running_worker(chat_app(hub, settings)), running_worker(chat_app(hub, settings)):
+        holder = await ask_holder(port)  # One of the two; the other shares its claim.
+        assert holder is not None
+        assert holder.claimant == Claimant(os.getppid(), f"127.0.0.1:{port}", chat)
+
+    assert await ask_holder(port) is None
 
 
 async def test_in_a_hypercorn_worker_the_masters_event_closes_the_sessions(

@@ -20,9 +20,11 @@ import os
 import socket
 import stat
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 from .config import Settings
+from .hub.port_claim import automatic_chat
 
 #: A shorter secret is refused: the HMAC challenge is only as strong as the key.
 MIN_SECRET_BYTES = 16
@@ -113,7 +115,7 @@ def read_secret_file(path: Path) -> bytes:
 
 
 def resolve_endpoint(settings: Settings) -> Endpoint:
-    if settings.hub in ("", "auto"):
+    if settings.hub in AUTOMATIC_HUB:
         return automatic_endpoint()
     if settings.hub_secret_file is None:
         raise HubConfigError(
@@ -121,6 +123,49 @@ def resolve_endpoint(settings: Settings) -> Endpoint:
             "the secret the hub was started with"
         )
     return Endpoint(parse_address(settings.hub), read_secret_file(settings.hub_secret_file))
+
+
+#: ``TRIO_CHAT_HUB`` values for the automatic hub, one per server.
+AUTOMATIC_HUB = ("", "auto")
+#: ``TRIO_CHAT_HUB`` schemes of the Redis hub (``hub_link.REDIS_SCHEMES``), and its defaults.
+REDIS_SCHEMES = ("redis://", "rediss://")
+REDIS_DEFAULT_PORT = 6379
+REDIS_DEFAULT_DB = "0"
+
+
+def chat_identity(settings: Settings, master_pid: int) -> str:
+    """Which chat a server (of Hypercorn master ``master_pid``) serves, as its port claims say
+    (``hub.port_claim``): servers that share a hub are one chat, and may share a port.
+
+    The automatic hub's chat is its server's own; the in-process hub's too. A Redis hub's is
+    its server (scheme, host, port and database: never the password) and key prefix; a hub
+    started by hand, its address. Written as ``TRIO_CHAT_HUB`` spells it: servers of one chat
+    spell their hub alike (``localhost`` and ``127.0.0.1`` are two chats here).
+    """
+    if settings.hub in AUTOMATIC_HUB:
+        return automatic_chat(master_pid)
+    if settings.hub == "local":
+        return f"local, master {master_pid}"
+    if settings.hub.startswith(REDIS_SCHEMES):
+        return f"{_redis_server(settings.hub)}, prefix {settings.redis_prefix}"
+    address = parse_address(settings.hub)
+    if isinstance(address, str):
+        address = os.path.abspath(address)  # Servers may start in different folders.
+    return describe_address(address)
+
+
+def _redis_server(url: str) -> str:
+    """A Redis URL without its user name and password."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or REDIS_DEFAULT_PORT
+    except ValueError as error:
+        raise HubConfigError(f"TRIO_CHAT_HUB={url!r}: {error}") from None
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    database = parts.path.strip("/") or REDIS_DEFAULT_DB
+    return f"{parts.scheme}://{host}:{port}/{database}"
 
 
 def automatic_endpoint() -> Endpoint:

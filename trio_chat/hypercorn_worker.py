@@ -120,9 +120,15 @@ class HypercornWorker:
         if self._elected_to_report():
             report()
             _flush_output()
-            _forget_event(self.shutdown_event)
+            siblings = _workers_of(self.master_pid) - {os.getpid()}
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.master_pid, signal.SIGKILL)
+            # The shutdown event is named semaphores, which a sibling still starting opens as it
+            # unpickles what the master handed it (a traceback if they are gone): they are
+            # unlinked once every sibling has ended, which each does once the master is gone.
+            for pid in siblings:
+                _wait_for_exit(pid, MASTER_END_TIMEOUT_SECONDS)
+            _forget_event(self.shutdown_event)
         else:
             # Not before the master is gone: it would see this exit first, and exit 0.
             _flush_output()
@@ -228,6 +234,26 @@ def _forget_event(event: object) -> None:
 
 
 _CONDITION_LOCKS = ("_lock", "_sleeping_count", "_woken_count", "_wait_semaphore")
+
+
+def _workers_of(master_pid: int) -> set[int]:
+    """The worker processes of the master (none if it is gone): its children, but for
+    multiprocessing's resource tracker, which lasts as long as the workers do."""
+    children: set[int] = set()
+    tasks = f"/proc/{master_pid}/task"
+    with contextlib.suppress(OSError):
+        for task in os.listdir(tasks):
+            with contextlib.suppress(OSError), open(f"{tasks}/{task}/children") as file:
+                children.update(int(child) for child in file.read().split())
+    return {pid for pid in children if not _is_resource_tracker(pid)}
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"multiprocessing.resource_tracker" in cmdline.read()
+    except OSError:
+        return False  # Gone already: nothing to wait for either way.
 
 
 def _wait_for_exit(pid: int, timeout: float) -> None:

@@ -25,13 +25,14 @@ import trio
 from . import hypercorn_hook, hypercorn_worker, logs
 from .asgi_types import Receive, Scope, Send
 from .config import ConfigError, Settings
-from .hub.port_claim import PortClaimed, check_port
-from .hub_address import HubConfigError
+from .hub.port_claim import PortClaimed
+from .hub_address import AUTOMATIC_HUB, HubConfigError, chat_identity
 from .hub_link import Hub, HubUnavailable, open_hub
 from .hub_link.manager.launcher import HubRefused
-from .hypercorn_worker import HypercornWorker, HypercornWorkerError
+from .hypercorn_worker import HypercornWorker, HypercornWorkerError, ListeningPort
 from .logs import log_event
 from .supervision import (
+    hold_ports,
     in_worker_process,
     supervise,
     tune_worker_process,
@@ -41,8 +42,6 @@ from .worker import STATE_KEY, Worker
 HubFactory = Callable[[Settings], Hub]
 #: What the one line a failed startup writes begins with.
 FAILURE_PREFIX = "trio_chat"
-#: ``TRIO_CHAT_HUB`` values for the automatic hub: the one kind that claims its ports itself.
-AUTOMATIC_HUB = ("", "auto")
 
 
 async def run_lifespan(
@@ -69,13 +68,10 @@ async def run_lifespan(
         settings = settings or Settings.from_env()
         logs.configure(settings.log_level)
         compression = _apply_websocket_compression(settings, receive)
-        _check_ports_of_a_shared_hub(settings, hypercorn)
+        claim = _ports_the_workers_claim(settings, hypercorn)
         hub = hub_factory(settings)
     except (ConfigError, HubConfigError) as error:
         await _fail(send, hypercorn, f"{FAILURE_PREFIX} configuration error: {error}")
-        return
-    except PortClaimed as error:
-        await _fail(send, hypercorn, f"{FAILURE_PREFIX} cannot start: {error}")
         return
     except hypercorn_hook.HookError as error:
         await _fail(
@@ -90,6 +86,13 @@ async def run_lifespan(
         return
     worker = Worker(settings)
     async with trio.open_nursery() as nursery:
+        if claim is not None:
+            # Before joining the hub: a second server on the port is told about the port.
+            try:
+                await nursery.start(hold_ports, *claim)
+            except PortClaimed as error:
+                await _fail(send, hypercorn, f"{FAILURE_PREFIX} cannot start: {error}")
+                return
         try:
             worker.link = await nursery.start(hub.run, worker.listener)
         except (HubUnavailable, HubConfigError) as error:
@@ -119,15 +122,19 @@ async def run_lifespan(
     await send({"type": "lifespan.shutdown.complete"})
 
 
-def _check_ports_of_a_shared_hub(settings: Settings, hypercorn: HypercornWorker | None) -> None:
-    """A server whose hub is shared (started by hand, Redis) claims no port: servers of one
-    hub are one chat and may share one. But a port held by a server with an automatic hub is
-    another chat's: ``PortClaimed``. (The automatic hub claims its server's ports itself.)"""
+def _ports_the_workers_claim(
+    settings: Settings, hypercorn: HypercornWorker | None
+) -> tuple[tuple[ListeningPort, ...], int, str] | None:
+    """What this worker claims with the other workers of its server (``hold_ports``' arguments:
+    the ports its master bound with ``SO_REUSEPORT``, the master, the chat), if its hub is
+    shared (Redis, or started by hand): no process of its own holds the claims. The automatic
+    hub claims its server's ports itself."""
     if hypercorn is None or settings.hub in AUTOMATIC_HUB:
-        return
-    for listening in hypercorn.tcp_ports:
-        if listening.shared:
-            check_port(listening.port, listening.address)
+        return None
+    ports = tuple(listening for listening in hypercorn.tcp_ports if listening.shared)
+    if not ports:
+        return None
+    return ports, hypercorn.master_pid, chat_identity(settings, hypercorn.master_pid)
 
 
 def _join_failure(error: HubUnavailable | HubConfigError) -> str:

@@ -24,6 +24,12 @@ Run by the lifespan for the worker's whole life, beside the hub link:
   the process itself.
 - **Tuning** the interpreter of a long-running worker with many connections
   (``tune_worker_process``).
+
+And, started by the lifespan before the worker joins its hub, **its server's port claims**
+(``hold_ports``) when the server's hub is shared (Redis, or a hub started by hand): no hub
+process of its own holds them, so its workers do (``hub.port_claim``). Everything there runs in
+the event loop, on non-blocking sockets: binding a name is one system call, and the holder of a
+claim is asked with Trio's sockets.
 """
 
 from __future__ import annotations
@@ -34,13 +40,31 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
+from collections.abc import Sequence
 from typing import Protocol
 
 import trio
 
 from . import hypercorn_worker, process_watch
-from .hypercorn_worker import ShutdownEvent
+from .hub.port_claim import (
+    ASK_TIMEOUT_SECONDS,
+    CLAIM_RETRY_SECONDS,
+    MAX_ANSWER_BYTES,
+    UCRED,
+    UNSURE_CLAIM_WAIT_SECONDS,
+    Claimant,
+    Holder,
+    PortClaimed,
+    Verdict,
+    claim_name,
+    claimed_message,
+    claims_supported,
+    judge,
+    try_claim,
+)
+from .hypercorn_worker import ListeningPort, ShutdownEvent
 from .logs import log_event
 from .protocol import CloseCode
 
@@ -57,6 +81,10 @@ GC_THRESHOLDS = (50_000, 20, 100)
 #: How long a thread waiting for the GIL lets the worker's Trio thread keep it (Python's
 #: default: 5 ms). See ``tune_worker_process``.
 SWITCH_INTERVAL_SECONDS = 0.0005
+#: How often a worker of a server with a shared hub tries again to claim the ports it does not
+#: hold: a claim ends with its holder (a reload replaces every worker, one of the servers that
+#: share a port stops), and until one of the others takes it, nothing keeps another chat off.
+RECLAIM_INTERVAL_SECONDS = 1.0
 
 
 class Supervised(Protocol):
@@ -199,6 +227,142 @@ async def wait_for_exit(
         await trio.lowlevel.wait_readable(pidfd)
     finally:
         os.close(pidfd)
+
+
+async def hold_ports(
+    ports: Sequence[ListeningPort],
+    master_pid: int,
+    chat: str,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Claim ``ports`` for ``chat``, on behalf of a server (of master ``master_pid``) whose hub
+    is shared; started once each port is claimed, or found claimed for the same chat;
+    ``PortClaimed`` instead if one is another chat's. Then, until cancelled, answer who holds
+    the claims this worker holds, and try every ``RECLAIM_INTERVAL_SECONDS`` to claim the
+    others: if one turns out to be held for another chat (its server started while nobody held
+    the claim), warn, once per such server, since a running server cannot be refused."""
+    if not claims_supported():
+        task_status.started()
+        return
+    refused: PortClaimed | None = None
+    async with trio.open_nursery() as nursery:
+        claims = _WorkerClaims(master_pid, chat, nursery)
+        try:
+            for listening in ports:
+                await claims.claim(listening)
+        except PortClaimed as error:
+            refused = error
+            nursery.cancel_scope.cancel()  # Gives up the ports claimed so far.
+        else:
+            task_status.started()
+            while True:
+                await trio.sleep(RECLAIM_INTERVAL_SECONDS)
+                for listening in ports:
+                    await claims.claim_again(listening)
+    if refused is not None:
+        raise refused  # Outside the nursery, which would wrap it in a group.
+
+
+class _WorkerClaims:
+    """A worker's share of its server's port claims."""
+
+    def __init__(self, master_pid: int, chat: str, nursery: trio.Nursery) -> None:
+        self._master_pid = master_pid
+        self._chat = chat
+        self._nursery = nursery
+        self._held: set[int] = set()
+        #: The other chats' servers found on our ports, by master (or holder) pid: warned of.
+        self._warned: set[int] = set()
+
+    async def claim(self, listening: ListeningPort) -> None:
+        """At startup: claim ``listening``'s port, or find it claimed for this chat."""
+        port = listening.port
+        deadline = trio.current_time() + UNSURE_CLAIM_WAIT_SECONDS
+        while not self._take(listening):
+            holder = await ask_holder(port)
+            verdict = judge(holder, self._chat)
+            if verdict is Verdict.SAME_CHAT:
+                return
+            if verdict is Verdict.ANOTHER_CHAT or trio.current_time() >= deadline:
+                raise PortClaimed(port, claimed_message(port, self._claimant(listening), holder))
+            await trio.sleep(CLAIM_RETRY_SECONDS)
+
+    async def claim_again(self, listening: ListeningPort) -> None:
+        """While serving: take ``listening``'s claim if its holder has gone, or see who has
+        it. (Seeing who has it takes a connection, which the holder answers at once: the
+        answer is read each time rather than remembered by holder pid, which would save no
+        round trip.)"""
+        port = listening.port
+        if port in self._held:
+            return
+        if self._take(listening):
+            log_event("port_claim_taken", logging.DEBUG, pid=os.getpid(), port=port)
+            return
+        holder = await ask_holder(port)
+        if holder is not None and judge(holder, self._chat) is Verdict.ANOTHER_CHAT:
+            self._warn(listening, holder)
+
+    def _take(self, listening: ListeningPort) -> bool:
+        sock = try_claim(listening.port)
+        if sock is None:
+            return False
+        self._held.add(listening.port)
+        answer = self._claimant(listening).encode()
+        self._nursery.start_soon(_answer, trio.socket.from_stdlib_socket(sock), answer)
+        return True
+
+    def _claimant(self, listening: ListeningPort) -> Claimant:
+        return Claimant(self._master_pid, listening.address, self._chat)
+
+    def _warn(self, listening: ListeningPort, holder: Holder) -> None:
+        other = holder.claimant
+        server = other.master_pid if other is not None else holder.pid
+        if server in self._warned:
+            return
+        self._warned.add(server)
+        log_event(
+            "port_shared_with_another_chat",
+            logging.WARNING,
+            pid=os.getpid(),
+            port=listening.port,
+            other_master=other.master_pid if other is not None else "unknown",
+            other_address=other.address if other is not None else "unknown",
+            other_chat=other.chat if other is not None else f"pid {holder.pid}, uid {holder.uid}",
+            problem="another chat's server started on this port while nobody held its claim: "
+            "the kernel spreads new connections over both servers, splitting people between "
+            "two chats; stop one of them",
+        )
+
+
+async def _answer(sock: trio.socket.SocketType, answer: bytes) -> None:
+    """Tell whoever connects to a claim this worker holds who holds it, until cancelled (the
+    claim ends with the socket)."""
+    with sock:
+        while True:
+            peer, _ = await sock.accept()
+            with peer, trio.move_on_after(ASK_TIMEOUT_SECONDS), contextlib.suppress(OSError):
+                await peer.send(answer)
+
+
+async def ask_holder(port: int) -> Holder | None:
+    """``port_claim.ask_holder`` in the event loop: who holds ``port``'s claim; None if it
+    cannot be asked (it is just starting, or just ending)."""
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as asker:
+        with trio.move_on_after(ASK_TIMEOUT_SECONDS):
+            try:
+                await asker.connect(claim_name(port))
+                credentials = asker.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+                answer = b""
+                while b"\n" not in answer and len(answer) < MAX_ANSWER_BYTES:
+                    chunk = await asker.recv(MAX_ANSWER_BYTES)
+                    if not chunk:
+                        break
+                    answer += chunk
+            except OSError:
+                return None
+            return Holder.from_answer(credentials, answer)
+    return None
 
 
 def _begin_shutdown(worker: Supervised) -> None:

@@ -31,7 +31,7 @@ from ..hub_address import (
     parse_address,
     read_secret_file,
 )
-from .port_claim import PortClaimed, PortClaims, claim_ports
+from .port_claim import PortClaimed, PortClaims, automatic_chat, claim_ports
 from .server import HANDSHAKE_TIMEOUT_SECONDS, serve
 from .store import MS_PER_DAY, MessageStore, Retention, StoreError
 
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     # Say why the hub cannot start on standard output (``error <why>``), for its starter.
     parser.add_argument("--refusal-on-stdout", action="store_true", help=argparse.SUPPRESS)
     # PORT=ADDRESS, once per port the server listens on through SO_REUSEPORT (``port_claim``);
-    # the server is the one whose master is --watch-pid.
+    # the server is the one whose master is --watch-pid, and its chat the automatic hub's own.
     parser.add_argument(
         "--claim-port", action="append", default=[], type=_port_and_address, help=argparse.SUPPRESS
     )
@@ -141,7 +141,8 @@ def _port_and_address(text: str) -> tuple[int, str]:
 def _claim_ports(args: argparse.Namespace) -> PortClaims:
     if args.claim_port and args.watch_pid is None:
         raise HubConfigError("--claim-port needs --watch-pid, the server's master")
-    return claim_ports(args.watch_pid or 0, dict(args.claim_port))
+    master = args.watch_pid or 0
+    return claim_ports(master, dict(args.claim_port), automatic_chat(master))
 
 
 def _refuse(args: argparse.Namespace, reason: str) -> int:

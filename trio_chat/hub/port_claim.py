@@ -2,10 +2,22 @@
 
 With more than one worker, Hypercorn binds with ``SO_REUSEPORT``, so a second server of the
 same user on the same port (one forgotten in another terminal) starts without an error, and the
-kernel spreads new connections over both: two chats, each with its own hub, each blind to the
-other's people. So the automatic hub, one per server, claims every port its server listens on
-through ``SO_REUSEPORT`` for as long as it runs, and a hub that finds a port claimed refuses to
-start, naming the server that has it; its server's startup then fails with that one line.
+kernel spreads new connections over both: two chats, each blind to the other's people. So every
+server claims each port it listens on through ``SO_REUSEPORT``, for the chat it serves, and a
+server that finds a port claimed for another chat refuses to start, naming the server that has
+it; its startup then fails with that one line.
+
+A claim carries the identity of a chat (``hub_address.chat_identity``): the automatic hub's is
+unique to its server (``automatic_chat``), while servers that share a hub (Redis, or a hub
+started by hand) are one chat, and a newcomer whose port is claimed for its own chat shares it.
+Who holds a claim:
+
+- the **automatic hub**, one per server, for the whole life of its server (``claim_ports``, from
+  the hub process);
+- for a server with a **shared hub**, which has no hub process of its own, one of the workers of
+  the servers of that chat on that port (``supervision.hold_ports``). A claim ends with its
+  holder (a reload replaces every worker; one of the servers stops), so each of those workers
+  tries again every second to claim the ports it does not hold.
 
 A claim is a Unix socket bound to an abstract name (Linux), ``trio_chat-<uid>-port-<port>``:
 
@@ -14,69 +26,92 @@ A claim is a Unix socket bound to an abstract name (Linux), ``trio_chat-<uid>-po
   claim reaches exactly the servers that could split a port, whatever their environment
   (``XDG_RUNTIME_DIR``, a private ``/tmp``) or working folder. Servers of other users cannot
   share our ports, hence the uid in the name.
-- **It cannot go stale.** The name is released by the kernel when the hub ends, however it
-  ends (a hub killed with SIGKILL included); a hub started again after a crash claims again.
+- **It cannot go stale.** The name is released by the kernel when its holder ends, however it
+  ends (SIGKILL included); a holder started again claims again.
 - **It answers who holds it.** The holder listens on it, and tells whoever connects its
-  Hypercorn master's pid and the address it serves (``Claimant``); the kernel tells which
-  user's process holds it (``SO_PEERCRED``), so another user's process squatting the name is
-  named as such instead of being taken for a server.
+  Hypercorn master's pid, the address it serves and its chat (``Claimant``); the kernel tells
+  which user's process holds it (``SO_PEERCRED``), so another user's process squatting the
+  name is named as such instead of being taken for a server.
 
 Keyed by port, not by address: a server bound to ``0.0.0.0:8000`` and one bound to
 ``127.0.0.1:8000`` overlap (the kernel gives 127.0.0.1's connections to the more specific one,
 and both share ``[::]:8000``'s), and working out which pairs of addresses overlap would mean
-redoing the kernel's socket lookup. Two servers on one port with disjoint addresses are refused
-too; give them different ports.
+redoing the kernel's socket lookup. Two servers of different chats on one port with disjoint
+addresses are refused too; give them different ports.
 
 Elsewhere than Linux there are no abstract names, and no claims: ``claim_ports`` claims
 nothing there.
 
-No trio here: the hub process loads it.
+No trio here: the hub process loads it (the workers' side is ``supervision.hold_ports``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
 import select
 import socket
 import struct
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
-#: How long asking a claim's holder who it is may take: it answers from a thread of its own.
+from ..process_watch import has_exited
+
+#: How long asking a claim's holder who it is may take: it answers at once (the hub from a
+#: thread of its own, a worker from its event loop).
 ASK_TIMEOUT_SECONDS = 2.0
-#: A holder's answer is one short line.
-MAX_ANSWER_BYTES = 256
+#: How long a claim that cannot be taken for sure yet is tried again before the port counts as
+#: another chat's: its holder does not answer (a worker between binding the name and listening
+#: on it), or it answers for a server whose master has exited (a quick restart: the old hub
+#: ends a moment after its master).
+UNSURE_CLAIM_WAIT_SECONDS = 2.0
+#: How often such a claim is tried again meanwhile.
+CLAIM_RETRY_SECONDS = 0.05
+#: A holder's answer is one line: a pid, an address and a chat identity (at most a Redis URL
+#: and a key prefix, or a Unix socket path).
+MAX_ANSWER_BYTES = 1024
 #: Connections waiting for the holder's answer.
 ANSWER_BACKLOG = 16
 #: ``struct ucred`` (``SO_PEERCRED``): pid, uid, gid.
-_UCRED = struct.Struct("3i")
+UCRED = struct.Struct("3i")
+
+
+def automatic_chat(master_pid: int) -> str:
+    """The chat of a server with an automatic hub: its own, unique to that server."""
+    return f"automatic, master {master_pid}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Claimant:
-    """The server a hub claims a port for."""
+    """The server a port is claimed for."""
 
     #: Its Hypercorn master: the process an operator stops to stop that server.
     master_pid: int
     #: The address it serves on that port, as Hypercorn's "Running on" line spells it.
     address: str
+    #: The chat it serves (``hub_address.chat_identity``): servers of one chat may share a port.
+    chat: str
 
     def encode(self) -> bytes:
-        return f"{self.master_pid} {self.address}\n".encode()
+        return f"{self.master_pid} {self.address} {self.chat}\n".encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Claimant | None:
-        pid, _, address = data.decode(errors="replace").strip().partition(" ")
-        if not pid.isdigit() or not address or not address.isprintable():
+        """The claimant ``data`` names; None if it is unreadable. A holder that names no chat
+        (a trio_chat from before chats were named) has chat ``""``: another chat."""
+        pid, _, rest = data.decode(errors="replace").strip().partition(" ")
+        address, _, chat = rest.partition(" ")
+        if not pid.isdigit() or not address or not rest.isprintable():
             return None
-        return cls(int(pid), address)
+        return cls(int(pid), address, chat)
 
 
 class PortClaimed(Exception):
-    """Another server has the port: its message is the one line an operator needs."""
+    """Another chat has the port: its message is the one line an operator needs."""
 
     def __init__(self, port: int, message: str) -> None:
         super().__init__(message)
@@ -91,8 +126,65 @@ def claim_name(port: int) -> str:
     return f"\0trio_chat-{os.getuid()}-port-{port}"
 
 
+def try_claim(port: int) -> socket.socket | None:
+    """The claim of ``port``, listening for whoever asks who holds it; None if someone holds it
+    already. Never blocks: binding an abstract name is one system call."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(claim_name(port))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen(ANSWER_BACKLOG)
+    return sock
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+    """The process holding a claim, as far as it can be told."""
+
+    pid: int
+    uid: int
+    #: What it says of itself; None if it said nothing readable, or is another user's.
+    claimant: Claimant | None
+
+    @classmethod
+    def from_answer(cls, credentials: bytes, answer: bytes) -> Holder:
+        """From its ``SO_PEERCRED`` credentials and its answer."""
+        pid, uid, _ = UCRED.unpack(credentials)
+        return cls(pid, uid, Claimant.decode(answer) if uid == os.getuid() else None)
+
+
+class Verdict(enum.Enum):
+    """What a claim held by someone else means for a server of a given chat."""
+
+    #: Held for this server's chat: the port is shared, as it may be.
+    SAME_CHAT = "same chat"
+    #: Held for another chat, or by another user's process: the port is taken.
+    ANOTHER_CHAT = "another chat"
+    #: Cannot tell yet (no readable answer), or held for a server that has exited and whose
+    #: claim is about to go: ask again shortly, for ``UNSURE_CLAIM_WAIT_SECONDS`` at most.
+    UNSURE = "unsure"
+
+
+def judge(holder: Holder | None, chat: str) -> Verdict:
+    """What ``holder``'s claim means for a server serving ``chat``."""
+    if holder is None:
+        return Verdict.UNSURE
+    if holder.uid != os.getuid():
+        return Verdict.ANOTHER_CHAT
+    claimant = holder.claimant
+    if claimant is None:
+        return Verdict.UNSURE
+    if claimant.chat == chat:
+        return Verdict.SAME_CHAT
+    if has_exited(claimant.master_pid):
+        return Verdict.UNSURE
+    return Verdict.ANOTHER_CHAT
+
+
 class PortClaims:
-    """The ports a hub holds, for as long as its process runs (or until ``close``)."""
+    """The ports a process holds, for as long as it runs (or until ``close``)."""
 
     def __init__(self, held: dict[socket.socket, Claimant]) -> None:
         self._held = held
@@ -131,17 +223,28 @@ class PortClaims:
                         peer.sendall(self._held[sock].encode())
 
 
-def claim_ports(master_pid: int, addresses: Mapping[int, str]) -> PortClaims:
+def claim_ports(
+    master_pid: int,
+    addresses: Mapping[int, str],
+    chat: str,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PortClaims:
     """Claim every port of ``addresses`` (port: the address served on it) for the server of
-    Hypercorn master ``master_pid``; ``PortClaimed`` (and nothing claimed) if another server
-    holds one."""
+    Hypercorn master ``master_pid``, serving ``chat``. A port claimed for ``chat`` already is
+    left to its holder; ``PortClaimed`` (and nothing claimed) if another chat holds one. Blocks
+    (``UNSURE_CLAIM_WAIT_SECONDS`` at most per port, plus the holder's answer): for the hub
+    process, before it serves."""
     if not claims_supported():
         return PortClaims({})
     held: dict[socket.socket, Claimant] = {}
     try:
         for port, address in sorted(addresses.items()):
-            claimant = Claimant(master_pid, address)
-            held[_claim(port, claimant)] = claimant
+            claimant = Claimant(master_pid, address, chat)
+            sock = _claim(port, claimant, clock, sleep)
+            if sock is not None:
+                held[sock] = claimant
     except BaseException:
         for sock in held:
             sock.close()
@@ -149,47 +252,30 @@ def claim_ports(master_pid: int, addresses: Mapping[int, str]) -> PortClaims:
     return PortClaims(held)
 
 
-def check_port(port: int, address: str) -> None:
-    """``PortClaimed`` if a server with a hub of its own holds ``port``: for a server that shares
-    a hub (started by hand, or Redis), which claims nothing itself."""
-    if not claims_supported():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(claim_name(port))
-        except OSError:
-            raise PortClaimed(port, _claimed_message(port, address, _ask_holder(port))) from None
-
-
-def _claim(port: int, claimant: Claimant) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(claim_name(port))
-    except OSError:
-        sock.close()
-        holder = _ask_holder(port)
-        raise PortClaimed(port, _claimed_message(port, claimant.address, holder)) from None
-    sock.listen(ANSWER_BACKLOG)
+def _claim(
+    port: int, claimant: Claimant, clock: Callable[[], float], sleep: Callable[[float], None]
+) -> socket.socket | None:
+    """``port``'s claim, or None if it is held for the same chat."""
+    deadline = clock() + UNSURE_CLAIM_WAIT_SECONDS
+    while (sock := try_claim(port)) is None:
+        holder = ask_holder(port)
+        verdict = judge(holder, claimant.chat)
+        if verdict is Verdict.SAME_CHAT:
+            return None
+        if verdict is Verdict.ANOTHER_CHAT or clock() >= deadline:
+            raise PortClaimed(port, claimed_message(port, claimant, holder))
+        sleep(CLAIM_RETRY_SECONDS)
     return sock
 
 
-@dataclasses.dataclass(frozen=True)
-class _Holder:
-    pid: int
-    uid: int
-    claimant: Claimant | None
-
-
-def _ask_holder(port: int) -> _Holder | None:
+def ask_holder(port: int) -> Holder | None:
     """Who holds ``port``'s claim, as far as can be told; None if it cannot be asked (it is
-    just starting, or just ending)."""
+    just starting, or just ending). Blocks, ``ASK_TIMEOUT_SECONDS`` at most."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as asker:
         asker.settimeout(ASK_TIMEOUT_SECONDS)
         try:
             asker.connect(claim_name(port))
-            pid, uid, _ = _UCRED.unpack(
-                asker.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-            )
+            credentials = asker.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
             answer = b""
             while b"\n" not in answer and len(answer) < MAX_ANSWER_BYTES:
                 chunk = asker.recv(MAX_ANSWER_BYTES)
@@ -198,25 +284,28 @@ def _ask_holder(port: int) -> _Holder | None:
                 answer += chunk
         except OSError:
             return None
-    return _Holder(pid, uid, Claimant.decode(answer) if uid == os.getuid() else None)
+    return Holder.from_answer(credentials, answer)
 
 
-def _claimed_message(port: int, address: str, holder: _Holder | None) -> str:
-    taken = f"port {port} (to serve {address}) is taken by another trio_chat server"
+def claimed_message(port: int, claimant: Claimant, holder: Holder | None) -> str:
+    """Why ``claimant`` cannot have ``port``, which ``holder`` has: one line."""
+    taken = f"port {port} (to serve {claimant.address}) is taken by another trio_chat server"
     advice = (
-        "two servers on one port would split the chat in two, as the kernel spreads new "
-        "connections over both; stop that server, or give this one another port"
+        "the kernel would spread new connections over both, splitting people between two "
+        "chats; stop that server, or give this one another port"
     )
     if holder is None:
         return f"{taken}, which did not say which; {advice}"
     if holder.uid != os.getuid():
         return (
-            f"port {port} (to serve {address}) is claimed by pid {holder.pid}, a process of "
-            f"another user (uid {holder.uid}), not by a server of ours"
+            f"port {port} (to serve {claimant.address}) is claimed by pid {holder.pid}, a "
+            f"process of another user (uid {holder.uid}), not by a server of ours"
         )
-    if holder.claimant is None:
-        return f"{taken} (its hub is pid {holder.pid}); {advice}"
+    other = holder.claimant
+    if other is None:
+        return f"{taken} (pid {holder.pid} holds its claim); {advice}"
     return (
-        f"{taken} (Hypercorn master pid {holder.claimant.master_pid}, serving "
-        f"{holder.claimant.address}); {advice}"
+        f"{taken} (Hypercorn master pid {other.master_pid}, serving {other.address}) of "
+        f"another chat (its hub: {other.chat or 'unnamed'}; this one's: {claimant.chat}); "
+        f"{advice}"
     )

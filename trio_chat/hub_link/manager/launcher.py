@@ -6,8 +6,9 @@ listens; the others then find it answering. Everything here blocks: it runs in a
 Trio bridge.
 
 The hub claims its server's ports (``hub.port_claim``) and opens its store before it listens;
-if it cannot (another server has the port, or the data folder), it says why in one line, and
-``HubRefused`` carries that line up to the worker's startup, which fails with it.
+if it cannot (another chat's server has the port, or another server the data folder), it says
+why in one line, and ``HubRefused`` carries that line up to the worker's startup, which fails
+with it.
 """
 
 from __future__ import annotations
