@@ -247,6 +247,3 @@ def test_the_totals_are_the_retired_counts_and_every_live_workers() -> None:
     assert figures.connections == 7
     assert figures.totals.messages_published == 111
     assert figures.totals.disconnects == {1000: 1, 1001: 2}
-    newer = WorkerReport(2, 0, False, Counts(messages_published=4))
-    assert figures.with_report(newer).workers == (newer, b)
-    assert figures.with_report(WorkerReport(1, 0, False, Counts())).workers[0].pid == 1

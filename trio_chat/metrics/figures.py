@@ -325,12 +325,6 @@ class ServerFigures:
     def connections(self) -> int:
         return sum(worker.connections for worker in self.workers)
 
-    def with_report(self, report: WorkerReport) -> ServerFigures:
-        """These figures with ``report`` in place of its worker's older one (or added). Its
-        counts must be since the hub's baseline, like the others'."""
-        others = [worker for worker in self.workers if worker.pid != report.pid]
-        return dataclasses.replace(self, workers=sorted_by_pid([*others, report]))
-
     def to_json(self) -> dict[str, Any]:
         return {
             "workers": [worker.to_json() for worker in self.workers],
