@@ -79,10 +79,8 @@ export function createFrameHandler(parts) {
       const resumed = frame.resumed === true;
       const log = view.log(room.name);
       // A resume carries on the run of ids shown; anything else is a new one (scrollback).
-      const { epoch } = room.resume;
-      const sameRun = !epoch || typeof frame.epoch !== 'string' || frame.epoch === epoch;
-      if (!resumed || !sameRun) log.newRun();
-      room.resume.joinRun(frame.epoch);
+      const otherRun = room.resume.joinRun(frame.epoch);
+      if (otherRun || !resumed) log.newRun();
       log.markHistory(resumed ? 'resumed' : 'fresh');
       const entries = Array.isArray(frame.messages) ? frame.messages : [];
       const unseen = entries.map((entry) => acceptMessage(room, entry)).filter(Boolean);

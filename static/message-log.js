@@ -138,6 +138,12 @@ export class MessageLog {
     return null;
   }
 
+  /** Where `node` is, as placeOfReader says it: for keepPlace. */
+  placeAt(node) {
+    const top = this.element.getBoundingClientRect().top;
+    return { node, offset: node.getBoundingClientRect().top - top };
+  }
+
   /**
    * Scrolls so that the entry of `place` (from placeOfReader) is where it was on screen, however
    * much was put in or taken out above it. (The browser's own scroll anchoring is off for the
@@ -156,19 +162,25 @@ export class MessageLog {
   append(node, { forceScroll = false } = {}) {
     const list = this.element;
     const follow = forceScroll || this.isFollowing();
-    const place = !follow && list.childElementCount >= MAX_ENTRIES ? this.placeOfReader() : null;
+    // A full log loses entries at the top: whatever stays moves up by as much, so its last
+    // entry is as good a place to hold as the one the reader looks at, and takes no search.
+    const full = !follow && this.shown && list.childElementCount >= MAX_ENTRIES;
+    const place = full ? this.placeAt(list.lastElementChild) : null;
     list.append(node);
-    this.trim();
-    this.renderEdge();
+    const trimmed = this.trim();
+    // An entry added at the bottom changes the edge only if it was waiting for a first
+    // message, or if entries went from the top.
+    if (trimmed || this.edge.state === 'idle') this.renderEdge();
     this.keepPlace(place);
     if (!follow) this.setBehind(true);
     else if (this.shown) this.scrollToBottom();
   }
 
-  // Past MAX_ENTRIES, the oldest entries go (never the edge).
+  // Past MAX_ENTRIES, the oldest entries go (never the edge); returns whether any did.
   trim() {
     const list = this.element;
     const { edge } = this;
+    const trimmed = list.childElementCount > MAX_ENTRIES;
     while (list.childElementCount > MAX_ENTRIES) {
       const top = list.firstElementChild;
       const first = top === edge.element ? top.nextElementSibling : top;
@@ -179,6 +191,7 @@ export class MessageLog {
       }
       first.remove();
     }
+    return trimmed;
   }
 
   /**

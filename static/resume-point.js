@@ -17,9 +17,15 @@ export class ResumePoint {
     return this.seen.accept(id, ts);
   }
 
-  /** A history frame names the run of ids its messages and the live ones belong to. */
+  /**
+   * A history frame names the run of ids its messages and the live ones belong to. Returns
+   * whether it is another run than the one shown.
+   */
   joinRun(epoch) {
-    if (typeof epoch === 'string') this.epoch = epoch;
+    if (typeof epoch !== 'string') return false;
+    const changed = this.epoch !== '' && epoch !== this.epoch;
+    this.epoch = epoch;
+    return changed;
   }
 
   /**

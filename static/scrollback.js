@@ -17,7 +17,7 @@
 
 import { OLDER_NO_ANSWER_TEXT, OLDER_UNAVAILABLE_TEXT, olderLoadedText } from './texts.js';
 
-export const OLDER_PAGE = 50; // messages asked for at once (the server gives 100 at most)
+const OLDER_PAGE = 50; // messages asked for at once (the server gives 100 at most)
 const ANSWER_TIMEOUT_MS = 15_000;
 
 export class Scrollback {

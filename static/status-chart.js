@@ -71,7 +71,7 @@ export function createChart(svg, { windowMs, label, format }) {
 }
 
 /** The smallest of 1, 2, 5, 10, 20, 50, ... at or above `value` (at least 1). */
-export function niceCeiling(value) {
+function niceCeiling(value) {
   if (!(value > 1)) return 1;
   const power = 10 ** Math.floor(Math.log10(value));
   for (const step of [1, 2, 5, 10]) {

@@ -90,7 +90,7 @@ function main() {
     connections.add(now, null);
     messageRates.add(now, null);
     published.forget();
-    setState('offline', kind === 'unreachable' ? 'unreachable' : kind);
+    setState('offline', kind);
     const since = lastGood === null ? '' : ` The figures shown are from ${clock.format(lastGood)}.`;
     $('problem').dataset.kind = kind;
     $('problem').textContent = `${text} Trying again every ${POLL_MS / 1000} s.${since}`;

@@ -20,6 +20,7 @@ import trio.testing
 from trio_chat import ChatApp
 from trio_chat.config import Settings
 from trio_chat.hub_link import HubUnavailable
+from trio_chat.hub_link.interface import REPORT_INTERVAL_SECONDS
 from trio_chat.hub_link.local import LocalHub
 from trio_chat.metrics.figures import Counts, WorkerReport
 from trio_chat.protocol import ChatMessage, CloseCode, encode_chat_body
@@ -230,7 +231,7 @@ async def test_the_hub_hears_from_a_worker_every_report_interval(
         assert (joined.pid, joined.counts, joined.hub_up) == (os.getpid(), Counts(), True)
         await publish(ann, "hi")
         await ann.receive_json()
-        await trio.sleep(1.5)
+        await trio.sleep(1.5 * REPORT_INTERVAL_SECONDS)  # On the autojump clock: no real wait.
         [report] = hub.board.figures().workers
         assert (report.connections, report.counts.messages_published) == (1, 1)
 

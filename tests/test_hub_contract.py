@@ -732,7 +732,7 @@ class LocalBooks:
         return self.hub.exchange_figures(report)
 
     def final(self, report: WorkerReport) -> None:
-        self.hub.board.leave(report.pid, report, trio.current_time())
+        self.hub.final_figures(report)
 
     def past_lease(self) -> None:
         self._clock.jump(LEASE_SECONDS + 1)

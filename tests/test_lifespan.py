@@ -288,6 +288,10 @@ class FakeHypercornWorker:
         self.tcp_ports = ports
         self.failed = 0
 
+    @property
+    def shared_ports(self) -> tuple[ListeningPort, ...]:
+        return tuple(listening for listening in self.tcp_ports if listening.shared)
+
     def fail_startup(self, report: Callable[[], None]) -> NoReturn:
         self.failed += 1
         report()

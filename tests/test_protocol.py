@@ -41,6 +41,7 @@ from trio_chat.protocol import (
     is_room_name,
     left_frame,
     message_id,
+    message_time_ms,
     notice_frame,
     older_frame,
     parse_chat_frame,
@@ -831,6 +832,18 @@ def test_frame_room_reads_the_room_of_any_message_frame(
     assert frame_room(emitted) == room
     assert json.loads(emitted)["room"] == room
     assert message_id(emitted) == given_id
+
+
+@given(st.integers(min_value=1), st.integers(min_value=0), rooms, tricky_senders, tricky_messages)
+def test_message_time_reads_the_hub_time_of_any_message_frame(
+    given_id: int, ts_ms: int, room: str, sender: str, message: str
+) -> None:
+    emitted = stamp_chat_frame(
+        given_id, ts_ms, encode_chat_body(room, ChatMessage(sender, message))
+    )
+
+    assert message_time_ms(emitted) == ts_ms
+    assert message_time_ms(left_frame(room)) is None
 
 
 user_lists = st.lists(tricky_senders, max_size=5)

@@ -17,6 +17,7 @@ answer 404 like any unknown path; a client outside its allowlist gets 403 whatev
 from __future__ import annotations
 
 import threading
+from http import HTTPStatus
 
 import trio
 
@@ -136,10 +137,8 @@ class ChatApp:
             return False
         client = scope.get("client")
         verdict = worker.settings.metrics.verdict(client[0] if client else None)
-        if verdict is Verdict.HIDDEN:
-            await send_error(send, 404, "Not Found", head=head)
-        elif verdict is Verdict.FORBIDDEN:
-            await send_error(send, 403, "Forbidden", head=head)
+        if verdict is not Verdict.ALLOWED:
+            await send_error(send, verdict, HTTPStatus(verdict).phrase, head=head)
         return verdict is Verdict.ALLOWED
 
     async def _metrics(self, scope: Scope, send: Send) -> None:

@@ -43,7 +43,7 @@ import trio
 
 from .hub_link import Snapshot
 from .metrics.figures import DELIVERY_LAG_BUCKETS, Histogram
-from .protocol import CloseCode, frame_room, left_frame, message_id
+from .protocol import CloseCode, frame_room, left_frame, message_time_ms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,10 +202,6 @@ class Subscriber:
         self._send_channel.close()
 
 
-#: Where a message frame's hub time follows its id (``protocol.stamp_chat_frame``).
-_TS_KEY = ',"ts":'
-
-
 def queued_frames(item: Queued) -> int:
     """How many frames an item of a subscriber's channel counts for (a join: one)."""
     return 1 if isinstance(item, PendingJoin) else len(item)
@@ -277,16 +273,17 @@ class Fanout:
         """
         rooms = [frame_room(frame) for frame in frames]
         first = rooms[0] if rooms else None
-        timing = self._timing(frames)
         if rooms.count(first) == len(rooms):  # The common case: one room (or notices only).
             members = self._subscribers if first is None else self._members.get(first, {})
-            if timing is not None and members:
+            # A room with no member here (the Redis hub sends every room) costs no timing.
+            timing = self._timing(frames) if members else None
+            if timing is not None:
                 frames = TimedBatch(frames, timing)
             slow = [s for s in members.values() if not s.offer(frames)]
             if timing is not None:
                 timing.holders = len(members) - len(slow)
         else:
-            slow = self._broadcast_mixed(frames, rooms, timing)
+            slow = self._broadcast_mixed(frames, rooms, self._timing(frames))
         for subscriber in slow:
             self.evict(subscriber, CloseCode.TRY_AGAIN_LATER)
 
@@ -321,9 +318,8 @@ class Fanout:
         """The timing of a batch with a chat message in it (its newest: the last); None for
         a batch without one."""
         for frame in reversed(frames):
-            if message_id(frame) is not None:
-                start = frame.index(_TS_KEY) + len(_TS_KEY)
-                hub_ms = int(frame[start : frame.index(",", start)])
+            hub_ms = message_time_ms(frame)
+            if hub_ms is not None:
                 return BatchTiming(hub_ms / 1000, self.lag, self._wall_clock)
         return None
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .config import Settings
 from .hub.port_claim import automatic_chat
+from .hub_link import is_redis_url
 
 #: A shorter secret is refused: the HMAC challenge is only as strong as the key.
 MIN_SECRET_BYTES = 16
@@ -127,8 +128,7 @@ def resolve_endpoint(settings: Settings) -> Endpoint:
 
 #: ``TRIO_CHAT_HUB`` values for the automatic hub, one per server.
 AUTOMATIC_HUB = ("", "auto")
-#: ``TRIO_CHAT_HUB`` schemes of the Redis hub (``hub_link.REDIS_SCHEMES``), and its defaults.
-REDIS_SCHEMES = ("redis://", "rediss://")
+#: The Redis hub's defaults.
 REDIS_DEFAULT_PORT = 6379
 REDIS_DEFAULT_DB = "0"
 
@@ -146,7 +146,7 @@ def chat_identity(settings: Settings, master_pid: int) -> str:
         return automatic_chat(master_pid)
     if settings.hub == "local":
         return f"local, master {master_pid}"
-    if settings.hub.startswith(REDIS_SCHEMES):
+    if is_redis_url(settings.hub):
         return f"{_redis_server(settings.hub)}, prefix {settings.redis_prefix}"
     address = parse_address(settings.hub)
     if isinstance(address, str):
@@ -191,7 +191,7 @@ def shared_ports() -> tuple[tuple[int, str], ...]:
     worker = hypercorn_worker.current()
     if worker is None:
         return ()
-    return tuple((port.port, port.address) for port in worker.tcp_ports if port.shared)
+    return tuple((port.port, port.address) for port in worker.shared_ports)
 
 
 def private_runtime_dir() -> Path:

@@ -39,10 +39,10 @@ import logging
 import math
 import multiprocessing
 import os
-import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Mapping
 from multiprocessing import resource_tracker
 from typing import Any, NoReturn, Protocol
@@ -50,6 +50,7 @@ from typing import Any, NoReturn, Protocol
 import trio
 
 from . import process_watch
+from .hub import port_claim
 
 #: The keyword arguments Hypercorn 0.18's master starts each worker with.
 WORKER_KWARGS = frozenset({"config", "shutdown_event", "sockets"})
@@ -103,6 +104,11 @@ class HypercornWorker:
         ]
         return tuple(sorted(ports, key=lambda listening: listening.port))
 
+    @property
+    def shared_ports(self) -> tuple[ListeningPort, ...]:
+        """The TCP ports bound with ``SO_REUSEPORT``: those another server could share."""
+        return tuple(listening for listening in self.tcp_ports if listening.shared)
+
     def shut_listening_sockets(self) -> None:
         """Stop the server's sockets from taking connections, for every process that shares
         them: a worker that cannot serve must not have the kernel hand it new clients while
@@ -126,27 +132,25 @@ class HypercornWorker:
             # The shutdown event is named semaphores, which a sibling still starting opens as it
             # unpickles what the master handed it (a traceback if they are gone): they are
             # unlinked once every sibling has ended, which each does once the master is gone.
+            deadline = time.monotonic() + MASTER_END_TIMEOUT_SECONDS
             for pid in siblings:
-                _wait_for_exit(pid, MASTER_END_TIMEOUT_SECONDS)
+                process_watch.wait_for_exit(pid, max(0.0, deadline - time.monotonic()))
             _forget_event(self.shutdown_event)
         else:
             # Not before the master is gone: it would see this exit first, and exit 0.
             _flush_output()
-            _wait_for_exit(self.master_pid, MASTER_END_TIMEOUT_SECONDS)
+            process_watch.wait_for_exit(self.master_pid, MASTER_END_TIMEOUT_SECONDS)
         os._exit(STARTUP_FAILED_EXIT_CODE)
 
     def _elected_to_report(self) -> bool:
         """Whether this worker is its server's one to report a failed startup: the first to
         bind the name, while the master is still there (a worker that fails after the master
         was ended has nothing to add). The name is held until this process ends."""
-        if not sys.platform.startswith("linux"):
+        if not port_claim.claims_supported():
             return True  # No abstract names: every failing worker reports.
         global _reporter_name_holder
-        holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            holder.bind(f"\0trio_chat-{os.getuid()}-startup-failed-{self.master_pid}")
-        except OSError:
-            holder.close()
+        holder = port_claim.bind_name(port_claim.abstract_name(f"startup-failed-{self.master_pid}"))
+        if holder is None:
             return False
         _reporter_name_holder = holder
         return not process_watch.has_exited(self.master_pid)
@@ -254,19 +258,6 @@ def _is_resource_tracker(pid: int) -> bool:
             return b"multiprocessing.resource_tracker" in cmdline.read()
     except OSError:
         return False  # Gone already: nothing to wait for either way.
-
-
-def _wait_for_exit(pid: int, timeout: float) -> None:
-    try:
-        pidfd = process_watch.open_pidfd(pid)
-    except process_watch.NoPidfd:
-        return  # Nothing to wait on without a pidfd: end now.
-    if pidfd is None:
-        return
-    try:
-        select.select([pidfd], [], [], timeout)
-    finally:
-        os.close(pidfd)
 
 
 def current() -> HypercornWorker | None:

@@ -131,7 +131,7 @@ def _ports_the_workers_claim(
     hub claims its server's ports itself."""
     if hypercorn is None or settings.hub in AUTOMATIC_HUB:
         return None
-    ports = tuple(listening for listening in hypercorn.tcp_ports if listening.shared)
+    ports = hypercorn.shared_ports
     if not ports:
         return None
     return ports, hypercorn.master_pid, chat_identity(settings, hypercorn.master_pid)
@@ -140,11 +140,8 @@ def _ports_the_workers_claim(
 def _join_failure(error: HubUnavailable | HubConfigError) -> str:
     """What to say when the first join failed: the hub's own reason if it refused to start
     (another server has the port or the data folder), or what to check."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, HubRefused):
-            return f"{FAILURE_PREFIX} cannot start: {cause}"
-        cause = cause.__cause__
+    if isinstance(error.__cause__, HubRefused):  # The bridge's join raises from it.
+        return f"{FAILURE_PREFIX} cannot start: {error.__cause__}"
     return (
         f"{FAILURE_PREFIX} could not join its hub: {error}. With TRIO_CHAT_HUB unset the hub "
         "starts by itself; for a hub started by hand, check that it runs and that "

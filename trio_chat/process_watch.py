@@ -9,6 +9,7 @@ process is polled for with ``kill(pid, 0)``. No trio here: the hub process does 
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import time
@@ -32,18 +33,19 @@ def open_pidfd(pid: int) -> int | None:
         raise NoPidfd from error
 
 
-def wait_for_exit(pid: int) -> None:
-    """Block until process ``pid`` has exited."""
+def wait_for_exit(pid: int, timeout: float | None = None) -> None:
+    """Block until process ``pid`` has exited, or ``timeout`` seconds have passed."""
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
     try:
         pidfd = open_pidfd(pid)
     except NoPidfd:
-        while is_alive(pid):
-            time.sleep(POLL_SECONDS)
+        while is_alive(pid) and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(POLL_SECONDS, left))
         return
     if pidfd is None:
         return
     try:
-        select.select([pidfd], [], [])
+        select.select([pidfd], [], [], timeout)
     finally:
         os.close(pidfd)
 

@@ -47,6 +47,19 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013
 
 
+class HandshakeRefusal(enum.StrEnum):
+    """Why a WebSocket handshake was refused (403): the ``reason`` of its log line and of
+    ``trio_chat_handshakes_refused_total``."""
+
+    UNKNOWN_PATH = "unknown_path"
+    #: No worker, or one shutting down.
+    NOT_SERVING = "not_serving"
+    #: A page of another site (cross-site WebSocket hijacking).
+    ORIGIN = "origin"
+    #: The client's address holds ``TRIO_CHAT_MAX_CONNECTIONS_PER_ADDRESS`` already.
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+
+
 class ErrorCode(enum.StrEnum):
     """The ``code`` of an error frame: what was wrong with the frame the client sent."""
 
@@ -511,6 +524,19 @@ _PRESENCE_PREFIX = '{"type":"presence","version":'
 def message_id(frame: str) -> int | None:
     """The id of a chat message frame made by ``stamp_chat_frame``, read without decoding."""
     return _leading_number(frame, _MESSAGE_PREFIX)
+
+
+#: What follows a message frame's id: its hub time (``stamp_chat_frame``).
+_TIME_KEY = ',"ts":'
+
+
+def message_time_ms(frame: str) -> int | None:
+    """The hub's time (ms) of a chat message frame made by ``stamp_chat_frame``, read without
+    decoding; None for any other frame."""
+    if not frame.startswith(_MESSAGE_PREFIX):
+        return None
+    start = frame.index(_TIME_KEY, len(_MESSAGE_PREFIX)) + len(_TIME_KEY)
+    return int(frame[start : frame.index(",", start)])
 
 
 def presence_version(frame: str) -> int | None:

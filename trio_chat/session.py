@@ -40,6 +40,7 @@ from .protocol import (
     ChatMessage,
     CloseCode,
     ErrorCode,
+    HandshakeRefusal,
     Join,
     Leave,
     ListRooms,
@@ -96,17 +97,18 @@ async def serve_websocket(
         return
     refusal = _refusal(scope, worker)
     if refusal is not None:
-        log_event("refused", path=_clip(scope["path"]), reason=refusal)
+        log_event("refused", path=_clip(scope["path"]), reason=refusal.value)
         if worker is not None:
-            worker.figures.handshakes_refused[refusal] += 1
+            worker.figures.handshakes_refused[refusal.value] += 1
         # Closing before accepting makes Hypercorn answer the handshake with 403.
         await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         return
     assert worker is not None
     address = _client_address(scope)
     if not worker.addresses.try_open(address):
-        log_event("refused", client=address, reason="too_many_connections")
-        worker.figures.handshakes_refused["too_many_connections"] += 1
+        refusal = HandshakeRefusal.TOO_MANY_CONNECTIONS
+        log_event("refused", client=address, reason=refusal.value)
+        worker.figures.handshakes_refused[refusal.value] += 1
         await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
         return
     batching = BATCH_SUBPROTOCOL in scope.get("subprotocols", ())
@@ -121,17 +123,17 @@ async def serve_websocket(
         worker.addresses.close(address)
 
 
-def _refusal(scope: Scope, worker: Worker | None) -> str | None:
+def _refusal(scope: Scope, worker: Worker | None) -> HandshakeRefusal | None:
     """Why a handshake is refused, or None."""
     if scope["path"] != CHAT_PATH:
-        return "unknown_path"
+        return HandshakeRefusal.UNKNOWN_PATH
     if worker is None or worker.closing:
-        return "not_serving"
+        return HandshakeRefusal.NOT_SERVING
     settings = worker.settings
     if not origin_allowed(
         scope.get("headers", ()), settings.allowed_origins, require_origin=settings.require_origin
     ):
-        return "origin"
+        return HandshakeRefusal.ORIGIN
     return None
 
 

@@ -52,16 +52,17 @@ from .hub.port_claim import (
     ASK_TIMEOUT_SECONDS,
     CLAIM_RETRY_SECONDS,
     MAX_ANSWER_BYTES,
-    UCRED,
     UNSURE_CLAIM_WAIT_SECONDS,
     Claimant,
     Holder,
+    HolderAnswer,
     PortClaimed,
     Verdict,
     claim_name,
-    claimed_message,
     claims_supported,
     judge,
+    peer_credentials,
+    settle,
     try_claim,
 )
 from .hypercorn_worker import ListeningPort, ShutdownEvent
@@ -281,11 +282,9 @@ class _WorkerClaims:
         deadline = trio.current_time() + UNSURE_CLAIM_WAIT_SECONDS
         while not self._take(listening):
             holder = await ask_holder(port)
-            verdict = judge(holder, self._chat)
-            if verdict is Verdict.SAME_CHAT:
+            out_of_time = trio.current_time() >= deadline
+            if settle(port, self._claimant(listening), holder, out_of_time=out_of_time):
                 return
-            if verdict is Verdict.ANOTHER_CHAT or trio.current_time() >= deadline:
-                raise PortClaimed(port, claimed_message(port, self._claimant(listening), holder))
             await trio.sleep(CLAIM_RETRY_SECONDS)
 
     async def claim_again(self, listening: ListeningPort) -> None:
@@ -352,16 +351,12 @@ async def ask_holder(port: int) -> Holder | None:
         with trio.move_on_after(ASK_TIMEOUT_SECONDS):
             try:
                 await asker.connect(claim_name(port))
-                credentials = asker.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
-                answer = b""
-                while b"\n" not in answer and len(answer) < MAX_ANSWER_BYTES:
-                    chunk = await asker.recv(MAX_ANSWER_BYTES)
-                    if not chunk:
-                        break
-                    answer += chunk
+                answer = HolderAnswer(peer_credentials(asker))
+                while (holder := answer.received(await asker.recv(MAX_ANSWER_BYTES))) is None:
+                    pass
             except OSError:
                 return None
-            return Holder.from_answer(credentials, answer)
+            return holder
     return None
 
 

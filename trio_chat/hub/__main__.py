@@ -54,12 +54,13 @@ def main(argv: list[str] | None = None) -> int:
             _refuse_remote(address)
         authkey = _read_secret(args, settings)
         # Before the store: a second server on the same port and in the same folder is told
-        # about the port, the root of the clash.
+        # about the port, the root of the clash. Answered at once (from a daemon thread): the
+        # store may take a while to check, and a server asking meanwhile must be told.
         claims = _claim_ports(args)
+        claims.answer_in_background()
         store = _open_store(args, settings)
     except (ConfigError, HubConfigError, StoreError, PortClaimed) as error:
         return _refuse(args, str(error))
-    claims.answer_in_background()
     try:
         serve(
             address,

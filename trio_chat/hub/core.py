@@ -9,7 +9,8 @@ says to wake, so a worker's reader never polls for frames and the housekeeper sl
 held-back presence frame is due.
 
 It also keeps the whole server's figures (a ``MetricsBoard``) from its workers' reports, under
-a lock of their own: a report never waits for publishing, nor publishing for a report. The
+a lock of their own: publishing never waits for the board, and a report waits for publishing
+only to count the rooms with someone in them (one pass over the rooms). The
 board knows a worker of this machine by its pid and process start time, and retires one whose
 process is gone at once (a worker elsewhere only by its silence).
 """

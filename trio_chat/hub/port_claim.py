@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from ..process_watch import has_exited
 
@@ -123,19 +124,32 @@ def claims_supported() -> bool:
 
 
 def claim_name(port: int) -> str:
-    return f"\0trio_chat-{os.getuid()}-port-{port}"
+    return abstract_name(f"port-{port}")
+
+
+def abstract_name(what: str) -> str:
+    """This user's abstract Unix socket name for ``what`` (Linux: ``claims_supported``)."""
+    return f"\0trio_chat-{os.getuid()}-{what}"
+
+
+def bind_name(name: str) -> socket.socket | None:
+    """A Unix socket bound to ``name``; None if another holds it. Never blocks: binding an
+    abstract name is one system call, and the kernel frees it when its holder ends."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(name)
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
 
 def try_claim(port: int) -> socket.socket | None:
     """The claim of ``port``, listening for whoever asks who holds it; None if someone holds it
-    already. Never blocks: binding an abstract name is one system call."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(claim_name(port))
-    except OSError:
-        sock.close()
-        return None
-    sock.listen(ANSWER_BACKLOG)
+    already."""
+    sock = bind_name(claim_name(port))
+    if sock is not None:
+        sock.listen(ANSWER_BACKLOG)
     return sock
 
 
@@ -258,14 +272,23 @@ def _claim(
     """``port``'s claim, or None if it is held for the same chat."""
     deadline = clock() + UNSURE_CLAIM_WAIT_SECONDS
     while (sock := try_claim(port)) is None:
-        holder = ask_holder(port)
-        verdict = judge(holder, claimant.chat)
-        if verdict is Verdict.SAME_CHAT:
+        if settle(port, claimant, ask_holder(port), out_of_time=clock() >= deadline):
             return None
-        if verdict is Verdict.ANOTHER_CHAT or clock() >= deadline:
-            raise PortClaimed(port, claimed_message(port, claimant, holder))
         sleep(CLAIM_RETRY_SECONDS)
     return sock
+
+
+def settle(port: int, claimant: Claimant, holder: Holder | None, *, out_of_time: bool) -> bool:
+    """What a server that could not take ``port``'s claim makes of its ``holder``: True if it
+    holds the port for ``claimant``'s chat (which may share it); False to try again after
+    ``CLAIM_RETRY_SECONDS`` (unsure, see ``judge``); ``PortClaimed`` if it is another chat's,
+    or still unsure once ``out_of_time``."""
+    verdict = judge(holder, claimant.chat)
+    if verdict is Verdict.SAME_CHAT:
+        return True
+    if verdict is Verdict.ANOTHER_CHAT or out_of_time:
+        raise PortClaimed(port, claimed_message(port, claimant, holder))
+    return False
 
 
 def ask_holder(port: int) -> Holder | None:
@@ -275,16 +298,41 @@ def ask_holder(port: int) -> Holder | None:
         asker.settimeout(ASK_TIMEOUT_SECONDS)
         try:
             asker.connect(claim_name(port))
-            credentials = asker.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
-            answer = b""
-            while b"\n" not in answer and len(answer) < MAX_ANSWER_BYTES:
-                chunk = asker.recv(MAX_ANSWER_BYTES)
-                if not chunk:
-                    break
-                answer += chunk
+            answer = HolderAnswer(peer_credentials(asker))
+            while (holder := answer.received(asker.recv(MAX_ANSWER_BYTES))) is None:
+                pass
         except OSError:
             return None
-    return Holder.from_answer(credentials, answer)
+    return holder
+
+
+class Connected(Protocol):
+    """A connected Unix socket, blocking or Trio's."""
+
+    def getsockopt(self, level: int, option: int, size: int, /) -> bytes: ...
+
+
+def peer_credentials(asker: Connected) -> bytes:
+    """Who the process at the other end of a connection to a claim is (``SO_PEERCRED``)."""
+    return asker.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+
+
+class HolderAnswer:
+    """A claim holder's answer, taken a chunk at a time as it comes (no I/O here: the hub
+    reads it blocking, a worker in its event loop)."""
+
+    def __init__(self, credentials: bytes) -> None:
+        """``credentials``: the holder's, as the connection to it says (``peer_credentials``)."""
+        self._credentials = credentials
+        self._answer = b""
+
+    def received(self, chunk: bytes) -> Holder | None:
+        """The holder, once its answer is whole (a line, the most it may say, or its end:
+        an empty ``chunk``); None: read on."""
+        self._answer += chunk
+        if chunk and b"\n" not in self._answer and len(self._answer) < MAX_ANSWER_BYTES:
+            return None
+        return Holder.from_answer(self._credentials, self._answer)
 
 
 def claimed_message(port: int, claimant: Claimant, holder: Holder | None) -> str:

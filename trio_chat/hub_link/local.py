@@ -89,11 +89,14 @@ class LocalHub:
             del self._listeners[mailbox_id]
             self.state.leave(mailbox_id)
             self.deliver_all()
-            final = listener.report()
-            self.board.leave(final.pid, final, trio.current_time())
+            self.final_figures(listener.report())
 
     def exchange_figures(self, report: WorkerReport) -> ServerFigures:
         return self.board.report(report, trio.current_time(), rooms=self.state.occupied_rooms())
+
+    def final_figures(self, report: WorkerReport) -> None:
+        """A worker's last report: it leaves the server (``MetricsBoard.leave``)."""
+        self.board.leave(report.pid, report, trio.current_time())
 
     async def publish(self, body: str) -> None:
         """Publish from outside any worker, as a tool would (tests use it)."""

@@ -37,7 +37,7 @@ import dataclasses
 from collections.abc import Callable
 
 from ..hub_link.interface import LEASE_SECONDS
-from .figures import Counts, ServerFigures, WorkerReport, sorted_by_pid
+from .figures import Counts, ServerFigures, WorkerReport, since_baseline, sorted_by_pid
 
 #: How long a worker silent past its lease is kept (``hub_up`` False, its counts apart), in
 #: case it was only cut off from the hub and reports again: longer than a hub restart or a
@@ -61,8 +61,7 @@ class _Known:
         return self.report.counts - self.baseline
 
     def shown(self, *, hub_up: bool) -> WorkerReport:
-        report = self.report
-        return dataclasses.replace(report, counts=self.counted, hub_up=report.hub_up and hub_up)
+        return since_baseline(self.report, self.baseline, hub_up=hub_up)
 
 
 class MetricsBoard:

@@ -47,8 +47,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from ..protocol import CloseCode, ErrorCode
-from .figures import HistogramFigures, ServerFigures
+from ..protocol import CloseCode, ErrorCode, HandshakeRefusal
+from .figures import PROC, HistogramFigures, ServerFigures, stat_fields
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
@@ -64,9 +64,8 @@ OTHER_CODE = "other"
 #: Error frame codes always shown in ``trio_chat_frames_refused_total``: every one there is.
 KNOWN_ERROR_CODES = tuple(sorted(code.value for code in ErrorCode))
 #: Reasons always shown in ``trio_chat_handshakes_refused_total``.
-KNOWN_REFUSAL_REASONS = ("not_serving", "origin", "too_many_connections", "unknown_path")
+KNOWN_REFUSAL_REASONS = tuple(sorted(reason.value for reason in HandshakeRefusal))
 
-PROC = "/proc"
 #: How a hub process's command line names it.
 HUB_MODULE = b"trio_chat.hub"
 HUB_SCRIPT = b"trio-chat-hub"
@@ -267,10 +266,8 @@ def _is_hub(pid: int, proc: str) -> bool:
 
 
 def _parent_pid(pid: int, proc: str) -> int | None:
+    fields = stat_fields(pid, proc)
     try:
-        with open(os.path.join(proc, str(pid), "stat"), "rb") as stat:
-            # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split
-            # after the last ')'.
-            return int(stat.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
+        return None if fields is None else int(fields[1])
+    except (IndexError, ValueError):
         return None

@@ -84,19 +84,18 @@ class HistogramFigures:
         return sum(self.counts)
 
     def __add__(self, other: HistogramFigures) -> HistogramFigures:
-        if other.bounds != self.bounds:
-            raise ValueError(f"cannot add histograms of bounds {self.bounds} and {other.bounds}")
-        counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
-        return HistogramFigures(self.bounds, counts, self.sum + other.sum)
+        return self.combined(other, 1)
 
     def __sub__(self, other: HistogramFigures) -> HistogramFigures:
         """What was observed after ``other`` (an earlier state of the same histogram)."""
+        return self.combined(other, -1)
+
+    def combined(self, other: HistogramFigures, sign: int) -> HistogramFigures:
+        """``self + sign * other``."""
         if other.bounds != self.bounds:
-            raise ValueError(
-                f"cannot subtract histograms of bounds {self.bounds} and {other.bounds}"
-            )
-        counts = tuple(a - b for a, b in zip(self.counts, other.counts, strict=True))
-        return HistogramFigures(self.bounds, counts, self.sum - other.sum)
+            raise ValueError(f"histograms of bounds {self.bounds} and {other.bounds} differ")
+        counts = tuple(a + sign * b for a, b in zip(self.counts, other.counts, strict=True))
+        return HistogramFigures(self.bounds, counts, self.sum + sign * other.sum)
 
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, ``math.inf`` last; how many observations were at most that)."""
@@ -151,32 +150,25 @@ class Counts:
     delivery_lag: HistogramFigures = dataclasses.field(default_factory=_empty_lags)
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(
-            messages_published=self.messages_published + other.messages_published,
-            frames_sent=self.frames_sent + other.frames_sent,
-            bytes_sent=self.bytes_sent + other.bytes_sent,
-            hub_reconnects=self.hub_reconnects + other.hub_reconnects,
-            frames_refused=_add(self.frames_refused, other.frames_refused),
-            handshakes_refused=_add(self.handshakes_refused, other.handshakes_refused),
-            disconnects=_add(self.disconnects, other.disconnects),
-            hub_round_trip=self.hub_round_trip + other.hub_round_trip,
-            delivery_lag=self.delivery_lag + other.delivery_lag,
-        )
+        return self._combined(other, 1)
 
     def __sub__(self, other: Counts) -> Counts:
         """What was counted after ``other`` (an earlier report of the same worker): a hub's
         baseline of a worker is taken off its reports."""
-        return Counts(
-            messages_published=self.messages_published - other.messages_published,
-            frames_sent=self.frames_sent - other.frames_sent,
-            bytes_sent=self.bytes_sent - other.bytes_sent,
-            hub_reconnects=self.hub_reconnects - other.hub_reconnects,
-            frames_refused=_subtract(self.frames_refused, other.frames_refused),
-            handshakes_refused=_subtract(self.handshakes_refused, other.handshakes_refused),
-            disconnects=_subtract(self.disconnects, other.disconnects),
-            hub_round_trip=self.hub_round_trip - other.hub_round_trip,
-            delivery_lag=self.delivery_lag - other.delivery_lag,
-        )
+        return self._combined(other, -1)
+
+    def _combined(self, other: Counts, sign: int) -> Counts:
+        """``self + sign * other``, field by field (what ``figures.lua`` does too)."""
+        fields: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            if isinstance(mine, int):
+                fields[field.name] = mine + sign * theirs
+            elif isinstance(mine, HistogramFigures):
+                fields[field.name] = mine.combined(theirs, sign)
+            else:
+                fields[field.name] = _merged(mine, theirs, sign)
+        return Counts(**fields)
 
     @property
     def tally(self) -> int:
@@ -233,19 +225,13 @@ class Counts:
         )
 
 
-def _add(a: Mapping[K, int], b: Mapping[K, int]) -> dict[K, int]:
-    total = dict(a)
+def _merged(a: Mapping[K, int], b: Mapping[K, int], sign: int) -> dict[K, int]:
+    """``a + sign * b`` key by key. A difference leaves out the keys whose count did not
+    change: nothing was counted under them."""
+    merged = dict(a)
     for key, count in b.items():
-        total[key] = total.get(key, 0) + count
-    return total
-
-
-def _subtract(a: Mapping[K, int], b: Mapping[K, int]) -> dict[K, int]:
-    """Keys whose count did not change are left out: nothing was counted under them."""
-    difference = dict(a)
-    for key, count in b.items():
-        difference[key] = difference.get(key, 0) - count
-    return {key: count for key, count in difference.items() if count}
+        merged[key] = merged.get(key, 0) + sign * count
+    return merged if sign > 0 else {key: count for key, count in merged.items() if count}
 
 
 def _mapping(document: Any, key_type: type[K]) -> dict[K, int]:
@@ -404,27 +390,38 @@ class WorkerFigures:
         return WorkerReport(pid, connections, hub_up, self.counts(), start)
 
 
+def since_baseline(report: WorkerReport, baseline: Counts, *, hub_up: bool) -> WorkerReport:
+    """A worker's ``report`` as the whole server's figures show it: its counts since
+    ``baseline`` (the first report a hub got of it), its hub link down unless ``hub_up`` (False
+    once it has lapsed)."""
+    counts = report.counts - baseline
+    return dataclasses.replace(report, counts=counts, hub_up=report.hub_up and hub_up)
+
+
 @functools.cache
-def _started(pid: int, proc: str) -> int | None:
-    return read_process_start(pid, proc)
-
-
-def process_start(pid: int, proc: str = PROC) -> int | None:
+def process_start(pid: int) -> int | None:
     """When this process (``pid``: its own) started (``read_process_start``), read once."""
-    return _started(pid, proc)
+    return read_process_start(pid)
 
 
 def read_process_start(pid: int, proc: str = PROC) -> int | None:
     """When process ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``); None if
-    it has exited (a zombie included) or the system has no ``/proc``. The one I/O here."""
+    it has exited (a zombie included) or the system has no ``/proc``."""
+    fields = stat_fields(pid, proc)
+    try:
+        # The start time is the 22nd field, the 20th after comm.
+        return None if fields is None or fields[0] in (b"Z", b"X") else int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def stat_fields(pid: int, proc: str = PROC) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` after the process's name (state, ppid, ...); None if
+    it cannot be read. The one I/O here."""
     try:
         with open(f"{proc}/{pid}/stat", "rb") as stat:
             # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after
-            # the last ')'; the start time is the 22nd field, the 20th after comm.
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-    try:
-        return None if fields[0] in (b"Z", b"X") else int(fields[19])
-    except (IndexError, ValueError):
+            # the last ')'.
+            return stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
         return None

@@ -170,27 +170,24 @@ class BridgedHub:
 
     async def _report_figures(self, listener: HubListener) -> None:
         """The worker's report goes to the hub every ``REPORT_INTERVAL_SECONDS`` while the
-        link is up; one the hub does not get is as good as the next."""
+        link is up."""
         while True:
             await trio.sleep(REPORT_INTERVAL_SECONDS)
-            if self._membership is None:
-                continue
-            try:
-                await self.exchange_figures(listener.report())
-            except HubUnavailable:
-                pass  # The reader notices a broken link, and re-joins.
-            except Exception:
-                logger.exception("event=figures_report_error")  # A bug: logged, and we go on.
+            if self._membership is not None:
+                await self._report(self._membership, listener.report())
 
     async def _report_joined(self, membership: Membership, listener: HubListener) -> None:
         """The worker's report as it has (re-)joined: the first a new hub gets of it, which is
         its baseline there (``metrics.board``). The link is up, whatever the worker's link
-        attribute says yet. One the hub does not get is as good as the next."""
-        report = dataclasses.replace(listener.report(), hub_up=True)
+        attribute says yet."""
+        await self._report(membership, dataclasses.replace(listener.report(), hub_up=True))
+
+    async def _report(self, membership: Membership, report: WorkerReport) -> None:
+        """One report to the hub; one the hub does not get is as good as the next."""
         try:
             await self._threads.call(membership.exchange_figures, report)
         except self.backend.link_errors:
-            pass  # The reader notices a broken link, and re-joins.
+            pass  # The link broke: the reader notices, and re-joins.
         except HubUnavailable:
             pass  # The hub did not answer: nor will the reader's fetches.
         except Exception:

@@ -48,7 +48,6 @@ re-join starts a new run of ids (epoch); every worker tells its clients.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -72,7 +71,7 @@ from ...config import Settings
 from ...hub.state import EMPTY_ROOM_SECONDS
 from ...hub_address import HubConfigError, read_secret_file
 from ...metrics.board import LAPSED_KEPT_SECONDS
-from ...metrics.figures import Counts, ServerFigures, WorkerReport, sorted_by_pid
+from ...metrics.figures import Counts, ServerFigures, WorkerReport, since_baseline, sorted_by_pid
 from ...protocol import body_room, is_room_name, presence_frame, stamp_chat_frame
 from ..bridge import BridgedHub, Fetched
 from ..interface import (
@@ -317,9 +316,9 @@ class RedisBackend:
 def _counted(state: str, baseline: str, report: str) -> WorkerReport:
     """A worker as the script keeps it, as its server's figures show it: its counts since its
     baseline, its hub link down if it has lapsed."""
+    first = WorkerReport.from_json(json.loads(baseline))
     newest = WorkerReport.from_json(json.loads(report))
-    counts = newest.counts - WorkerReport.from_json(json.loads(baseline)).counts
-    return dataclasses.replace(newest, counts=counts, hub_up=newest.hub_up and state == "live")
+    return since_baseline(newest, first.counts, hub_up=state == "live")
 
 
 def server_name() -> str:
